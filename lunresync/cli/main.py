@@ -1,0 +1,59 @@
+"""Entry point of the ``lunresync`` command and its error handling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from lunresync import __version__
+from lunresync.errors import ExitCode, LunresyncError
+
+
+class LunresyncGroup(click.Group):
+    """Turns every LunresyncError into one line on stderr and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LunresyncError as exc:
+            click.echo(f"lunresync: error: {exc}", err=True)
+            ctx.exit(int(exc.exit_code))
+
+
+@click.group(cls=LunresyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lunresync")
+@click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: every command run).")
+def cli(verbose: int) -> None:
+    """Restore LUNs from shadow copies while they stay online."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="lunresync: %(levelname)s: %(message)s")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
+def doctor(as_json: bool) -> None:
+    """Report what this kernel offers lunresync; exit 0 when ready, 3 when not."""
+    from lunresync.cli.doctor import render
+    from lunresync.kernel.capabilities import probe
+    from lunresync.kernel.dmsetup import DeviceMapper
+
+    caps = probe(DeviceMapper())
+    if as_json:
+        json.dump(caps.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(caps)
+    if not caps.ready:
+        sys.exit(int(ExitCode.UNSUPPORTED))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""What this kernel and machine offer lunresync: the facts behind ``lunresync doctor``.
+
+Read from /proc, /sys and /lib/modules, plus ``dmsetup targets`` when device-mapper is
+present. Nothing is loaded or changed here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from lunresync.errors import CommandError
+
+from . import udev
+from .dmsetup import DeviceMapper
+from .targets import TARGETS
+
+#: Targets without which lunresync cannot work at all.
+REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
+#: Targets that enable more (clone engine, thin shadow copies, fault-injection tests).
+OPTIONAL_TARGETS = ("clone", "thin-pool", "thin", "flakey")
+TOOLS = ("dmsetup", "losetup", "udevadm", "blockdev")
+
+TEST_VM_COMMAND = "python3 tests/vm.py -- lunresync doctor"
+
+
+class Availability(Enum):
+    LOADED = "loaded"  # the kernel has it now
+    LOADABLE = "loadable"  # a module for it is installed (modprobe will load it)
+    MISSING = "missing"
+
+    @property
+    def usable(self) -> bool:
+        return self is not Availability.MISSING
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    kernel: str
+    device_mapper: bool
+    targets: dict[str, Availability]
+    loop: Availability
+    udev_running: bool
+    root: bool
+    missing_tools: tuple[str, ...]
+    problems: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+    @property
+    def clone(self) -> Availability:
+        return self.targets.get("clone", Availability.MISSING)
+
+    @property
+    def verdict(self) -> str:
+        if self.ready:
+            extra = "" if self.clone.usable else " (no dm-clone: the mirror engine will be used)"
+            return f"ready: this kernel offers what lunresync needs{extra}"
+        return "not ready: " + "; ".join(self.problems)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ready": self.ready,
+            "verdict": self.verdict,
+            "kernel": self.kernel,
+            "device_mapper": self.device_mapper,
+            "targets": {name: state.value for name, state in self.targets.items()},
+            "loop": self.loop.value,
+            "udev_running": self.udev_running,
+            "root": self.root,
+            "missing_tools": list(self.missing_tools),
+            "problems": list(self.problems),
+            "notes": list(self.notes),
+        }
+
+
+def _misc_devices(proc: Path) -> set[str]:
+    try:
+        lines = (proc / "misc").read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[1] for line in lines if len(line.split()) == 2}
+
+
+def _module_names(release: str, modules_root: Path) -> tuple[set[str], set[str]]:
+    """(installed module names, built-in module names) for ``release``, '-' as '_'."""
+    base = modules_root / release
+
+    def names(index: str) -> set[str]:
+        try:
+            text = (base / index).read_text()
+        except OSError:
+            return set()
+        found = set()
+        for line in text.splitlines():
+            path = line.split(":", 1)[0].strip()
+            if path:
+                stem = Path(path).name.split(".ko", 1)[0]
+                found.add(stem.replace("-", "_"))
+        return found
+
+    return names("modules.dep"), names("modules.builtin")
+
+
+def _loaded_modules(proc: Path) -> set[str]:
+    try:
+        return {line.split()[0] for line in (proc / "modules").read_text().splitlines() if line}
+    except OSError:
+        return set()
+
+
+def probe(
+    dm: DeviceMapper,
+    *,
+    proc: Path = Path("/proc"),
+    modules_root: Path = Path("/lib/modules"),
+    release: str | None = None,
+) -> Capabilities:
+    """Look at this machine and say what lunresync can use."""
+    release = release or platform.release()
+    installed, builtin = _module_names(release, modules_root)
+    loaded_modules = _loaded_modules(proc)
+    has_dm = "device-mapper" in _misc_devices(proc)
+    problems: list[str] = []
+    notes: list[str] = []
+
+    loaded_targets: dict[str, str] = {}
+    if has_dm:
+        try:
+            loaded_targets = dm.targets()
+        except CommandError as exc:
+            problems.append(f"dmsetup cannot talk to device-mapper: {exc.stderr.strip()}")
+
+    targets: dict[str, Availability] = {}
+    for name in (*REQUIRED_TARGETS, *OPTIONAL_TARGETS):
+        module = TARGETS[name].module
+        if name in loaded_targets:
+            state = Availability.LOADED
+        elif has_dm and module is not None and module in installed | builtin:
+            state = Availability.LOADABLE
+        else:
+            state = Availability.MISSING
+        targets[name] = state
+
+    if Path("/dev/loop-control").exists() or "loop" in loaded_modules:
+        loop = Availability.LOADED
+    elif "loop" in installed:
+        loop = Availability.LOADABLE
+    else:
+        loop = Availability.MISSING
+
+    if not has_dm:
+        problems.append(
+            f"device-mapper is missing from this kernel ({release}): use a kernel built with"
+            f" CONFIG_BLK_DEV_DM, or run lunresync in the project's test VM ({TEST_VM_COMMAND})"
+        )
+    else:
+        missing = [n for n in REQUIRED_TARGETS if not targets[n].usable]
+        if missing:
+            problems.append(f"device-mapper targets missing: {', '.join(missing)}")
+    if not loop.usable:
+        problems.append("loop devices are missing (CONFIG_BLK_DEV_LOOP)")
+    missing_tools = tuple(tool for tool in TOOLS if shutil.which(tool) is None)
+    if missing_tools:
+        problems.append(f"programs missing: {', '.join(missing_tools)} (apt-get install"
+                        " dmsetup util-linux udev)")
+    root = os.geteuid() == 0
+    if not root:
+        notes.append("not running as root: changing devices will be refused")
+    if has_dm and not targets["clone"].usable:
+        notes.append("dm-clone is not available (Debian kernels lack it): the mirror engine"
+                     " restores instead; tests/vm.py builds it for the test VM")
+    if not udev.is_running():
+        notes.append("udevd is not running: /dev/mapper nodes are made by dmsetup itself")
+    return Capabilities(
+        kernel=release,
+        device_mapper=has_dm,
+        targets=targets,
+        loop=loop,
+        udev_running=udev.is_running(),
+        root=root,
+        missing_tools=missing_tools,
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,121 @@
+"""The one way lunresync runs a program.
+
+Built on ``sh``: argv lists only (never a shell, never a command line assembled from
+strings), a timeout on every call, stdout and stderr captured separately, ``LC_ALL=C`` so
+that what we parse does not depend on the user's locale. Every failure raises a
+:class:`~lunresync.errors.CommandError` carrying the command line, the exit status and
+stderr, and is logged with the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import sh
+
+from lunresync.errors import CommandError, CommandNotFound, CommandTimeout, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+#: Seconds a command may run unless the caller says otherwise.
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command printed and how it exited."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float = field(compare=False)
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Runs commands; one instance is passed to everything that needs to run one.
+
+    ``env`` adds to (or overrides) the inherited environment. ``timeout`` is the default
+    for :meth:`run`. Tests pass a Runner with a shorter timeout; nothing is global.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+        timeout: float | None = None,
+        ok_codes: Iterable[int] = (0,),
+    ) -> CommandResult:
+        """Run ``argv`` and return its result; raise CommandError unless it exits OK."""
+        args = _checked_argv(argv)
+        limit = self.timeout if timeout is None else timeout
+        if limit <= 0:
+            raise InvalidArgument(f"timeout must be positive, not {limit}")
+        env = {**os.environ, "LC_ALL": "C", **self.env}
+        log.debug("running %s", shlex.join(args))
+        try:
+            program = sh.Command(args[0])
+        except sh.CommandNotFound:
+            log.error("command not found: %s", shlex.join(args))
+            raise CommandNotFound(args) from None
+        started = time.monotonic()
+        try:
+            proc = program(
+                *args[1:],
+                _in=input,
+                _timeout=limit,
+                _ok_code=list(ok_codes),
+                _env=env,
+                _tty_out=False,
+                _return_cmd=True,
+            )
+        except sh.TimeoutException as exc:
+            log.error("timed out after %g s: %s", limit, shlex.join(args))
+            raise CommandTimeout(args, limit) from exc
+        except sh.ErrorReturnCode as exc:
+            error = CommandError(args, exc.exit_code, _text(exc.stderr), _text(exc.stdout))
+            log.error("%s", error)
+            raise error from None
+        return CommandResult(
+            argv=args,
+            returncode=int(proc.exit_code),
+            stdout=_text(proc.stdout),
+            stderr=_text(proc.stderr),
+            duration=time.monotonic() - started,
+        )
+
+
+def _checked_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(argv, str | bytes):
+        raise InvalidArgument("a command must be a list of arguments, not one string")
+    args = tuple(argv)
+    if not args:
+        raise InvalidArgument("empty command")
+    for arg in args:
+        if not isinstance(arg, str):
+            raise InvalidArgument(f"command argument {arg!r} is not a string")
+        if "\0" in arg:
+            raise InvalidArgument(f"command argument {arg!r} contains a NUL byte")
+    return args
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
