@@ -31,6 +31,8 @@ def cli(verbose: int) -> None:
     """Restore LUNs from shadow copies while they stay online."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="lunresync: %(levelname)s: %(message)s")
+    # sh logs every process's life at INFO/DEBUG; our runner logs the command lines.
+    logging.getLogger("sh").setLevel(logging.WARNING)
 
 
 @cli.command()

@@ -8,7 +8,7 @@ gone); ``udev_sync=False`` turns that off (``--noudevsync``) for callers that mu
 
 from __future__ import annotations
 
-import shlex
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,8 +22,16 @@ from .targets import StatusLine, Table, parse_status_line, parse_table
 DMSETUP = "dmsetup"
 MAPPER_DIR = "/dev/mapper"
 _INFO_FIELDS = ("name", "uuid", "major", "minor", "attr", "open", "segments", "events")
+# Columns as KEY='value' words: names with odd characters cannot shift the columns.
+_INFO_ARGS = ("info", "-c", "--noheadings", "--nameprefixes", "--separator", " ",
+              "-o", ",".join(_INFO_FIELDS))
 _BUSY_MARKERS = ("Device or resource busy", "EBUSY")
 _MISSING_MARKERS = ("No such device or address", "not found", "does not exist")
+_VERSION_RE = re.compile(r"v\d+(\.\d+)*")
+# With --noheadings dmsetup separates fields with ":" (with spaces otherwise), quotes each
+# value with ' and escapes nothing inside: a UUID may hold ":", a foreign device's name
+# even "'". So fields are found by their DM_ names, not by splitting on separators.
+_INFO_FIELD_RE = re.compile(r"(DM_[A-Z_]+)='(.*?)'(?:[:\s]+(?=DM_[A-Z_]+=')|\s*\Z)")
 
 
 @dataclass(frozen=True)
@@ -79,11 +87,14 @@ def parse_info_output(text: str) -> list[DmInfo]:
         if not line.strip() or line.strip() == "No devices found":
             continue
         fields = {}
-        for word in shlex.split(line):
-            key, sep, value = word.partition("=")
-            if not sep:
-                raise ParseError("dmsetup info line", line, f"no '=' in {word!r}")
-            fields[key] = value
+        text_line = line.strip()
+        pos = 0
+        while pos < len(text_line):
+            match = _INFO_FIELD_RE.match(text_line, pos)
+            if match is None:
+                raise ParseError("dmsetup info line", line, f"unexpected text at column {pos}")
+            fields[match[1]] = match[2]
+            pos = match.end()
         devices.append(DmInfo.from_fields(fields))
     return devices
 
@@ -93,7 +104,7 @@ def parse_targets_output(text: str) -> dict[str, str]:
     targets = {}
     for line in text.splitlines():
         words = line.split()
-        if len(words) != 2 or not words[1].startswith("v"):
+        if len(words) != 2 or not _VERSION_RE.fullmatch(words[1]):
             raise ParseError("dmsetup targets line", line, "expected <name> v<version>")
         targets[words[0]] = words[1][1:]
     return targets
@@ -130,10 +141,10 @@ class DeviceMapper:
         """Targets the kernel has loaded now: {name: version}."""
         return parse_targets_output(self._run("targets").stdout)
 
-    def list(self, *, uuid_prefix: str | None = None) -> list[DmInfo]:
+    def devices(self, *, uuid_prefix: str | None = None) -> list[DmInfo]:
         """Every mapped device (optionally only those whose UUID starts with a prefix)."""
         out = self._run(
-            "info", "-c", "--noheadings", "--nameprefixes", "-o", ",".join(_INFO_FIELDS)
+            *_INFO_ARGS
         ).stdout
         devices = parse_info_output(out)
         if uuid_prefix is not None:
@@ -144,7 +155,7 @@ class DeviceMapper:
         """Info for one device; NotFound if there is none of that name."""
         try:
             out = self._run(
-                "info", "-c", "--noheadings", "--nameprefixes", "-o", ",".join(_INFO_FIELDS),
+                *_INFO_ARGS,
                 dm_name(name),
             ).stdout
         except CommandError as exc:

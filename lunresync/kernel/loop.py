@@ -76,23 +76,27 @@ def parse_losetup_json(text: str) -> list[LoopDevice]:
     except (ValueError, KeyError, TypeError) as exc:
         raise ParseError("losetup --json output", text[:200], str(exc)) from None
     devices = []
-    for row in rows:
-        backing = str(row.get("back-file") or "")
-        deleted = backing.endswith(_DELETED)
-        if deleted:
-            backing = backing[: -len(_DELETED)]
-        devices.append(
-            LoopDevice(
-                path=str(row["name"]),
-                backing_file=backing,
-                read_only=_flag(row.get("ro")),
-                direct_io=_flag(row.get("dio")),
-                offset=int(row.get("offset") or 0),
-                size_limit=int(row.get("sizelimit") or 0),
-                autoclear=_flag(row.get("autoclear")),
-                backing_deleted=deleted,
+    try:
+        for row in rows:
+            backing = str(row.get("back-file") or "")
+            deleted = backing.endswith(_DELETED)
+            if deleted:
+                backing = backing[: -len(_DELETED)]
+            devices.append(
+                LoopDevice(
+                    path=str(row["name"]),
+                    backing_file=backing,
+                    read_only=_flag(row.get("ro")),
+                    direct_io=_flag(row.get("dio")),
+                    offset=int(row.get("offset") or 0),
+                    size_limit=int(row.get("sizelimit") or 0),
+                    autoclear=_flag(row.get("autoclear")),
+                    backing_deleted=deleted,
+                )
             )
-        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # rows not a list of objects, a row without "name", a non-numeric offset...
+        raise ParseError("losetup --json output", text[:200], repr(exc)) from None
     return devices
 
 
@@ -103,7 +107,7 @@ class LoopDevices:
     runner: Runner = field(default_factory=Runner)
     timeout: float = 30.0
 
-    def list(self) -> list[LoopDevice]:
+    def attached(self) -> list[LoopDevice]:
         out = self.runner.run(
             [LOSETUP, "--list", "--json", "--output", _COLUMNS], timeout=self.timeout
         ).stdout
@@ -112,11 +116,11 @@ class LoopDevices:
     def find(self, backing_file: str | os.PathLike[str]) -> list[LoopDevice]:
         """Loop devices attached to ``backing_file`` (compared as resolved paths)."""
         wanted = os.path.realpath(backing_file)
-        return [d for d in self.list() if os.path.realpath(d.backing_file) == wanted]
+        return [d for d in self.attached() if os.path.realpath(d.backing_file) == wanted]
 
     def get(self, path: str) -> LoopDevice:
         check_loop_path(path)
-        for device in self.list():
+        for device in self.attached():
             if device.path == path:
                 return device
         raise NotFound(f"loop device {path} is not attached")

@@ -18,7 +18,8 @@ from lunresync.errors import InvalidArgument, ParseError
 SECTOR_SIZE = 512
 
 # A device argument is a path under /dev or MAJOR:MINOR (how the kernel prints it back).
-_DEVICE_RE = re.compile(r"^(/dev/[A-Za-z0-9._+:@/-]+|\d+:\d+)$")
+# fullmatch: with match() and "$", a trailing newline would slip through into the table.
+_DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9._+:@/-]+|\d+:\d+")
 
 
 class TargetParams(Protocol):
@@ -52,7 +53,12 @@ class NoStatus:
 
 def check_device(value: str) -> str:
     """Refuse anything that is not a /dev path or MAJOR:MINOR (a table is whitespace-split)."""
-    if not _DEVICE_RE.match(value) or "/../" in value or value.endswith("/.."):
+    if (
+        not isinstance(value, str)
+        or not _DEVICE_RE.fullmatch(value)
+        or "/../" in value
+        or value.endswith("/..")
+    ):
         raise InvalidArgument(f"not a device path or MAJOR:MINOR: {value!r}")
     return value
 
@@ -71,9 +77,13 @@ def check_power_of_two(value: int, what: str) -> int:
 
 
 def parse_int(text: str, what: str) -> int:
-    if not text.isdigit():
+    # isdigit() alone accepts non-ASCII digits: superscript two makes int() raise ValueError.
+    if not (text.isascii() and text.isdigit()):
         raise ParseError(what, text, "not a non-negative integer")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        raise ParseError(what, text[:40] + "...", "number too long") from None
 
 
 def parse_fraction(text: str, what: str) -> tuple[int, int]:

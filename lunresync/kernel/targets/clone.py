@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar, Self
 
-from lunresync.errors import ParseError
+from lunresync.errors import InvalidArgument, ParseError
 
 from .base import (
     check_count,
@@ -31,6 +31,8 @@ from .base import (
 
 _FEATURES = ("no_hydration", "no_discard_passdown")
 _CORE_ARGS = ("hydration_threshold", "hydration_batch_size")
+# dm-clone takes regions of 4 KiB .. 1 GiB (MIN_REGION_SIZE, MAX_REGION_SIZE).
+MIN_REGION, MAX_REGION = 8, 1 << 21
 
 
 def _parse_core_args(args: Sequence[str], what: str) -> dict[str, int]:
@@ -61,6 +63,11 @@ class CloneTable:
         for device in (self.metadata, self.destination, self.source):
             check_device(device)
         check_power_of_two(self.region_sectors, "clone region size")
+        if not MIN_REGION <= self.region_sectors <= MAX_REGION:
+            raise InvalidArgument(
+                f"clone region size must be {MIN_REGION} .. {MAX_REGION} sectors,"
+                f" not {self.region_sectors}"
+            )
         for name in _CORE_ARGS:
             value = getattr(self, name)
             if value is not None:

@@ -29,7 +29,7 @@ class CorruptBioByte:
         check_count(self.nth_byte, "corrupt_bio_byte position", minimum=1)
         if self.direction not in ("r", "w"):
             raise InvalidArgument("corrupt_bio_byte direction must be 'r' or 'w'")
-        if not 0 <= self.value <= 255:
+        if check_count(self.value, "corrupt_bio_byte value") > 255:
             raise InvalidArgument("corrupt_bio_byte value must be a byte")
         check_count(self.flags, "corrupt_bio_byte flags")
 
@@ -55,8 +55,16 @@ class FlakeyTable:
         check_count(self.offset, "flakey offset")
         check_count(self.up_seconds, "flakey up interval")
         check_count(self.down_seconds, "flakey down interval")
+        if self.up_seconds + self.down_seconds == 0:
+            raise InvalidArgument("flakey up and down intervals are both 0 (the kernel refuses)")
         if self.drop_writes and self.error_writes:
             raise InvalidArgument("drop_writes and error_writes exclude each other")
+        if (
+            (self.drop_writes or self.error_writes)
+            and self.corrupt is not None
+            and self.corrupt.direction == "w"
+        ):
+            raise InvalidArgument("drop_writes/error_writes exclude corrupt_bio_byte on writes")
 
     def args(self) -> tuple[str, ...]:
         features: list[str] = []

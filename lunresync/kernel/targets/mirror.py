@@ -31,6 +31,9 @@ from .base import (
 )
 
 _FEATURES = ("handle_errors", "keep_log")
+# The kernel takes 2 .. DM_KCOPYD_MAX_REGIONS + 1 legs, and regions of at least 2 sectors.
+MIN_LEGS, MAX_LEGS = 2, 9
+MIN_REGION = 2
 
 
 class LogKind(Enum):
@@ -55,6 +58,8 @@ class MirrorLog:
 
     def __post_init__(self) -> None:
         check_power_of_two(self.region_sectors, "mirror region size")
+        if self.region_sectors < MIN_REGION:
+            raise InvalidArgument(f"mirror region size must be >= {MIN_REGION} sectors")
         if (self.kind is LogKind.DISK) != (self.device is not None):
             raise InvalidArgument("a disk log needs a device; a core log takes none")
         if self.device is not None:
@@ -88,8 +93,10 @@ class MirrorTable:
     keep_log: bool = False
 
     def __post_init__(self) -> None:
-        if len(self.legs) < 2:
-            raise InvalidArgument("a mirror needs at least two legs")
+        if not MIN_LEGS <= len(self.legs) <= MAX_LEGS:
+            raise InvalidArgument(f"a mirror needs {MIN_LEGS} to {MAX_LEGS} legs")
+        if self.keep_log and not self.handle_errors:
+            raise InvalidArgument("the keep_log feature needs handle_errors (kernel rule)")
 
     def args(self) -> tuple[str, ...]:
         legs: list[str] = [str(len(self.legs))]

@@ -2,7 +2,7 @@
 
 Table: ``thin-pool <metadata> <data> <block_sectors> <low_water_blocks> [<#features>
 <features...>]``. Status: ``<transaction> <md used>/<md total> <data used>/<data total>
-<held root|-> <rw|ro|out_of_data_space> <[no_]discard_passdown>
+<held root|-> <rw|ro|out_of_data_space> <[no_]discard_passdown|ignore_discard>
 <error|queue>_if_no_space <needs_check|-> <metadata low watermark>`` or ``Fail``.
 Thin volumes are created by messages (``create_thin``, ``create_snap``) to the pool.
 """
@@ -49,7 +49,7 @@ class ThinPoolTable:
         check_count(self.low_water_blocks, "low water mark")
         block = check_count(self.block_sectors, "thin-pool block size", minimum=_MIN_BLOCK)
         if block > _MAX_BLOCK or block % _MIN_BLOCK:
-            raise InvalidArgument(f"thin-pool block size {block} is not a multiple of 128 <= 2 GiB")
+            raise InvalidArgument(f"thin-pool block size {block} is not a multiple of 128 <= 1 GiB")
 
     def args(self) -> tuple[str, ...]:
         features = [name for name in _FEATURES if getattr(self, name)]
@@ -100,6 +100,7 @@ class ThinPoolStatus:
     error_if_no_space: bool = False
     needs_check: bool = False
     metadata_low_watermark: int | None = None
+    ignore_discard: bool = False  # the pool was loaded with ignore_discard: no discards at all
 
     @property
     def data_usage(self) -> float:
@@ -117,7 +118,7 @@ class ThinPoolStatus:
             mode = PoolMode(args[4])
         except ValueError:
             raise ParseError(what, text, f"unknown pool mode {args[4]!r}") from None
-        if args[5] not in ("discard_passdown", "no_discard_passdown"):
+        if args[5] not in ("discard_passdown", "no_discard_passdown", "ignore_discard"):
             raise ParseError(what, text, f"unexpected {args[5]!r}")
         if args[6] not in ("error_if_no_space", "queue_if_no_space"):
             raise ParseError(what, text, f"unexpected {args[6]!r}")
@@ -137,4 +138,5 @@ class ThinPoolStatus:
             error_if_no_space=args[6] == "error_if_no_space",
             needs_check=args[7] == "needs_check",
             metadata_low_watermark=parse_int(args[8], "low watermark") if len(args) == 9 else None,
+            ignore_discard=args[5] == "ignore_discard",
         )

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# lunresync developer entry point: set-up, tests, demo. Safe to run again at any time.
+#
+#   ./dev.sh setup   install what the project needs (apt packages, .venv with pinned deps)
+#   ./dev.sh test    lint, unit tests on the host, kernel tests in the test VM
+#   ./dev.sh demo    the main job (for now: `lunresync doctor` in the test VM)
+#   ./dev.sh vm -- COMMAND...   run any command as root in the test VM
+#
+# Environment: PYTHON (interpreter for the venv, default python3).
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "$0")")"
+REPO=$PWD
+VENV=$REPO/.venv
+PY=$VENV/bin/python
+RESULTS=$REPO/test-results
+
+say() { printf 'dev.sh: %s\n' "$*" >&2; }
+
+# Host packages the project's own scripts need besides the VM's (tests/vm.py installs
+# those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
+APT_PACKAGES=(dmsetup util-linux e2fsprogs udev kmod)
+
+setup() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq || say "apt-get update failed; trying the cached package lists"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    # The venv is rebuilt when the dependency declarations change.
+    local stamp want
+    want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+    stamp=$VENV/.lunresync-deps
+    if [[ ! -x $PY || ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+        say "creating $VENV with the pinned dependencies (constraints.txt)"
+        rm -rf "$VENV"
+        "${PYTHON:-python3}" -m venv "$VENV"
+        "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dev]'
+        echo "$want" >"$stamp"
+    fi
+}
+
+lint() {
+    say "ruff and mypy"
+    "$VENV/bin/ruff" check lunresync tests
+    "$VENV/bin/mypy" --cache-dir "$REPO/.cache/mypy"
+}
+
+unit_tests() {
+    say "unit tests on the host"
+    "$PY" -m pytest -m unit -q --junitxml="$RESULTS/unit.xml"
+}
+
+kernel_tests() {
+    say "kernel tests in the test VM"
+    mkdir -p "$RESULTS/vm"
+    "$PY" tests/vm.py --results "$RESULTS/vm" -- \
+        "$PY" -m pytest -m kernel -q --junitxml="$RESULTS/vm/kernel.xml"
+}
+
+summary() {
+    # One closing line over both tiers, from the JUnit files (the VM's console can garble).
+    "$PY" - "$RESULTS/unit.xml" "$RESULTS/vm/kernel.xml" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+totals = {"passed": 0, "failed": 0, "skipped": 0}
+for path, tier in zip(sys.argv[1:], ("unit (host)", "kernel (test VM)")):
+    try:
+        suite = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        print(f"{tier}: no results ({path} missing)")
+        totals["failed"] += 1
+        continue
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    n = int(suite.get("tests", 0)); f = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    s = int(suite.get("skipped", 0))
+    print(f"{tier}: {n - f - s} passed, {f} failed, {s} skipped")
+    totals["passed"] += n - f - s; totals["failed"] += f; totals["skipped"] += s
+print(f"summary: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+PYEOF
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+setup)
+    setup
+    ;;
+test)
+    setup
+    rm -rf "$RESULTS"; mkdir -p "$RESULTS"
+    started=$SECONDS
+    status=0
+    lint || status=1
+    unit_tests || status=1
+    kernel_tests || status=1
+    summary || status=1
+    say "all tests took $((SECONDS - started)) s; exit status $status"
+    exit $status
+    ;;
+demo)
+    setup
+    if grep -qw device-mapper /proc/misc 2>/dev/null; then
+        exec "$VENV/bin/lunresync" doctor
+    fi
+    say "this kernel has no device-mapper: running the demo in the test VM"
+    exec "$PY" tests/vm.py --results "$RESULTS/demo" -- "$VENV/bin/lunresync" doctor
+    ;;
+vm)
+    setup
+    [[ ${1:-} == -- ]] && shift
+    exec "$PY" tests/vm.py --results "$RESULTS/vm-run" -- "$@"
+    ;;
+*)
+    sed -n '2,10p' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,65 @@
+"""Test tiers and what every tier shares.
+
+Every test carries exactly one tier marker:
+
+- ``unit``: pure logic; no root, no devices; runs anywhere (the host in CI).
+- ``kernel``: needs root and device-mapper; runs in the test VM (``tests/vm.py``). On a
+  machine without them it is skipped, with the reason. Inside the test VM it is never
+  skipped: a kernel test that cannot run there fails, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+IN_TEST_VM = os.environ.get("LUNRESYNC_TEST_VM") == "1"
+TIERS = ("unit", "kernel")
+VM_HINT = "run it in the test VM: python3 tests/vm.py -- python3 -m pytest -m kernel"
+
+
+def kernel_unavailable_reason() -> str | None:
+    """Why kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        misc = Path("/proc/misc").read_text()
+    except OSError:
+        misc = ""
+    if "device-mapper" not in misc:
+        return "this kernel has no device-mapper"
+    if not Path("/dev/loop-control").exists():
+        return "this kernel has no loop devices"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = [t for t in TIERS if item.get_closest_marker(t) is not None]
+        if len(tiers) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: mark it with exactly one of {', '.join(TIERS)} (has {tiers})"
+            )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None:
+        return
+    reason = kernel_unavailable_reason()
+    if reason is None:
+        return
+    if IN_TEST_VM:
+        pytest.fail(f"kernel test cannot run in the test VM: {reason}", pytrace=False)
+    pytest.skip(f"kernel tier: {reason}; {VM_HINT}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """In the test VM a skipped kernel test is a failure: it is where they must run."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if IN_TEST_VM and report.skipped and item.get_closest_marker("kernel") is not None:
+        report.outcome = "failed"
+        report.longrepr = f"kernel test skipped inside the test VM: {report.longrepr}"

@@ -1,0 +1,127 @@
+"""Scratch devices for kernel tests, removed whatever happens.
+
+A :class:`DeviceStack` creates sparse images, loop devices over them and device-mapper
+devices over those, remembering each; ``close()`` removes them newest first, forcing where
+needed and carrying on past errors, then reports what it could not remove. Every name it
+creates starts with ``TEST_PREFIX`` so that the session's leak check can find strays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from types import TracebackType
+
+from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
+from lunresync.kernel.loop import LoopDevice, LoopDevices
+from lunresync.kernel.targets import Table
+
+TEST_PREFIX = "lrt-"
+MiB = 1024 * 1024
+
+
+class DeviceStack:
+    def __init__(self, dm: DeviceMapper, loops: LoopDevices, pool: Path) -> None:
+        self.dm = dm
+        self.loops = loops
+        self.pool = pool
+        self.tag = TEST_PREFIX + secrets.token_hex(3)
+        self._dm_names: list[str] = []
+        self._loops: list[str] = []
+        self._files: list[Path] = []
+
+    def name(self, suffix: str) -> str:
+        return f"{self.tag}-{suffix}"
+
+    def image(self, suffix: str, size: int) -> Path:
+        path = self.pool / f"{self.name(suffix)}.img"
+        with path.open("xb") as f:
+            f.truncate(size)  # sparse
+        self._files.append(path)
+        return path
+
+    def loop(self, suffix: str, size: int, *, read_only: bool = False,
+             direct_io: bool | None = None) -> LoopDevice:
+        image = self.image(suffix, size)
+        device = self.loops.attach(image, read_only=read_only, direct_io=direct_io)
+        self._loops.append(device.path)
+        return device
+
+    def create(self, suffix: str, table: Table | None, *, uuid: str | None = None) -> DmInfo:
+        name = self.name(suffix)
+        # Remember it before creating: a create that times out may still have made it.
+        self._dm_names.append(name)
+        return self.dm.create(name, table, uuid=uuid)
+
+    def close(self) -> None:
+        errors: list[str] = []
+        for name in reversed(self._dm_names):
+            try:
+                self.dm.remove(name, missing_ok=True)
+            except Exception:  # noqa: BLE001 - try harder below, then report
+                with contextlib.suppress(Exception):
+                    self.dm.resume(name)  # in case it was left suspended
+                for err in self.dm.remove_all([name], force=True):
+                    errors.append(f"dm {name}: {err}")
+        for path in reversed(self._loops):
+            try:
+                self.loops.detach(path)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"loop {path}: {exc}")
+        for file in self._files:
+            file.unlink(missing_ok=True)
+        self._dm_names.clear()
+        self._loops.clear()
+        self._files.clear()
+        if errors:
+            raise RuntimeError("clean-up failed:\n" + "\n".join(errors))
+
+    def __enter__(self) -> DeviceStack:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def sha256_of(path: str | os.PathLike[str], *, length: int | None = None) -> str:
+    """Checksum of a device or file, read with O_DIRECT where possible (no stale cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        remaining = length
+        while remaining is None or remaining > 0:
+            want = MiB if remaining is None else min(MiB, remaining)
+            chunk = f.read(want)
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def write_pattern(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of a block device and make it durable."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_at(path: str | os.PathLike[str], offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def devno(path: str | os.PathLike[str]) -> str:
+    """``MAJOR:MINOR`` of a block device, as the kernel prints it in tables."""
+    rdev = os.stat(path).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
