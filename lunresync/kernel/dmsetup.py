@@ -205,9 +205,10 @@ class DeviceMapper:
             self._run(*args, input=table.format())
         return self.info(name)
 
-    def load(self, name: str, table: Table) -> None:
+    def load(self, name: str, table: Table, *, read_only: bool = False) -> None:
         """Load ``table`` into the inactive slot; ``resume`` makes it live."""
-        self._run("load", dm_name(name), input=table.format())
+        args = ["load", dm_name(name), *(["--readonly"] if read_only else [])]
+        self._run(*args, input=table.format())
 
     def clear(self, name: str) -> None:
         """Drop the inactive table."""

@@ -43,7 +43,7 @@ class LoopDevice:
 
 
 def check_loop_path(path: str) -> str:
-    if not _LOOP_RE.match(path):
+    if not isinstance(path, str) or not _LOOP_RE.fullmatch(path):
         raise InvalidArgument(f"not a loop device path: {path!r}")
     return path
 

@@ -8,6 +8,8 @@ patched.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lunresync.errors import CommandError
-from lunresync.kernel import capabilities
+from lunresync.kernel import capabilities, udev
 from lunresync.kernel.capabilities import (
     OPTIONAL_TARGETS,
     REQUIRED_TARGETS,
@@ -29,7 +31,7 @@ from lunresync.kernel.dmsetup import DeviceMapper
 pytestmark = pytest.mark.unit
 
 RELEASE = "6.1.0-99-test"
-ALL_TARGETS = {name: "1.0.0" for name in (*REQUIRED_TARGETS, *OPTIONAL_TARGETS, "striped")}
+ALL_TARGETS = dict.fromkeys((*REQUIRED_TARGETS, *OPTIONAL_TARGETS, "striped"), "1.0.0")
 BUILTIN_TARGETS = {"linear": "1.4.0", "error": "1.5.0", "striped": "1.6.0"}
 MODULES_DEP = """\
 kernel/drivers/md/dm-mod.ko.xz:
@@ -37,7 +39,8 @@ kernel/drivers/md/dm-bufio.ko.xz:
 kernel/drivers/md/dm-snapshot.ko.xz: kernel/drivers/md/dm-bufio.ko.xz
 kernel/drivers/md/dm-log.ko.xz:
 kernel/drivers/md/dm-region-hash.ko.xz: kernel/drivers/md/dm-log.ko.xz
-kernel/drivers/md/dm-mirror.ko.xz: kernel/drivers/md/dm-region-hash.ko.xz kernel/drivers/md/dm-log.ko.xz
+kernel/drivers/md/dm-mirror.ko.xz: kernel/drivers/md/dm-region-hash.ko.xz \
+kernel/drivers/md/dm-log.ko.xz
 kernel/drivers/md/persistent-data/dm-persistent-data.ko.xz: kernel/drivers/md/dm-bufio.ko.xz
 kernel/drivers/md/dm-thin-pool.ko.xz: kernel/drivers/md/persistent-data/dm-persistent-data.ko.xz
 kernel/drivers/md/dm-flakey.ko.xz:
@@ -129,10 +132,10 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
 
     monkeypatch.setattr(capabilities, "Path", fake_path)
     monkeypatch.setattr(
-        capabilities.shutil, "which", lambda tool: f"/usr/sbin/{tool}" if tool in m.tools else None
+        shutil, "which", lambda tool: f"/usr/sbin/{tool}" if tool in m.tools else None
     )
-    monkeypatch.setattr(capabilities.os, "geteuid", lambda: m.euid)
-    monkeypatch.setattr(capabilities.udev, "is_running", lambda: m.udev)
+    monkeypatch.setattr(os, "geteuid", lambda: m.euid)
+    monkeypatch.setattr(udev, "is_running", lambda: m.udev)
     return m
 
 
@@ -164,7 +167,9 @@ def test_everything_loaded(machine: Machine) -> None:
     assert caps.ready, caps.problems
     assert caps.device_mapper
     assert caps.problems == ()
-    assert caps.targets == {n: Availability.LOADED for n in (*REQUIRED_TARGETS, *OPTIONAL_TARGETS)}
+    assert caps.targets == dict.fromkeys(
+        (*REQUIRED_TARGETS, *OPTIONAL_TARGETS), Availability.LOADED
+    )
     assert caps.clone is Availability.LOADED
     assert caps.loop is Availability.LOADED
     assert caps.kernel == RELEASE
@@ -179,8 +184,16 @@ def test_required_targets_only_loadable(machine: Machine) -> None:
     machine.write(dep=MODULES_DEP + CLONE_DEP)
     caps = machine.probe(FakeDeviceMapper(loaded=BUILTIN_TARGETS))
     assert caps.ready, caps.problems
-    for name in ("snapshot", "snapshot-origin", "snapshot-merge", "mirror", "thin-pool",
-                 "thin", "flakey", "clone"):
+    for name in (
+        "snapshot",
+        "snapshot-origin",
+        "snapshot-merge",
+        "mirror",
+        "thin-pool",
+        "thin",
+        "flakey",
+        "clone",
+    ):
         assert caps.targets[name] is Availability.LOADABLE, name
     assert caps.targets["linear"] is Availability.LOADED
     assert caps.targets["error"] is Availability.LOADED
@@ -219,8 +232,13 @@ def test_clone_loadable_is_no_note(machine: Machine) -> None:
 @pytest.mark.parametrize("missing", ["mirror", "snapshot"])
 def test_required_target_missing(machine: Machine, missing: str) -> None:
     module = {"mirror": "dm-mirror", "snapshot": "dm-snapshot"}[missing]
-    machine.write(dep="".join(line + "\n" for line in MODULES_DEP.splitlines()
-                              if not line.startswith(f"kernel/drivers/md/{module}.ko")))
+    machine.write(
+        dep="".join(
+            line + "\n"
+            for line in MODULES_DEP.splitlines()
+            if not line.startswith(f"kernel/drivers/md/{module}.ko")
+        )
+    )
     caps = machine.probe(FakeDeviceMapper(loaded=BUILTIN_TARGETS))
     assert not caps.ready
     assert caps.targets[missing] is Availability.MISSING

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.unit
 
 def caps(*, dm: bool, clone: bool = True) -> Capabilities:
     state = Availability.LOADED if dm else Availability.MISSING
-    targets = {name: state for name in (*capabilities.REQUIRED_TARGETS,
-                                        *capabilities.OPTIONAL_TARGETS)}
+    targets = dict.fromkeys((*capabilities.REQUIRED_TARGETS, *capabilities.OPTIONAL_TARGETS), state)
     if not clone:
         targets["clone"] = Availability.MISSING
     problems = () if dm else ("device-mapper is missing from this kernel (x): use a kernel"

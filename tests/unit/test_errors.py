@@ -117,13 +117,23 @@ def test_hint() -> None:
 def test_exit_code_values_are_distinct() -> None:
     values = [member.value for member in ExitCode.__members__.values()]
     assert len(values) == len(set(values)), "an ExitCode is an alias of another"
-    assert ExitCode.OK == 0
-    assert ExitCode.USAGE == 2  # what click uses
+    assert int(ExitCode.OK) == 0
+    assert int(ExitCode.USAGE) == 2  # what click uses
     assert all(0 <= v < 126 for v in values)  # 126+ mean "cannot execute"/signals to a shell
 
 
 def test_every_error_is_a_lunresync_error() -> None:
-    for cls in (CommandError, CommandNotFound, CommandTimeout, DeviceBusy, ParseError,
-                InvalidArgument, NotFound, InUse, NotSupported, UdevTimeout):
+    for cls in (
+        CommandError,
+        CommandNotFound,
+        CommandTimeout,
+        DeviceBusy,
+        ParseError,
+        InvalidArgument,
+        NotFound,
+        InUse,
+        NotSupported,
+        UdevTimeout,
+    ):
         assert issubclass(cls, LunresyncError)
         assert isinstance(cls.exit_code, ExitCode)

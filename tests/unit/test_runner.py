@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from lunresync.errors import CommandError, CommandNotFound, CommandTimeout, ExitCode, InvalidArgument
+from lunresync.errors import (
+    CommandError,
+    CommandNotFound,
+    CommandTimeout,
+    ExitCode,
+    InvalidArgument,
+)
 from lunresync.kernel.runner import Runner
 
 pytestmark = pytest.mark.unit

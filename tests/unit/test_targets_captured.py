@@ -596,4 +596,5 @@ def test_error_and_snapshot_origin() -> None:
 
 
 def test_data_dir_is_in_the_repository() -> None:
-    assert DATA_DIR == Path(__file__).resolve().parents[1] / "data" / "dm"
+    expected = Path(__file__).resolve().parents[1] / "data" / "dm"
+    assert expected == DATA_DIR

@@ -76,14 +76,14 @@ cap mirror "mirror core log nosync handle_errors" cap-mir
 dmsetup remove cap-mir
 dmsetup create cap-mir --table "0 $S512 mirror core 1 1024 2 /dev/mapper/cap-l1 0 /dev/mapper/cap-l2 0 0"
 cap mirror "mirror core log syncing" cap-mir
-for i in $(seq 1 200); do st=$(dmsetup status cap-mir); set -- $st; [ "${6%/*}" = "${6#*/}" ] && break; sleep 0.1; done
+for i in $(seq 1 200); do st=$(dmsetup status cap-mir); set -- $st; [ "${7%/*}" = "${7#*/}" ] && break; sleep 0.1; done
 cap mirror "mirror core log in sync" cap-mir
 dmsetup remove cap-mir
 dmsetup create cap-log --table "0 2048 linear $L3 0"
 timeout 30 dd if=/dev/zero of=/dev/mapper/cap-log bs=1M count=1 oflag=direct status=none
 dmsetup create cap-mir --table "0 $S512 mirror disk 2 /dev/mapper/cap-log 1024 2 /dev/mapper/cap-l1 0 /dev/mapper/cap-l2 0 0"
 cap mirror "mirror disk log syncing" cap-mir
-for i in $(seq 1 200); do st=$(dmsetup status cap-mir); set -- $st; [ "${6%/*}" = "${6#*/}" ] && break; sleep 0.1; done
+for i in $(seq 1 200); do st=$(dmsetup status cap-mir); set -- $st; [ "${7%/*}" = "${7#*/}" ] && break; sleep 0.1; done
 cap mirror "mirror disk log in sync" cap-mir
 # leg write failure: second leg becomes error
 dmsetup suspend --noflush cap-l2; dmsetup reload cap-l2 --table "0 $S512 error"; dmsetup resume cap-l2
@@ -147,7 +147,7 @@ if dmsetup targets | grep -q '^clone'; then
   dmsetup message cap-clone 0 hydration_threshold 64
   dmsetup message cap-clone 0 hydration_batch_size 64
   cap clone "clone hydrating (threshold/batch 64)" cap-clone
-  for i in $(seq 1 300); do st=$(dmsetup status cap-clone); set -- $st; [ "${6%/*}" = "${6#*/}" ] && break; sleep 0.1; done
+  for i in $(seq 1 300); do st=$(dmsetup status cap-clone); set -- $st; [ "${7%/*}" = "${7#*/}" ] && break; sleep 0.1; done
   cap clone "clone fully hydrated" cap-clone
   dmsetup remove cap-clone
   dd if=/dev/zero of=/dev/mapper/cap-cmeta bs=4096 count=1 oflag=direct status=none
