@@ -19,7 +19,7 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
 # Host packages the project's own scripts need besides the VM's (tests/vm.py installs
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
-APT_PACKAGES=(dmsetup util-linux e2fsprogs udev kmod)
+APT_PACKAGES=(dmsetup util-linux e2fsprogs dosfstools udev kmod)
 
 setup() {
     local missing=()
@@ -47,7 +47,7 @@ setup() {
 
 lint() {
     say "ruff and mypy"
-    "$VENV/bin/ruff" check lunresync tests
+    "$VENV/bin/ruff" check lunresync tests bench
     "$VENV/bin/mypy" --cache-dir "$REPO/.cache/mypy"
 }
 
@@ -98,8 +98,8 @@ test)
     lint || status=1
     unit_tests || status=1
     kernel_tests || status=1
+    say "all tests took $((SECONDS - started)) s"
     summary || status=1
-    say "all tests took $((SECONDS - started)) s; exit status $status"
     exit $status
     ;;
 demo)

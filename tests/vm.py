@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,15 +278,11 @@ def host_main(args: argparse.Namespace) -> int:
     # virtme-ng runs its helpers (virtme-run) from PATH: put the venv's bin first.
     env["PATH"] = f"{vng.parent}{os.pathsep}{env.get('PATH', '')}"
     started = time.monotonic()
-    try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=args.timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise VmError(f"the test VM did not finish within {args.timeout} s; killed") from None
+    returncode = run_console(argv, env, args.timeout)
     elapsed = time.monotonic() - started
     if not status_file.exists():
         raise VmError(
-            f"the test VM exited (status {proc.returncode}) after {elapsed:.1f} s without"
+            f"the test VM exited (status {returncode}) after {elapsed:.1f} s without"
             " running the command: it did not boot, or the guest side failed before the"
             " command (see the console output above)"
         )
@@ -297,6 +294,35 @@ def host_main(args: argparse.Namespace) -> int:
         boot = f", boot overhead {elapsed - data['command_seconds']:.1f} s"
     say(f"VM finished in {elapsed:.1f} s{boot}; command exit status {status}")
     return status
+
+
+def run_console(argv: list[str], env: dict[str, str], timeout: float) -> int:
+    """Run virtme-ng, passing the VM's console on line by line; kill it after ``timeout``.
+
+    The serial console pads with long runs of blanks when the guest powers off; those
+    lines are dropped so that logs stay readable.
+    """
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        for raw in proc.stdout:
+            line = raw.rstrip(b"\r\n").rstrip()
+            if line or len(raw) < 80:
+                sys.stdout.buffer.write(line + b"\n")
+                sys.stdout.buffer.flush()
+        returncode = proc.wait()
+    finally:
+        fired = not watchdog.is_alive() and watchdog.finished.is_set() and proc.returncode != 0
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if fired and returncode < 0:
+        raise VmError(f"the test VM did not finish within {timeout} s; killed")
+    return returncode
 
 
 # -- guest side -----------------------------------------------------------------------------

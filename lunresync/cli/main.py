@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -27,8 +28,12 @@ class LunresyncGroup(click.Group):
 @click.group(cls=LunresyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lunresync")
 @click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: every command run).")
-def cli(verbose: int) -> None:
+@click.option("--pool", type=click.Path(file_okay=False), envvar="LUNRESYNC_POOL",
+              help="Pool directory (default /var/lib/lunresync; env LUNRESYNC_POOL).")
+def cli(verbose: int, pool: str | None) -> None:
     """Restore LUNs from shadow copies while they stay online."""
+    # Pool files and directories are private to root (0600/0700), SQLite's WAL included.
+    os.umask(0o077)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="lunresync: %(levelname)s: %(message)s")
     # sh logs every process's life at INFO/DEBUG; our runner logs the command lines.
@@ -51,6 +56,18 @@ def doctor(as_json: bool) -> None:
         render(caps)
     if not caps.ready:
         sys.exit(int(ExitCode.UNSUPPORTED))
+
+
+def _add_storage_commands() -> None:
+    from lunresync.cli import storage
+
+    cli.add_command(storage.lun)
+    cli.add_command(storage.snapshot)
+    cli.add_command(storage.activate)
+    cli.add_command(storage.deactivate)
+
+
+_add_storage_commands()
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import pytest
 from lunresync.kernel.dmsetup import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
-from tests.conftest import kernel_unavailable_reason
+from lunresync.provider.catalog import Catalog
+from lunresync.provider.provider import Provider
+from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
 
 from .devices import TEST_PREFIX, DeviceStack
 
@@ -69,7 +72,9 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
         return
     dm = DeviceMapper(Runner(timeout=60))
     loops = LoopDevices(Runner(timeout=60))
-    stray_dm = [d.name for d in dm.devices() if d.name.startswith(TEST_PREFIX)]
+    # In the test VM every lunresync device was made by a test (the provider's names).
+    prefixes = (TEST_PREFIX, "lunresync-") if IN_TEST_VM else (TEST_PREFIX,)
+    stray_dm = [d.name for d in dm.devices() if d.name.startswith(prefixes)]
     stray_loops = [lo.path for lo in loops.attached()
                    if lo.backing_file.startswith(str(scratch_root))]
     # Remove them so that the next run starts clean, then fail the session.
@@ -78,3 +83,41 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
         loops.detach(path)
     assert not stray_dm, f"dm devices left behind by the tests: {stray_dm}"
     assert not stray_loops, f"loop devices left behind by the tests: {stray_loops}"
+
+
+@pytest.fixture
+def provider(scratch_pool: Path, runner: Runner) -> Iterator[Provider]:
+    """A provider over a fresh pool; every device it made is gone after the test."""
+    opened = Provider.open(scratch_pool / "pool", runner=runner)
+    try:
+        yield opened
+    finally:
+        try:
+            opened.deactivate()
+        finally:
+            opened.close()
+            force_remove_pool_devices(scratch_pool / "pool", runner)
+
+
+def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
+    """Whatever deactivate could not remove (a test failed half-way): remove it anyway."""
+    dm = DeviceMapper(runner)
+    loops = LoopDevices(runner)
+    catalog_path = pool / "catalog.db"
+    if not catalog_path.exists():
+        return
+    with Catalog(catalog_path) as catalog:
+        ids = {lun.id for lun in catalog.luns()} | {s.lun_id for s in catalog.shadow_copies()}
+    # Only devices of this pool's LUNs (their UUIDs carry the LUN id).
+    ours = [d for d in dm.devices()
+            if d.uuid.startswith("LUNRESYNC-") and d.uuid.split("-")[1] in ids]
+    # Upper devices first: tops, then shadow copies, then -real devices.
+    ours.sort(key=lambda d: (d.name.endswith("-real"), "-sc-" in d.uuid))
+    for info in ours:
+        with contextlib.suppress(Exception):
+            dm.resume(info.name)
+    dm.remove_all([d.name for d in ours], force=True)
+    for loop in loops.attached():
+        if loop.backing_file.startswith(str(pool)):
+            with contextlib.suppress(Exception):
+                loops.detach(loop.path)

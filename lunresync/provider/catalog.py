@@ -1,0 +1,226 @@
+"""The SQLite catalog: the single source of truth for LUNs, shadow copies and sets.
+
+WAL mode (readers never wait for a writer), ``PRAGMA user_version`` as the schema
+version, migrations applied in order at open. A catalog written by a newer lunresync is
+refused rather than misread. Every change runs in one transaction (:meth:`transaction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from lunresync.errors import LunresyncError, NotFound
+
+from .model import Lun, LunKind, ShadowCopy, ShadowKind, ShadowState, SnapshotSet
+
+# Each entry upgrades the schema from version i to i + 1. Append; never edit a past one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE luns (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL CHECK (size > 0),
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'adopted')),
+        backing TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE snapshot_sets (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL
+    );
+    CREATE TABLE shadow_copies (
+        id TEXT PRIMARY KEY,
+        set_id TEXT NOT NULL REFERENCES snapshot_sets(id),
+        lun_id TEXT NOT NULL,
+        lun_name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('differential', 'clone')),
+        size INTEGER NOT NULL CHECK (size > 0),
+        store TEXT NOT NULL,
+        chunk_sectors INTEGER NOT NULL,
+        created REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'valid' CHECK (state IN ('valid', 'invalid'))
+    );
+    CREATE INDEX shadow_copies_lun ON shadow_copies(lun_id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class CatalogTooNew(LunresyncError):
+    pass
+
+
+class Catalog:
+    """One connection to a pool's catalog. Not shared between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fresh = not path.exists()
+        if fresh:
+            # Created 0600 before SQLite opens it (SQLite would use the umask).
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            self.db.row_factory = sqlite3.Row
+            # Before anything that writes (the switch to WAL rewrites the file's header).
+            self._refuse_too_new()
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_too_new(self) -> int:
+        version = self.version
+        if version > SCHEMA_VERSION:
+            raise CatalogTooNew(
+                f"the catalog {self.path} has schema version {version}, newer than this"
+                f" lunresync understands ({SCHEMA_VERSION}): upgrade lunresync"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self._refuse_too_new()  # again: another process may have upgraded it
+            for index in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+            if version != SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR...);
+            # a ROLLBACK then would replace the real error with "no transaction is active".
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- LUNs ------------------------------------------------------------------------------
+
+    def add_lun(self, lun: Lun) -> None:
+        self.db.execute(
+            "INSERT INTO luns (id, name, size, kind, backing, created) VALUES (?,?,?,?,?,?)",
+            (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created),
+        )
+
+    def remove_lun(self, lun_id: str) -> None:
+        self.db.execute("DELETE FROM luns WHERE id = ?", (lun_id,))
+
+    def luns(self) -> list[Lun]:
+        return [_lun(r) for r in self.db.execute("SELECT * FROM luns ORDER BY name")]
+
+    def lun(self, name_or_id: str) -> Lun:
+        """By name, else by id (a name wins: a 32-hex-digit name may equal another's id)."""
+        row = self.db.execute("SELECT * FROM luns WHERE name = ?", (name_or_id,)).fetchone()
+        if row is None:
+            row = self.db.execute("SELECT * FROM luns WHERE id = ?", (name_or_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no LUN named {name_or_id!r}")
+        return _lun(row)
+
+    def find_lun(self, name_or_id: str) -> Lun | None:
+        try:
+            return self.lun(name_or_id)
+        except NotFound:
+            return None
+
+    # -- shadow copies ---------------------------------------------------------------------
+
+    def add_snapshot_set(self, set_id: str, created: float) -> None:
+        self.db.execute("INSERT INTO snapshot_sets (id, created) VALUES (?, ?)",
+                        (set_id, created))
+
+    def add_shadow_copy(self, sc: ShadowCopy) -> None:
+        self.db.execute(
+            "INSERT INTO shadow_copies (id, set_id, lun_id, lun_name, kind, size, store,"
+            " chunk_sectors, created, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (sc.id, sc.set_id, sc.lun_id, sc.lun_name, sc.kind.value, sc.size, sc.store,
+             sc.chunk_sectors, sc.created, sc.state.value),
+        )
+
+    def set_shadow_state(self, sc_id: str, state: ShadowState) -> None:
+        self.db.execute("UPDATE shadow_copies SET state = ? WHERE id = ?", (state.value, sc_id))
+
+    def remove_shadow_copy(self, sc_id: str) -> None:
+        row = self.db.execute("SELECT set_id FROM shadow_copies WHERE id = ?",
+                              (sc_id,)).fetchone()
+        self.db.execute("DELETE FROM shadow_copies WHERE id = ?", (sc_id,))
+        if row is not None:
+            self.db.execute(
+                "DELETE FROM snapshot_sets WHERE id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM shadow_copies WHERE set_id = ?)", (row[0], row[0]))
+
+    def shadow_copies(self, *, lun_id: str | None = None) -> list[ShadowCopy]:
+        if lun_id is None:
+            rows = self.db.execute("SELECT * FROM shadow_copies ORDER BY created, id")
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM shadow_copies WHERE lun_id = ? ORDER BY created, id", (lun_id,))
+        return [_shadow(r) for r in rows]
+
+    def shadow_copy(self, sc_id: str) -> ShadowCopy:
+        """By full id or a unique prefix of at least 8 hex digits."""
+        if len(sc_id) < 8:
+            raise NotFound(f"no shadow copy {sc_id!r} (give at least 8 hex digits of its id)")
+        rows = self.db.execute(
+            "SELECT * FROM shadow_copies WHERE id = ? OR id LIKE ? ESCAPE '\\'",
+            (sc_id, sc_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"),
+        ).fetchall()
+        if len(rows) != 1:
+            raise NotFound(f"no shadow copy {sc_id!r}" if not rows
+                           else f"shadow copy id {sc_id!r} is ambiguous")
+        return _shadow(rows[0])
+
+    def snapshot_set(self, set_id: str) -> SnapshotSet:
+        row = self.db.execute("SELECT * FROM snapshot_sets WHERE id = ?", (set_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no snapshot set {set_id!r}")
+        members = self.db.execute(
+            "SELECT * FROM shadow_copies WHERE set_id = ? ORDER BY lun_name", (set_id,))
+        return SnapshotSet(row["id"], row["created"], tuple(_shadow(r) for r in members))
+
+
+def _lun(row: sqlite3.Row) -> Lun:
+    return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
+               row["created"])
+
+
+def _shadow(row: sqlite3.Row) -> ShadowCopy:
+    return ShadowCopy(
+        id=row["id"], set_id=row["set_id"], lun_id=row["lun_id"], lun_name=row["lun_name"],
+        kind=ShadowKind(row["kind"]), size=row["size"], store=row["store"],
+        chunk_sectors=row["chunk_sectors"], created=row["created"],
+        state=ShadowState(row["state"]),
+    )
+
+
+def now() -> float:
+    return time.time()

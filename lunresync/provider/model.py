@@ -1,0 +1,124 @@
+"""What the provider manages, as frozen dataclasses read from the catalog."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+from lunresync.errors import InvalidArgument
+
+# LUN names reach dm names, file names and udev symlinks.
+_LUN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+DM_PREFIX = "lunresync-"
+UUID_PREFIX = "LUNRESYNC-"
+
+
+def check_lun_name(name: str) -> str:
+    if not isinstance(name, str) or not _LUN_NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"invalid LUN name {name!r}: use 1-64 of a-z 0-9 . _ -, starting with a letter or"
+            " digit, no '..'"
+        )
+    # LUN "db" owns lunresync-db-real and shadow copies own lunresync-sc-*: a LUN named
+    # "db-real" or "sc-..." would share a device-mapper name with another object.
+    if name.endswith("-real") or name.startswith("sc-"):
+        raise InvalidArgument(
+            f"invalid LUN name {name!r}: names ending in '-real' or starting with 'sc-' are"
+            " reserved for lunresync's own devices"
+        )
+    return name
+
+
+def new_id() -> str:
+    """A new 128-bit identifier, as 32 hex digits (the analogue of a SCSI page-83 id)."""
+    return uuid.uuid4().hex
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise InvalidArgument(f"invalid {what} {value!r}: expected 32 hex digits")
+    return value
+
+
+class LunKind(Enum):
+    IMAGE = "image"  # a sparse image file in the pool, on a loop device
+    ADOPTED = "adopted"  # an existing block device
+
+
+class ShadowKind(Enum):
+    DIFFERENTIAL = "differential"  # dm snapshot: changed chunks in a COW store
+    CLONE = "clone"  # a full, independent copy
+
+
+class ShadowState(Enum):
+    VALID = "valid"
+    INVALID = "invalid"  # the COW store overflowed or failed: never a restore source
+
+
+@dataclass(frozen=True)
+class Lun:
+    id: str
+    name: str
+    size: int  # bytes
+    kind: LunKind
+    backing: str  # image path (IMAGE) or block device path (ADOPTED)
+    created: float
+
+    @property
+    def dm_name(self) -> str:
+        return DM_PREFIX + self.name
+
+    @property
+    def real_dm_name(self) -> str:
+        return f"{DM_PREFIX}{self.name}-real"
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.dm_name}"
+
+    @property
+    def dm_uuid(self) -> str:
+        return UUID_PREFIX + self.id
+
+    @property
+    def sectors(self) -> int:
+        return self.size // 512
+
+
+@dataclass(frozen=True)
+class ShadowCopy:
+    id: str
+    set_id: str
+    lun_id: str  # the LUN it was taken from (may no longer exist, or be in another pool)
+    lun_name: str  # that LUN's name when the copy was taken
+    kind: ShadowKind
+    size: int
+    store: str  # COW store (differential) or image (clone), in the pool
+    chunk_sectors: int
+    created: float
+    state: ShadowState = ShadowState.VALID
+
+    @property
+    def dm_name(self) -> str:
+        return f"{DM_PREFIX}sc-{self.id[:12]}"
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.dm_name}"
+
+    @property
+    def dm_uuid(self) -> str:
+        return f"{UUID_PREFIX}{self.lun_id}-sc-{self.id}"
+
+    @property
+    def sectors(self) -> int:
+        return self.size // 512
+
+
+@dataclass(frozen=True)
+class SnapshotSet:
+    id: str
+    created: float
+    shadow_copies: tuple[ShadowCopy, ...]

@@ -1,0 +1,43 @@
+"""Sizes as people write them ("4G", "512MiB", "1073741824") and as we print them."""
+
+from __future__ import annotations
+
+import re
+
+from lunresync.errors import InvalidArgument
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# "4G", "4GiB", "4gb", "4096", "4096B"; ASCII digits only.
+_SIZE_RE = re.compile(r"\s*([0-9]+)\s*(?:([kmgtp])(?:i?b)?|b)?\s*", re.IGNORECASE | re.ASCII)
+SECTOR = 512
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``4G``, ``512M``, ``100MiB``, ``4096``. Binary units (G = GiB)."""
+    if isinstance(text, bool):
+        raise InvalidArgument(f"invalid size {text!r}")
+    if isinstance(text, int):
+        size = text
+    else:
+        match = _SIZE_RE.fullmatch(text)
+        if not match:
+            raise InvalidArgument(
+                f"invalid size {text!r}: use a whole number with an optional unit"
+                " K, M, G, T (binary: 1G = 1024 MiB)"
+            )
+        size = int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if size <= 0:
+        raise InvalidArgument(f"size must be positive, not {size}")
+    if size % SECTOR:
+        raise InvalidArgument(f"size must be a multiple of {SECTOR} bytes, not {size}")
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f}{unit}"
+    return f"{size}B"

@@ -1,0 +1,474 @@
+"""The provider on real devices (test VM): LUNs, snapshot sets, activation, transport."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import stat
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lunresync.errors import (
+    CommandError,
+    InUse,
+    InvalidArgument,
+    LunresyncError,
+    NotFound,
+    NotSupported,
+)
+from lunresync.kernel.dmsetup import DeviceMapper
+from lunresync.kernel.loop import LoopDevices
+from lunresync.kernel.runner import CommandResult, Runner
+from lunresync.kernel.targets import LinearTable, Table
+from lunresync.provider.catalog import Catalog
+from lunresync.provider.model import ShadowKind, ShadowState
+from lunresync.provider.pool import PoolFull
+from lunresync.provider.provider import CorruptBundle, Provider
+
+from .conftest import force_remove_pool_devices
+from .devices import DeviceStack, MiB, sha256_of, write_pattern
+
+pytestmark = pytest.mark.kernel
+
+
+def fill(path: str, size: int, seed: int = 0) -> None:
+    """Deterministic, incompressible-looking content, written in 1 MiB writes."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset in range(0, size, MiB):
+            block = (seed.to_bytes(4, "little") + offset.to_bytes(8, "little")) * (MiB // 12)
+            os.pwrite(fd, block.ljust(MiB, b"\x5a"), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def kernel_state(provider: Provider) -> tuple[object, ...]:
+    """Everything an operation could change: catalog rows, devices, loops, pool files."""
+    devices = sorted((d.name, d.uuid, d.live_table, d.inactive_table, d.suspended)
+                     for d in provider.dm.devices())
+    loops = sorted((lo.path, lo.backing_file) for lo in provider.loops.attached())
+    files = sorted(str(p.relative_to(provider.pool.root))
+                   for p in provider.pool.root.rglob("*")
+                   if p.is_file() and p.suffix in (".img", ".cow"))
+    rows = (
+        [(lun.id, lun.name, lun.size) for lun in provider.catalog.luns()],
+        [(s.id, s.state.value) for s in provider.catalog.shadow_copies()],
+    )
+    return (devices, loops, files, rows)
+
+
+# -- LUNs ------------------------------------------------------------------------------------
+
+
+def test_lun_create_show_delete(provider: Provider) -> None:
+    lun = provider.create_lun("db0", "64M")
+    assert lun.size == 64 * MiB
+    assert Path(lun.path).is_block_device()
+    info = provider.dm.info(lun.dm_name)
+    assert info.uuid == f"LUNRESYNC-{lun.id}"
+    assert len(lun.id) == 32
+    assert provider.lun("db0") == lun
+    assert provider.lun(lun.id) == lun
+    image = Path(lun.backing)
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    assert stat.S_IMODE(provider.pool.images.stat().st_mode) == 0o700
+    assert image.stat().st_blocks * 512 < MiB  # sparse
+    write_pattern(lun.path, 0, b"hello".ljust(4096, b"\0"))
+    provider.delete_lun("db0")
+    assert not provider.dm.exists(lun.dm_name)
+    assert not provider.dm.exists(lun.real_dm_name)
+    assert not image.exists()
+    assert provider.luns() == []
+    assert not provider.loops.find(image)
+
+
+def test_adopt_a_block_device(provider: Provider, devices: DeviceStack) -> None:
+    disk = devices.loop("disk", 32 * MiB)
+    write_pattern(disk.path, 0, b"adopted".ljust(4096, b"\0"))
+    lun = provider.adopt_lun("adopted", disk.path)
+    assert lun.size == 32 * MiB
+    with open(lun.path, "rb") as f:
+        assert f.read(7) == b"adopted"
+    provider.delete_lun("adopted")
+    assert Path(disk.path).is_block_device()  # an adopted device is left alone
+
+
+# -- snapshot sets ---------------------------------------------------------------------------
+
+
+class StampWriter:
+    """Writes an increasing sequence number into LUN A, then the same into LUN B, forever:
+    a dependent-write stream across two LUNs, like a log and its data."""
+
+    def __init__(self, paths: tuple[str, str]) -> None:
+        self.paths = paths
+        self.sequence = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        fds = [os.open(p, os.O_WRONLY | os.O_DIRECT) for p in self.paths]
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
+        try:
+            while not self.stop.is_set():
+                self.sequence += 1
+                struct.pack_into("<Q", buf, 0, self.sequence)
+                for fd in fds:
+                    os.pwritev(fd, [buf], 0)  # O_DIRECT: on the device when it returns
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def __enter__(self) -> StampWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def read_stamp(path: str) -> int:
+    with open(path, "rb") as f:
+        value: int = struct.unpack("<Q", f.read(8))[0]
+        return value
+
+
+def test_snapshot_set_is_one_instant_across_luns(provider: Provider) -> None:
+    a = provider.create_lun("log", "16M")
+    b = provider.create_lun("data", "16M")
+    seen = []
+    with StampWriter((a.path, b.path)) as writer:
+        for _ in range(3):
+            start = writer.sequence
+            while writer.sequence < start + 20 and writer.error is None:
+                writer.stop.wait(0.01)
+            result = provider.create_snapshot_set(["log", "data"])
+            by_lun = {s.lun_name: s for s in result.snapshot_set.shadow_copies}
+            sa, sb = by_lun["log"], by_lun["data"]
+            seen.append((read_stamp(sa.path), read_stamp(sb.path)))
+            assert result.freeze_commands == 3
+    assert writer.error is None
+    for stamp_a, stamp_b in seen:
+        # B's stamp n is written only after A's stamp n completed: at one instant, both
+        # hold n, or A holds n+1 while B still holds n (the writer between its writes).
+        # Never B ahead, never further apart: that would be two instants.
+        assert stamp_b > 0
+        assert stamp_a - stamp_b in (0, 1), seen
+    assert seen[0][1] < seen[1][1] < seen[2][1]  # the writer ran on between the sets
+
+
+def test_differential_shadow_copy_keeps_its_point_in_time(provider: Provider) -> None:
+    lun = provider.create_lun("vol", "32M")
+    fill(lun.path, 32 * MiB, seed=1)
+    before = sha256_of(lun.path)
+    (shadow,) = provider.create_snapshot_set(["vol"]).snapshot_set.shadow_copies
+    assert shadow.kind is ShadowKind.DIFFERENTIAL
+    assert sha256_of(shadow.path) == before
+    fill(lun.path, 12 * MiB, seed=2)  # 1 MiB writes over many 8 KiB chunks
+    write_pattern(lun.path, 20 * MiB + 4096, os.urandom(4096))
+    assert sha256_of(lun.path) != before
+    assert sha256_of(shadow.path) == before
+    use = provider.shadow_copy_use(shadow)
+    assert use.usable
+    assert use.cow_used is not None
+    assert use.cow_used >= 12 * MiB
+    assert use.cow_size is not None
+    assert use.cow_size >= lun.size  # sized so that it cannot overflow
+    with pytest.raises(OSError, match=r"Read-only|Operation not permitted|Permission denied"):
+        write_pattern(shadow.path, 0, bytes(4096))  # shadow copies are read-only
+
+
+def test_clone_is_independent_of_its_lun(provider: Provider) -> None:
+    lun = provider.create_lun("src", "32M")
+    fill(lun.path, 32 * MiB, seed=3)
+    before = sha256_of(lun.path)
+    result = provider.create_snapshot_set(["src"], ShadowKind.CLONE)
+    (clone,) = result.snapshot_set.shadow_copies
+    assert clone.kind is ShadowKind.CLONE
+    assert sha256_of(clone.path) == before
+    # The LUN went back to linear: no snapshot is left on it.
+    assert provider.dm.table(lun.dm_name).lines[0].target == "linear"
+    provider.delete_lun("src", force=True)  # clones are kept: they do not need the LUN
+    assert sha256_of(clone.path) == before
+    provider.deactivate()
+    provider.activate()
+    assert sha256_of(clone.path) == before
+    provider.delete_shadow_copy(clone.id)
+    assert not Path(clone.store).exists()
+
+
+def test_overflowed_shadow_copy_is_reported_invalid(provider: Provider,
+                                                    runner: Runner) -> None:
+    lun = provider.create_lun("small", "16M")
+    (shadow,) = provider.create_snapshot_set(["small"]).snapshot_set.shadow_copies
+    # Shrink the COW store under the kernel's feet (it is sized never to overflow), then
+    # write more than the 1 MiB left: the kernel invalidates the snapshot.
+    loop = provider.loops.find(shadow.store)[0].path
+    os.truncate(shadow.store, MiB)
+    runner.run(["losetup", "--set-capacity", loop])
+    fill(lun.path, 4 * MiB, seed=4)
+    use = provider.shadow_copy_use(shadow)
+    assert not use.usable
+    assert provider.shadow_copy(shadow.id).state is ShadowState.INVALID
+    with pytest.raises(InvalidArgument, match="invalid"):
+        provider.export_shadow_copy(shadow.id, provider.pool.root.parent / "bundle")
+
+
+# -- activation ------------------------------------------------------------------------------
+
+
+def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
+    a = provider.create_lun("a", "16M")
+    b = provider.create_lun("b", "16M")
+    fill(a.path, 16 * MiB, seed=5)
+    fill(b.path, 16 * MiB, seed=6)
+    shadows = provider.create_snapshot_set(["a", "b"]).snapshot_set.shadow_copies
+    fill(a.path, 4 * MiB, seed=7)
+    (clone,) = provider.create_snapshot_set(["b"], ShadowKind.CLONE).snapshot_set.shadow_copies
+    fill(b.path, 2 * MiB, seed=8)
+    paths = [a.path, b.path, *(s.path for s in shadows), clone.path]
+    before = [sha256_of(p) for p in paths]
+    removed = provider.deactivate()
+    assert removed
+    assert not [d for d in provider.dm.devices() if d.uuid.startswith("LUNRESYNC-")]
+    assert not [lo for lo in provider.loops.attached()
+                if lo.backing_file.startswith(str(provider.pool.root))]
+    created = provider.activate()
+    assert created
+    assert [sha256_of(p) for p in paths] == before
+    # The origin keeps preserving the snapshots' point in time after activation.
+    fill(a.path, 16 * MiB, seed=9)
+    assert [sha256_of(s.path) for s in shadows] == before[2:4]
+    state = kernel_state(provider)
+    assert provider.activate() == []
+    assert kernel_state(provider) == state
+
+
+# -- transport -------------------------------------------------------------------------------
+
+
+def test_export_delete_import_identical(provider: Provider, scratch_pool: Path) -> None:
+    lun = provider.create_lun("exp", "32M")
+    fill(lun.path, 24 * MiB, seed=10)  # the last 8 MiB stay zero: a hole in the bundle
+    (shadow,) = provider.create_snapshot_set(["exp"]).snapshot_set.shadow_copies
+    expected = sha256_of(shadow.path)
+    bundle = provider.export_shadow_copy(shadow.id, scratch_pool / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["sha256"] == expected
+    assert manifest["lun_id"] == lun.id
+    assert manifest["size"] == lun.size
+    assert (bundle / "content.img").stat().st_blocks * 512 <= 25 * MiB  # sparse
+    provider.delete_lun("exp", force=True)
+    assert provider.shadow_copies() == []
+    imported = provider.import_shadow_copy(bundle)
+    assert imported.id == shadow.id
+    assert imported.kind is ShadowKind.CLONE
+    assert imported.lun_id == lun.id
+    assert sha256_of(imported.path) == expected
+    with pytest.raises(InvalidArgument, match="already"):
+        provider.import_shadow_copy(bundle)
+
+
+def test_import_refuses_a_tampered_bundle(provider: Provider, scratch_pool: Path) -> None:
+    lun = provider.create_lun("tamper", "8M")
+    fill(lun.path, 8 * MiB, seed=11)
+    (shadow,) = provider.create_snapshot_set(["tamper"]).snapshot_set.shadow_copies
+    bundle = provider.export_shadow_copy(shadow.id, scratch_pool / "bundle")
+    provider.delete_lun("tamper", force=True)
+    with (bundle / "content.img").open("r+b") as f:
+        f.seek(4 * MiB)
+        f.write(b"X")
+    state = kernel_state(provider)
+    with pytest.raises(CorruptBundle, match="checksum"):
+        provider.import_shadow_copy(bundle)
+    assert kernel_state(provider) == state
+
+
+# -- bad input: clear error, no change ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_lun(scratch_root: Path, runner: Runner) -> Iterator[Provider]:
+    """One provider with one LUN, shared by the bad-input tests (each checks no change)."""
+    pool = scratch_root / "bad-input-pool"
+    shared = Provider.open(pool, runner=runner)
+    try:
+        shared.create_lun("one", "8M")
+        yield shared
+    finally:
+        try:
+            shared.deactivate()
+        finally:
+            shared.close()
+            force_remove_pool_devices(pool, runner)
+
+
+@pytest.mark.parametrize("name", ["", "UPPER", "a/b", "..", "a..b", "-lead", ".lead", "x" * 65,
+                                  "sp ace", "new\nline", "tab\t"])
+def test_invalid_lun_names(one_lun: Provider, name: str) -> None:
+    state = kernel_state(one_lun)
+    with pytest.raises(InvalidArgument, match="invalid LUN name"):
+        one_lun.create_lun(name, "8M")
+    assert kernel_state(one_lun) == state
+
+
+@pytest.mark.parametrize("size", ["0", "-1", "abc", "1.5G", "", "12X", "100"])
+def test_invalid_sizes(one_lun: Provider, size: str) -> None:
+    state = kernel_state(one_lun)
+    with pytest.raises(InvalidArgument, match="size"):
+        one_lun.create_lun("two", size)
+    assert kernel_state(one_lun) == state
+
+
+def test_size_larger_than_the_pool(one_lun: Provider) -> None:
+    state = kernel_state(one_lun)
+    with pytest.raises(PoolFull, match="free"):
+        one_lun.create_lun("huge", "1000T")
+    assert kernel_state(one_lun) == state
+
+
+def test_existing_name_unknown_ids_and_twice_in_a_set(one_lun: Provider) -> None:
+    state = kernel_state(one_lun)
+    with pytest.raises(InvalidArgument, match="exists already"):
+        one_lun.create_lun("one", "8M")
+    with pytest.raises(NotFound):
+        one_lun.delete_lun("nope")
+    with pytest.raises(NotFound):
+        one_lun.create_snapshot_set(["one", "nope"])
+    with pytest.raises(NotFound):
+        one_lun.delete_shadow_copy("0123456789abcdef")
+    with pytest.raises(NotFound):
+        one_lun.export_shadow_copy("deadbeef", one_lun.pool.root.parent / "b")
+    with pytest.raises(InvalidArgument, match="twice"):
+        one_lun.create_snapshot_set(["one", "one"])
+    assert kernel_state(one_lun) == state
+
+
+def test_delete_refused_while_shadow_copies_or_in_use(provider: Provider) -> None:
+    provider.create_lun("one", "8M")
+    provider.create_snapshot_set(["one"])
+    state = kernel_state(provider)
+    with pytest.raises(InUse, match="shadow copies"):
+        provider.delete_lun("one")
+    lun = provider.lun("one")
+    fd = os.open(lun.path, os.O_RDONLY)
+    try:
+        with pytest.raises(InUse, match="in use"):
+            provider.delete_lun("one", force=True)
+        with pytest.raises(InUse, match="in use"):
+            provider.deactivate()
+    finally:
+        os.close(fd)
+    assert kernel_state(provider) == state
+
+
+def test_adopt_refuses_mounted_and_held_devices(provider: Provider, devices: DeviceStack,
+                                                dm: DeviceMapper, scratch_pool: Path) -> None:
+    disk = devices.loop("mounted", 32 * MiB)
+    held = devices.loop("held", 8 * MiB)
+    devices.create("holder", Table.single(LinearTable(held.path), 2048))
+    mnt = scratch_pool / "mnt"
+    mnt.mkdir()
+    dm.runner.run(["mkfs.ext4", "-q", "-F", disk.path])
+    dm.runner.run(["mount", disk.path, str(mnt)])
+    try:
+        state = kernel_state(provider)
+        with pytest.raises(InUse, match="mounted"):
+            provider.adopt_lun("m", disk.path)
+        with pytest.raises(InUse, match="held"):
+            provider.adopt_lun("h", held.path)
+        with pytest.raises(NotFound):
+            provider.adopt_lun("x", "/dev/nonexistent-device")
+        with pytest.raises(InvalidArgument, match="not a block device"):
+            provider.adopt_lun("x", "/dev/null")
+        assert kernel_state(provider) == state
+    finally:
+        dm.runner.run(["umount", str(mnt)])
+
+
+def test_pool_without_sparse_files_is_refused(devices: DeviceStack, dm: DeviceMapper,
+                                              scratch_pool: Path) -> None:
+    disk = devices.loop("vfat", 256 * MiB)
+    mnt = scratch_pool / "vfat"
+    mnt.mkdir()
+    dm.runner.run(["mkfs.vfat", disk.path])
+    dm.runner.run(["mount", disk.path, str(mnt)])
+    try:
+        with pytest.raises(NotSupported, match="sparse"):
+            Provider.open(mnt / "pool")
+        assert not list((mnt / "pool").glob("*.db"))
+    finally:
+        dm.runner.run(["umount", str(mnt)])
+
+
+def test_catalog_from_a_newer_lunresync_is_refused(scratch_pool: Path) -> None:
+    pool = scratch_pool / "newer"
+    Provider.open(pool).close()
+    with Catalog(pool / "catalog.db") as catalog:
+        catalog.db.execute("PRAGMA user_version = 999")
+    with pytest.raises(LunresyncError, match="newer"):
+        Provider.open(pool)
+
+
+@dataclass(frozen=True)
+class FailingRunner(Runner):
+    """Fault injection at the command boundary: the Nth matching command fails (as a
+    failed ioctl would); every other command runs for real."""
+
+    match: tuple[str, ...] = ()
+    left: list[int] = field(default_factory=lambda: [1])
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        if tuple(argv[: len(self.match)]) == self.match:
+            self.left[0] -= 1
+            if self.left[0] == 0:
+                raise CommandError(argv, 1, "injected failure\n")
+        return super().run(argv, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("match", "nth"),
+    [
+        (("dmsetup", "create"), 2),  # the second LUN's shadow copy device
+        (("dmsetup", "load"), 3),  # an origin table
+        (("dmsetup", "resume"), 1),  # the snapshots' resume, inside the freeze
+    ],
+)
+def test_failed_snapshot_set_rolls_back(scratch_pool: Path, runner: Runner,
+                                        match: tuple[str, ...], nth: int) -> None:
+    pool = scratch_pool / "pool"
+    with Provider.open(pool, runner=runner) as setup:
+        a = setup.create_lun("fa", "8M")
+        setup.create_lun("fb", "8M")
+        fill(a.path, 8 * MiB, seed=12)
+        before = sha256_of(a.path)
+        state = kernel_state(setup)
+    failing = FailingRunner(timeout=120, match=match, left=[nth])
+    with Provider.open(pool, runner=failing) as provider, pytest.raises(
+        LunresyncError, match="injected"
+    ):
+        provider.create_snapshot_set(["fa", "fb"])
+    with Provider.open(pool, runner=runner) as check:
+        assert kernel_state(check) == state
+        assert sha256_of(a.path) == before
+        assert check.dm.table(a.dm_name).lines[0].target == "linear"
+        assert not check.dm.info(a.dm_name).suspended
+        check.deactivate()
+
+
+def test_loop_and_dm_leftovers_none_after_provider_tests(dm: DeviceMapper,
+                                                         loops: LoopDevices) -> None:
+    """Runs last in this module: the provider fixture removed everything it made."""
+    assert not [d.name for d in dm.devices() if d.uuid.startswith("LUNRESYNC-")]
