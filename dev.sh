@@ -60,7 +60,7 @@ kernel_tests() {
     say "kernel tests in the test VM"
     mkdir -p "$RESULTS/vm"
     "$PY" tests/vm.py --results "$RESULTS/vm" -- \
-        "$PY" -m pytest -m kernel -q --junitxml="$RESULTS/vm/kernel.xml"
+        "$PY" -m pytest -m kernel -q --durations=10 --junitxml="$RESULTS/vm/kernel.xml"
 }
 
 summary() {

@@ -24,7 +24,6 @@ from lunresync.errors import (
     NotSupported,
 )
 from lunresync.kernel.dmsetup import DeviceMapper
-from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import CommandResult, Runner
 from lunresync.kernel.targets import LinearTable, Table
 from lunresync.provider.catalog import Catalog
@@ -191,8 +190,8 @@ def test_differential_shadow_copy_keeps_its_point_in_time(provider: Provider) ->
 
 
 def test_clone_is_independent_of_its_lun(provider: Provider) -> None:
-    lun = provider.create_lun("src", "32M")
-    fill(lun.path, 32 * MiB, seed=3)
+    lun = provider.create_lun("src", "16M")
+    fill(lun.path, 16 * MiB, seed=3)
     before = sha256_of(lun.path)
     result = provider.create_snapshot_set(["src"], ShadowKind.CLONE)
     (clone,) = result.snapshot_set.shadow_copies
@@ -230,14 +229,14 @@ def test_overflowed_shadow_copy_is_reported_invalid(provider: Provider,
 
 
 def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
-    a = provider.create_lun("a", "16M")
-    b = provider.create_lun("b", "16M")
-    fill(a.path, 16 * MiB, seed=5)
-    fill(b.path, 16 * MiB, seed=6)
+    a = provider.create_lun("a", "8M")
+    b = provider.create_lun("b", "8M")
+    fill(a.path, 8 * MiB, seed=5)
+    fill(b.path, 8 * MiB, seed=6)
     shadows = provider.create_snapshot_set(["a", "b"]).snapshot_set.shadow_copies
-    fill(a.path, 4 * MiB, seed=7)
+    fill(a.path, 2 * MiB, seed=7)
     (clone,) = provider.create_snapshot_set(["b"], ShadowKind.CLONE).snapshot_set.shadow_copies
-    fill(b.path, 2 * MiB, seed=8)
+    fill(b.path, MiB, seed=8)
     paths = [a.path, b.path, *(s.path for s in shadows), clone.path]
     before = [sha256_of(p) for p in paths]
     removed = provider.deactivate()
@@ -249,7 +248,7 @@ def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
     assert created
     assert [sha256_of(p) for p in paths] == before
     # The origin keeps preserving the snapshots' point in time after activation.
-    fill(a.path, 16 * MiB, seed=9)
+    fill(a.path, 8 * MiB, seed=9)
     assert [sha256_of(s.path) for s in shadows] == before[2:4]
     state = kernel_state(provider)
     assert provider.activate() == []
@@ -357,16 +356,16 @@ def test_existing_name_unknown_ids_and_twice_in_a_set(one_lun: Provider) -> None
 
 
 def test_delete_refused_while_shadow_copies_or_in_use(provider: Provider) -> None:
-    provider.create_lun("one", "8M")
-    provider.create_snapshot_set(["one"])
+    provider.create_lun("busy", "8M")
+    provider.create_snapshot_set(["busy"])
     state = kernel_state(provider)
     with pytest.raises(InUse, match="shadow copies"):
-        provider.delete_lun("one")
-    lun = provider.lun("one")
+        provider.delete_lun("busy")
+    lun = provider.lun("busy")
     fd = os.open(lun.path, os.O_RDONLY)
     try:
         with pytest.raises(InUse, match="in use"):
-            provider.delete_lun("one", force=True)
+            provider.delete_lun("busy", force=True)
         with pytest.raises(InUse, match="in use"):
             provider.deactivate()
     finally:
@@ -468,7 +467,19 @@ def test_failed_snapshot_set_rolls_back(scratch_pool: Path, runner: Runner,
         check.deactivate()
 
 
-def test_loop_and_dm_leftovers_none_after_provider_tests(dm: DeviceMapper,
-                                                         loops: LoopDevices) -> None:
-    """Runs last in this module: the provider fixture removed everything it made."""
-    assert not [d.name for d in dm.devices() if d.uuid.startswith("LUNRESYNC-")]
+@pytest.mark.parametrize(("match", "nth"), [(("dmsetup", "create"), 2), (("losetup",), 2)])
+def test_failed_lun_create_rolls_back(scratch_pool: Path, runner: Runner,
+                                      match: tuple[str, ...], nth: int) -> None:
+    """The top device (second create) or the loop lookup fails: image, loop device, -real
+    device and catalog row are all gone again."""
+    pool = scratch_pool / "pool"
+    with Provider.open(pool, runner=runner) as setup:
+        state = kernel_state(setup)
+    failing = FailingRunner(timeout=120, match=match, left=[nth])
+    with Provider.open(pool, runner=failing) as provider, pytest.raises(
+        LunresyncError, match="injected"
+    ):
+        provider.create_lun("half", "8M")
+    with Provider.open(pool, runner=runner) as check:
+        assert kernel_state(check) == state
+        assert not list(check.pool.images.iterdir())
