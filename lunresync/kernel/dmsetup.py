@@ -239,7 +239,9 @@ class DeviceMapper:
         ``force`` first replaces the table with ``error`` so that openers fail instead of
         hanging (``dmsetup remove --force``). Raises DeviceBusy if it stays busy.
         """
-        args = ["remove", "--retry", *(["--force"] if force else []), dm_name(name)]
+        # No "--retry": libdm's own loop spends 5 s on a device that is really open; ours
+        # lets udev finish (the usual brief opener) and asks again.
+        args = ["remove", *(["--force"] if force else []), dm_name(name)]
         for attempt in range(1, self.remove_attempts + 1):
             try:
                 self._run(*args)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
+from lunresync.kernel import udev
 from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
@@ -255,7 +256,14 @@ class Provider:
 
     def _refuse_open(self, dm_name: str, what: str) -> None:
         info = self._info(dm_name)
-        if info is None:
+        if info is None or not info.open_count:
+            return
+        # Closing a device after writing makes udev probe it (blkid): a brief open that is
+        # not a user. Let udev finish, then look again.
+        udev.settle(self.runner)
+        try:
+            info = self.dm.info(dm_name)
+        except NotFound:
             return
         if info.open_count:
             raise InUse(f"{what} is in use (open {info.open_count} times, {info.path})")
