@@ -122,10 +122,11 @@ class DeviceMapper:
     # -- running ---------------------------------------------------------------------
 
     def _run(
-        self, *args: str, input: str | None = None, timeout: float | None = None  # noqa: A002
+        self, *args: str, input: str | None = None, timeout: float | None = None,  # noqa: A002
+        udev_sync: bool | None = None,
     ) -> CommandResult:
         argv = [DMSETUP]
-        if not self.udev_sync:
+        if not (self.udev_sync if udev_sync is None else udev_sync):
             argv.append("--noudevsync")
         argv += args
         try:
@@ -223,9 +224,13 @@ class DeviceMapper:
             args.append("--nolockfs")
         self._run(*args, *_names(names))
 
-    def resume(self, *names: str) -> None:
-        """Resume one or more devices (making any loaded inactive table live)."""
-        self._run("resume", *_names(names))
+    def resume(self, *names: str, udev_sync: bool | None = None) -> None:
+        """Resume one or more devices (making any loaded inactive table live).
+
+        ``udev_sync=False`` returns without waiting for udev to handle the devices' events
+        (used inside an I/O freeze; call :func:`udev.settle` afterwards).
+        """
+        self._run("resume", *_names(names), udev_sync=udev_sync)
 
     def message(self, name: str, *words: str, sector: int = 0) -> str:
         """Send a target message (``dmsetup message NAME SECTOR WORDS...``)."""

@@ -4,7 +4,7 @@ Built on ``sh``: argv lists only (never a shell, never a command line assembled 
 strings), a timeout on every call, stdout and stderr captured separately, ``LC_ALL=C`` so
 that what we parse does not depend on the user's locale. Every failure raises a
 :class:`~lunresync.errors.CommandError` carrying the command line, the exit status and
-stderr, and is logged with the command line.
+stderr (logged at debug level too: `lunresync -vv`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Runner:
         try:
             program = sh.Command(args[0])
         except sh.CommandNotFound:
-            log.error("command not found: %s", shlex.join(args))
+            log.debug("command not found: %s", shlex.join(args))
             raise CommandNotFound(args) from None
         started = time.monotonic()
         try:
@@ -84,11 +84,13 @@ class Runner:
                 _return_cmd=True,
             )
         except sh.TimeoutException as exc:
-            log.error("timed out after %g s: %s", limit, shlex.join(args))
+            log.warning("timed out after %g s: %s", limit, shlex.join(args))
             raise CommandTimeout(args, limit) from exc
         except sh.ErrorReturnCode as exc:
             error = CommandError(args, exc.exit_code, _text(exc.stderr), _text(exc.stdout))
-            log.error("%s", error)
+            # Debug only: many failures are expected answers ("no such device"); the
+            # exception carries the command line, status and stderr to whoever reports it.
+            log.debug("%s", error)
             raise error from None
         return CommandResult(
             argv=args,

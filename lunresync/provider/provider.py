@@ -477,18 +477,21 @@ class Provider:
             undo.push(f"drop the inactive table of {lun.dm_name}", self.dm.clear, lun.dm_name)
         # The freeze: three processes whatever the number of LUNs. Snapshots read through
         # -real, which stays live, so nothing is probed through a suspended device.
+        # Inside the freeze dmsetup does not wait for udev (blkid probing the new snapshots
+        # would otherwise stretch it with every LUN); udev is settled right after.
         tops = [lun.dm_name for lun in luns]
         started = time.monotonic()
         self.dm.suspend(*tops)
         try:
-            self.dm.resume(*(s.dm_name for s in shadows))
+            self.dm.resume(*(s.dm_name for s in shadows), udev_sync=False)
         except BaseException:
             for lun in to_origin:
                 self.dm.clear(lun.dm_name)
             self.dm.resume(*tops)
             raise
-        self.dm.resume(*tops)
+        self.dm.resume(*tops, udev_sync=False)
         freeze = time.monotonic() - started
+        udev.settle(self.runner)
         for lun in to_origin:
             # Undo from here on: back to linear (suspend/resume) once the snapshots are gone.
             undo.push(f"switch {lun.dm_name} back to linear", self._reload_top, lun, False)
@@ -507,7 +510,11 @@ class Provider:
             image = self.pool.clones / f"{shadow.id}.img"
             self.pool.new_file(image, lun.size)
             undo.push(f"delete {image}", image.unlink, True)
-            copy_device(shadow.path, image, lun.size)
+            # dd: direct reads in 4 MiB blocks, zero blocks left as holes; as fast as a copy
+            # gets here. (Python's own copy reached a fifth of dd's throughput.)
+            self.runner.run(["dd", f"if={shadow.path}", f"of={image}", "bs=4M", "iflag=direct",
+                             "conv=sparse,notrunc,fsync", "status=none"],
+                            timeout=max(600.0, lun.size / (20 << 20)))
             clones.append(ShadowCopy(shadow.id, shadow.set_id, lun.id, lun.name,
                                      ShadowKind.CLONE, lun.size, str(image), 0, shadow.created))
         for lun, shadow in zip(luns, temporary, strict=True):
