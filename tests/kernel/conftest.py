@@ -77,8 +77,14 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
     stray_dm = [d.name for d in dm.devices() if d.name.startswith(prefixes)]
     stray_loops = [lo.path for lo in loops.attached()
                    if lo.backing_file.startswith(str(scratch_root))]
-    # Remove them so that the next run starts clean, then fail the session.
-    dm.remove_all(sorted(stray_dm, reverse=True), force=True)
+    # Remove them so that the next run starts clean (upper devices first: tops, shadow
+    # copies, -real; test stacks newest name first), then fail the session.
+    ordered = sorted(stray_dm, key=lambda n: (n.endswith("-real"), "-sc-" in n, n),
+                     reverse=False)
+    for _ in range(3):
+        leftover = dm.remove_all(ordered, force=True)
+        if not leftover:
+            break
     for path in stray_loops:
         loops.detach(path)
     assert not stray_dm, f"dm devices left behind by the tests: {stray_dm}"

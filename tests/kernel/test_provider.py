@@ -426,11 +426,12 @@ class FailingRunner(Runner):
     """Fault injection at the command boundary: the Nth matching command fails (as a
     failed ioctl would); every other command runs for real."""
 
-    match: tuple[str, ...] = ()
+    match: tuple[str, ...] = ()  # (program,) or (program, verb); options are skipped
     left: list[int] = field(default_factory=lambda: [1])
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
-        if tuple(argv[: len(self.match)]) == self.match:
+        words = (argv[0], *(a for a in argv[1:] if not a.startswith("-")))
+        if tuple(words[: len(self.match)]) == self.match:
             self.left[0] -= 1
             if self.left[0] == 0:
                 raise CommandError(argv, 1, "injected failure\n")
@@ -448,6 +449,14 @@ class FailingRunner(Runner):
 def test_failed_snapshot_set_rolls_back(scratch_pool: Path, runner: Runner,
                                         match: tuple[str, ...], nth: int) -> None:
     pool = scratch_pool / "pool"
+    try:
+        check_snapshot_set_rollback(pool, runner, match, nth)
+    finally:
+        force_remove_pool_devices(pool, runner)
+
+
+def check_snapshot_set_rollback(pool: Path, runner: Runner, match: tuple[str, ...],
+                                nth: int) -> None:
     with Provider.open(pool, runner=runner) as setup:
         a = setup.create_lun("fa", "8M")
         setup.create_lun("fb", "8M")
@@ -473,13 +482,16 @@ def test_failed_lun_create_rolls_back(scratch_pool: Path, runner: Runner,
     """The top device (second create) or the loop lookup fails: image, loop device, -real
     device and catalog row are all gone again."""
     pool = scratch_pool / "pool"
-    with Provider.open(pool, runner=runner) as setup:
-        state = kernel_state(setup)
-    failing = FailingRunner(timeout=120, match=match, left=[nth])
-    with Provider.open(pool, runner=failing) as provider, pytest.raises(
-        LunresyncError, match="injected"
-    ):
-        provider.create_lun("half", "8M")
-    with Provider.open(pool, runner=runner) as check:
-        assert kernel_state(check) == state
-        assert not list(check.pool.images.iterdir())
+    try:
+        with Provider.open(pool, runner=runner) as setup:
+            state = kernel_state(setup)
+        failing = FailingRunner(timeout=120, match=match, left=[nth])
+        with Provider.open(pool, runner=failing) as provider, pytest.raises(
+            LunresyncError, match="injected"
+        ):
+            provider.create_lun("half", "8M")
+        with Provider.open(pool, runner=runner) as check:
+            assert kernel_state(check) == state
+            assert not list(check.pool.images.iterdir())
+    finally:
+        force_remove_pool_devices(pool, runner)
