@@ -16,32 +16,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lunresync.kernel.runner import CommandResult, Runner
+from lunresync.kernel.runner import CommandLog, Runner
 from lunresync.provider.model import ShadowKind
 from lunresync.provider.provider import Provider
 
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class CountingRunner(Runner):
-    """Records every command with its start and end (to count what runs in the freeze)."""
-
-    calls: list[tuple[tuple[str, ...], float, float]] = field(default_factory=list)
-
-    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
-        start = time.monotonic()
-        # (program, verb): the first argument that is not an option, e.g. ("dmsetup", "resume")
-        verb = next((a for a in argv[1:] if not a.startswith("-")), "")
-        try:
-            return super().run(argv, **kwargs)
-        finally:
-            self.calls.append(((argv[0], verb), start, time.monotonic()))
 
 
 def write_data(path: str, size: int) -> None:
@@ -55,13 +37,7 @@ def write_data(path: str, size: int) -> None:
         os.close(fd)
 
 
-def freeze_processes(calls: list[tuple[tuple[str, ...], float, float]]) -> int:
-    suspends = [c for c in calls if c[0] == ("dmsetup", "suspend")]
-    resumes = [c for c in calls if c[0] == ("dmsetup", "resume")]
-    if not suspends or not resumes:
-        return 0
-    first, last = suspends[0][1], resumes[-1][2]
-    return sum(1 for c in calls if first <= c[1] <= last)
+FREEZE = (("dmsetup", "suspend"), ("dmsetup", "resume"))
 
 
 def bench_sets(root: Path, sizes: list[int], counts: list[int],
@@ -71,19 +47,20 @@ def bench_sets(root: Path, sizes: list[int], counts: list[int],
         for count in counts:
             totals, freezes, procs = [], [], []
             for attempt in range(repeat):
-                runner = CountingRunner(timeout=300)
+                log = CommandLog()
+                runner = Runner(timeout=300, observer=log)
                 pool = root / f"pool-{size}-{count}-{attempt}"
                 with Provider.open(pool, runner=runner) as provider:
                     names = [f"l{i}" for i in range(count)]
                     for name in names:
                         lun = provider.create_lun(name, size)
                         write_data(lun.path, 16 * MiB)
-                    runner.calls.clear()
+                    log.clear()
                     started = time.monotonic()
                     result = provider.create_snapshot_set(names)
                     totals.append(time.monotonic() - started)
                     freezes.append(result.freeze_seconds)
-                    procs.append(freeze_processes(runner.calls))
+                    procs.append(len(log.window(*FREEZE)))
                     provider.deactivate()
                 shutil.rmtree(pool)
             rows.append({"size": size, "luns": count, "total": statistics.median(totals),

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lunresync.kernel.capabilities import has_device_mapper
+
 IN_TEST_VM = os.environ.get("LUNRESYNC_TEST_VM") == "1"
 TIERS = ("unit", "kernel")
 VM_HINT = "run it in the test VM: python3 tests/vm.py -- python3 -m pytest -m kernel"
@@ -24,11 +26,7 @@ def kernel_unavailable_reason() -> str | None:
     """Why kernel tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "needs root"
-    try:
-        misc = Path("/proc/misc").read_text()
-    except OSError:
-        misc = ""
-    if "device-mapper" not in misc:
+    if not has_device_mapper():
         return "this kernel has no device-mapper"
     if not Path("/dev/loop-control").exists():
         return "this kernel has no loop devices"

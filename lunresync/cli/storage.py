@@ -48,6 +48,16 @@ def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
             "path": s.path, "cow_used": use.cow_used, "cow_size": use.cow_size}
 
 
+def _show(data: dict[str, Any], as_json: bool, keys: list[str]) -> None:
+    """One record: JSON, or one "key value" line per key."""
+    if as_json:
+        emit_json(data)
+        return
+    width = max(len(k) for k in keys) + 1
+    for key in keys:
+        click.echo(f"{key:{width}} {data[key]}")
+
+
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -117,12 +127,7 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one LUN (its 128-bit id is the analogue of a SCSI page-83 identifier)."""
     with opened(ctx) as provider:
         found = provider.lun(name)
-    data = lun_json(found)
-    if as_json:
-        emit_json(data)
-        return
-    for key in ("name", "id", "size", "kind", "backing", "path", "created"):
-        click.echo(f"{key:8} {data[key]}")
+    _show(lun_json(found), as_json, ["name", "id", "size", "kind", "backing", "path", "created"])
 
 
 @lun.command("delete")
@@ -221,11 +226,7 @@ def snapshot_show(ctx: click.Context, shadow_copy: str, as_json: bool) -> None:
     with opened(ctx) as provider:
         use = provider.shadow_copy_use(provider.shadow_copy(shadow_copy))
     data = shadow_json(use)
-    if as_json:
-        emit_json(data)
-        return
-    for key in sorted(data):
-        click.echo(f"{key:13} {data[key]}")
+    _show(data, as_json, sorted(data))
 
 
 @snapshot.command("delete")

@@ -89,6 +89,11 @@ def _misc_devices(proc: Path) -> set[str]:
     return {line.split()[1] for line in lines if len(line.split()) == 2}
 
 
+def has_device_mapper(proc: Path = Path("/proc")) -> bool:
+    """True when this kernel has device-mapper (its misc device is registered)."""
+    return "device-mapper" in _misc_devices(proc)
+
+
 def _module_names(release: str, modules_root: Path) -> tuple[set[str], set[str]]:
     """(installed module names, built-in module names) for ``release``, '-' as '_'."""
     base = modules_root / release
@@ -127,7 +132,7 @@ def probe(
     release = release or platform.release()
     installed, builtin = _module_names(release, modules_root)
     loaded_modules = _loaded_modules(proc)
-    has_dm = "device-mapper" in _misc_devices(proc)
+    has_dm = has_device_mapper(proc)
     problems: list[str] = []
     notes: list[str] = []
 

@@ -13,8 +13,9 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sh
 
@@ -41,16 +42,23 @@ class CommandResult:
         return shlex.join(self.argv)
 
 
+#: Told of every command run: (argv, started, ended), monotonic seconds, success or not.
+CommandObserver = Callable[[tuple[str, ...], float, float], None]
+
+
 @dataclass(frozen=True)
 class Runner:
     """Runs commands; one instance is passed to everything that needs to run one.
 
     ``env`` adds to (or overrides) the inherited environment. ``timeout`` is the default
-    for :meth:`run`. Tests pass a Runner with a shorter timeout; nothing is global.
+    for :meth:`run`. ``observer`` sees every command (benchmarks and tests count what runs
+    inside an I/O freeze with it). Tests pass a Runner with a shorter timeout; nothing is
+    global.
     """
 
     timeout: float = DEFAULT_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict)
+    observer: CommandObserver | None = None
 
     def run(
         self,
@@ -73,6 +81,15 @@ class Runner:
             log.debug("command not found: %s", shlex.join(args))
             raise CommandNotFound(args) from None
         started = time.monotonic()
+        try:
+            return self._execute(program, args, input, limit, ok_codes, env, started)
+        finally:
+            if self.observer is not None:
+                self.observer(args, started, time.monotonic())
+
+    def _execute(self, program: Any, args: tuple[str, ...], input: str | bytes | None,  # noqa: A002
+             limit: float, ok_codes: Iterable[int], env: dict[str, str],
+             started: float) -> CommandResult:
         try:
             proc = program(
                 *args[1:],
@@ -99,6 +116,35 @@ class Runner:
             stderr=_text(proc.stderr),
             duration=time.monotonic() - started,
         )
+
+
+def command_verb(argv: Sequence[str]) -> tuple[str, str]:
+    """(program, first word that is not an option): ("dmsetup", "resume") for
+    ``dmsetup --noudevsync resume x``."""
+    return argv[0], next((a for a in argv[1:] if not a.startswith("-")), "")
+
+
+@dataclass
+class CommandLog:
+    """A Runner ``observer`` keeping every command with its start and end, to measure
+    what runs where (for example, the processes inside an I/O freeze)."""
+
+    calls: list[tuple[tuple[str, ...], float, float]] = field(default_factory=list)
+
+    def __call__(self, argv: tuple[str, ...], started: float, ended: float) -> None:
+        self.calls.append((argv, started, ended))
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    def window(self, first: tuple[str, str], last: tuple[str, str]) -> list[tuple[str, ...]]:
+        """Commands started from the first ``first`` command's start to the end of the
+        last ``last`` command (both included); [] when either never ran."""
+        starts = [s for argv, s, _ in self.calls if command_verb(argv) == first]
+        ends = [e for argv, _, e in self.calls if command_verb(argv) == last]
+        if not starts or not ends:
+            return []
+        return [argv for argv, s, _ in self.calls if starts[0] <= s <= ends[-1]]
 
 
 def _checked_argv(argv: Sequence[str]) -> tuple[str, ...]:

@@ -79,6 +79,10 @@ class Lun:
         return f"/dev/mapper/{self.dm_name}"
 
     @property
+    def real_path(self) -> str:
+        return f"/dev/mapper/{self.real_dm_name}"
+
+    @property
     def dm_uuid(self) -> str:
         return UUID_PREFIX + self.id
 

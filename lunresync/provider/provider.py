@@ -31,6 +31,7 @@ from typing import Any
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
 from lunresync.kernel import udev
+from lunresync.kernel.capabilities import has_device_mapper
 from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
@@ -85,7 +86,6 @@ class ShadowCopyUse:
 class SnapshotSetResult:
     snapshot_set: SnapshotSet
     freeze_seconds: float  # from the first origin suspended to the last resumed
-    freeze_commands: int  # processes run inside that window
 
 
 @dataclass
@@ -114,11 +114,7 @@ class Provider:
     @contextlib.contextmanager
     def _changing_kernel(self) -> Iterator[None]:
         """The pool lock, after checking that this kernel has device-mapper at all."""
-        try:
-            misc = Path("/proc/misc").read_text()
-        except OSError:
-            misc = ""
-        if "device-mapper" not in misc:
+        if not has_device_mapper():
             raise NotSupported(
                 "this kernel has no device-mapper: use a kernel with CONFIG_BLK_DEV_DM, or the"
                 " project's test VM (python3 tests/vm.py -- lunresync ...); see lunresync doctor"
@@ -147,9 +143,9 @@ class Provider:
         with self._changing_kernel():
             self._refuse_existing(name)
             self.pool.check_space(size_bytes, f"LUN {name}")
-            lun = Lun(new_id(), name, size_bytes, LunKind.IMAGE, "", now())
-            image = self.pool.images / f"{lun.id}.img"
-            lun = Lun(lun.id, name, size_bytes, LunKind.IMAGE, str(image), lun.created)
+            lun_id = new_id()
+            image = self.pool.images / f"{lun_id}.img"
+            lun = Lun(lun_id, name, size_bytes, LunKind.IMAGE, str(image), now())
             with Undo() as undo:
                 self.pool.new_file(image, size_bytes)
                 undo.push(f"delete {image}", image.unlink, True)
@@ -169,14 +165,14 @@ class Provider:
             raise NotFound(f"no device {device}") from None
         if not stat.S_ISBLK(mode):
             raise InvalidArgument(f"{device} is not a block device")
-        real_path = str(path.resolve())
+        device_path = str(path.resolve())
         with self._changing_kernel():
             self._refuse_existing(name)
-            if any(lun.backing == real_path for lun in self.catalog.luns()):
+            if any(lun.backing == device_path for lun in self.catalog.luns()):
                 raise InUse(f"{device} already backs a LUN")
-            _refuse_busy_device(real_path)
-            size = _block_device_size(real_path)
-            lun = Lun(new_id(), name, size, LunKind.ADOPTED, real_path, now())
+            _refuse_busy_device(device_path)
+            size = _block_device_size(device_path)
+            lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now())
             with Undo() as undo:
                 self._activate_lun(lun, undo)
                 with self.catalog.transaction():
@@ -332,7 +328,6 @@ class Provider:
             self._create(real, Table.single(LinearTable(backing), lun.sectors),
                          f"{lun.dm_uuid}-real", undo)
             created.append(real)
-        real_path = f"/dev/mapper/{real}"
         differentials = [s for s in self.catalog.shadow_copies(lun_id=lun.id)
                          if s.kind is ShadowKind.DIFFERENTIAL]
         missing = [s for s in differentials if not self._exists(s.dm_name, s.dm_uuid)]
@@ -341,7 +336,7 @@ class Provider:
             cow = self._cow_device(shadow, undo, created)
             self._create(shadow.dm_name, None, shadow.dm_uuid, undo)
             self.dm.load(shadow.dm_name, Table.single(
-                SnapshotTable(real_path, cow, shadow.chunk_sectors), shadow.sectors),
+                SnapshotTable(lun.real_path, cow, shadow.chunk_sectors), shadow.sectors),
                 read_only=True)
             created.append(shadow.dm_name)
         if missing and top_exists:
@@ -360,8 +355,8 @@ class Provider:
         return created
 
     def _top_table(self, lun: Lun, *, has_snapshots: bool) -> Table:
-        real_path = f"/dev/mapper/{lun.real_dm_name}"
-        params = SnapshotOriginTable(real_path) if has_snapshots else LinearTable(real_path)
+        params = (SnapshotOriginTable(lun.real_path) if has_snapshots
+                  else LinearTable(lun.real_path))
         return Table.single(params, lun.sectors)
 
     def _deactivate_lun(self, lun: Lun) -> list[str]:
@@ -438,7 +433,7 @@ class Provider:
             set_id = new_id()
             created = now()
             with Undo() as undo:
-                shadows, freeze, commands = self._take_differentials(luns, cow_sizes, set_id,
+                shadows, freeze = self._take_differentials(luns, cow_sizes, set_id,
                                                                       created, undo)
                 if kind is ShadowKind.CLONE:
                     shadows = self._differentials_to_clones(luns, shadows, undo)
@@ -447,11 +442,11 @@ class Provider:
                     for shadow in shadows:
                         self.catalog.add_shadow_copy(shadow)
                 undo.commit()
-        return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze, commands)
+        return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
 
     def _take_differentials(self, luns: Sequence[Lun], cow_sizes: Sequence[int], set_id: str,
                             created: float, undo: Undo
-                            ) -> tuple[list[ShadowCopy], float, int]:
+                            ) -> tuple[list[ShadowCopy], float]:
         """Snapshot every LUN at one instant; return the shadow copies and the freeze."""
         shadows: list[ShadowCopy] = []
         to_origin: list[Lun] = []
@@ -465,9 +460,8 @@ class Provider:
             cow = self.loops.attach(store)
             undo.push(f"detach {cow.path}", self.loops.detach, cow.path)
             self._create(shadow.dm_name, None, shadow.dm_uuid, undo)
-            real_path = f"/dev/mapper/{lun.real_dm_name}"
             self.dm.load(shadow.dm_name, Table.single(
-                SnapshotTable(real_path, cow.path, DEFAULT_CHUNK_SECTORS), shadow.sectors),
+                SnapshotTable(lun.real_path, cow.path, DEFAULT_CHUNK_SECTORS), shadow.sectors),
                 read_only=True)
             if not self._other_differentials(lun):
                 to_origin.append(lun)  # its top device is linear: it becomes an origin
@@ -495,7 +489,7 @@ class Provider:
         for lun in to_origin:
             # Undo from here on: back to linear (suspend/resume) once the snapshots are gone.
             undo.push(f"switch {lun.dm_name} back to linear", self._reload_top, lun, False)
-        return shadows, freeze, 3
+        return shadows, freeze
 
     def _reload_top(self, lun: Lun, has_snapshots: bool) -> None:
         self.dm.load(lun.dm_name, self._top_table(lun, has_snapshots=has_snapshots))

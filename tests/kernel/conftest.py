@@ -17,7 +17,7 @@ from lunresync.provider.catalog import Catalog
 from lunresync.provider.provider import Provider
 from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
 
-from .devices import TEST_PREFIX, DeviceStack
+from .devices import TEST_PREFIX, DeviceStack, removal_order
 
 # tmpfs: nothing of the tests lands on the host's disk, and the VM has no other.
 SCRATCH_PARENT = Path("/dev/shm")
@@ -77,10 +77,9 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
     stray_dm = [d.name for d in dm.devices() if d.name.startswith(prefixes)]
     stray_loops = [lo.path for lo in loops.attached()
                    if lo.backing_file.startswith(str(scratch_root))]
-    # Remove them so that the next run starts clean (upper devices first: tops, shadow
-    # copies, -real; test stacks newest name first), then fail the session.
-    ordered = sorted(stray_dm, key=lambda n: (n.endswith("-real"), "-sc-" in n, n),
-                     reverse=False)
+    # Remove them so that the next run starts clean, then fail the session. Test stacks
+    # have no naming order: up to three passes remove whatever became free.
+    ordered = removal_order(stray_dm)
     for _ in range(3):
         leftover = dm.remove_all(ordered, force=True)
         if not leftover:
@@ -115,14 +114,12 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
     with Catalog(catalog_path) as catalog:
         ids = {lun.id for lun in catalog.luns()} | {s.lun_id for s in catalog.shadow_copies()}
     # Only devices of this pool's LUNs (their UUIDs carry the LUN id).
-    ours = [d for d in dm.devices()
-            if d.uuid.startswith("LUNRESYNC-") and d.uuid.split("-")[1] in ids]
-    # Upper devices first: tops, then shadow copies, then -real devices.
-    ours.sort(key=lambda d: (d.name.endswith("-real"), "-sc-" in d.uuid))
-    for info in ours:
+    ours = removal_order([d.name for d in dm.devices()
+                          if d.uuid.startswith("LUNRESYNC-") and d.uuid.split("-")[1] in ids])
+    for name in ours:
         with contextlib.suppress(Exception):
-            dm.resume(info.name)
-    dm.remove_all([d.name for d in ours], force=True)
+            dm.resume(name)
+    dm.remove_all(ours, force=True)
     for loop in loops.attached():
         if loop.backing_file.startswith(str(pool)):
             with contextlib.suppress(Exception):

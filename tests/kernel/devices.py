@@ -103,6 +103,28 @@ def sha256_of(path: str | os.PathLike[str], *, length: int | None = None) -> str
     return digest.hexdigest()
 
 
+def fill(path: str | os.PathLike[str], size: int, seed: int | None = None) -> None:
+    """Write ``size`` bytes in 1 MiB writes and make them durable: random bytes, or with a
+    ``seed`` deterministic, incompressible-looking content (the same seed, the same data)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset in range(0, size, MiB):
+            if seed is None:
+                block = os.urandom(MiB)
+            else:
+                pattern = seed.to_bytes(4, "little") + offset.to_bytes(8, "little")
+                block = (pattern * (MiB // 12)).ljust(MiB, b"\x5a")
+            os.pwrite(fd, block, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def removal_order(names: list[str]) -> list[str]:
+    """Upper devices first: LUN tops, then shadow copies, then ``-real`` devices."""
+    return sorted(names, key=lambda n: (n.endswith("-real"), "-sc-" in n, n))
+
+
 def write_pattern(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
     """Write ``data`` at ``offset`` of a block device and make it durable."""
     fd = os.open(path, os.O_WRONLY)

@@ -34,7 +34,7 @@ from lunresync.kernel.targets import (
 )
 from lunresync.kernel.targets.mirror import LogKind, MirrorLeg, MirrorLog
 
-from .devices import DeviceStack, MiB, devno, read_at, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 
 pytestmark = pytest.mark.kernel
 
@@ -48,16 +48,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def fill_random(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for offset in range(0, size, MiB):
-            os.pwrite(fd, os.urandom(MiB), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- loop -------------------------------------------------------------------------------------
@@ -204,7 +194,7 @@ def test_message_and_udev_property(devices: DeviceStack, dm: DeviceMapper) -> No
     thin = devices.create("thin", Table.single(ThinTable(pool.path, 0), 16 * SECTORS_PER_MIB))
     # udev's device-mapper rules set DM_NAME on the node.
     assert udev.wait_for_property(thin.path, "DM_NAME", thin.name, timeout=10) == thin.name
-    fill_random(thin.path, 2 * MiB)
+    fill(thin.path, 2 * MiB)
     (status,) = dm.status(thin.name)
     assert isinstance(status.status, ThinStatus)
     assert status.status.mapped_sectors == 2 * SECTORS_PER_MIB
@@ -247,12 +237,12 @@ def test_writes_through_origin_leave_snapshot_unchanged(devices: DeviceStack,
                                                         dm: DeviceMapper) -> None:
     size = 32 * MiB
     real, lun = make_origin(devices, size)
-    fill_random(lun, size)
+    fill(lun, size)
     before = sha256_of(lun)
     snap = take_snapshot(devices, dm, real, lun, size, size // 512)
     assert sha256_of(snap) == before
     # Large writes (1 MiB, spanning many 8 KiB chunks) and small scattered ones.
-    fill_random(lun, 8 * MiB)
+    fill(lun, 8 * MiB)
     for offset in range(9 * MiB, size, 3 * MiB + 4096):
         write_pattern(lun, offset, os.urandom(4096))
     assert sha256_of(lun) != before
@@ -266,10 +256,10 @@ def test_writes_through_origin_leave_snapshot_unchanged(devices: DeviceStack,
 def test_snapshot_merge_reverts_origin(devices: DeviceStack, dm: DeviceMapper) -> None:
     size = 16 * MiB
     real, lun = make_origin(devices, size)
-    fill_random(lun, size)
+    fill(lun, size)
     point_in_time = sha256_of(lun)
     snap = take_snapshot(devices, dm, real, lun, size, size // 512)
-    fill_random(lun, 4 * MiB)
+    fill(lun, 4 * MiB)
     assert sha256_of(lun) != point_in_time
     # Merge: the snapshot device goes away, the LUN gets snapshot-merge over its COW.
     snap_table = dm.table(Path(snap).name).lines[0].params
@@ -298,7 +288,7 @@ def test_overflowed_snapshot_is_invalid(devices: DeviceStack, dm: DeviceMapper) 
     size = 16 * MiB
     real, lun = make_origin(devices, size)
     snap = take_snapshot(devices, dm, real, lun, 2 * MiB, size // 512)
-    fill_random(lun, 4 * MiB)  # twice what the COW store holds
+    fill(lun, 4 * MiB)  # twice what the COW store holds
     (line,) = dm.status(Path(snap).name)
     assert isinstance(line.status, SnapshotStatus)
     assert not line.status.usable
@@ -311,7 +301,7 @@ def test_mirror_copies_first_leg_to_second(devices: DeviceStack, dm: DeviceMappe
     size = 32 * MiB
     source = devices.loop("src", size)
     dest = devices.loop("dst", size)
-    fill_random(source.path, size)
+    fill(source.path, size)
     expected = sha256_of(source.path)
     log = MirrorLog(LogKind.CORE, 1024)
     table = MirrorTable(log, (MirrorLeg(source.path), MirrorLeg(dest.path)))
@@ -334,7 +324,7 @@ def test_clone_hydrates_destination(devices: DeviceStack, dm: DeviceMapper) -> N
     source = devices.loop("src", size)
     dest = devices.loop("dst", size)
     meta = devices.loop("meta", 4 * MiB)
-    fill_random(source.path, size)
+    fill(source.path, size)
     expected = sha256_of(source.path)
     write_pattern(meta.path, 0, bytes(4096))
     table = CloneTable(meta.path, dest.path, source.path, 64,

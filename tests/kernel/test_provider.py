@@ -24,7 +24,7 @@ from lunresync.errors import (
     NotSupported,
 )
 from lunresync.kernel.dmsetup import DeviceMapper
-from lunresync.kernel.runner import CommandResult, Runner
+from lunresync.kernel.runner import CommandLog, CommandResult, Runner, command_verb
 from lunresync.kernel.targets import LinearTable, Table
 from lunresync.provider.catalog import Catalog
 from lunresync.provider.model import ShadowKind, ShadowState
@@ -32,21 +32,9 @@ from lunresync.provider.pool import PoolFull
 from lunresync.provider.provider import CorruptBundle, Provider
 
 from .conftest import force_remove_pool_devices
-from .devices import DeviceStack, MiB, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern
 
 pytestmark = pytest.mark.kernel
-
-
-def fill(path: str, size: int, seed: int = 0) -> None:
-    """Deterministic, incompressible-looking content, written in 1 MiB writes."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for offset in range(0, size, MiB):
-            block = (seed.to_bytes(4, "little") + offset.to_bytes(8, "little")) * (MiB // 12)
-            os.pwrite(fd, block.ljust(MiB, b"\x5a"), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def kernel_state(provider: Provider) -> tuple[object, ...]:
@@ -144,7 +132,19 @@ def read_stamp(path: str) -> int:
         return value
 
 
-def test_snapshot_set_is_one_instant_across_luns(provider: Provider) -> None:
+def test_snapshot_set_is_one_instant_across_luns(scratch_pool: Path) -> None:
+    log = CommandLog()
+    runner = Runner(timeout=120, observer=log)
+    pool = scratch_pool / "pool"
+    try:
+        with Provider.open(pool, runner=runner) as provider:
+            check_one_instant(provider, log)
+            provider.deactivate()
+    finally:
+        force_remove_pool_devices(pool, runner)
+
+
+def check_one_instant(provider: Provider, log: CommandLog) -> None:
     a = provider.create_lun("log", "16M")
     b = provider.create_lun("data", "16M")
     seen = []
@@ -153,11 +153,16 @@ def test_snapshot_set_is_one_instant_across_luns(provider: Provider) -> None:
             start = writer.sequence
             while writer.sequence < start + 20 and writer.error is None:
                 writer.stop.wait(0.01)
+            log.clear()
             result = provider.create_snapshot_set(["log", "data"])
             by_lun = {s.lun_name: s for s in result.snapshot_set.shadow_copies}
             sa, sb = by_lun["log"], by_lun["data"]
             seen.append((read_stamp(sa.path), read_stamp(sb.path)))
-            assert result.freeze_commands == 3
+            # The freeze: one suspend of both LUNs, one resume of both snapshots, one of
+            # both LUNs (measured: the commands run between them).
+            frozen = log.window(("dmsetup", "suspend"), ("dmsetup", "resume"))
+            assert [command_verb(argv) for argv in frozen] == [
+                ("dmsetup", "suspend"), ("dmsetup", "resume"), ("dmsetup", "resume")]
     assert writer.error is None
     for stamp_a, stamp_b in seen:
         # B's stamp n is written only after A's stamp n completed: at one instant, both
@@ -430,8 +435,7 @@ class FailingRunner(Runner):
     left: list[int] = field(default_factory=lambda: [1])
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
-        words = (argv[0], *(a for a in argv[1:] if not a.startswith("-")))
-        if tuple(words[: len(self.match)]) == self.match:
+        if command_verb(argv)[: len(self.match)] == self.match:
             self.left[0] -= 1
             if self.left[0] == 0:
                 raise CommandError(argv, 1, "injected failure\n")

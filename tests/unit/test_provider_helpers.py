@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import LunresyncError, NotFound
@@ -29,14 +29,10 @@ from lunresync.provider.provider import (
 )
 from lunresync.provider.undo import Undo
 
+from .hypothesis_settings import PROPERTY
+
 pytestmark = pytest.mark.unit
 
-PROPERTY = settings(
-    max_examples=100,
-    deadline=None,
-    database=None,  # nothing written under .hypothesis/
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 

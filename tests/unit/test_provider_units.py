@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import ExitCode, InvalidArgument
@@ -21,14 +21,10 @@ from lunresync.provider.model import (
 )
 from lunresync.provider.units import SECTOR, format_size, parse_size
 
+from .hypothesis_settings import PROPERTY
+
 pytestmark = pytest.mark.unit
 
-PROPERTY = settings(
-    max_examples=100,
-    deadline=None,
-    database=None,  # nothing written under .hypothesis/
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
 

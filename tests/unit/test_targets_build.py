@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import InvalidArgument, ParseError
@@ -47,14 +47,10 @@ from lunresync.kernel.targets.mirror import InitialSync, LegHealth, LogKind, Mir
 from lunresync.kernel.targets.snapshot import Persistence, SnapshotState
 from lunresync.kernel.targets.thin_pool import PoolMode
 
+from .hypothesis_settings import PROPERTY
+
 pytestmark = pytest.mark.unit
 
-PROPERTY = settings(
-    max_examples=100,
-    deadline=None,
-    database=None,  # nothing written under .hypothesis/
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 DEV_A, DEV_B, DEV_C = "/dev/mapper/lrt-a", "/dev/mapper/lrt-b", "/dev/mapper/lrt-c"
 
