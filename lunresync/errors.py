@@ -121,3 +121,13 @@ class DeviceBusy(CommandError):
 
 class UdevTimeout(LunresyncError):
     exit_code = ExitCode.TIMEOUT
+
+
+class JobTimeout(LunresyncError):
+    """Waiting for a job took longer than asked; the job itself goes on."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
+class JobFailed(LunresyncError):
+    """A job ended failed or cancelled (``job wait``, ``resync --wait``)."""

@@ -67,7 +67,15 @@ def _add_storage_commands() -> None:
     cli.add_command(storage.deactivate)
 
 
+def _add_resync_commands() -> None:
+    from lunresync.cli import resync
+
+    cli.add_command(resync.resync)
+    cli.add_command(resync.job)
+
+
 _add_storage_commands()
+_add_resync_commands()
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -11,16 +12,27 @@ from typing import Any
 
 import click
 
+from lunresync.errors import LunresyncError
+from lunresync.kernel.capabilities import has_device_mapper
 from lunresync.provider.model import Lun, ShadowKind
 from lunresync.provider.pool import pool_path
 from lunresync.provider.provider import Provider, ShadowCopyUse
 from lunresync.provider.units import format_size
 
+log = logging.getLogger(__name__)
+
 
 @contextmanager
 def opened(ctx: click.Context) -> Iterator[Provider]:
+    """The pool's provider, after finishing whatever restore the kernel has completed:
+    no lunresync process needs to stay alive while a copy runs."""
     provider = Provider.open(pool_path(ctx.find_root().params.get("pool")))
     try:
+        if has_device_mapper():
+            try:
+                provider.resyncer.poll()
+            except LunresyncError as exc:
+                log.warning("could not update resync jobs: %s", exc)
         yield provider
     finally:
         provider.close()
@@ -37,7 +49,8 @@ def _when(timestamp: float) -> str:
 
 def lun_json(lun: Lun) -> dict[str, Any]:
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
-            "backing": lun.backing, "path": lun.path, "created": _when(lun.created)}
+            "backing": lun.backing, "path": lun.path, "created": _when(lun.created),
+            "state": lun.state.value}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
@@ -127,7 +140,8 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one LUN (its 128-bit id is the analogue of a SCSI page-83 identifier)."""
     with opened(ctx) as provider:
         found = provider.lun(name)
-    _show(lun_json(found), as_json, ["name", "id", "size", "kind", "backing", "path", "created"])
+    _show(lun_json(found), as_json,
+          ["name", "id", "size", "kind", "backing", "path", "created", "state"])
 
 
 @lun.command("delete")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lunresync.errors import LunresyncError, NotFound
 
-from .model import Lun, LunKind, ShadowCopy, ShadowKind, ShadowState, SnapshotSet
+from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind, ShadowState, SnapshotSet
 
 # Each entry upgrades the schema from version i to i + 1. Append; never edit a past one.
 MIGRATIONS: tuple[str, ...] = (
@@ -46,6 +46,40 @@ MIGRATIONS: tuple[str, ...] = (
         state TEXT NOT NULL DEFAULT 'valid' CHECK (state IN ('valid', 'invalid'))
     );
     CREATE INDEX shadow_copies_lun ON shadow_copies(lun_id);
+    """,
+    # 2: resync jobs (lunresync/engine). A LUN whose restore was cancelled or failed is
+    # 'incomplete' until a new resync completes.
+    """
+    ALTER TABLE luns ADD COLUMN state TEXT NOT NULL DEFAULT 'ok'
+        CHECK (state IN ('ok', 'incomplete'));
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN
+            ('pending', 'running', 'completing', 'done', 'failed', 'cancelled')),
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        rate REAL,
+        error TEXT,
+        options TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE job_pairs (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        engine TEXT NOT NULL CHECK (engine IN ('merge', 'mirror', 'clone')),
+        shadow_id TEXT NOT NULL,
+        dest_lun_id TEXT,
+        dest TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('pending', 'running', 'completing', 'done', 'failed', 'cancelled')),
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        plan TEXT NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE INDEX job_pairs_shadow ON job_pairs(shadow_id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -127,9 +161,14 @@ class Catalog:
 
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
-            "INSERT INTO luns (id, name, size, kind, backing, created) VALUES (?,?,?,?,?,?)",
-            (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created),
+            "INSERT INTO luns (id, name, size, kind, backing, created, state)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
+             lun.state.value),
         )
+
+    def set_lun_state(self, lun_id: str, state: LunState) -> None:
+        self.db.execute("UPDATE luns SET state = ? WHERE id = ?", (state.value, lun_id))
 
     def remove_lun(self, lun_id: str) -> None:
         self.db.execute("DELETE FROM luns WHERE id = ?", (lun_id,))
@@ -210,7 +249,7 @@ class Catalog:
 
 def _lun(row: sqlite3.Row) -> Lun:
     return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
-               row["created"])
+               row["created"], LunState(row["state"]))
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

@@ -23,10 +23,11 @@ def check_lun_name(name: str) -> str:
         )
     # LUN "db" owns lunresync-db-real and shadow copies own lunresync-sc-*: a LUN named
     # "db-real" or "sc-..." would share a device-mapper name with another object.
-    if name.endswith("-real") or name.startswith("sc-"):
+    # Likewise resync jobs' helper devices are lunresync-job-*.
+    if name.endswith("-real") or name.startswith(("sc-", "job-")):
         raise InvalidArgument(
-            f"invalid LUN name {name!r}: names ending in '-real' or starting with 'sc-' are"
-            " reserved for lunresync's own devices"
+            f"invalid LUN name {name!r}: names ending in '-real' or starting with 'sc-' or"
+            " 'job-' are reserved for lunresync's own devices"
         )
     return name
 
@@ -47,6 +48,13 @@ class LunKind(Enum):
     ADOPTED = "adopted"  # an existing block device
 
 
+class LunState(Enum):
+    OK = "ok"
+    # A restore into it was cancelled or failed: its content is neither old nor restored.
+    # Its device fails all I/O (dm error target) until a new resync completes.
+    INCOMPLETE = "incomplete"
+
+
 class ShadowKind(Enum):
     DIFFERENTIAL = "differential"  # dm snapshot: changed chunks in a COW store
     CLONE = "clone"  # a full, independent copy
@@ -65,6 +73,7 @@ class Lun:
     kind: LunKind
     backing: str  # image path (IMAGE) or block device path (ADOPTED)
     created: float
+    state: LunState = LunState.OK
 
     @property
     def dm_name(self) -> str:

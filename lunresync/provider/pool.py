@@ -22,7 +22,7 @@ from lunresync.errors import InvalidArgument, LunresyncError, NotSupported
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
-SUBDIRS = ("images", "cow", "clones")
+SUBDIRS = ("images", "cow", "clones", "jobs")
 
 
 class PoolFull(LunresyncError):
@@ -56,6 +56,10 @@ class Pool:
     @property
     def clones(self) -> Path:
         return self.root / "clones"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
 
     def ensure(self) -> None:
         """Create the pool's directories (0700) and check that it can hold sparse files."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
 from lunresync.kernel import udev
@@ -36,6 +36,7 @@ from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import (
+    ErrorTable,
     LinearTable,
     SnapshotOriginTable,
     SnapshotStatus,
@@ -47,6 +48,7 @@ from .catalog import Catalog, now
 from .model import (
     Lun,
     LunKind,
+    LunState,
     ShadowCopy,
     ShadowKind,
     ShadowState,
@@ -58,6 +60,10 @@ from .model import (
 from .pool import Pool
 from .undo import Undo
 from .units import parse_size
+
+if TYPE_CHECKING:
+    from lunresync.engine.model import EngineKind
+    from lunresync.engine.resync import Resyncer, ResyncJob, ResyncPair
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,9 @@ class Provider:
     runner: Runner = field(default_factory=Runner)
     # During activate(): every dm device, read once (one dmsetup call, not one per device).
     _present: dict[str, DmInfo] | None = field(default=None, init=False, repr=False)
+    _resyncer: Resyncer | None = field(default=None, init=False, repr=False)
+    # During activate(): LUNs whose top device the resync engine rebuilds.
+    _restoring: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     @classmethod
     def open(cls, pool_dir: str | os.PathLike[str], *, runner: Runner | None = None) -> Provider:
@@ -112,7 +121,7 @@ class Provider:
         self.catalog.close()
 
     @contextlib.contextmanager
-    def _changing_kernel(self) -> Iterator[None]:
+    def changing_kernel(self) -> Iterator[None]:
         """The pool lock, after checking that this kernel has device-mapper at all."""
         if not has_device_mapper():
             raise NotSupported(
@@ -128,6 +137,35 @@ class Provider:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- resync (lunresync/engine) ---------------------------------------------------------
+
+    @property
+    def resyncer(self) -> Resyncer:
+        if self._resyncer is None:
+            from lunresync.engine.resync import Resyncer
+
+            self._resyncer = Resyncer(self)
+        return self._resyncer
+
+    def resync_luns(self, pairs: Sequence[ResyncPair], *, engine: EngineKind | None = None,
+                    volume_check: bool = True) -> ResyncJob:
+        """Restore shadow copies onto destinations, online (IVssHardwareSnapshotProviderEx::
+        ResyncLuns): returns when every destination serves its shadow copy's content; the
+        kernel copies in the background. Follow it with the returned handle."""
+        return self.resyncer.start(pairs, engine=engine, volume_check=volume_check)
+
+    def _refuse_restoring(self, lun: Lun, doing: str) -> None:
+        job = self.resyncer.restoring_lun_ids().get(lun.id)
+        if job is not None:
+            raise InUse(f"LUN {lun.name} is being restored by job {job}: wait for it or cancel"
+                        f" it before you {doing}")
+
+    def _refuse_source(self, shadow: ShadowCopy, doing: str) -> None:
+        jobs = self.resyncer.source_jobs(shadow.id)
+        if jobs:
+            raise InUse(f"shadow copy {shadow.id} is being restored by job {jobs[0]}: wait"
+                        f" for it or cancel it before you {doing}")
+
     # -- LUNs ------------------------------------------------------------------------------
 
     def luns(self) -> list[Lun]:
@@ -140,7 +178,7 @@ class Provider:
         """A new LUN over a sparse image in the pool, active when this returns."""
         check_lun_name(name)
         size_bytes = parse_size(size)
-        with self._changing_kernel():
+        with self.changing_kernel():
             self._refuse_existing(name)
             self.pool.check_space(size_bytes, f"LUN {name}")
             lun_id = new_id()
@@ -166,11 +204,11 @@ class Provider:
         if not stat.S_ISBLK(mode):
             raise InvalidArgument(f"{device} is not a block device")
         device_path = str(path.resolve())
-        with self._changing_kernel():
+        with self.changing_kernel():
             self._refuse_existing(name)
             if any(lun.backing == device_path for lun in self.catalog.luns()):
                 raise InUse(f"{device} already backs a LUN")
-            _refuse_busy_device(device_path)
+            refuse_busy_device(device_path)
             size = _block_device_size(device_path)
             lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now())
             with Undo() as undo:
@@ -187,14 +225,17 @@ class Provider:
         copies (which cannot outlive it) are deleted, and its clones are kept: they are
         independent copies, restorable without it.
         """
-        with self._changing_kernel(), self._device_list():
+        with self.changing_kernel(), self._device_list():
             lun = self.catalog.lun(name)
             every = self.catalog.shadow_copies(lun_id=lun.id)
             if every and not force:
                 raise InUse(f"LUN {name} has {len(every)} shadow copies: delete them first,"
                             " or use --force")
             shadows = [s for s in every if s.kind is ShadowKind.DIFFERENTIAL]
-            self._refuse_open(lun.dm_name, f"LUN {name}")
+            self._refuse_restoring(lun, "delete it")
+            for shadow in shadows:
+                self._refuse_source(shadow, f"delete LUN {name}")
+            self.refuse_open(lun.dm_name, f"LUN {name}")
             for shadow in shadows:
                 self._remove_shadow_devices(shadow)
             self._deactivate_lun(lun)
@@ -245,12 +286,31 @@ class Provider:
     def _is_present(self, name: str) -> bool:
         return self._info(name) is not None
 
+    def device_exists(self, name: str) -> bool:
+        return self._is_present(name)
+
+    def attach_file(self, path: str, undo: Undo) -> str:
+        """The loop device over a pool file: the one attached already, or a new one."""
+        attached = self.loops.find(path)
+        if attached:
+            return attached[0].path
+        loop = self.loops.attach(path)
+        undo.push(f"detach {loop.path}", self.loops.detach, loop.path)
+        return loop.path
+
+    def detach_file(self, path: str) -> list[str]:
+        detached = []
+        for loop in self.loops.find(path):
+            self.loops.detach(loop.path)
+            detached.append(loop.path)
+        return detached
+
     def _remove(self, name: str) -> None:
         self.dm.remove(name)
         if self._present is not None:
             self._present.pop(name, None)
 
-    def _refuse_open(self, dm_name: str, what: str) -> None:
+    def refuse_open(self, dm_name: str, what: str) -> None:
         info = self._info(dm_name)
         if info is None or not info.open_count:
             return
@@ -272,34 +332,47 @@ class Provider:
         Running it again creates nothing.
         """
         created: list[str] = []
-        with self._changing_kernel(), self._device_list():
-            for lun in self.catalog.luns():
-                with Undo() as undo:
-                    created += self._activate_lun(lun, undo)
-                    undo.commit()
+        with self.changing_kernel(), self._device_list():
+            self.resyncer.recover_pending()
+            self._restoring = frozenset(self.resyncer.restoring_lun_ids())
+            try:
+                for lun in self.catalog.luns():
+                    with Undo() as undo:
+                        created += self._activate_lun(lun, undo)
+                        undo.commit()
+            finally:
+                self._restoring = frozenset()
             for shadow in self.catalog.shadow_copies():
                 if (shadow.kind is ShadowKind.CLONE
                         or self.catalog.find_lun(shadow.lun_id) is None):
                     with Undo() as undo:
                         created += self._activate_clone(shadow, undo)
                         undo.commit()
+            # Restores last: their mappings read the shadow copies made above.
+            with Undo() as undo:
+                created += self.resyncer.reactivate(undo)
+                undo.commit()
         return created
 
     def deactivate(self) -> list[str]:
         """Tear every device down, keeping all data; refused while a LUN is in use."""
         removed: list[str] = []
-        with self._changing_kernel(), self._device_list():
+        with self.changing_kernel(), self._device_list():
             luns = self.catalog.luns()
             shadows = self.catalog.shadow_copies()
             for lun in luns:
-                self._refuse_open(lun.dm_name, f"LUN {lun.name}")
+                self.refuse_open(lun.dm_name, f"LUN {lun.name}")
             for shadow in shadows:
-                self._refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
+                self.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
+            for name in self.resyncer.open_devices():
+                self.refuse_open(name, f"restore device {name}")
             for lun in luns:
                 if self._is_present(lun.dm_name):
                     # Stop writes first, so that no write can miss a snapshot.
                     self._remove(lun.dm_name)
                     removed.append(lun.dm_name)
+            # Restore helpers next: overlays read shadow copies, leg helpers read -real.
+            removed += self.resyncer.deactivate()
             for shadow in shadows:
                 removed += self._remove_shadow_devices(shadow)
             for lun in luns:
@@ -325,7 +398,7 @@ class Provider:
         created += made
         real = lun.real_dm_name
         if not self._exists(real, f"{lun.dm_uuid}-real"):
-            self._create(real, Table.single(LinearTable(backing), lun.sectors),
+            self.create_device(real, Table.single(LinearTable(backing), lun.sectors),
                          f"{lun.dm_uuid}-real", undo)
             created.append(real)
         differentials = [s for s in self.catalog.shadow_copies(lun_id=lun.id)
@@ -334,7 +407,7 @@ class Provider:
         top_exists = self._exists(lun.dm_name, lun.dm_uuid)
         for shadow in missing:
             cow = self._cow_device(shadow, undo, created)
-            self._create(shadow.dm_name, None, shadow.dm_uuid, undo)
+            self.create_device(shadow.dm_name, None, shadow.dm_uuid, undo)
             self.dm.load(shadow.dm_name, Table.single(
                 SnapshotTable(lun.real_path, cow, shadow.chunk_sectors), shadow.sectors),
                 read_only=True)
@@ -348,11 +421,19 @@ class Provider:
                 self.dm.resume(lun.dm_name)
         elif missing:
             self.dm.resume(*(s.dm_name for s in missing))
-        if not top_exists:
-            self._create(lun.dm_name, self._top_table(lun, has_snapshots=bool(differentials)),
-                         lun.dm_uuid, undo)
+        if not top_exists and lun.id not in self._restoring:
+            self.create_device(lun.dm_name, self.lun_table(lun), lun.dm_uuid, undo)
             created.append(lun.dm_name)
         return created
+
+    def lun_table(self, lun: Lun) -> Table:
+        """The table a LUN's device has when no restore runs."""
+        if lun.state is LunState.INCOMPLETE:
+            return Table.single(ErrorTable(), lun.sectors)
+        return self._top_table(lun, has_snapshots=self.has_differentials(lun))
+
+    def has_differentials(self, lun: Lun) -> bool:
+        return self._other_differentials(lun)
 
     def _top_table(self, lun: Lun, *, has_snapshots: bool) -> Table:
         params = (SnapshotOriginTable(lun.real_path) if has_snapshots
@@ -371,7 +452,7 @@ class Provider:
                 removed.append(loop.path)
         return removed
 
-    def _create(self, name: str, table: Table | None, uuid: str, undo: Undo,
+    def create_device(self, name: str, table: Table | None, uuid: str, undo: Undo,
                 *, read_only: bool = False) -> DmInfo:
         info = self.dm.create(name, table, uuid=uuid, read_only=read_only)
         if self._present is not None:
@@ -403,7 +484,7 @@ class Provider:
             loop_path = loop.path
             created.append(loop.path)
         if not self._exists(shadow.dm_name, shadow.dm_uuid):
-            self._create(shadow.dm_name, Table.single(LinearTable(loop_path), shadow.sectors),
+            self.create_device(shadow.dm_name, Table.single(LinearTable(loop_path), shadow.sectors),
                          shadow.dm_uuid, undo, read_only=True)
             created.append(shadow.dm_name)
         return created
@@ -415,7 +496,7 @@ class Provider:
         """One shadow copy of every named LUN, all at the same instant."""
         if not lun_names:
             raise InvalidArgument("name at least one LUN")
-        with self._changing_kernel():
+        with self.changing_kernel():
             luns = [self.catalog.lun(name) for name in lun_names]
             ids = [lun.id for lun in luns]
             duplicates = sorted({lun.name for lun in luns if ids.count(lun.id) > 1})
@@ -426,6 +507,10 @@ class Provider:
             for lun in luns:
                 if lun.dm_name not in present:
                     raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
+                if lun.state is LunState.INCOMPLETE:
+                    raise InvalidArgument(f"LUN {lun.name} is incomplete (a restore into it was"
+                                          " cancelled or failed): restore it first")
+                self._refuse_restoring(lun, "snapshot it")
             cow_sizes = [cow_store_size(lun.size, DEFAULT_CHUNK_SECTORS) for lun in luns]
             need = sum(cow_sizes) + (sum(lun.size for lun in luns)
                                      if kind is ShadowKind.CLONE else 0)
@@ -459,7 +544,7 @@ class Provider:
                                 lun.size, str(store), DEFAULT_CHUNK_SECTORS, created)
             cow = self.loops.attach(store)
             undo.push(f"detach {cow.path}", self.loops.detach, cow.path)
-            self._create(shadow.dm_name, None, shadow.dm_uuid, undo)
+            self.create_device(shadow.dm_name, None, shadow.dm_uuid, undo)
             self.dm.load(shadow.dm_name, Table.single(
                 SnapshotTable(lun.real_path, cow.path, DEFAULT_CHUNK_SECTORS), shadow.sectors),
                 read_only=True)
@@ -556,9 +641,10 @@ class Provider:
                              status.usable and shadow.state is ShadowState.VALID)
 
     def delete_shadow_copy(self, sc_id: str) -> None:
-        with self._changing_kernel():
+        with self.changing_kernel():
             shadow = self.catalog.shadow_copy(sc_id)
-            self._refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
+            self._refuse_source(shadow, "delete it")
+            self.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
             self._remove_shadow_devices(shadow)
             lun = self.catalog.find_lun(shadow.lun_id)
             if (shadow.kind is ShadowKind.DIFFERENTIAL and lun is not None
@@ -626,7 +712,7 @@ class Provider:
         if content.stat().st_size != manifest["size"]:
             raise CorruptBundle(f"{content} has {content.stat().st_size} bytes, the manifest"
                                 f" says {manifest['size']}")
-        with self._changing_kernel():
+        with self.changing_kernel():
             sc_id = manifest["shadow_copy_id"]
             if any(s.id == sc_id for s in self.catalog.shadow_copies()):
                 raise InvalidArgument(f"shadow copy {sc_id} is already in this pool")
@@ -744,7 +830,7 @@ def _block_device_size(path: str) -> int:
         os.close(fd)
 
 
-def _refuse_busy_device(path: str) -> None:
+def refuse_busy_device(path: str) -> None:
     """A device that is mounted, or held by the kernel (holders), or opened exclusively."""
     rdev = os.stat(path).st_rdev
     devno = f"{os.major(rdev)}:{os.minor(rdev)}"

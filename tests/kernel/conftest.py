@@ -113,13 +113,24 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
         return
     with Catalog(catalog_path) as catalog:
         ids = {lun.id for lun in catalog.luns()} | {s.lun_id for s in catalog.shadow_copies()}
-    # Only devices of this pool's LUNs (their UUIDs carry the LUN id).
-    ours = removal_order([d.name for d in dm.devices()
-                          if d.uuid.startswith("LUNRESYNC-") and d.uuid.split("-")[1] in ids])
-    for name in ours:
+        jobs = {row[0] for row in catalog.db.execute("SELECT id FROM jobs")}
+
+    def ours(uuid: str) -> bool:
+        # UUIDs carry the LUN id (LUNRESYNC-<lun>...) or the job id (LUNRESYNC-job-<job>...).
+        parts = uuid.split("-")
+        return uuid.startswith("LUNRESYNC-") and len(parts) > 2 and (
+            parts[1] in ids or (parts[1] == "job" and parts[2] in jobs))
+
+    # Restore devices sit on top of LUN and shadow devices: remove them first.
+    present = [d for d in dm.devices() if ours(d.uuid)]
+    names = [d.name for d in present if "-job-" in d.name] + removal_order(
+        [d.name for d in present if "-job-" not in d.name])
+    for name in names:
         with contextlib.suppress(Exception):
             dm.resume(name)
-    dm.remove_all(ours, force=True)
+    for _ in range(3):  # a LUN's top uses restore helpers, which use shadow copies
+        if not dm.remove_all(names, force=True):
+            break
     for loop in loops.attached():
         if loop.backing_file.startswith(str(pool)):
             with contextlib.suppress(Exception):

@@ -71,7 +71,8 @@ def test_layout() -> None:
     assert pool.images == Path("/p/images")
     assert pool.cow == Path("/p/cow")
     assert pool.clones == Path("/p/clones")
-    assert SUBDIRS == ("images", "cow", "clones")
+    assert pool.jobs == Path("/p/jobs")
+    assert SUBDIRS == ("images", "cow", "clones", "jobs")
 
 
 # -- ensure -------------------------------------------------------------------------------

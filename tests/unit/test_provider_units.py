@@ -170,7 +170,8 @@ def test_invalid_lun_names(name: str) -> None:
     assert caught.value.exit_code is ExitCode.INVALID
 
 
-@pytest.mark.parametrize("name", ["db-real", "a-real", "x-real-real", "sc-0123456789ab", "sc-x"])
+@pytest.mark.parametrize("name", ["db-real", "a-real", "x-real-real", "sc-0123456789ab", "sc-x",
+                                  "job-0123456789ab", "job-x"])
 def test_lun_names_that_would_collide_with_our_dm_names_are_refused(name: str) -> None:
     # LUN "db" owns lunresync-db-real, and shadow copies own lunresync-sc-*: a LUN of such
     # a name would share a device-mapper name with another object.

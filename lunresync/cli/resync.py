@@ -1,0 +1,235 @@
+"""``lunresync resync ...`` and ``lunresync job ...``: the resync engine from the shell."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import click
+
+from lunresync.engine.model import EngineKind, Job
+from lunresync.engine.resync import ResyncPair
+from lunresync.errors import InvalidArgument
+from lunresync.provider.units import format_size
+
+from .storage import _show, _table, _when, emit_json, opened
+
+ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
+
+
+def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
+    """``A [--to X] B [--to Y] ...``: each --to names the destination of the shadow copy
+    before it; a shadow copy without one is restored into its own LUN."""
+    pairs: list[ResyncPair] = []
+    index = 0
+    while index < len(items):
+        item = items[index]
+        destination: str | None = None
+        if item == "--to" or item.startswith("--to="):
+            raise InvalidArgument("--to must follow the shadow copy it belongs to")
+        if item.startswith("-"):
+            raise InvalidArgument(f"unknown option {item!r}")
+        index += 1
+        if index < len(items) and (items[index] == "--to" or items[index].startswith("--to=")):
+            if items[index] == "--to":
+                if index + 1 >= len(items):
+                    raise InvalidArgument(f"--to after {item} needs a destination")
+                destination = items[index + 1]
+                index += 2
+            else:
+                destination = items[index][len("--to="):]
+                index += 1
+            if not destination:
+                raise InvalidArgument(f"--to after {item} needs a destination")
+        pairs.append(ResyncPair(item, destination))
+    if not pairs:
+        raise InvalidArgument("name at least one shadow copy")
+    return pairs
+
+
+def job_json(job: Job) -> dict[str, object]:
+    data = job.to_json()
+    for key in ("created", "started", "finished", "eta"):
+        value = data[key]
+        data[key] = _when(value) if isinstance(value, int | float) else None
+    return data
+
+
+def _line(job: Job) -> str:
+    rate = f"{format_size(int(job.rate))}/s" if job.rate else "-"
+    eta = f", {max(0, int(job.eta - time.time()))} s left" if job.eta else ""
+    return (f"job {job.id[:12]} {job.state.value} {job.progress:6.1%}"
+            f" {format_size(job.bytes_done)}/{format_size(job.bytes_total)} {rate}{eta}")
+
+
+def _follow(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
+    """Wait for a job with a progress bar on a terminal, plain lines otherwise."""
+    if sys.stdout.isatty():
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      TaskProgressColumn(), TimeRemainingColumn()) as bar:
+            task = bar.add_task("restoring", total=1.0)
+
+            def show_bar(job: Job) -> None:
+                bar.update(task, completed=job.progress, description=f"job {job.id[:12]}")
+
+            return wait(show_bar)
+    last = [-1.0, 0.0]
+
+    def show_line(job: Job) -> None:
+        # A line per percent, or every 5 s: readable in a log, not a flood.
+        if job.progress - last[0] >= 0.01 or time.monotonic() - last[1] >= 5:
+            click.echo(_line(job))
+            last[:] = [job.progress, time.monotonic()]
+
+    return wait(show_line)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("items", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True,
+              help="How the kernel copies (auto: merge in place, else clone, else mirror).")
+@click.option("--no-volume-check", is_flag=True,
+              help="Restore even onto a destination that is mounted or open.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the copy to complete.")
+@click.option("--verify", is_flag=True,
+              help="Wait, then compare each destination with its shadow copy.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_check: bool,
+           wait_: bool, verify: bool, as_json: bool) -> None:
+    """Restore shadow copies online: SHADOW_COPY [--to DEST] ...
+
+    DEST is a LUN name or a block device; without --to, the shadow copy's own LUN. All
+    pairs form one recovery set and one job. Each destination serves the shadow copy's
+    content when this returns; the kernel copies the rest in the background.
+    """
+    pairs = parse_pairs(items)
+    with opened(ctx) as provider:
+        handle = provider.resync_luns(
+            pairs, engine=None if engine == "auto" else EngineKind(engine),
+            volume_check=not no_volume_check)
+        job = provider.resyncer.job(handle.id)
+        if not as_json:
+            for pair in job.pairs:
+                click.echo(f"{pair.dest}: online from shadow copy {pair.shadow_id[:12]}"
+                           f" ({pair.engine.value}) at /dev/mapper/{pair.plan.top}")
+            click.echo(f"job {job.id} running; online after {handle.online_seconds:.2f} s")
+        if wait_ or verify:
+            job = (provider.resyncer.wait(job.id) if as_json else
+                   _follow(lambda show: provider.resyncer.wait(job.id, on_progress=show)))
+            if not as_json:
+                click.echo(f"job {job.id} done in {(job.finished or 0) - (job.started or 0):.1f} s")
+        report = provider.resyncer.verify(job.id) if verify else None
+    if as_json:
+        data = job_json(job)
+        data["online_seconds"] = handle.online_seconds
+        if report is not None:
+            data["verify"] = report.to_json()
+        emit_json(data)
+    elif report is not None:
+        _print_report(report.to_json())
+    if report is not None and not report.ok:
+        ctx.exit(1)
+
+
+def _print_report(data: dict[str, object]) -> None:
+    mismatches = data["mismatches"]
+    assert isinstance(mismatches, list)
+    click.echo(f"verify: {'OK' if data['ok'] else 'MISMATCH'}: compared"
+               f" {format_size(int(str(data['compared_bytes'])))}, written during the restore"
+               f" {format_size(int(str(data['written_bytes'])))}, unexplained differences"
+               f" {len(mismatches)}")
+    for m in mismatches[:20]:
+        click.echo(f"  {m['destination']}: {m['length']} bytes at offset {m['offset']}")
+    for dest in data["writes_not_recorded"]:  # type: ignore[attr-defined]
+        click.echo(f"  {dest}: its engine does not record writes made during the restore;"
+                   " differences there may be such writes")
+
+
+@click.group()
+def job() -> None:
+    """List, show, wait for, cancel and verify resync jobs."""
+
+
+@job.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include ended jobs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List running jobs (with --all, ended ones too)."""
+    with opened(ctx) as provider:
+        jobs = [j for j in provider.resyncer.jobs() if show_all or not j.state.finished]
+    if as_json:
+        emit_json([job_json(j) for j in jobs])
+        return
+    _table("jobs", ["id", "state", "engine", "progress", "pairs", "error"],
+           [[j.id, j.state.value, j.engines, f"{j.progress:.1%}",
+             ", ".join(f"{p.shadow_id[:12]} -> {p.dest}" for p in j.pairs), j.error or ""]
+            for j in jobs])
+
+
+@job.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    with opened(ctx) as provider:
+        found = provider.resyncer.job(job_id)
+    data = job_json(found)
+    if not as_json:
+        data["pairs"] = "; ".join(
+            f"{p['shadow_copy'][:12]} -> {p['destination']} ({p['engine']}, {p['state']})"
+            for p in found.to_json()["pairs"])
+        data["progress"] = f"{found.progress:.1%}"
+    _show(data, as_json, ["id", "state", "engines", "progress", "bytes_done", "bytes_total",
+                          "rate", "eta", "created", "started", "finished", "error", "pairs"])
+
+
+@job.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a job to end; exit 1 if it failed or was cancelled, 7 on timeout."""
+    with opened(ctx) as provider:
+        if as_json:
+            ended = provider.resyncer.wait(job_id, timeout=timeout)
+        else:
+            ended = _follow(lambda show: provider.resyncer.wait(job_id, timeout=timeout,
+                                                                on_progress=show))
+    if as_json:
+        emit_json(job_json(ended))
+    else:
+        click.echo(_line(ended))
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+def job_cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: its unfinished destinations fail all I/O until restored again."""
+    with opened(ctx) as provider:
+        cancelled = provider.resyncer.cancel(job_id)
+    click.echo(f"job {cancelled.id} cancelled; incomplete: "
+               + ", ".join(p.dest for p in cancelled.pairs if p.state.value == "cancelled"))
+
+
+@job.command("verify")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job_verify(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Compare a completed job's destinations with their shadow copies."""
+    with opened(ctx) as provider:
+        report = provider.resyncer.verify(job_id)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _print_report(report.to_json())
+    if not report.ok:
+        ctx.exit(1)

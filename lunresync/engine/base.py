@@ -1,0 +1,67 @@
+"""What every resync engine provides; the orchestration is in :mod:`.resync`.
+
+An engine turns a planned pair (shadow copy -> destination) into a device-mapper table
+for the destination's device, and reads that table's status back as progress. Creating
+and removing the files and helper devices the plan names is common work, done by
+:class:`~lunresync.engine.resync.Resyncer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from lunresync.kernel.targets import StatusLine, Table
+
+from .model import EngineKind, PairPlan
+
+if TYPE_CHECKING:
+    from lunresync.provider.provider import Provider
+    from lunresync.provider.undo import Undo
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # bytes copied
+    total: int  # bytes to copy
+    complete: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """What an engine is told about a pair when planning it."""
+
+    size: int  # bytes of the shadow copy
+    source_store: str  # differential: the COW store file; clone: the image
+    chunk_sectors: int  # differential shadow copy's chunk size
+
+
+class Engine(Protocol):
+    kind: ClassVar[EngineKind]
+
+    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int | None]:
+        """Files in the job's directory: role -> bytes (created sparse and attached to a
+        loop device by the resyncer) or None (made by :meth:`prepare`)."""
+        ...
+
+    def default_region(self, spec: PairSpec) -> int: ...
+
+    def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
+                undo: Undo) -> None:
+        """Before the switch, outside any freeze (``devices``: role -> attached loop)."""
+        ...
+
+    def in_freeze(self, provider: Provider, plan: PairPlan,
+                  devices: Mapping[str, str]) -> PairPlan:
+        """While the destination is suspended, just before its table is loaded."""
+        ...
+
+    @property
+    def needs_freeze(self) -> bool: ...
+
+    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table: ...
+
+    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str) -> Progress:
+        ...

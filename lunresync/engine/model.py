@@ -1,0 +1,139 @@
+"""Resync jobs as the catalog keeps them: frozen records, read back after every change."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from lunresync.errors import InvalidArgument
+
+
+class JobState(Enum):
+    PENDING = "pending"  # recorded, devices not yet switched
+    RUNNING = "running"  # destination online, the kernel is copying
+    COMPLETING = "completing"  # copy complete: swapping to the destination, cleaning up
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class EngineKind(Enum):
+    """How the kernel copies a shadow copy onto its destination."""
+
+    MERGE = "merge"  # dm snapshot-merge of a duplicate COW store: in place, changed chunks
+    MIRROR = "mirror"  # dm mirror: throwaway overlay of the shadow copy -> destination
+    CLONE = "clone"  # dm clone: copy-on-read hydration from the shadow copy
+
+    @property
+    def target(self) -> str:
+        return {"merge": "snapshot-merge", "mirror": "mirror", "clone": "clone"}[self.value]
+
+    @classmethod
+    def parse(cls, value: str) -> EngineKind:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(k.value for k in cls)
+            raise InvalidArgument(f"unknown engine {value!r}: use one of {names}") from None
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """Every device and file a restore mapping needs: enough to rebuild it after a reboot
+    and to tear it down. Kept as JSON in the catalog."""
+
+    top: str  # dm name of the device that serves the destination during the restore
+    top_uuid: str
+    own_top: bool  # True: the job created the top device (a plain block-device destination)
+    leg: str  # device the copy lands on (the destination, through leg_helper if any)
+    leg_helper: str | None  # snapshot-origin over the LUN's -real (keeps its snapshots)
+    leg_helper_uuid: str | None
+    source: str  # device path of the shadow copy
+    source_store: str | None  # its COW store file (differential) or image (clone)
+    sectors: int  # of the shadow copy: what the engine copies
+    dest_sectors: int  # of the destination (larger: the rest stays mapped linearly)
+    region_sectors: int
+    files: dict[str, str] = field(default_factory=dict)  # role -> path under POOL/jobs
+    overlay: str | None = None  # mirror: writable throwaway snapshot of the shadow copy
+    overlay_uuid: str | None = None
+    exceptions_at_start: int = 0  # merge: source COW exceptions when the restore began
+    # Kernel log records older than this (usec since boot) are not this mapping's: set when
+    # the mapping is made, again after a reboot.
+    log_since_usec: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PairPlan:
+        return cls(**data)
+
+    def helper_devices(self) -> list[str]:
+        """The job's own dm devices, in removal order (users first)."""
+        own = [self.top] if self.own_top else []
+        return own + [n for n in (self.overlay, self.leg_helper) if n is not None]
+
+
+@dataclass(frozen=True)
+class JobPair:
+    index: int
+    engine: EngineKind
+    shadow_id: str
+    dest_lun_id: str | None  # None: a plain block device
+    dest: str  # LUN name or device path, as given
+    state: JobState
+    bytes_done: int
+    bytes_total: int
+    plan: PairPlan
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: JobState
+    created: float
+    started: float | None
+    finished: float | None
+    bytes_done: int
+    bytes_total: int
+    rate: float | None  # bytes per second, averaged since the start
+    error: str | None
+    options: dict[str, Any]
+    pairs: tuple[JobPair, ...]
+
+    @property
+    def engines(self) -> str:
+        return ",".join(dict.fromkeys(p.engine.value for p in self.pairs))
+
+    @property
+    def progress(self) -> float:
+        if self.state is JobState.DONE:
+            return 1.0
+        return self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Expected end (unix time), from the average rate; None when unknown."""
+        if self.state is not JobState.RUNNING or not self.rate:
+            return None
+        return time.time() + (self.bytes_total - self.bytes_done) / self.rate
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "state": self.state.value, "engines": self.engines,
+            "created": self.created, "started": self.started, "finished": self.finished,
+            "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+            "progress": round(self.progress, 4), "rate": self.rate, "eta": self.eta,
+            "error": self.error, "options": self.options,
+            "pairs": [{"index": p.index, "engine": p.engine.value, "shadow_copy": p.shadow_id,
+                       "destination": p.dest, "destination_lun_id": p.dest_lun_id,
+                       "device": f"/dev/mapper/{p.plan.top}", "state": p.state.value,
+                       "bytes_done": p.bytes_done, "bytes_total": p.bytes_total}
+                      for p in self.pairs],
+        }

@@ -1,0 +1,775 @@
+"""Resync jobs: check a recovery set, bring every destination online, follow the kernel's
+copy, and finish (or fence) each destination. The engines (merge, mirror, clone) only say
+which table to load and how to read its progress.
+
+Life of a job (states as in the catalog)::
+
+    pending     recorded; helper files and devices being made (the pool lock is held)
+    running     every destination serves the shadow copy's content; the kernel copies
+    completing  a pair's copy is complete: its table is swapped to the destination alone
+    done | failed | cancelled
+
+Nothing here needs a process to stay alive: :meth:`Resyncer.poll` (run by every lunresync
+command and by the service) finishes what the kernel has completed, and
+:meth:`Resyncer.reactivate` (run by ``activate``) rebuilds the mappings after a reboot from
+the plans in the catalog and the persistent logs and metadata in the pool.
+
+Cancel and failure fence the destination: a LUN's device gets the ``error`` target and
+the LUN is marked ``incomplete`` (every I/O fails) until a new resync into it completes;
+nothing is silently half-restored. The shadow copy is never written, so the same restore
+can be run again at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lunresync.errors import (
+    InUse,
+    InvalidArgument,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    NotSupported,
+)
+from lunresync.kernel import udev
+from lunresync.kernel.capabilities import probe
+from lunresync.kernel.targets import (
+    ErrorTable,
+    LinearTable,
+    SnapshotOriginTable,
+    SnapshotTable,
+    Table,
+    TableLine,
+)
+from lunresync.provider.catalog import now
+from lunresync.provider.model import (
+    Lun,
+    LunState,
+    ShadowCopy,
+    ShadowKind,
+    ShadowState,
+    new_id,
+)
+from lunresync.provider.undo import Undo
+
+from .base import Engine, PairSpec
+from .clone import CloneEngine
+from .cowfile import read_store
+from .merge import MergeEngine
+from .mirror import MirrorEngine
+from .model import EngineKind, Job, JobPair, JobState, PairPlan
+from .store import JobStore
+
+if TYPE_CHECKING:
+    from lunresync.provider.provider import Provider
+
+log = logging.getLogger(__name__)
+
+ENGINES: Mapping[EngineKind, Engine] = {
+    EngineKind.MERGE: MergeEngine(),
+    EngineKind.MIRROR: MirrorEngine(),
+    EngineKind.CLONE: CloneEngine(),
+}
+OVERLAY_CHUNK = MirrorEngine.OVERLAY_CHUNK
+VERIFY_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResyncPair:
+    """One (shadow copy, destination) pair of a recovery set, as a requester names it."""
+
+    shadow_copy: str  # id, or a unique prefix of 8+ hex digits
+    destination: str | None = None  # LUN name or id, or a block device; None: in place
+
+
+@dataclass(frozen=True)
+class _Checked:
+    shadow: ShadowCopy
+    lun: Lun | None  # destination LUN, or None for a block device
+    device: str | None  # destination block device (resolved)
+    dest: str  # as shown to the user
+    size: int
+    engine: EngineKind
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    job_id: str
+    compared_bytes: int
+    written_bytes: int  # differing bytes written during the restore (the job recorded them)
+    mismatches: tuple[tuple[str, int, int], ...]  # (destination, offset, length) unexplained
+    unrecorded: tuple[str, ...]  # destinations whose engine does not record writes
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.job_id, "ok": self.ok, "compared_bytes": self.compared_bytes,
+                "written_bytes": self.written_bytes,
+                "mismatches": [{"destination": d, "offset": o, "length": n}
+                               for d, o, n in self.mismatches],
+                "writes_not_recorded": list(self.unrecorded)}
+
+
+class ResyncJob:
+    """The asynchronous handle a resync returns (the analogue of IVssAsync)."""
+
+    def __init__(self, resyncer: Resyncer, job: Job, online_seconds: float | None = None):
+        self.resyncer = resyncer
+        self.id = job.id
+        self.online_seconds = online_seconds  # from the call to every destination online
+        self._job = job
+
+    def status(self) -> Job:
+        self.resyncer.poll()
+        self._job = self.resyncer.job(self.id)
+        return self._job
+
+    def wait(self, timeout: float | None = None,
+             on_progress: Callable[[Job], None] | None = None) -> Job:
+        self._job = self.resyncer.wait(self.id, timeout=timeout, on_progress=on_progress)
+        return self._job
+
+    def cancel(self) -> Job:
+        self._job = self.resyncer.cancel(self.id)
+        return self._job
+
+
+class Resyncer:
+    """Resync jobs of one pool. Every method that changes devices holds the pool lock."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.p = provider
+        self.store = JobStore(provider.catalog)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        return self.store.jobs()
+
+    def job(self, job_id: str) -> Job:
+        return self.store.job(job_id)
+
+    def restoring_lun_ids(self) -> dict[str, str]:
+        """LUN id -> job id, for LUNs that are the destination of an unfinished job."""
+        return {pair.dest_lun_id: job_id for job_id, pair in self.store.active_pairs()
+                if pair.dest_lun_id is not None}
+
+    def source_jobs(self, shadow_id: str) -> list[str]:
+        return sorted({job_id for job_id, pair in self.store.active_pairs()
+                       if pair.shadow_id == shadow_id})
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self, pairs: Sequence[ResyncPair], *, engine: EngineKind | None = None,
+              volume_check: bool = True) -> ResyncJob:
+        """Check the recovery set, then bring every destination online at once."""
+        if not pairs:
+            raise InvalidArgument("name at least one shadow copy to resync")
+        with self.p.changing_kernel():
+            self._poll_locked()  # a job that just ended no longer holds its destination
+            started = time.monotonic()
+            checked = self._check(pairs, engine, volume_check)
+            job, sizes = self._plan(checked, {"engine": engine.value if engine else "auto",
+                                              "volume_check": volume_check})
+            with Undo() as undo:
+                with self.p.catalog.transaction():
+                    self.store.add(job)
+                undo.push(f"forget job {job.id}", self._forget, job.id)
+                job = self._go_online(job, sizes, undo)
+                online = time.monotonic() - started
+                undo.commit()
+            udev.settle(self.p.runner)
+        return ResyncJob(self, job, online)
+
+    def _check(self, pairs: Sequence[ResyncPair], requested: EngineKind | None,
+               volume_check: bool) -> list[_Checked]:
+        catalog = self.p.catalog
+        present = {d.name: d for d in self.p.dm.devices()}
+        targets = probe(self.p.dm).targets
+        busy = {}
+        for job_id, active in self.store.active_pairs():
+            busy[active.dest_lun_id or active.plan.leg] = job_id
+        seen: dict[str, str] = {}
+        checked = []
+        for pair in pairs:
+            shadow = catalog.shadow_copy(pair.shadow_copy)
+            if shadow.state is not ShadowState.VALID:
+                raise InvalidArgument(f"shadow copy {shadow.id} is invalid (its COW store"
+                                      " overflowed): it cannot be restored")
+            if shadow.dm_name not in present:
+                raise NotFound(f"shadow copy {shadow.id} is not active (run lunresync"
+                               " activate)")
+            if shadow.kind is ShadowKind.DIFFERENTIAL and not self.p.shadow_copy_use(
+                    shadow).usable:
+                raise InvalidArgument(f"shadow copy {shadow.id} is invalid (its COW store"
+                                      " overflowed): it cannot be restored")
+            lun, device, dest, size, key = self._destination(shadow, pair.destination)
+            if key in seen:
+                raise InvalidArgument(f"destination {dest} appears twice in one recovery set")
+            seen[key] = dest
+            if key in busy:
+                raise InUse(f"{dest} is already the destination of job {busy[key]}")
+            if size < shadow.size:
+                raise InvalidArgument(f"destination {dest} ({size} bytes) is smaller than"
+                                      f" shadow copy {shadow.id} ({shadow.size} bytes)")
+            if lun is not None:
+                if lun.dm_name not in present:
+                    raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
+                if volume_check:
+                    self._refuse_lun_in_use(lun)
+            elif volume_check:
+                assert device is not None
+                _refuse_busy_device(device)
+            kind = _choose_engine(shadow, lun, requested,
+                                  {name: state.usable for name, state in targets.items()})
+            checked.append(_Checked(shadow, lun, device, dest, size, kind))
+        return checked
+
+    def _destination(self, shadow: ShadowCopy, destination: str | None
+                     ) -> tuple[Lun | None, str | None, str, int, str]:
+        """(LUN, device, name shown, size, identity key) of a pair's destination."""
+        catalog = self.p.catalog
+        if destination is None:
+            lun = catalog.find_lun(shadow.lun_id)
+            if lun is None:
+                raise NotFound(f"the LUN of shadow copy {shadow.id} ({shadow.lun_name}) is"
+                               " gone: name a destination")
+            return lun, None, f"LUN {lun.name}", lun.size, lun.id
+        if not destination.startswith("/"):
+            lun = catalog.lun(destination)
+            return lun, None, f"LUN {lun.name}", lun.size, lun.id
+        path = Path(destination)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise NotFound(f"no device {destination}") from None
+        if not stat.S_ISBLK(mode):
+            raise InvalidArgument(f"{destination} is not a block device")
+        device = str(path.resolve())
+        rdev = os.stat(device).st_rdev
+        sysfs = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+        with contextlib.suppress(OSError):
+            if (sysfs / "dm" / "uuid").read_text().startswith("LUNRESYNC-"):
+                raise InvalidArgument(f"{destination} is one of lunresync's own devices (a LUN,"
+                                      " a shadow copy or a helper): name a LUN instead")
+        with contextlib.suppress(OSError):
+            backing = (sysfs / "loop" / "backing_file").read_text().strip()
+            if backing.startswith(str(self.p.pool.root) + "/"):
+                raise InvalidArgument(f"{destination} is a loop device over the pool's file"
+                                      f" {backing}: name a LUN instead")
+        for lun in catalog.luns():
+            if lun.backing == device:
+                raise InvalidArgument(f"{destination} backs LUN {lun.name}: name the LUN"
+                                      " instead")
+        return None, device, device, _device_size(device), device
+
+    def _refuse_lun_in_use(self, lun: Lun) -> None:
+        hint = "unmount it or close it, or use --no-volume-check"
+        try:
+            self.p.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        except InUse as exc:
+            raise InUse(exc.message, hint=hint) from None
+        info = self.p.dm.info(lun.dm_name)
+        holders = Path(f"/sys/dev/block/{info.devno}/holders")
+        if holders.is_dir() and any(holders.iterdir()):
+            names = ", ".join(sorted(h.name for h in holders.iterdir()))
+            raise InUse(f"LUN {lun.name} is held by {names}", hint=hint)
+
+    def _plan(self, checked: Sequence[_Checked], options: dict[str, object]
+              ) -> tuple[Job, dict[int, dict[str, int | None]]]:
+        job_id = new_id()
+        short = job_id[:12]
+        directory = self.p.pool.jobs / job_id
+        pairs = []
+        sizes: dict[int, dict[str, int | None]] = {}
+        need = 0
+        for index, c in enumerate(checked):
+            engine = ENGINES[c.engine]
+            spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors)
+            region = engine.default_region(spec)
+            sizes[index] = engine.file_sizes(spec, region)
+            need += sum(size or 0 for size in sizes[index].values())
+            if c.engine is EngineKind.MERGE:
+                need += Path(c.shadow.store).stat().st_blocks * 512
+            files = {role: str(directory / f"{index}.{role}") for role in sizes[index]}
+            helper = f"lunresync-job-{short}-{index}"
+            helper_uuid = f"LUNRESYNC-job-{job_id}-{index}"
+            leg_helper = leg_helper_uuid = None
+            if c.lun is not None:
+                top, top_uuid, own = c.lun.dm_name, c.lun.dm_uuid, False
+                leg = c.lun.real_path
+                if c.engine is not EngineKind.MERGE and self.p.has_differentials(c.lun):
+                    # Writes to -real must go through the origin, or the LUN's own shadow
+                    # copies (the source among them, when in place) would change.
+                    leg_helper, leg_helper_uuid = f"{helper}-dst", f"{helper_uuid}-dst"
+                    leg = f"/dev/mapper/{leg_helper}"
+            else:
+                assert c.device is not None
+                top, top_uuid, own, leg = helper, helper_uuid, True, c.device
+            mirror = c.engine is EngineKind.MIRROR
+            plan = PairPlan(
+                top=top, top_uuid=top_uuid, own_top=own, leg=leg, leg_helper=leg_helper,
+                leg_helper_uuid=leg_helper_uuid, source=c.shadow.path,
+                source_store=c.shadow.store, sectors=c.shadow.sectors,
+                dest_sectors=c.size // 512, region_sectors=region, files=files,
+                overlay=f"{helper}-ovl" if mirror else None,
+                overlay_uuid=f"{helper_uuid}-ovl" if mirror else None)
+            pairs.append(JobPair(index, c.engine, c.shadow.id,
+                                 c.lun.id if c.lun else None, c.dest, JobState.PENDING, 0,
+                                 c.shadow.size, plan))
+        self.p.pool.check_space(need, "the resync's helper files")
+        job = Job(job_id, JobState.PENDING, now(), None, None, 0,
+                  sum(p.bytes_total for p in pairs), None, None, options, tuple(pairs))
+        return job, sizes
+
+    def _go_online(self, job: Job, sizes: Mapping[int, Mapping[str, int | None]],
+                   undo: Undo) -> Job:
+        directory = self.p.pool.jobs / job.id
+        directory.mkdir(mode=0o700)
+        undo.push(f"delete {directory}", shutil.rmtree, directory, True)
+        devices: dict[int, dict[str, str]] = {}
+        for pair in job.pairs:
+            devices[pair.index] = self._build_helpers(pair, undo, sizes[pair.index])
+            ENGINES[pair.engine].prepare(self.p, pair.plan, devices[pair.index], undo)
+        plans = {pair.index: pair.plan for pair in job.pairs}
+        tops = [pair.plan.top for pair in job.pairs]
+        frozen = [pair for pair in job.pairs if ENGINES[pair.engine].needs_freeze]
+        for pair in job.pairs:
+            if pair.plan.own_top:
+                self.p.create_device(pair.plan.top, None, pair.plan.top_uuid, undo)
+            else:
+                # Whatever happens from here, the LUN goes back to the table it has now.
+                before = self.p.dm.table(pair.plan.top)
+                undo.push(f"restore the table of {pair.plan.top}", self._reload,
+                          pair.plan.top, before)
+        if frozen:
+            self.p.dm.suspend(*(pair.plan.top for pair in frozen))
+        for pair in frozen:
+            plans[pair.index] = ENGINES[pair.engine].in_freeze(self.p, pair.plan,
+                                                               devices[pair.index])
+        for pair in job.pairs:
+            self.p.dm.load(pair.plan.top, self._online_table(pair, plans[pair.index],
+                                                             devices[pair.index]))
+        # One process switches every destination (and ends any freeze). udev is settled
+        # by the caller, after the destinations are online.
+        self.p.dm.resume(*tops, udev_sync=False)
+        since = _kernel_usec()
+        with self.p.catalog.transaction():
+            for pair in job.pairs:
+                plan = replace(plans[pair.index], log_since_usec=since)
+                total = (plan.exceptions_at_start * plan.region_sectors * 512
+                         if pair.engine is EngineKind.MERGE else pair.bytes_total)
+                self.store.update_pair(job.id, pair.index, state=JobState.RUNNING, plan=plan,
+                                       bytes_total=total)
+            job = self.store.job(job.id)
+            self.store.update(job.id, state=JobState.RUNNING, started=now(),
+                              bytes_total=sum(p.bytes_total for p in job.pairs))
+        return self.store.job(job.id)
+
+    def _build_helpers(self, pair: JobPair, undo: Undo,
+                       sizes: Mapping[str, int | None] | None) -> dict[str, str]:
+        """Files, loop devices, leg helper and overlay of a pair; existing ones are reused
+        (``sizes=None``: after a reboot, the files exist)."""
+        plan = pair.plan
+        devices: dict[str, str] = {}
+        for role, path in plan.files.items():
+            size = None if sizes is None else sizes.get(role)
+            if sizes is not None and size is None:
+                continue  # the engine makes this one
+            if sizes is not None:
+                self.p.pool.new_file(Path(path), size or 0)
+                undo.push(f"delete {path}", Path(path).unlink, True)
+            elif not Path(path).exists():
+                raise NotFound(f"{path} of job pair {pair.index} is gone")
+            devices[role] = self.p.attach_file(path, undo)
+        fresh = sizes is not None  # a new job's helpers cannot exist yet: no need to ask
+        if plan.leg_helper is not None and (fresh or not self.p.device_exists(plan.leg_helper)):
+            assert plan.leg_helper_uuid is not None
+            real = f"/dev/mapper/{plan.top}-real"  # leg helpers exist for LUNs only
+            self.p.create_device(plan.leg_helper, Table.single(
+                SnapshotOriginTable(real), plan.dest_sectors), plan.leg_helper_uuid, undo)
+        if plan.overlay is not None and (fresh or not self.p.device_exists(plan.overlay)):
+            assert plan.overlay_uuid is not None
+            self.p.create_device(plan.overlay, Table.single(
+                SnapshotTable(plan.source, devices["overlay"], chunk_sectors=OVERLAY_CHUNK),
+                plan.sectors), plan.overlay_uuid, undo)
+        return devices
+
+    def _online_table(self, pair: JobPair, plan: PairPlan, devices: Mapping[str, str]
+                      ) -> Table:
+        table = ENGINES[pair.engine].online_table(plan, devices)
+        return _with_tail(table, plan)
+
+    def _reload(self, name: str, table: Table) -> None:
+        self.p.dm.load(name, table)
+        self.p.dm.resume(name)
+
+    def _forget(self, job_id: str) -> None:
+        with self.p.catalog.transaction():
+            self.p.catalog.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- following the kernel --------------------------------------------------------------
+
+    def poll(self) -> list[Job]:
+        """Record progress; finish pairs the kernel has completed, fail broken ones.
+
+        Returns the jobs still active. Cheap when there are none (no lock, no process).
+        """
+        if not self.store.jobs(active_only=True):
+            return []
+        with self.p.changing_kernel():
+            return self._poll_locked()
+
+    def _poll_locked(self) -> list[Job]:
+        active = self.store.jobs(active_only=True)
+        if not active:
+            return []
+        present = {d.name for d in self.p.dm.devices()}
+        for job in active:
+            if job.state is JobState.PENDING:
+                self._recover_pending(job, present)
+            else:
+                self._advance(job, present)
+        return self.store.jobs(active_only=True)
+
+    def _advance(self, job: Job, present: set[str]) -> None:
+        for pair in job.pairs:
+            if pair.state.finished:
+                continue
+            if pair.plan.top not in present:
+                continue  # deactivated: activate rebuilds it, then the copy goes on
+            status = self.p.dm.status(pair.plan.top)
+            progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest)
+            if progress.error is not None:
+                self._end(job, JobState.FAILED,
+                          f"{pair.dest} (from shadow copy {pair.shadow_id[:12]}):"
+                          f" {progress.error}")
+                return
+            with self.p.catalog.transaction():
+                self.store.update_pair(job.id, pair.index, bytes_done=progress.done,
+                                       bytes_total=progress.total)
+            if progress.complete:
+                self._complete_pair(job, pair)
+        self._update_totals(job.id)
+
+    def _update_totals(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        done = sum(p.bytes_done for p in job.pairs)
+        total = sum(p.bytes_total for p in job.pairs)
+        values: dict[str, object] = {"bytes_done": done, "bytes_total": total}
+        if job.started is not None and now() > job.started:
+            values["rate"] = done / (now() - job.started)
+        if all(p.state is JobState.DONE for p in job.pairs):
+            values.update(state=JobState.DONE, finished=now(), bytes_done=total)
+        with self.p.catalog.transaction():
+            self.store.update(job_id, **values)
+
+    def _complete_pair(self, job: Job, pair: JobPair) -> None:
+        plan = pair.plan
+        with self.p.catalog.transaction():
+            self.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)
+        self._record_writes(job, pair)
+        lun = self.p.catalog.find_lun(pair.dest_lun_id) if pair.dest_lun_id else None
+        if lun is not None:
+            final = self.p.lun_table(replace(lun, state=LunState.OK))
+        else:
+            final = Table.single(LinearTable(plan.leg), plan.dest_sectors)
+        # The atomic swap: from here the destination alone serves every read.
+        self._reload(plan.top, final)
+        self._teardown(plan)
+        with self.p.catalog.transaction():
+            self.store.update_pair(job.id, pair.index, state=JobState.DONE,
+                                   bytes_done=pair.bytes_total)
+            if lun is not None:
+                self.p.catalog.set_lun_state(lun.id, LunState.OK)
+        log.info("job %s: %s restored", job.id, pair.dest)
+
+    def _record_writes(self, job: Job, pair: JobPair) -> None:
+        """Keep which chunks were written during the restore (for ``verify``)."""
+        plan = pair.plan
+        chunks: set[int] | None = None
+        chunk_sectors = 0
+        try:
+            if pair.engine is EngineKind.MIRROR:
+                overlay = read_store(plan.files["overlay"])
+                chunks, chunk_sectors = overlay.origin_chunks(), overlay.chunk_sectors
+            elif pair.engine is EngineKind.MERGE and plan.source_store is not None:
+                # A chunk first written during the merge was copied into the shadow copy's
+                # COW store. A chunk that had changed before the restore (the ones merged)
+                # and was written during it leaves no trace: all of those count as
+                # possibly written, so verify checks every chunk the merge did not touch.
+                source = read_store(plan.source_store)
+                chunks = source.origin_chunks()
+                chunk_sectors = source.chunk_sectors
+        except (OSError, InvalidArgument) as exc:
+            log.warning("job %s: cannot read what was written during the restore: %s",
+                        job.id, exc)
+        record = {"chunk_sectors": chunk_sectors,
+                  "chunks": sorted(chunks) if chunks is not None else None}
+        path = self.p.pool.jobs / job.id / f"{pair.index}.written.json"
+        path.write_text(json.dumps(record))
+
+    def _teardown(self, plan: PairPlan) -> None:
+        """Remove the pair's helper devices, loop devices and files (not its top)."""
+        for name in (plan.overlay, plan.leg_helper):
+            if name is not None:
+                self.p.dm.remove(name, missing_ok=True)
+        for path in plan.files.values():
+            self.p.detach_file(path)
+            Path(path).unlink(missing_ok=True)
+
+    def _end(self, job: Job, state: JobState, error: str) -> None:
+        """Cancel or fail: fence every unfinished destination, remove the helpers."""
+        present = {d.name for d in self.p.dm.devices()}
+        for pair in job.pairs:
+            if pair.state.finished:
+                continue
+            plan = pair.plan
+            if plan.top in present:
+                self._reload(plan.top, Table.single(ErrorTable(), plan.dest_sectors))
+            self._teardown(plan)
+            if plan.own_top and plan.top in present:
+                try:
+                    self.p.dm.remove(plan.top)
+                except InUse:
+                    log.warning("%s is open: it stays, failing all I/O", plan.top)
+            with self.p.catalog.transaction():
+                self.store.update_pair(job.id, pair.index, state=state)
+                if pair.dest_lun_id is not None:
+                    self.p.catalog.set_lun_state(pair.dest_lun_id, LunState.INCOMPLETE)
+        with self.p.catalog.transaction():
+            self.store.update(job.id, state=state, finished=now(), error=error)
+        log.warning("job %s %s: %s", job.id, state.value, error)
+
+    def _recover_pending(self, job: Job, present: set[str]) -> None:
+        """A job left pending by a process that died while switching (we hold the lock,
+        so nobody is switching now): if every destination went online it is running;
+        otherwise undo it."""
+        online = []
+        for pair in job.pairs:
+            if pair.plan.top in present:
+                (line, *_) = self.p.dm.table(pair.plan.top).lines
+                online.append(line.target == pair.engine.target)
+            else:
+                online.append(False)
+        if all(online):
+            with self.p.catalog.transaction():
+                for pair in job.pairs:
+                    self.store.update_pair(job.id, pair.index, state=JobState.RUNNING)
+                self.store.update(job.id, state=JobState.RUNNING, started=job.created)
+            return
+        for pair, is_online in zip(job.pairs, online, strict=True):
+            lun = self.p.catalog.find_lun(pair.dest_lun_id) if pair.dest_lun_id else None
+            if is_online and lun is not None:
+                self._reload(pair.plan.top, self.p.lun_table(lun))
+            if pair.plan.own_top:
+                self.p.dm.remove(pair.plan.top, missing_ok=True)
+            self._teardown(pair.plan)
+        shutil.rmtree(self.p.pool.jobs / job.id, ignore_errors=True)
+        self._forget(job.id)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        with self.p.changing_kernel():
+            self._poll_locked()
+            job = self.store.job(job_id)
+            if job.state.finished:
+                raise InvalidArgument(f"job {job.id} has already ended ({job.state.value})")
+            self._end(job, JobState.CANCELLED, "cancelled")
+        return self.store.job(job.id)
+
+    def wait(self, job_id: str, *, timeout: float | None = None, interval: float = 0.5,
+             on_progress: Callable[[Job], None] | None = None) -> Job:
+        """Follow a job until it ends; JobFailed if it failed or was cancelled."""
+        job = self.store.job(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.poll()
+            job = self.store.job(job.id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.state.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobTimeout(f"job {job.id} is still {job.state.value} after {timeout:g} s"
+                                 f" ({job.progress:.0%}); it goes on")
+            time.sleep(interval)
+        if job.state is not JobState.DONE:
+            raise JobFailed(f"job {job.id} {job.state.value}: {job.error}")
+        return job
+
+    def verify(self, job_id: str) -> VerifyReport:
+        """Compare each destination with its shadow copy, ignoring chunks the job recorded
+        as written during the restore."""
+        job = self.store.job(job_id)
+        if job.state is not JobState.DONE:
+            raise InvalidArgument(f"job {job.id} is {job.state.value}: only a completed"
+                                  " restore can be verified")
+        compared = written = 0
+        mismatches: list[tuple[str, int, int]] = []
+        unrecorded: list[str] = []
+        for pair in job.pairs:
+            shadow = self.p.catalog.shadow_copy(pair.shadow_id)
+            lun = self.p.catalog.find_lun(pair.dest_lun_id) if pair.dest_lun_id else None
+            target = lun.path if lun is not None else pair.plan.leg
+            record = _read_written(self.p.pool.jobs / job.id / f"{pair.index}.written.json")
+            if record is None:
+                unrecorded.append(pair.dest)
+            chunk, chunks = record if record is not None else (4096, set())
+            result = _compare(shadow.path, target, shadow.size, chunk, chunks)
+            compared += shadow.size
+            written += result[0]
+            mismatches += [(pair.dest, off, n) for off, n in result[1]]
+        return VerifyReport(job.id, compared, written, tuple(mismatches), tuple(unrecorded))
+
+    # -- activation ------------------------------------------------------------------------
+
+    def recover_pending(self) -> None:
+        """Before activation: settle jobs a crash left pending."""
+        present = {d.name for d in self.p.dm.devices()}
+        for job in self.store.jobs(active_only=True):
+            if job.state is JobState.PENDING:
+                self._recover_pending(job, present)
+
+    def reactivate(self, undo: Undo) -> list[str]:
+        """Rebuild the restore mapping of every running pair whose device is missing."""
+        created: list[str] = []
+        since = _kernel_usec()
+        for job_id, pair in self.store.active_pairs():
+            if pair.state is JobState.PENDING or self.p.device_exists(pair.plan.top):
+                continue
+            devices = self._build_helpers(pair, undo, None)
+            if pair.engine is EngineKind.MERGE:
+                devices["cow"] = self.p.attach_file(pair.plan.files["cow"], undo)
+            plan = replace(pair.plan, log_since_usec=since)
+            self.p.create_device(plan.top, self._online_table(pair, plan, devices),
+                                 plan.top_uuid, undo)
+            with self.p.catalog.transaction():
+                self.store.update_pair(job_id, pair.index, plan=plan)
+            created.append(plan.top)
+        return created
+
+    def deactivate(self) -> list[str]:
+        """Remove every job's own devices and loop devices (LUN tops are already gone)."""
+        removed: list[str] = []
+        for _job_id, pair in self.store.active_pairs():
+            for name in pair.plan.helper_devices():
+                if self.p.device_exists(name):
+                    self.p.dm.remove(name)
+                    removed.append(name)
+            for path in pair.plan.files.values():
+                removed += self.p.detach_file(path)
+        return removed
+
+    def open_devices(self) -> Iterable[str]:
+        return [pair.plan.top for _, pair in self.store.active_pairs() if pair.plan.own_top]
+
+
+def _choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | None,
+                   usable: Mapping[str, bool]) -> EngineKind:
+    in_place = (lun is not None and shadow.kind is ShadowKind.DIFFERENTIAL
+                and shadow.lun_id == lun.id)
+    if requested is EngineKind.MERGE and not in_place:
+        raise InvalidArgument("the merge engine restores a differential shadow copy into its"
+                              " own LUN only (use mirror or clone for other pairs)")
+    if requested is not None:
+        if not usable.get(requested.target, False):
+            raise NotSupported(f"the {requested.value} engine needs the device-mapper"
+                               f" {requested.target} target, which this kernel lacks (see"
+                               " lunresync doctor)")
+        return requested
+    if in_place and usable.get("snapshot-merge", False):
+        return EngineKind.MERGE
+    for kind in (EngineKind.CLONE, EngineKind.MIRROR):
+        if usable.get(kind.target, False):
+            return kind
+    raise NotSupported("this kernel has neither the dm clone nor the dm mirror target:"
+                       " nothing can copy a shadow copy (see lunresync doctor)")
+
+
+def _with_tail(table: Table, plan: PairPlan) -> Table:
+    """A destination larger than the shadow copy keeps its tail, mapped as it is."""
+    if plan.dest_sectors <= plan.sectors:
+        return table
+    tail = TableLine(plan.sectors, plan.dest_sectors - plan.sectors,
+                     LinearTable(plan.leg, plan.sectors))
+    return Table((*table.lines, tail))
+
+
+def _kernel_usec() -> int:
+    """Now, on the kernel log's clock (monotonic, since boot)."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
+
+
+def _device_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _refuse_busy_device(path: str) -> None:
+    from lunresync.provider.provider import refuse_busy_device
+
+    try:
+        refuse_busy_device(path)
+    except InUse as exc:
+        raise InUse(exc.message, hint="use --no-volume-check to restore anyway") from None
+
+
+def _read_written(path: Path) -> tuple[int, set[int]] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("chunks") is None:
+        return None
+    return int(record["chunk_sectors"]) * 512, set(record["chunks"])
+
+
+def _compare(source: str, target: str, size: int, chunk: int, written: set[int]
+             ) -> tuple[int, list[tuple[int, int]]]:
+    """(bytes differing in written chunks, unexplained mismatching ranges)."""
+    explained = 0
+    mismatches: list[tuple[int, int]] = []
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(target, os.O_RDONLY)
+        try:
+            offset = 0
+            while offset < size:
+                length = min(VERIFY_BLOCK, size - offset)
+                a = os.pread(src, length, offset)
+                b = os.pread(dst, length, offset)
+                if a != b:
+                    for start in range(0, length, chunk):
+                        if a[start:start + chunk] == b[start:start + chunk]:
+                            continue
+                        n = min(chunk, length - start)
+                        if (offset + start) // chunk in written:
+                            explained += n
+                        elif mismatches and sum(mismatches[-1]) == offset + start:
+                            mismatches[-1] = (mismatches[-1][0], mismatches[-1][1] + n)
+                        else:
+                            mismatches.append((offset + start, n))
+                offset += length
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return explained, mismatches

@@ -1,0 +1,342 @@
+"""The resync engines on real devices (test VM): online restore, writes during the copy,
+crash and kill, I/O errors, cancel, and the checks made before anything is touched.
+
+Destinations are slowed down with dm ``delay`` under an adopted LUN (or a plain block
+device) so that the copy is really running when the test acts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+import pytest
+
+from lunresync.engine.model import EngineKind, Job, JobState
+from lunresync.engine.resync import ResyncPair
+from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
+from lunresync.kernel.targets import ErrorTable, LinearTable, Table, TableLine
+from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
+from lunresync.provider.provider import Provider
+
+from .conftest import force_remove_pool_devices
+from .devices import DeviceStack, MiB, fill, read_at, sha256_of, write_pattern
+from .test_provider import kernel_state
+
+pytestmark = pytest.mark.kernel
+
+SIZE = 32 * MiB
+ENGINES = [EngineKind.MERGE, EngineKind.MIRROR, EngineKind.CLONE]
+
+
+@dataclass(frozen=True)
+class DelayTable:
+    """dm ``delay``: writes (and flushes) held ``ms`` milliseconds; reads not delayed."""
+
+    TARGET: ClassVar[str] = "delay"
+    device: str
+    write_ms: int
+
+    def args(self) -> tuple[str, ...]:
+        return (self.device, "0", "0", self.device, "0", str(self.write_ms))
+
+    @classmethod
+    def from_args(cls, args: Sequence[str]) -> Self:
+        return cls(args[0], int(args[5]))
+
+
+def slow_device(devices: DeviceStack, suffix: str, size: int, write_ms: int) -> str:
+    loop = devices.loop(suffix + "-img", size)
+    devices.create(suffix, Table.single(DelayTable(loop.path, write_ms), size // 512))
+    return f"/dev/mapper/{devices.name(suffix)}"
+
+
+def source_lun(provider: Provider, devices: DeviceStack, name: str = "src", *,
+               write_ms: int = 0) -> tuple[Lun, ShadowCopy, bytes]:
+    """A LUN full of known data, its shadow copy, and that content; then damaged."""
+    if write_ms:
+        lun = provider.adopt_lun(name, slow_device(devices, name, SIZE, write_ms))
+    else:
+        lun = provider.create_lun(name, SIZE)
+    fill(lun.path, SIZE, seed=7)
+    (shadow,) = provider.create_snapshot_set([name]).snapshot_set.shadow_copies
+    content = read_at(shadow.path, 0, SIZE)
+    damage(lun.path)
+    return lun, shadow, content
+
+
+def damage(path: str) -> None:
+    write_pattern(path, 1 * MiB, b"\xdd" * (3 * MiB))
+    write_pattern(path, 20 * MiB, b"\xee" * 4096)
+
+
+def wait(provider: Provider, job_id: str, timeout: float = 300) -> Job:
+    return provider.resyncer.wait(job_id, timeout=timeout, interval=0.2)
+
+
+# -- restores ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)
+def test_restore_in_place_online_with_writes_then_again(
+        devices: DeviceStack, provider: Provider, engine: EngineKind) -> None:
+    lun, shadow, content = source_lun(provider, devices, write_ms=30)
+    shadow_sum = sha256_of(shadow.path)
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
+    job = provider.resyncer.job(handle.id)
+    assert job.state is JobState.RUNNING
+    assert job.pairs[0].engine is engine
+    # Online at once: the LUN's usual path shows the shadow copy (regions not copied yet
+    # are read from it). A production write lands during the copy.
+    assert read_at(lun.path, 0, 4 * MiB) == content[: 4 * MiB]
+    written = b"\x42" * 8192
+    write_pattern(lun.path, 2 * MiB, written)
+    during = provider.resyncer.job(handle.id)
+    done = wait(provider, handle.id)
+    assert done.state is JobState.DONE
+    assert done.progress == 1.0
+    expected = content[: 2 * MiB] + written + content[2 * MiB + 8192:]
+    assert read_at(lun.path, 0, SIZE) == expected
+    assert sha256_of(shadow.path) == shadow_sum, "the shadow copy changed"
+    # Back to the plain stack: no helper device, loop device or file is left.
+    table = provider.dm.table(lun.dm_name)
+    assert [line.target for line in table.lines] == ["snapshot-origin"]
+    assert not any("-job-" in d.name for d in provider.dm.devices())
+    assert not [p for p in (provider.pool.jobs / handle.id).iterdir()
+                if not p.name.endswith(".written.json")]
+    report = provider.resyncer.verify(handle.id)
+    if engine is EngineKind.CLONE:
+        # dm-clone does not record writes: the one write shows up, and only it.
+        assert report.unrecorded == (f"LUN {lun.name}",)
+        assert [(o, n) for _, o, n in report.mismatches] == [(2 * MiB, 8192)]
+    else:
+        assert report.ok, report
+        assert report.written_bytes == 8192, report
+    # The same shadow copy restores again, to the same content.
+    damage(lun.path)
+    again = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
+    wait(provider, again.id)
+    assert read_at(lun.path, 0, SIZE) == content
+    assert sha256_of(shadow.path) == shadow_sum
+    assert during.state in (JobState.RUNNING, JobState.DONE)
+
+
+@pytest.mark.parametrize("engine", [EngineKind.MIRROR, EngineKind.CLONE], ids=lambda e: e.value)
+def test_one_set_restores_to_a_larger_lun_and_a_block_device(
+        devices: DeviceStack, provider: Provider, engine: EngineKind) -> None:
+    _, shadow, content = source_lun(provider, devices)
+    other = provider.create_lun("bigger", 2 * SIZE)
+    fill(other.path, 2 * SIZE, seed=3)
+    tail = read_at(other.path, SIZE, SIZE)
+    raw = devices.loop("raw", SIZE).path
+    handle = provider.resync_luns(
+        [ResyncPair(shadow.id, "bigger"), ResyncPair(shadow.id, raw)], engine=engine)
+    job = provider.resyncer.job(handle.id)
+    assert [p.dest for p in job.pairs] == ["LUN bigger", raw]
+    restore_device = f"/dev/mapper/{job.pairs[1].plan.top}"
+    assert read_at(other.path, 0, SIZE) == content  # online at the LUN's own path
+    assert read_at(restore_device, 0, SIZE) == content
+    wait(provider, handle.id)
+    assert read_at(other.path, 0, SIZE) == content
+    assert read_at(other.path, SIZE, SIZE) == tail, "the larger LUN's tail changed"
+    assert read_at(raw, 0, SIZE) == content
+    assert not os.path.exists(restore_device)
+    assert provider.resyncer.verify(handle.id).ok
+
+
+# -- nobody watching, crashes ----------------------------------------------------------------
+
+
+def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) -> None:
+    _, shadow, content = source_lun(provider, devices)
+    dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 200))
+    script = (
+        "import sys, time\n"
+        "from lunresync.engine.resync import ResyncPair\n"
+        "from lunresync.provider.provider import Provider\n"
+        "p = Provider.open(sys.argv[1])\n"
+        "job = p.resync_luns([ResyncPair(sys.argv[2], 'slow')], engine=None)\n"
+        "print(job.id, flush=True)\n"
+        "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(provider.pool.root), shadow.id],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert job_id, "the resync process printed no job id"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    job = provider.resyncer.job(job_id)
+    assert job.state is JobState.RUNNING, job
+    assert job.progress < 1.0, job
+    done = wait(provider, job_id)  # any later lunresync call finishes the job
+    assert done.state is JobState.DONE
+    assert read_at(dest.path, 0, SIZE) == content
+    assert provider.dm.table(dest.dm_name).lines[0].target == "linear"
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)
+def test_crash_then_activate_resumes_the_copy(
+        devices: DeviceStack, provider: Provider, engine: EngineKind,
+        runner: object) -> None:
+    if engine is EngineKind.MERGE:
+        lun, shadow, content = source_lun(provider, devices, write_ms=150)
+        dest = lun
+        pair = ResyncPair(shadow.id)
+    else:
+        lun, shadow, content = source_lun(provider, devices)
+        dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 150))
+        pair = ResyncPair(shadow.id, "slow")
+    handle = provider.resync_luns([pair], engine=engine)
+    written = b"\x17" * 4096
+    write_pattern(dest.path, 9 * MiB, written)
+    before = _progress_once_started(provider, handle.id)
+    # The "crash": every device of the pool goes away at once, as at a power cut (the
+    # catalog still says running). Then the boot-time activate.
+    force_remove_pool_devices(provider.pool.root, provider.runner)
+    provider.activate()
+    resumed = provider.resyncer.job(handle.id)
+    assert resumed.state in (JobState.RUNNING, JobState.DONE)
+    expected = content[: 9 * MiB] + written + content[9 * MiB + 4096:]
+    assert read_at(dest.path, 0, SIZE) == expected  # online again, right content
+    status = provider.resyncer.poll()
+    after = provider.resyncer.job(handle.id)
+    assert after.bytes_done >= before, (before, after, status)
+    wait(provider, handle.id)
+    assert read_at(dest.path, 0, SIZE) == expected
+
+
+def _progress_once_started(provider: Provider, job_id: str) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        provider.resyncer.poll()
+        job = provider.resyncer.job(job_id)
+        if job.bytes_done > 0 or job.state.finished:
+            return job.bytes_done
+        time.sleep(0.2)
+    return 0
+
+
+# -- failures, cancel --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)
+def test_io_error_on_the_destination_fails_the_job_then_retry_works(
+        devices: DeviceStack, provider: Provider, engine: EngineKind) -> None:
+    loop = devices.loop("faulty-img", SIZE)
+    sectors = SIZE // 512
+    good = Table.single(LinearTable(loop.path), sectors)
+    devices.create("faulty", good)
+    faulty = devices.name("faulty")
+    if engine is EngineKind.MERGE:
+        dest = provider.adopt_lun("faulty", f"/dev/mapper/{faulty}")
+        fill(dest.path, SIZE, seed=7)
+        (shadow,) = provider.create_snapshot_set(["faulty"]).snapshot_set.shadow_copies
+        content = read_at(shadow.path, 0, SIZE)
+        damage(dest.path)
+    else:
+        _, shadow, content = source_lun(provider, devices)
+        dest = provider.adopt_lun("faulty", f"/dev/mapper/{faulty}")
+    shadow_sum = sha256_of(shadow.path)
+    # Writes to MiB 1-4 (changed chunks included) now fail.
+    broken = Table((TableLine(0, 2048, LinearTable(loop.path)),
+                    TableLine(2048, 8192, ErrorTable()),
+                    TableLine(10240, sectors - 10240, LinearTable(loop.path, 10240))))
+    provider.dm.load(faulty, broken)
+    provider.dm.resume(faulty)
+    pair = ResyncPair(shadow.id, None if engine is EngineKind.MERGE else "faulty")
+    handle = provider.resync_luns([pair], engine=engine)
+    with pytest.raises(JobFailed, match="LUN faulty"):
+        wait(provider, handle.id, timeout=120)
+    failed = provider.resyncer.job(handle.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error
+    assert provider.lun("faulty").state is LunState.INCOMPLETE
+    assert sha256_of(shadow.path) == shadow_sum
+    provider.dm.load(faulty, good)
+    provider.dm.resume(faulty)
+    retry = provider.resync_luns([pair], engine=engine)
+    assert wait(provider, retry.id).state is JobState.DONE
+    assert read_at(dest.path, 0, SIZE) == content
+    assert provider.lun("faulty").state is LunState.OK
+
+
+def test_cancel_fences_the_lun_until_a_new_resync(devices: DeviceStack,
+                                                   provider: Provider) -> None:
+    _, shadow, content = source_lun(provider, devices)
+    dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 300))
+    handle = provider.resync_luns([ResyncPair(shadow.id, "slow")],
+                                  engine=EngineKind.MIRROR)
+    cancelled = handle.cancel()
+    assert cancelled.state is JobState.CANCELLED
+    assert provider.lun("slow").state is LunState.INCOMPLETE
+    with pytest.raises(OSError, match="Input/output error"):
+        read_at(dest.path, 0, 4096)  # fenced: neither old nor restored content is served
+    with pytest.raises(InvalidArgument, match="incomplete"):
+        provider.create_snapshot_set(["slow"])
+    with pytest.raises(InvalidArgument, match="already ended"):
+        handle.cancel()
+    provider.deactivate()
+    provider.activate()  # stays fenced across a reboot
+    with pytest.raises(OSError, match="Input/output error"):
+        read_at(dest.path, 0, 4096)
+    retry = provider.resync_luns([ResyncPair(shadow.id, "slow")])
+    assert wait(provider, retry.id).state is JobState.DONE
+    assert read_at(dest.path, 0, SIZE) == content
+    assert provider.lun("slow").state is LunState.OK
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
+                                                      provider: Provider) -> None:
+    lun, shadow, _ = source_lun(provider, devices)
+    small = provider.create_lun("small", SIZE // 2)
+    other = provider.create_lun("other", SIZE)
+    slow = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 300))
+    running = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
+    before = kernel_state(provider)
+    cases: list[tuple[list[ResyncPair], type[Exception], str, dict[str, object]]] = [
+        ([ResyncPair(shadow.id, "small")], InvalidArgument, "smaller", {}),
+        ([ResyncPair(shadow.id, "other"), ResyncPair(shadow.id, "other")], InvalidArgument,
+         "twice", {}),
+        ([ResyncPair(shadow.id, "slow")], InUse, "already the destination", {}),
+        ([ResyncPair("0123456789abcdef")], NotFound, "no shadow copy", {}),
+        ([ResyncPair(shadow.id, "nosuchlun")], NotFound, "no LUN", {}),
+        ([ResyncPair(shadow.id, "/dev/nonexistent")], NotFound, "no device", {}),
+        ([ResyncPair(shadow.id, shadow.path)], InvalidArgument, "lunresync's own", {}),
+        ([ResyncPair(shadow.id, lun.real_path)], InvalidArgument, "lunresync's own", {}),
+        ([ResyncPair(shadow.id, "other")], InvalidArgument, "own LUN only",
+         {"engine": EngineKind.MERGE}),
+        ([], InvalidArgument, "at least one", {}),
+    ]
+    for pairs, error, message, options in cases:
+        with pytest.raises(error, match=message):
+            provider.resync_luns(pairs, **options)  # type: ignore[arg-type]
+    # Held open: refused unless the volume check is off.
+    with open(other.path, "rb"), pytest.raises(InUse, match="no-volume-check"):
+        provider.resync_luns([ResyncPair(shadow.id, "other")])
+    with provider.catalog.transaction():
+        provider.catalog.set_shadow_state(shadow.id, ShadowState.INVALID)
+    with pytest.raises(InvalidArgument, match="invalid"):
+        provider.resync_luns([ResyncPair(shadow.id, "other")])
+    with provider.catalog.transaction():
+        provider.catalog.set_shadow_state(shadow.id, ShadowState.VALID)
+    assert kernel_state(provider) == before
+    # What a running restore protects.
+    with pytest.raises(InUse, match="being restored"):
+        provider.delete_lun("slow")
+    with pytest.raises(InUse, match="being restored"):
+        provider.delete_shadow_copy(shadow.id)
+    with pytest.raises(InUse, match="being restored"):
+        provider.create_snapshot_set(["slow"])
+    running.cancel()
+    assert small.size < slow.size

@@ -1,0 +1,304 @@
+"""Logic of the resync engine that needs no kernel: engine choice, tables, the COW file
+format, job records in a real SQLite catalog, the CLI's pair syntax, verify's comparison."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from lunresync.cli.resync import parse_pairs
+from lunresync.engine.clone import CloneEngine
+from lunresync.engine.cowfile import SNAP_MAGIC, copy_tail, read_store
+from lunresync.engine.merge import MergeEngine
+from lunresync.engine.mirror import MirrorEngine
+from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
+from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
+from lunresync.engine.store import JobStore
+from lunresync.errors import InvalidArgument, NotFound, NotSupported
+from lunresync.kernel.kmsg import messages, parse_record
+from lunresync.kernel.targets import StatusLine, Table, parse_status_line
+from lunresync.kernel.targets.error import ErrorTable
+from lunresync.provider.catalog import MIGRATIONS, Catalog
+from lunresync.provider.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+
+pytestmark = pytest.mark.unit
+
+LUN_A = Lun("a" * 32, "a", 1 << 20, LunKind.IMAGE, "/p/images/a.img", 0.0)
+LUN_B = Lun("b" * 32, "b", 1 << 20, LunKind.IMAGE, "/p/images/b.img", 0.0)
+
+
+def shadow(kind: ShadowKind = ShadowKind.DIFFERENTIAL, lun: Lun = LUN_A) -> ShadowCopy:
+    return ShadowCopy("c" * 32, "d" * 32, lun.id, lun.name, kind, lun.size, "/p/cow/c.cow", 16,
+                      0.0)
+
+
+ALL = {"snapshot-merge": True, "mirror": True, "clone": True}
+
+
+# -- engine choice ---------------------------------------------------------------------------
+
+
+def test_auto_choice_merges_in_place_and_clones_elsewhere() -> None:
+    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.MERGE
+    assert _choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
+    assert _choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
+    assert _choose_engine(shadow(), None, None, ALL) is EngineKind.CLONE
+    no_clone = {**ALL, "clone": False}
+    assert _choose_engine(shadow(), LUN_B, None, no_clone) is EngineKind.MIRROR
+
+
+def test_requested_engine_must_exist_and_fit_the_pair() -> None:
+    with pytest.raises(NotSupported, match="clone target"):
+        _choose_engine(shadow(), LUN_B, EngineKind.CLONE, {**ALL, "clone": False})
+    with pytest.raises(InvalidArgument, match="own LUN only"):
+        _choose_engine(shadow(), LUN_B, EngineKind.MERGE, ALL)
+    with pytest.raises(InvalidArgument, match="own LUN only"):
+        _choose_engine(shadow(ShadowKind.CLONE), LUN_A, EngineKind.MERGE, ALL)
+    with pytest.raises(NotSupported, match="neither"):
+        _choose_engine(shadow(), LUN_B, None, {})
+    assert _choose_engine(shadow(), LUN_A, EngineKind.MIRROR, ALL) is EngineKind.MIRROR
+    with pytest.raises(InvalidArgument, match="unknown engine"):
+        EngineKind.parse("rsync")
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def plan(**changes: object) -> PairPlan:
+    values: dict[str, object] = {
+        "top": "lunresync-b", "top_uuid": "LUNRESYNC-" + "b" * 32, "own_top": False,
+        "leg": "/dev/mapper/lunresync-b-real", "leg_helper": None, "leg_helper_uuid": None,
+        "source": "/dev/mapper/lunresync-sc-cccccccccccc", "source_store": "/p/cow/c.cow",
+        "sectors": 2048, "dest_sectors": 2048, "region_sectors": 8192,
+        "files": {"overlay": "/p/jobs/j/0.overlay", "log": "/p/jobs/j/0.log"},
+        "overlay": "lunresync-job-x-0-ovl", "overlay_uuid": "LUNRESYNC-job-x-0-ovl"}
+    values.update(changes)
+    return PairPlan(**values)  # type: ignore[arg-type]
+
+
+def test_mirror_table_has_the_overlay_first_a_disk_log_and_handle_errors() -> None:
+    table = MirrorEngine().online_table(plan(), {"log": "/dev/loop3"})
+    assert table.format() == (
+        "0 2048 mirror disk 2 /dev/loop3 8192 2 /dev/mapper/lunresync-job-x-0-ovl 0"
+        " /dev/mapper/lunresync-b-real 0 1 handle_errors\n")
+
+
+def test_clone_table_reads_the_shadow_copy_and_tunes_hydration() -> None:
+    table = CloneEngine().online_table(plan(region_sectors=128), {"meta": "/dev/loop4"})
+    assert table.format() == (
+        "0 2048 clone /dev/loop4 /dev/mapper/lunresync-b-real"
+        " /dev/mapper/lunresync-sc-cccccccccccc 128 0 4 hydration_threshold 512"
+        " hydration_batch_size 64\n")
+
+
+def test_merge_table_merges_the_duplicate_into_real() -> None:
+    table = MergeEngine().online_table(plan(region_sectors=16), {"cow": "/dev/loop5"})
+    assert table.format() == "0 2048 snapshot-merge /dev/mapper/lunresync-b-real /dev/loop5 P 16\n"
+
+
+def test_a_larger_destination_keeps_its_tail_mapped_linearly() -> None:
+    base = Table.single(ErrorTable(), 2048)
+    assert _with_tail(base, plan()) is base
+    grown = _with_tail(base, plan(dest_sectors=4096))
+    assert grown.format() == "0 2048 error\n2048 2048 linear /dev/mapper/lunresync-b-real 2048\n"
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+def status(line: str) -> tuple[StatusLine, ...]:
+    return (parse_status_line(line),)
+
+
+def test_mirror_progress_and_failed_leg() -> None:
+    engine = MirrorEngine()
+    p = plan(sectors=131072, region_sectors=1024)
+    half = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 64/128 1 AA 3 disk 7:4 A"),
+                           "LUN b")
+    assert (half.done, half.total, half.complete, half.error) == (32 << 20, 64 << 20, False,
+                                                                  None)
+    done = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 128/128 1 AA 1 core"), "x")
+    assert done.complete
+    failed = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 0/128 1 AS 1 core"),
+                             "LUN b")
+    assert failed.error is not None
+    assert "LUN b (254:3): sync failed" in failed.error
+
+
+def test_clone_progress_and_metadata_failure() -> None:
+    engine = CloneEngine()
+    p = plan(top="lunresync-no-such-device", sectors=2048, region_sectors=8)
+    line = "0 2048 clone 8 72/2048 8 128/256 0 0 4 hydration_threshold 1 hydration_batch_size 1 rw"
+    half = engine.progress(p, status(line), "LUN b")
+    assert (half.done, half.total, half.complete) == (512 * 1024, 1 << 20, False)
+    assert engine.progress(p, status("0 2048 clone Fail"), "LUN b").error is not None
+
+
+def test_merge_progress_counts_down_the_duplicate() -> None:
+    engine = MergeEngine()
+    p = plan(region_sectors=16, exceptions_at_start=100)
+    mid = engine.progress(p, status("0 2048 snapshot-merge 816/4096 16"), "LUN a")
+    assert (mid.done, mid.total, mid.complete) == (50 * 8192, 100 * 8192, False)
+    end = engine.progress(p, status("0 2048 snapshot-merge 16/4096 16"), "LUN a")
+    assert end.complete
+    broken = engine.progress(p, status("0 2048 snapshot-merge Merge failed"), "LUN a")
+    assert broken.error is not None
+    assert "Merge failed" in broken.error
+
+
+# -- COW store format ------------------------------------------------------------------------
+
+
+def write_cow(path: Path, chunk_sectors: int, exceptions: list[tuple[int, int]]) -> None:
+    chunk = chunk_sectors * 512
+    per_area = chunk // 16
+    with path.open("wb") as f:
+        f.write(struct.pack("<IIII", SNAP_MAGIC, 1, 1, chunk_sectors))
+        for area in range(len(exceptions) // per_area + 1):
+            entries = exceptions[area * per_area:(area + 1) * per_area]
+            f.seek((1 + area * (per_area + 1)) * chunk)
+            f.write(b"".join(struct.pack("<QQ", old, new) for old, new in entries)
+                    .ljust(chunk, b"\0"))
+
+
+def test_read_store_follows_areas_and_stops_at_the_end_marker(tmp_path: Path) -> None:
+    cow = tmp_path / "s.cow"
+    # 1 KiB chunks: 64 exceptions per area, so 100 exceptions span two areas.
+    exceptions = [(i * 3, 2 + i + i // 64) for i in range(100)]
+    write_cow(cow, 2, exceptions)
+    store = read_store(cow)
+    assert store.valid
+    assert store.exceptions == tuple(exceptions)
+    assert store.per_area == 64
+    assert store.tail_offset() == (1 + 65) * 1024  # the second area's metadata chunk
+    assert store.origin_chunks(98) == {294, 297}
+
+
+def test_read_store_refuses_what_is_not_a_cow_store(tmp_path: Path) -> None:
+    bad = tmp_path / "x"
+    bad.write_bytes(b"\0" * 4096)
+    with pytest.raises(InvalidArgument, match="not a persistent"):
+        read_store(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(InvalidArgument, match="too short"):
+        read_store(bad)
+
+
+def test_copy_tail_brings_an_earlier_copy_up_to_date(tmp_path: Path) -> None:
+    source, copy = tmp_path / "s", tmp_path / "c"
+    write_cow(source, 2, [(1, 2)])
+    copy.write_bytes(source.read_bytes())
+    before = read_store(source)
+    write_cow(source, 2, [(1, 2), (5, 3), (9, 4)])  # appended since the copy
+    with source.open("r+b") as f:  # and a data chunk written after them
+        f.seek(4 * 1024)
+        f.write(b"\x99" * 1024)
+    copy_tail(source, copy, before.tail_offset())
+    assert copy.read_bytes() == source.read_bytes()
+
+
+# -- job records -----------------------------------------------------------------------------
+
+
+def make_job(job_id: str = "e" * 32, state: JobState = JobState.RUNNING) -> Job:
+    pair = JobPair(0, EngineKind.MIRROR, "c" * 32, LUN_B.id, "LUN b", state, 10, 100, plan())
+    return Job(job_id, state, 1.0, 2.0, None, 10, 100, 5.0, None, {"engine": "auto"}, (pair,))
+
+
+def test_jobs_round_trip_through_a_real_catalog(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "catalog.db") as catalog:
+        store = JobStore(catalog)
+        with catalog.transaction():
+            store.add(make_job())
+            store.add(make_job("f" * 32, JobState.DONE))
+        assert store.job("e" * 12) == make_job()
+        assert [j.id for j in store.jobs(active_only=True)] == ["e" * 32]
+        with catalog.transaction():
+            store.update("e" * 32, state=JobState.FAILED, error="boom")
+            store.update_pair("e" * 32, 0, plan=plan(exceptions_at_start=3))
+        job = store.job("e" * 32)
+        assert (job.state, job.error) == (JobState.FAILED, "boom")
+        assert job.pairs[0].plan.exceptions_at_start == 3
+        assert [job_id for job_id, _ in store.active_pairs()] == ["e" * 32]  # pair runs on
+        with catalog.transaction():
+            store.update_pair("e" * 32, 0, state=JobState.FAILED)
+        assert store.active_pairs() == []
+        with pytest.raises(ValueError, match="not a column"):
+            store.update("e" * 32, id="x")
+        with pytest.raises(NotFound, match="8 hex"):
+            store.job("e")
+        with pytest.raises(NotFound, match="no job"):
+            store.job("0" * 32)
+
+
+def test_version_1_catalog_is_upgraded_with_luns_ok(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO luns VALUES (?, 'a', 1048576, 'image', '/x', 0)", ("a" * 32,))
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Catalog(path) as catalog:
+        assert catalog.version == len(MIGRATIONS)
+        (lun,) = catalog.luns()
+        assert lun.state is LunState.OK
+        with catalog.transaction():
+            catalog.set_lun_state(lun.id, LunState.INCOMPLETE)
+        assert catalog.lun("a").state is LunState.INCOMPLETE
+
+
+def test_job_progress_and_eta() -> None:
+    job = make_job()
+    assert job.progress == pytest.approx(0.1)
+    eta = job.eta
+    assert eta is not None
+    assert eta == pytest.approx(time.time() + 90 / 5.0, abs=2)
+    assert make_job(state=JobState.DONE).progress == 1.0
+    assert make_job(state=JobState.DONE).eta is None
+    data = job.to_json()
+    assert data["engines"] == "mirror"
+    assert data["pairs"][0]["device"] == "/dev/mapper/lunresync-b"
+
+
+# -- CLI pair syntax -------------------------------------------------------------------------
+
+
+def test_pairs_from_the_command_line() -> None:
+    assert parse_pairs(["A", "--to", "x", "B", "--to=/dev/sdb", "C"]) == [
+        ResyncPair("A", "x"), ResyncPair("B", "/dev/sdb"), ResyncPair("C", None)]
+    for bad, message in ((["--to", "x"], "must follow"), (["A", "--to"], "needs a destination"),
+                         (["A", "--to="], "needs a destination"), ([], "at least one"),
+                         (["A", "--frobnicate"], "unknown option")):
+        with pytest.raises(InvalidArgument, match=message):
+            parse_pairs(bad)
+
+
+# -- verify, kernel log ----------------------------------------------------------------------
+
+
+def test_compare_separates_recorded_writes_from_real_mismatches(tmp_path: Path) -> None:
+    size = 3 << 20
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = bytearray(b"\x01" * size)
+    a.write_bytes(bytes(data))
+    data[8192:8192 + 100] = b"\x02" * 100  # in chunk 1 (8 KiB chunks): recorded as written
+    data[(2 << 20) + 5] = 9  # a real mismatch
+    b.write_bytes(bytes(data))
+    explained, mismatches = _compare(str(a), str(b), size, 8192, {1})
+    assert explained == 8192
+    assert mismatches == [((2 << 20), 8192)]
+
+
+def test_kernel_log_records_are_parsed(tmp_path: Path) -> None:
+    record = b"3,1234,5678901,-;device-mapper: clone: 254:5: hydration failed\n SUBSYSTEM=x"
+    message = parse_record(record)
+    assert message is not None
+    assert (message.usec, message.text) == (5678901, "device-mapper: clone: 254:5: hydration"
+                                                      " failed")
+    assert parse_record(b"garbage") is None
+    assert messages(tmp_path / "missing") == []
