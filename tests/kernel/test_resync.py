@@ -7,6 +7,7 @@ device) so that the copy is really running when the test acts.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -342,3 +343,30 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
         provider.create_snapshot_set(["slow"])
     running.cancel()
     assert small.size < slow.size
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_resync_and_job_commands(devices: DeviceStack, provider: Provider) -> None:
+    from .test_cli_storage import lunresync
+
+    _, shadow, content = source_lun(provider, devices)
+    provider.create_lun("copy", SIZE)
+    pool = provider.pool.root
+    bad = lunresync(pool, "resync", shadow.id, "--to", "copy", "--to", "x")
+    assert bad.returncode == 6, bad.stderr  # a value refused: exit code INVALID
+    assert "unknown option" in bad.stderr or "must follow" in bad.stderr
+    # Not a terminal: plain progress lines, then the verify report.
+    done = lunresync(pool, "resync", shadow.id, "--to", "copy", "--engine", "mirror",
+                     "--verify")
+    assert done.returncode == 0, done.stderr
+    assert "LUN copy: online from shadow copy" in done.stdout
+    assert " done in " in done.stdout
+    assert "verify: OK" in done.stdout
+    listed = lunresync(pool, "job", "list", "--all", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (job,) = json.loads(listed.stdout)
+    assert job["state"] == "done"
+    assert job["pairs"][0]["destination"] == "LUN copy"
+    assert read_at(provider.lun("copy").path, 0, SIZE) == content
