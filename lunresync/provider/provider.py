@@ -363,6 +363,8 @@ class Provider:
             for lun in luns:
                 self.refuse_open(lun.dm_name, f"LUN {lun.name}")
             for shadow in shadows:
+                if self.resyncer.source_jobs(shadow.id):
+                    continue  # held by a restore's own mapping, which goes first
                 self.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
             for name in self.resyncer.open_devices():
                 self.refuse_open(name, f"restore device {name}")

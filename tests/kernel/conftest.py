@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lunresync.errors import NotFound
 from lunresync.kernel.dmsetup import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
@@ -85,7 +86,8 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
         if not leftover:
             break
     for path in stray_loops:
-        loops.detach(path)
+        with contextlib.suppress(NotFound):  # autoclear detached it with its last user
+            loops.detach(path)
     assert not stray_dm, f"dm devices left behind by the tests: {stray_dm}"
     assert not stray_loops, f"loop devices left behind by the tests: {stray_loops}"
 
