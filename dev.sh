@@ -63,12 +63,17 @@ kernel_tests() {
         "$PY" -m pytest -m kernel -q --durations=10 --junitxml="$RESULTS/vm/kernel.xml"
 }
 
+reboot_tests() {
+    say "reboot tier: power the test VM off mid-copy, boot it again (two boots)"
+    "$PY" -m pytest -m reboot -q -s --junitxml="$RESULTS/reboot.xml"
+}
+
 summary() {
     # One closing line over both tiers, from the JUnit files (the VM's console can garble).
-    "$PY" - "$RESULTS/unit.xml" "$RESULTS/vm/kernel.xml" <<'PYEOF'
+    "$PY" - "$RESULTS/unit.xml" "$RESULTS/vm/kernel.xml" "$RESULTS/reboot.xml" <<'PYEOF'
 import sys, xml.etree.ElementTree as ET
 totals = {"passed": 0, "failed": 0, "skipped": 0}
-for path, tier in zip(sys.argv[1:], ("unit (host)", "kernel (test VM)")):
+for path, tier in zip(sys.argv[1:], ("unit (host)", "kernel (test VM)", "reboot (two VM boots)")):
     try:
         suite = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
@@ -98,6 +103,7 @@ test)
     lint || status=1
     unit_tests || status=1
     kernel_tests || status=1
+    reboot_tests || status=1
     say "all tests took $((SECONDS - started)) s"
     summary || status=1
     exit $status

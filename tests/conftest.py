@@ -6,6 +6,8 @@ Every test carries exactly one tier marker:
 - ``kernel``: needs root and device-mapper; runs in the test VM (``tests/vm.py``). On a
   machine without them it is skipped, with the reason. Inside the test VM it is never
   skipped: a kernel test that cannot run there fails, loudly.
+- ``reboot``: boots the test VM itself (more than once, to power it off mid-copy); runs on
+  the host, after the kernel tier (``./dev.sh test``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from lunresync.kernel.capabilities import has_device_mapper
 
 IN_TEST_VM = os.environ.get("LUNRESYNC_TEST_VM") == "1"
-TIERS = ("unit", "kernel")
+TIERS = ("unit", "kernel", "reboot")
 VM_HINT = "run it in the test VM: python3 tests/vm.py -- python3 -m pytest -m kernel"
 
 

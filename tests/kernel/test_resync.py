@@ -13,16 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Self
 
 import pytest
 
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
-from lunresync.kernel.targets import ErrorTable, LinearTable, Table, TableLine
+from lunresync.kernel.targets import DelayTable, ErrorTable, LinearTable, Table, TableLine
 from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
 from lunresync.provider.provider import Provider
 
@@ -35,25 +32,9 @@ SIZE = 32 * MiB
 ENGINES = [EngineKind.MERGE, EngineKind.MIRROR, EngineKind.CLONE]
 
 
-@dataclass(frozen=True)
-class DelayTable:
-    """dm ``delay``: writes (and flushes) held ``ms`` milliseconds; reads not delayed."""
-
-    TARGET: ClassVar[str] = "delay"
-    device: str
-    write_ms: int
-
-    def args(self) -> tuple[str, ...]:
-        return (self.device, "0", "0", self.device, "0", str(self.write_ms))
-
-    @classmethod
-    def from_args(cls, args: Sequence[str]) -> Self:
-        return cls(args[0], int(args[5]))
-
-
 def slow_device(devices: DeviceStack, suffix: str, size: int, write_ms: int) -> str:
     loop = devices.loop(suffix + "-img", size)
-    devices.create(suffix, Table.single(DelayTable(loop.path, write_ms), size // 512))
+    devices.create(suffix, Table.single(DelayTable(loop.path, write_ms=write_ms), size // 512))
     return f"/dev/mapper/{devices.name(suffix)}"
 
 

@@ -22,6 +22,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dm"
 #: The capture files the tests expect: one per target lunresync uses.
 EXPECTED_FILES = (
     "clone",
+    "delay",
     "error",
     "flakey",
     "linear",

@@ -19,6 +19,7 @@ from lunresync.kernel.targets import (
     TARGETS,
     CloneStatus,
     CloneTable,
+    DelayTable,
     ErrorTable,
     FlakeyTable,
     LinearTable,
@@ -191,6 +192,7 @@ def line(params: TargetParams, length: int = 2048, start: int = 0) -> str:
         pytest.param(ThinTable(DEV_A, 7), f"thin {DEV_A} 7", id="thin"),
         pytest.param(ThinTable(DEV_A, 7, DEV_B), f"thin {DEV_A} 7 {DEV_B}", id="thin-origin"),
         pytest.param(FlakeyTable(DEV_A, 0, 5, 0), f"flakey {DEV_A} 0 5 0", id="flakey"),
+        pytest.param(DelayTable(DEV_A, 0, 200), f"delay {DEV_A} 0 0 {DEV_A} 0 200", id="delay"),
         pytest.param(
             FlakeyTable(DEV_A, 8, 0, 10, drop_writes=True),
             f"flakey {DEV_A} 8 0 10 1 drop_writes",
@@ -335,6 +337,7 @@ DEVICE_USERS: list[tuple[str, Callable[[str], object]]] = [
     ("thin pool", lambda d: ThinTable(d, 0)),
     ("thin external origin", lambda d: ThinTable(DEV_A, 0, d)),
     ("flakey", lambda d: FlakeyTable(d, 0, 1, 0)),
+    ("delay", DelayTable),
 ]
 
 
@@ -795,6 +798,7 @@ VALID_PARAMS: dict[str, st.SearchStrategy[TargetParams]] = {
     "thin-pool": thin_pool_tables,
     "thin": thin_tables,
     "flakey": flakey_tables(),
+    "delay": st.builds(DelayTable, devices, sectors, sectors, sectors),
 }
 
 

@@ -17,6 +17,7 @@ from lunresync.kernel.targets import (
     TARGETS,
     CloneStatus,
     CloneTable,
+    DelayTable,
     ErrorTable,
     FlakeyTable,
     LinearTable,
@@ -66,6 +67,7 @@ MIB_SECTORS = 2048
 #: type is a subclass of snapshot's).
 EXPECTED_TYPES: dict[str, tuple[type[TargetParams], type[TargetStatus]]] = {
     "clone": (CloneTable, CloneStatus),
+    "delay": (DelayTable, NoStatus),
     "error": (ErrorTable, NoStatus),
     "flakey": (FlakeyTable, NoStatus),
     "linear": (LinearTable, NoStatus),

@@ -4,7 +4,7 @@ set -u
 OUT=${OUT:?set OUT to the output directory}
 mkdir -p "$OUT"
 W=/run/capwork; mkdir -p $W
-modprobe -a loop dm_snapshot dm_mirror dm_thin_pool dm_flakey dm_persistent_data dm_bufio
+modprobe -a loop dm_snapshot dm_mirror dm_thin_pool dm_flakey dm_delay dm_persistent_data dm_bufio
 # tests/vm.py has loaded the modules, dm-clone included (built out of tree)
 echo "udev: $(ls /run/udev/control 2>&1)"
 dmsetup targets
@@ -22,6 +22,12 @@ dmsetup create cap-lin2 --table "0 2048 linear $L1 0
 2048 2048 linear $L2 4096"
 cap linear "two-segment linear" cap-lin2
 dmsetup remove cap-lin cap-lin2
+# delay (added 2026-11-25; delay.txt was captured with this section alone)
+dmsetup create cap-dl --table "0 $S64 delay $L1 0 0 $L1 0 200"
+cap delay "delay: writes held 200 ms" cap-dl
+dmsetup reload cap-dl --table "0 $S64 delay $L1 0 50"; dmsetup resume cap-dl
+cap delay "delay: all I/O held 50 ms" cap-dl
+dmsetup remove cap-dl
 # error
 dmsetup create cap-err --table "0 $S64 error"
 cap error "error target" cap-err

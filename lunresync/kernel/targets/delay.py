@@ -1,0 +1,51 @@
+"""dm ``delay``: hold I/O for a while before passing it on. The tests put it under a
+destination so that a copy is still running when they act (crash, kill, cancel).
+
+Table: ``delay <dev> <offset> <read ms> [<write dev> <offset> <write ms>
+[<flush dev> <offset> <flush ms>]]``. Reports no status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from lunresync.errors import ParseError
+
+from .base import NoStatus, check_count, check_device, parse_int
+
+DelayStatus = NoStatus
+
+
+@dataclass(frozen=True)
+class DelayTable:
+    """Reads held ``read_ms``, writes (and flushes) ``write_ms``, on the same device."""
+
+    TARGET: ClassVar[str] = "delay"
+
+    device: str
+    read_ms: int = 0
+    write_ms: int = 0
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        for value, what in ((self.read_ms, "read delay"), (self.write_ms, "write delay"),
+                            (self.offset, "delay offset")):
+            check_count(value, what)
+
+    def args(self) -> tuple[str, ...]:
+        one = (self.device, str(self.offset))
+        return (*one, str(self.read_ms), *one, str(self.write_ms))
+
+    @classmethod
+    def from_args(cls, args: Sequence[str]) -> Self:
+        text = " ".join(args)
+        if len(args) not in (3, 6, 9):
+            raise ParseError("delay table", text, "expected 1, 2 or 3 <dev> <offset> <ms>")
+        if len(args) >= 6 and (args[3], args[4]) != (args[0], args[1]):
+            raise ParseError("delay table", text, "a separate write device is not supported")
+        read_ms = parse_int(args[2], "read delay")
+        write_ms = parse_int(args[5], "write delay") if len(args) >= 6 else read_ms
+        return cls(args[0], read_ms, write_ms, parse_int(args[1], "delay offset"))
