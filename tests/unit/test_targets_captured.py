@@ -17,6 +17,7 @@ from lunresync.kernel.targets import (
     TARGETS,
     CloneStatus,
     CloneTable,
+    DelayStatus,
     DelayTable,
     ErrorTable,
     FlakeyTable,
@@ -67,7 +68,7 @@ MIB_SECTORS = 2048
 #: type is a subclass of snapshot's).
 EXPECTED_TYPES: dict[str, tuple[type[TargetParams], type[TargetStatus]]] = {
     "clone": (CloneTable, CloneStatus),
-    "delay": (DelayTable, NoStatus),
+    "delay": (DelayTable, DelayStatus),
     "error": (ErrorTable, NoStatus),
     "flakey": (FlakeyTable, NoStatus),
     "linear": (LinearTable, NoStatus),
@@ -600,3 +601,11 @@ def test_error_and_snapshot_origin() -> None:
 def test_data_dir_is_in_the_repository() -> None:
     expected = Path(__file__).resolve().parents[1] / "data" / "dm"
     assert expected == DATA_DIR
+
+
+def test_delay_writes_only_and_all_io() -> None:
+    writes = block("delay", "delay: writes held 200 ms")
+    assert table_of(writes, DelayTable) == DelayTable("7:0", read_ms=0, write_ms=200)
+    assert status_of(writes, DelayStatus).held == (0, 0, 0)
+    both = table_of(block("delay", "delay: all I/O held 50 ms"), DelayTable)
+    assert (both.read_ms, both.write_ms) == (50, 50)

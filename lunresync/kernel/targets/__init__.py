@@ -14,7 +14,7 @@ from lunresync.errors import ParseError
 
 from .base import NoStatus, Table, TableLine, TargetParams, TargetStatus, parse_int
 from .clone import CloneStatus, CloneTable
-from .delay import DelayTable
+from .delay import DelayStatus, DelayTable
 from .error import ErrorTable
 from .flakey import FlakeyTable
 from .linear import LinearTable
@@ -49,7 +49,7 @@ TARGETS: Mapping[str, TargetType] = {
         TargetType("thin-pool", ThinPoolTable, ThinPoolStatus, "dm_thin_pool"),
         TargetType("thin", ThinTable, ThinStatus, "dm_thin_pool"),
         TargetType("flakey", FlakeyTable, NoStatus, "dm_flakey"),
-        TargetType("delay", DelayTable, NoStatus, "dm_delay"),
+        TargetType("delay", DelayTable, DelayStatus, "dm_delay"),
     )
 }
 
@@ -100,6 +100,7 @@ __all__ = [
     "TARGETS",
     "CloneStatus",
     "CloneTable",
+    "DelayStatus",
     "DelayTable",
     "ErrorTable",
     "FlakeyTable",

@@ -2,7 +2,8 @@
 destination so that a copy is still running when they act (crash, kill, cancel).
 
 Table: ``delay <dev> <offset> <read ms> [<write dev> <offset> <write ms>
-[<flush dev> <offset> <flush ms>]]``. Reports no status.
+[<flush dev> <offset> <flush ms>]]``. Status: the I/Os being held now, ``<reads> <writes>
+<flushes>`` (one count per class given in the table, 3 on 6.1 whatever was given).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import ClassVar, Self
 
 from lunresync.errors import ParseError
 
-from .base import NoStatus, check_count, check_device, parse_int
-
-DelayStatus = NoStatus
+from .base import check_count, check_device, parse_int
 
 
 @dataclass(frozen=True)
@@ -49,3 +48,14 @@ class DelayTable:
         read_ms = parse_int(args[2], "read delay")
         write_ms = parse_int(args[5], "write delay") if len(args) >= 6 else read_ms
         return cls(args[0], read_ms, write_ms, parse_int(args[1], "delay offset"))
+
+
+@dataclass(frozen=True)
+class DelayStatus:
+    held: tuple[int, ...]  # reads, writes, flushes being delayed now
+
+    @classmethod
+    def from_args(cls, args: Sequence[str]) -> Self:
+        if not 1 <= len(args) <= 3:
+            raise ParseError("delay status", " ".join(args), "expected 1 to 3 counts")
+        return cls(tuple(parse_int(a, "delayed I/O count") for a in args))
