@@ -54,7 +54,7 @@ class MergeEngine:
                              str(source), str(duplicate)], timeout=3600)
         devices["tail"] = str(before.tail_offset())
         undo.push(f"delete {duplicate}", duplicate.unlink, True)
-        devices["cow"] = provider.attach_file(str(duplicate), undo)
+        devices["cow"] = provider.attach_file(str(duplicate), undo, fresh=True)
 
     def in_freeze(self, provider: Provider, plan: PairPlan,
                   devices: Mapping[str, str]) -> PairPlan:

@@ -43,7 +43,8 @@ from lunresync.errors import (
     NotSupported,
 )
 from lunresync.kernel import udev
-from lunresync.kernel.capabilities import probe
+from lunresync.kernel.capabilities import usable_targets
+from lunresync.kernel.dmsetup import DmInfo
 from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
@@ -198,7 +199,7 @@ class Resyncer:
                volume_check: bool) -> list[_Checked]:
         catalog = self.p.catalog
         present = {d.name: d for d in self.p.dm.devices()}
-        targets = probe(self.p.dm).targets
+        usable = usable_targets()
         busy = {}
         for job_id, active in self.store.active_pairs():
             busy[active.dest_lun_id or active.plan.leg] = job_id
@@ -229,12 +230,11 @@ class Resyncer:
                 if lun.dm_name not in present:
                     raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
                 if volume_check:
-                    self._refuse_lun_in_use(lun)
+                    self._refuse_lun_in_use(lun, present[lun.dm_name])
             elif volume_check:
                 assert device is not None
                 _refuse_busy_device(device)
-            kind = _choose_engine(shadow, lun, requested,
-                                  {name: state.usable for name, state in targets.items()})
+            kind = _choose_engine(shadow, lun, requested, usable)
             checked.append(_Checked(shadow, lun, device, dest, size, kind))
         return checked
 
@@ -276,17 +276,17 @@ class Resyncer:
                                       " instead")
         return None, device, device, _device_size(device), device
 
-    def _refuse_lun_in_use(self, lun: Lun) -> None:
+    def _refuse_lun_in_use(self, lun: Lun, info: DmInfo) -> None:
         hint = "unmount it or close it, or use --no-volume-check"
-        try:
-            self.p.refuse_open(lun.dm_name, f"LUN {lun.name}")
-        except InUse as exc:
-            raise InUse(exc.message, hint=hint) from None
-        info = self.p.dm.info(lun.dm_name)
         holders = Path(f"/sys/dev/block/{info.devno}/holders")
         if holders.is_dir() and any(holders.iterdir()):
             names = ", ".join(sorted(h.name for h in holders.iterdir()))
             raise InUse(f"LUN {lun.name} is held by {names}", hint=hint)
+        if info.open_count:
+            try:  # settles udev (a probe is a brief opener) and asks again
+                self.p.refuse_open(lun.dm_name, f"LUN {lun.name}")
+            except InUse as exc:
+                raise InUse(exc.message, hint=hint) from None
 
     def _plan(self, checked: Sequence[_Checked], options: dict[str, object]
               ) -> tuple[Job, dict[int, dict[str, int | None]]]:
@@ -351,10 +351,11 @@ class Resyncer:
             if pair.plan.own_top:
                 self.p.create_device(pair.plan.top, None, pair.plan.top_uuid, undo)
             else:
-                # Whatever happens from here, the LUN goes back to the table it has now.
-                before = self.p.dm.table(pair.plan.top)
+                # Whatever happens from here, the LUN goes back to the table it has now
+                # (known from the catalog: no dmsetup call on the way to online).
+                lun = self.p.catalog.lun(pair.dest_lun_id or "")
                 undo.push(f"restore the table of {pair.plan.top}", self._reload,
-                          pair.plan.top, before)
+                          pair.plan.top, self.p.lun_table(lun))
         if frozen:
             self.p.dm.suspend(*(pair.plan.top for pair in frozen))
         for pair in frozen:
@@ -394,7 +395,7 @@ class Resyncer:
                 undo.push(f"delete {path}", Path(path).unlink, True)
             elif not Path(path).exists():
                 raise NotFound(f"{path} of job pair {pair.index} is gone")
-            devices[role] = self.p.attach_file(path, undo)
+            devices[role] = self.p.attach_file(path, undo, fresh=sizes is not None)
         fresh = sizes is not None  # a new job's helpers cannot exist yet: no need to ask
         if plan.leg_helper is not None and (fresh or not self.p.device_exists(plan.leg_helper)):
             assert plan.leg_helper_uuid is not None

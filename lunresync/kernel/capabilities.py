@@ -121,6 +121,22 @@ def _loaded_modules(proc: Path) -> set[str]:
         return set()
 
 
+def usable_targets(
+    *,
+    proc: Path = Path("/proc"),
+    modules_root: Path = Path("/lib/modules"),
+    release: str | None = None,
+) -> dict[str, bool]:
+    """Which known targets the kernel can use, from files only (no dmsetup process: this
+    is on the way to a restore going online): a target is usable when its module is
+    loaded, installed or built in, or it is part of dm-mod itself."""
+    if not has_device_mapper(proc):
+        return dict.fromkeys(TARGETS, False)
+    installed, builtin = _module_names(release or platform.release(), modules_root)
+    present = installed | builtin | _loaded_modules(proc)
+    return {name: t.module is None or t.module in present for name, t in TARGETS.items()}
+
+
 def probe(
     dm: DeviceMapper,
     *,

@@ -289,9 +289,10 @@ class Provider:
     def device_exists(self, name: str) -> bool:
         return self._is_present(name)
 
-    def attach_file(self, path: str, undo: Undo) -> str:
-        """The loop device over a pool file: the one attached already, or a new one."""
-        attached = self.loops.find(path)
+    def attach_file(self, path: str, undo: Undo, *, fresh: bool = False) -> str:
+        """The loop device over a pool file: the one attached already, or a new one
+        (``fresh``: the file was just made, so no need to look)."""
+        attached = [] if fresh else self.loops.find(path)
         if attached:
             return attached[0].path
         loop = self.loops.attach(path)
@@ -455,12 +456,12 @@ class Provider:
         return removed
 
     def create_device(self, name: str, table: Table | None, uuid: str, undo: Undo,
-                *, read_only: bool = False) -> DmInfo:
-        info = self.dm.create(name, table, uuid=uuid, read_only=read_only)
-        if self._present is not None:
-            self._present[name] = info
+                      *, read_only: bool = False) -> None:
+        if self._present is not None:  # keep the device list of this operation whole
+            self._present[name] = self.dm.create(name, table, uuid=uuid, read_only=read_only)
+        else:
+            self.dm.create_only(name, table, uuid=uuid, read_only=read_only)
         undo.push(f"remove {name}", lambda: self.dm.remove(name, missing_ok=True))
-        return info
 
     def _cow_device(self, shadow: ShadowCopy, undo: Undo, created: list[str]) -> str:
         attached = self.loops.find(shadow.store)

@@ -3,8 +3,10 @@
     python tests/reboot/stage.py start STATE    # boot 1: restores running, then power off
     python tests/reboot/stage.py resume STATE   # boot 2: activate, check, wait, verify
 
-STATE is a host directory (passed to the VM with --rwdir): it holds the pool and the
-"disks" (image files) under the destinations, so it survives the power-off. Each
+STATE is a host directory (passed to the VM with --rwdir). It holds the "disks" that
+survive the power-off: an ext4 image holding the pool (SQLite's WAL needs shared memory
+maps, which the 9p share lacks, so the pool cannot live on the share directly), and the
+images under the destinations. Each
 destination is a LUN adopted over a dm ``delay`` device (writes held a while) so that the
 copies are still running when the power goes.
 """
@@ -76,11 +78,27 @@ def disks(state: Path, dm: DeviceMapper, loops: LoopDevices) -> dict[str, str]:
     return found
 
 
+POOL_MOUNT = Path("/run/lunresync-poweroff")
+
+
+def mount_pool(state: Path, runner: Runner, loops: LoopDevices) -> Path:
+    """The pool's file system, on an ext4 image in STATE (made on the first boot)."""
+    image = state / "pool-disk.img"
+    if not image.exists():
+        with image.open("wb") as f:
+            f.truncate(2 << 30)
+        runner.run(["mkfs.ext4", "-q", str(image)])
+    loop = loops.attach(image)
+    POOL_MOUNT.mkdir(parents=True, exist_ok=True)
+    runner.run(["mount", "-t", "ext4", loop.path, str(POOL_MOUNT)])
+    return POOL_MOUNT / "pool"
+
+
 def start(state: Path) -> int:
     runner = Runner(timeout=300)
     dm, loops = DeviceMapper(runner), LoopDevices(runner)
     devices = disks(state, dm, loops)
-    provider = Provider.open(state / "pool", runner=runner)
+    provider = Provider.open(mount_pool(state, runner, loops), runner=runner)
     provider.create_lun("src", SIZE)
     fill(provider.lun("src").path, seed=1)
     for _, name in PAIRS:
@@ -121,7 +139,7 @@ def resume(state: Path) -> int:
     runner = Runner(timeout=300)
     dm, loops = DeviceMapper(runner), LoopDevices(runner)
     disks(state, dm, loops)  # the disks come back at boot
-    provider = Provider.open(state / "pool", runner=runner)
+    provider = Provider.open(mount_pool(state, runner, loops), runner=runner)
     provider.activate()
     result: dict[str, object] = {}
     failures = []
@@ -147,6 +165,7 @@ def resume(state: Path) -> int:
     provider.close()
     for _, name in PAIRS:
         dm.remove(f"lrt-poweroff-{name}")
+    runner.run(["umount", str(POOL_MOUNT)])
     for loop in loops.attached():
         if loop.backing_file.startswith(str(state)):
             loops.detach(loop.path)

@@ -25,6 +25,7 @@ from lunresync.kernel.capabilities import (
     Availability,
     Capabilities,
     probe,
+    usable_targets,
 )
 from lunresync.kernel.dmsetup import DeviceMapper
 
@@ -334,3 +335,17 @@ def test_availability_usable() -> None:
     assert Availability.LOADED.usable
     assert Availability.LOADABLE.usable
     assert not Availability.MISSING.usable
+
+
+def test_usable_targets_from_files_alone(machine: Machine) -> None:
+    def usable() -> dict[str, bool]:
+        return usable_targets(proc=machine.proc, modules_root=machine.modules_root,
+                              release=RELEASE)
+
+    found = usable()
+    assert all(found[t] for t in ("linear", "mirror", "snapshot-merge"))
+    assert not found["clone"]  # Debian: no dm-clone module anywhere
+    machine.write(modules=PROC_MODULES + "dm_clone 65536 0 - Live 0x0\n")  # insmod'ed
+    assert usable()["clone"]
+    machine.write(misc=MISC_WITHOUT_DM)
+    assert not any(usable().values())
