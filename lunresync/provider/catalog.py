@@ -8,6 +8,7 @@ refused rather than misread. Every change runs in one transaction (:meth:`transa
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sqlite3
 import time
@@ -105,7 +106,11 @@ class Catalog:
             # Before anything that writes (the switch to WAL rewrites the file's header).
             self._refuse_too_new()
             self.db.execute("PRAGMA foreign_keys = ON")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            # WAL needs shared memory maps of a file next to the catalog; some file
+            # systems (9p, some network ones) have none, and SQLite then fails every
+            # transaction. There the rollback journal does: writers wait for readers.
+            mode = "WAL" if shared_maps_work(path.parent) else "DELETE"
+            self.db.execute(f"PRAGMA journal_mode = {mode}")
             self._migrate()
         except BaseException:
             self.db.close()
@@ -259,6 +264,26 @@ def _shadow(row: sqlite3.Row) -> ShadowCopy:
         chunk_sectors=row["chunk_sectors"], created=row["created"],
         state=ShadowState(row["state"]),
     )
+
+
+def shared_maps_work(directory: Path) -> bool:
+    """Whether files in ``directory`` can be mapped shared and writable (SQLite's WAL)."""
+    probe = directory / f".mmap-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        return True  # let SQLite report the real problem
+    try:
+        os.ftruncate(fd, mmap.PAGESIZE)
+        with mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED,
+                       mmap.PROT_READ | mmap.PROT_WRITE) as mapped:
+            mapped[0:1] = b"\1"
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
 
 
 def now() -> float:

@@ -3,10 +3,11 @@
     python tests/reboot/stage.py start STATE    # boot 1: restores running, then power off
     python tests/reboot/stage.py resume STATE   # boot 2: activate, check, wait, verify
 
-STATE is a host directory (passed to the VM with --rwdir). It holds the "disks" that
-survive the power-off: an ext4 image holding the pool (SQLite's WAL needs shared memory
-maps, which the 9p share lacks, so the pool cannot live on the share directly), and the
-images under the destinations. Each
+STATE is a host directory (passed to the VM with --rwdir): it holds the pool and the
+"disks" (image files) under the destinations, so they survive the power-off. (The share
+is 9p, without shared memory maps: the catalog uses SQLite's rollback journal there.
+A pool on an ext4 image on the share hung the guest's I/O: loop over ext4 over loop
+over 9p.) Each
 destination is a LUN adopted over a dm ``delay`` device (writes held a while) so that the
 copies are still running when the power goes.
 """
@@ -14,6 +15,7 @@ copies are still running when the power goes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -78,33 +80,25 @@ def disks(state: Path, dm: DeviceMapper, loops: LoopDevices) -> dict[str, str]:
     return found
 
 
-POOL_MOUNT = Path("/run/lunresync-poweroff")
-
-
-def mount_pool(state: Path, runner: Runner, loops: LoopDevices) -> Path:
-    """The pool's file system, on an ext4 image in STATE (made on the first boot)."""
-    image = state / "pool-disk.img"
-    if not image.exists():
-        with image.open("wb") as f:
-            f.truncate(2 << 30)
-        runner.run(["mkfs.ext4", "-q", str(image)])
-    loop = loops.attach(image)
-    POOL_MOUNT.mkdir(parents=True, exist_ok=True)
-    runner.run(["mount", "-t", "ext4", loop.path, str(POOL_MOUNT)])
-    return POOL_MOUNT / "pool"
+def step(what: str) -> None:
+    print(f"stage: {time.strftime('%T')} {what}", flush=True)
 
 
 def start(state: Path) -> int:
-    runner = Runner(timeout=300)
+    runner = Runner(timeout=120)
     dm, loops = DeviceMapper(runner), LoopDevices(runner)
     devices = disks(state, dm, loops)
-    provider = Provider.open(mount_pool(state, runner, loops), runner=runner)
+    step("disks ready")
+    provider = Provider.open(state / "pool", runner=runner)
+    step("pool open")
     provider.create_lun("src", SIZE)
     fill(provider.lun("src").path, seed=1)
     for _, name in PAIRS:
         provider.adopt_lun(name, devices[name])
     fill(provider.lun("m").path, seed=1)
+    step("LUNs filled")
     snapshot = provider.create_snapshot_set(["src", "m"]).snapshot_set
+    step("snapshot set taken")
     by_lun = {s.lun_name: s for s in snapshot.shadow_copies}
     fill(provider.lun("m").path, seed=2)  # damage: every chunk of m changed
     jobs = {}
@@ -114,6 +108,7 @@ def start(state: Path) -> int:
         handle = provider.resync_luns([ResyncPair(source.id, destination)],
                                       engine=EngineKind(engine))
         jobs[engine] = handle.id
+        step(f"{engine} restore online")
     # Let every copy get going, but not finish.
     deadline = time.monotonic() + 120
     progress: dict[str, int] = {}
@@ -136,11 +131,13 @@ def start(state: Path) -> int:
 
 def resume(state: Path) -> int:
     record = json.loads((state / "stage1.json").read_text())
-    runner = Runner(timeout=300)
+    runner = Runner(timeout=120)
     dm, loops = DeviceMapper(runner), LoopDevices(runner)
     disks(state, dm, loops)  # the disks come back at boot
-    provider = Provider.open(mount_pool(state, runner, loops), runner=runner)
+    provider = Provider.open(state / "pool", runner=runner)
+    step("pool open")
     provider.activate()
+    step("activated")
     result: dict[str, object] = {}
     failures = []
     for engine, name in PAIRS:
@@ -165,7 +162,6 @@ def resume(state: Path) -> int:
     provider.close()
     for _, name in PAIRS:
         dm.remove(f"lrt-poweroff-{name}")
-    runner.run(["umount", str(POOL_MOUNT)])
     for loop in loops.attached():
         if loop.backing_file.startswith(str(state)):
             loops.detach(loop.path)
@@ -176,6 +172,9 @@ def resume(state: Path) -> int:
 
 
 def main() -> int:
+    # Every command run is logged with a time: the console shows where a boot stands.
+    logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("sh").setLevel(logging.WARNING)
     stage, state = sys.argv[1], Path(sys.argv[2])
     return start(state) if stage == "start" else resume(state)
 

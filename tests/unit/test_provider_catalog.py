@@ -587,3 +587,14 @@ def test_a_full_catalog_reports_the_real_error(cat: Catalog) -> None:
     with cat.transaction():  # still usable
         cat.add_lun(make_lun("db"))
     assert [lun.name for lun in cat.luns()] == ["db"]
+
+
+def test_catalog_uses_the_rollback_journal_where_shared_maps_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lunresync.provider.catalog as catalog_module
+
+    assert catalog_module.shared_maps_work(tmp_path)
+    assert not list(tmp_path.iterdir()), "the probe file stays behind"
+    monkeypatch.setattr(catalog_module, "shared_maps_work", lambda directory: False)
+    with Catalog(tmp_path / "catalog.db") as catalog:  # as on a 9p share
+        assert catalog.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
