@@ -16,10 +16,11 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import scratch_root
 
 from lunresync.engine.model import EngineKind
 from lunresync.engine.resync import ResyncPair
@@ -147,18 +148,10 @@ def main() -> int:
 
     targets = probe(DeviceMapper()).targets
     engines = [e for e in (EngineKind.MIRROR, EngineKind.CLONE) if targets[e.target].usable]
-    with tempfile.TemporaryDirectory(prefix="lunresync-bench-", dir=args.dir) as tmp:
-        root = Path(tmp)
-        runner = Runner()
-        if args.dir is None:
-            runner.run(["mount", "-t", "tmpfs", "-o", "size=64G,mode=0700", "tmpfs", tmp])
-        try:
-            rows = [bench_size(root, size, engines) for size in sizes]
-            latency = {e: bench_latency(root, sizes[-1], e) for e in engines}
-            cli = bench_cli_online(root, sizes[0], engines[-1])
-        finally:
-            if args.dir is None:
-                runner.run(["umount", tmp])
+    with scratch_root(args.dir) as root:
+        rows = [bench_size(root, size, engines) for size in sizes]
+        latency = {e: bench_latency(root, sizes[-1], e) for e in engines}
+        cli = bench_cli_online(root, sizes[0], engines[-1])
     print("## Full restore to another LUN (engine call in a running process)\n")
     print("| LUN size | engine | online s | copy s | dd s | throughput / dd |")
     print("| --- | --- | --- | --- | --- | --- |")

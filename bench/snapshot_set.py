@@ -14,10 +14,11 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import scratch_root
 
 from lunresync.kernel.runner import CommandLog, Runner
 from lunresync.provider.model import ShadowKind
@@ -95,18 +96,9 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [256 * MiB, 2048 * MiB]
     counts = [1, 4]
-    with tempfile.TemporaryDirectory(prefix="lunresync-bench-", dir=args.dir) as tmp:
-        root = Path(tmp)
-        runner = Runner()
-        if args.dir is None:
-            # Sparse files: the size limit is not memory; only written data takes any.
-            runner.run(["mount", "-t", "tmpfs", "-o", "size=64G,mode=0700", "tmpfs", tmp])
-        try:
-            rows = bench_sets(root, sizes, counts, args.repeat)
-            clone = bench_clone(root, 256 * MiB)
-        finally:
-            if args.dir is None:
-                runner.run(["umount", tmp])
+    with scratch_root(args.dir) as root:
+        rows = bench_sets(root, sizes, counts, args.repeat)
+        clone = bench_clone(root, 256 * MiB)
     print("## Snapshot-set creation (median of", args.repeat, "runs)\n")
     print("| LUN size | LUNs | set creation s | I/O freeze s | processes in freeze |")
     print("| --- | --- | --- | --- | --- |")

@@ -62,6 +62,7 @@ from lunresync.provider.model import (
     ShadowState,
     new_id,
 )
+from lunresync.provider.provider import block_device_size, refuse_busy_device
 from lunresync.provider.undo import Undo
 
 from .base import Engine, PairSpec
@@ -274,7 +275,7 @@ class Resyncer:
             if lun.backing == device:
                 raise InvalidArgument(f"{destination} backs LUN {lun.name}: name the LUN"
                                       " instead")
-        return None, device, device, _device_size(device), device
+        return None, device, device, block_device_size(device), device
 
     def _refuse_lun_in_use(self, lun: Lun, info: DmInfo) -> None:
         hint = "unmount it or close it, or use --no-volume-check"
@@ -723,17 +724,7 @@ def _kernel_usec() -> int:
     return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
 
 
-def _device_size(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
 def _refuse_busy_device(path: str) -> None:
-    from lunresync.provider.provider import refuse_busy_device
-
     try:
         refuse_busy_device(path)
     except InUse as exc:

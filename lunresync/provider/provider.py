@@ -209,7 +209,7 @@ class Provider:
             if any(lun.backing == device_path for lun in self.catalog.luns()):
                 raise InUse(f"{device} already backs a LUN")
             refuse_busy_device(device_path)
-            size = _block_device_size(device_path)
+            size = block_device_size(device_path)
             lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now())
             with Undo() as undo:
                 self._activate_lun(lun, undo)
@@ -825,7 +825,7 @@ def copy_device(source: str, target: Path, size: int, *, create: bool = False) -
     return digest.hexdigest()
 
 
-def _block_device_size(path: str) -> int:
+def block_device_size(path: str) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.lseek(fd, 0, os.SEEK_END)

@@ -245,10 +245,7 @@ def test_io_error_on_the_destination_fails_the_job_then_retry_works(
     provider.dm.resume(faulty)
     # (In place, the shadow copy reads unchanged chunks through the faulty device itself.)
     assert sha256_of(shadow.path) == shadow_sum
-    retry = provider.resync_luns([pair], engine=engine)
-    assert wait(provider, retry.id).state is JobState.DONE
-    assert read_at(dest.path, 0, SIZE) == content
-    assert provider.lun("faulty").state is LunState.OK
+    retry_restores(provider, pair, engine, dest, content)
 
 
 def test_cancel_fences_the_lun_until_a_new_resync(devices: DeviceStack,
@@ -270,10 +267,16 @@ def test_cancel_fences_the_lun_until_a_new_resync(devices: DeviceStack,
     provider.activate()  # stays fenced across a reboot
     with pytest.raises(OSError, match="Input/output error"):
         read_at(dest.path, 0, 4096)
-    retry = provider.resync_luns([ResyncPair(shadow.id, "slow")])
+    retry_restores(provider, ResyncPair(shadow.id, "slow"), None, dest, content)
+
+
+def retry_restores(provider: Provider, pair: ResyncPair, engine: EngineKind | None,
+                   dest: Lun, content: bytes) -> None:
+    """A failed or cancelled restore, run again from the same shadow copy, succeeds."""
+    retry = provider.resync_luns([pair], engine=engine)
     assert wait(provider, retry.id).state is JobState.DONE
     assert read_at(dest.path, 0, SIZE) == content
-    assert provider.lun("slow").state is LunState.OK
+    assert provider.lun(dest.name).state is LunState.OK
 
 
 # -- checks ------------------------------------------------------------------------------------
