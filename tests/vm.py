@@ -61,6 +61,7 @@ GUEST_MODULES = (
     "dm_delay",
     "dm_persistent_data",
     "dm_bufio",
+    "virtio_blk",  # --disk images
 )
 REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "udev", "kmod", "xz-utils")
@@ -269,6 +270,8 @@ def host_main(args: argparse.Namespace) -> int:
     ]
     for rwdir in args.rwdir:
         argv += ["--rwdir", str(Path(rwdir).resolve())]
+    for disk in args.disk:
+        argv += ["--disk", str(Path(disk).resolve())]
     if accel == "tcg":
         argv.append("--disable-kvm")
     argv += ["--exec", guest_command]
@@ -423,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="auto: KVM only where it really boots a guest, else TCG")
     parser.add_argument("--results", default=str(REPO / "test-results" / "vm"),
                         help="host directory the guest writes results to")
+    parser.add_argument("--disk", action="append", default=[],
+                        help="attach this image file as a virtio disk (/dev/vda, /dev/vdb...)")
     parser.add_argument("--rwdir", action="append", default=[],
                         help="another host directory the guest may write (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800,

@@ -39,6 +39,7 @@ from lunresync.errors import (
     InvalidArgument,
     JobFailed,
     JobTimeout,
+    LunresyncError,
     NotFound,
     NotSupported,
 )
@@ -193,7 +194,14 @@ class Resyncer:
                 job = self._go_online(job, sizes, undo)
                 online = time.monotonic() - started
                 undo.commit()
-            udev.settle(self.p.runner)
+            if any(pair.plan.own_top for pair in job.pairs):
+                # New restore devices: their /dev/mapper links come from udev. (A LUN's
+                # link exists already: no wait, udev may take long to probe the others.)
+                try:
+                    udev.settle(self.p.runner)
+                except LunresyncError as exc:
+                    # The restore is online and recorded: a slow udev does not undo it.
+                    log.warning("udev is still busy after the switch: %s", exc)
         return ResyncJob(self, job, online)
 
     def _check(self, pairs: Sequence[ResyncPair], requested: EngineKind | None,

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def boot(results: Path, state: Path, stage: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "tests" / "vm.py"), "--results", str(results),
-         "--rwdir", str(state), "--allow-leftovers", "--",
+         "--rwdir", str(state), "--disk", str(state / "disk.img"), "--allow-leftovers", "--",
          sys.executable, str(REPO / "tests" / "reboot" / "stage.py"), stage, str(state)],
         cwd=REPO, text=True, capture_output=True, timeout=1800, check=False)
 
@@ -37,6 +37,10 @@ def test_poweroff_mid_copy_then_activate_resumes_every_engine() -> None:
     shutil.rmtree(root, ignore_errors=True)
     state = root / "state"
     state.mkdir(parents=True)
+    disk = state / "disk.img"  # the server's disk: pool and destination disks, ext4
+    with disk.open("wb") as f:
+        f.truncate(8 << 30)
+    subprocess.run(["/usr/sbin/mkfs.ext4", "-q", "-F", str(disk)], check=True)
     first = boot(root / "boot1", state, "start")
     stage1 = state / "stage1.json"
     # The first boot ends by powering off: the VM runner reports that the command never
