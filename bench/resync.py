@@ -24,7 +24,7 @@ from common import scratch_root
 
 from lunresync.engine.model import EngineKind
 from lunresync.engine.resync import ResyncPair
-from lunresync.kernel.runner import Runner
+from lunresync.kernel.runner import CommandLog, Runner
 from lunresync.provider.provider import Provider
 
 MiB = 1 << 20
@@ -62,13 +62,22 @@ def dd_copy(source: str, target: str) -> float:
     return time.monotonic() - started
 
 
-def restore(provider: Provider, pair: ResyncPair, engine: EngineKind) -> tuple[float, float]:
-    """(seconds until online, seconds until the job is done), from the engine call."""
+FREEZE = (("dmsetup", "suspend"), ("dmsetup", "resume"))
+
+
+def restore(provider: Provider, log: CommandLog, pair: ResyncPair,
+            engine: EngineKind) -> dict[str, float]:
+    """Seconds until online and until done (from the engine call), the processes run
+    until online, and the I/O freeze (merge: suspend to resume)."""
+    log.clear()
     started = time.monotonic()
     handle = provider.resync_luns([pair], engine=engine)
     online = time.monotonic() - started
+    processes = len(log.calls)
+    freeze = log.span(*FREEZE) or 0.0
     provider.resyncer.wait(handle.id, interval=0.05)
-    return online, time.monotonic() - started
+    return {"online": online, "total": time.monotonic() - started,
+            "processes": processes, "freeze": freeze}
 
 
 def fio_latency(path: str, seconds: int) -> float:
@@ -83,7 +92,9 @@ def fio_latency(path: str, seconds: int) -> float:
 
 def bench_size(root: Path, size: int, engines: list[EngineKind]) -> dict[str, Any]:
     row: dict[str, Any] = {"size": size}
-    with Provider.open(root / f"pool-{size}") as provider:
+    log = CommandLog()
+    runner = Runner(timeout=3600, observer=log)
+    with Provider.open(root / f"pool-{size}", runner=runner) as provider:
         src = provider.create_lun("src", size)
         dst = provider.create_lun("dst", size)
         write_data(src.path, size)
@@ -91,12 +102,11 @@ def bench_size(root: Path, size: int, engines: list[EngineKind]) -> dict[str, An
         dd_copy(shadow.path, dst.path)  # warm up, as the figures in ENVIRONMENT.md
         row["dd"] = dd_copy(shadow.path, dst.path)
         for engine in engines:
-            online, total = restore(provider, ResyncPair(shadow.id, "dst"), engine)
-            row[engine.value] = {"online": online, "total": total}
+            row[engine.value] = restore(provider, log, ResyncPair(shadow.id, "dst"), engine)
         for fraction in (0.01, 0.10):
             change_chunks(src.path, size, fraction)
-            online, total = restore(provider, ResyncPair(shadow.id), EngineKind.MERGE)
-            row[f"merge{int(fraction * 100)}"] = {"online": online, "total": total}
+            row[f"merge{int(fraction * 100)}"] = restore(provider, log, ResyncPair(shadow.id),
+                                                         EngineKind.MERGE)
         provider.deactivate()
     return row
 
@@ -153,22 +163,25 @@ def main() -> int:
         latency = {e: bench_latency(root, sizes[-1], e) for e in engines}
         cli = bench_cli_online(root, sizes[0], engines[-1])
     print("## Full restore to another LUN (engine call in a running process)\n")
-    print("| LUN size | engine | online s | copy s | dd s | throughput / dd |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| LUN size | engine | online s | processes until online | copy s | dd s |"
+          " throughput / dd |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         for engine in engines:
             r = row[engine.value]
             print(f"| {row['size'] // MiB} MiB | {engine.value} | {r['online']:.2f} |"
-                  f" {r['total']:.2f} | {row['dd']:.2f} | {row['dd'] / r['total']:.2f} |")
+                  f" {r['processes']} | {r['total']:.2f} | {row['dd']:.2f} |"
+                  f" {row['dd'] / r['total']:.2f} |")
     print("\n## In-place merge of changed chunks (8 KiB), against a full copy\n")
-    print("| LUN size | changed | online s | merge s | / dd | / full clone or mirror |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| LUN size | changed | online s | I/O freeze s | merge s | / dd |"
+          " / full clone or mirror |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         full = min(row[e.value]["total"] for e in engines)
         for pct in (1, 10):
             r = row[f"merge{pct}"]
-            print(f"| {row['size'] // MiB} MiB | {pct}% | {r['online']:.2f} | {r['total']:.2f} |"
-                  f" {r['total'] / row['dd']:.3f} | {r['total'] / full:.3f} |")
+            print(f"| {row['size'] // MiB} MiB | {pct}% | {r['online']:.2f} | {r['freeze']:.2f} |"
+                  f" {r['total']:.2f} | {r['total'] / row['dd']:.3f} | {r['total'] / full:.3f} |")
     print(f"\n## 4 KiB random reads on the destination ({sizes[-1] // MiB} MiB, fio, QD1)\n")
     print("| engine | during copy ms | idle ms | ratio | copy progress when fio ended |")
     print("| --- | --- | --- | --- | --- |")

@@ -146,6 +146,13 @@ class CommandLog:
             return []
         return [argv for argv, s, _ in self.calls if starts[0] <= s <= ends[-1]]
 
+    def span(self, first: tuple[str, str], last: tuple[str, str]) -> float | None:
+        """Seconds from the first ``first`` command's start to the last ``last`` command's
+        end; None when either never ran."""
+        starts = [s for argv, s, _ in self.calls if command_verb(argv) == first]
+        ends = [e for argv, _, e in self.calls if command_verb(argv) == last]
+        return ends[-1] - starts[0] if starts and ends else None
+
 
 def _checked_argv(argv: Sequence[str]) -> tuple[str, ...]:
     if isinstance(argv, str | bytes):

@@ -32,6 +32,9 @@ from lunresync.provider.provider import Provider
 MiB = 1 << 20
 SIZE = 256 * MiB
 SLOW_WRITES_MS = 5000  # boot 1: the copies must still run when the power goes
+# Boot 2: still slow enough to see each copy part-way after activate. (With writes held
+# 5 s, udev's probes of the rebuilt mirror outlasted dmsetup's 30 s timeout.)
+RESUME_WRITES_MS = 500
 # (engine, destination LUN): merge restores LUN "m" from its own shadow copy.
 PAIRS = (("merge", "m"), ("mirror", "x"), ("clone", "y"))
 
@@ -151,8 +154,8 @@ def resume(state: Path) -> int:
     runner = Runner(timeout=120)
     dm, loops = DeviceMapper(runner), LoopDevices(runner)
     root = mount()
-    devices = disks(root, dm, loops)  # the disks come back at boot, as slow as before
-    set_write_delay(dm, devices, SLOW_WRITES_MS)
+    devices = disks(root, dm, loops)  # the disks come back at boot
+    set_write_delay(dm, devices, RESUME_WRITES_MS)
     provider = Provider.open(root / "pool", runner=runner)
     step("pool open")
     provider.activate()
