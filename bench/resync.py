@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: the resync engines. Time to online, copy time against dd, merge of 1% and
 10% changed chunks against a full copy, 4 KiB random-read latency during a copy. Prints
-markdown tables. Needs root and device-mapper (dm-clone for the clone rows):
+markdown tables. Needs root and device-mapper (dm-clone for the clone rows). The pools live on a tmpfs in
+the guest, so the VM needs memory for about three LUNs of the largest size:
 
-    ./dev.sh vm -- .venv/bin/python bench/resync.py
+    python3 tests/vm.py --memory 10G -- .venv/bin/python bench/resync.py
 
 Figures from a TCG VM are noisy: read the ratios, measured side by side in one run.
 """
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +110,7 @@ def bench_size(root: Path, size: int, engines: list[EngineKind]) -> dict[str, An
             row[f"merge{int(fraction * 100)}"] = restore(provider, log, ResyncPair(shadow.id),
                                                          EngineKind.MERGE)
         provider.deactivate()
+    shutil.rmtree(root / f"pool-{size}")  # the pools live in the guest's memory
     return row
 
 
@@ -123,6 +126,7 @@ def bench_latency(root: Path, size: int, engine: EngineKind) -> dict[str, float]
         provider.resyncer.wait(handle.id, interval=0.1)
         idle = fio_latency(dst.path, 3)
         provider.deactivate()
+    shutil.rmtree(root / f"pool-lat-{engine.value}")
     return {"during": during, "idle": idle, "progress_after": copied.progress}
 
 
