@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: the resync engines. Time to online, copy time against dd, merge of 1% and
 10% changed chunks against a full copy, 4 KiB random-read latency during a copy. Prints
-markdown tables. Needs root and device-mapper (dm-clone for the clone rows). The pools live on a tmpfs in
-the guest, so the VM needs memory for about three LUNs of the largest size:
+markdown tables. Needs root and device-mapper (dm-clone for the clone rows). The pools
+live on a tmpfs in the guest, so the VM needs memory for about three LUNs of the largest
+size:
 
     python3 tests/vm.py --memory 10G -- .venv/bin/python bench/resync.py
 
