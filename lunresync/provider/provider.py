@@ -114,8 +114,10 @@ class Provider:
         runner = runner or Runner()
         pool = Pool(Path(pool_dir))
         pool.ensure()
-        return cls(pool, Catalog(pool.catalog_path), DeviceMapper(runner), LoopDevices(runner),
-                   runner)
+        # 120 s per dmsetup call: a create waits for udev, whose probes of a restore mapping
+        # over slow storage took more than 30 s in the test VM (docs/kernel-notes.md).
+        return cls(pool, Catalog(pool.catalog_path), DeviceMapper(runner, timeout=120),
+                   LoopDevices(runner), runner)
 
     def close(self) -> None:
         self.catalog.close()

@@ -33,8 +33,9 @@ MiB = 1 << 20
 SIZE = 256 * MiB
 SLOW_WRITES_MS = 5000  # boot 1: the copies must still run when the power goes
 # Boot 2: still slow enough to see each copy part-way after activate. (With writes held
-# 5 s, udev's probes of the rebuilt mirror outlasted dmsetup's 30 s timeout.)
-RESUME_WRITES_MS = 500
+# 5 s, or 500 ms once, udev's probes of the rebuilt mirror outlasted a 30 s dmsetup
+# timeout.)
+RESUME_WRITES_MS = 200
 # (engine, destination LUN): merge restores LUN "m" from its own shadow copy.
 PAIRS = (("merge", "m"), ("mirror", "x"), ("clone", "y"))
 
