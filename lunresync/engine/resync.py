@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -63,7 +62,11 @@ from lunresync.provider.model import (
     ShadowState,
     new_id,
 )
-from lunresync.provider.provider import block_device_size, refuse_busy_device
+from lunresync.provider.provider import (
+    block_device_size,
+    refuse_busy_device,
+    resolve_block_device,
+)
 from lunresync.provider.undo import Undo
 
 from .base import Engine, PairSpec
@@ -260,14 +263,7 @@ class Resyncer:
         if not destination.startswith("/"):
             lun = catalog.lun(destination)
             return lun, None, f"LUN {lun.name}", lun.size, lun.id
-        path = Path(destination)
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise NotFound(f"no device {destination}") from None
-        if not stat.S_ISBLK(mode):
-            raise InvalidArgument(f"{destination} is not a block device")
-        device = str(path.resolve())
+        device = resolve_block_device(destination)
         rdev = os.stat(device).st_rdev
         sysfs = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
         with contextlib.suppress(OSError):

@@ -198,14 +198,7 @@ class Provider:
     def adopt_lun(self, name: str, device: str) -> Lun:
         """Use an existing block device (not mounted, not held) as a LUN."""
         check_lun_name(name)
-        path = Path(device)
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise NotFound(f"no device {device}") from None
-        if not stat.S_ISBLK(mode):
-            raise InvalidArgument(f"{device} is not a block device")
-        device_path = str(path.resolve())
+        device_path = resolve_block_device(device)
         with self.changing_kernel():
             self._refuse_existing(name)
             if any(lun.backing == device_path for lun in self.catalog.luns()):
@@ -825,6 +818,19 @@ def copy_device(source: str, target: Path, size: int, *, create: bool = False) -
     finally:
         os.close(src)
     return digest.hexdigest()
+
+
+def resolve_block_device(device: str) -> str:
+    """The resolved path of ``device``; NotFound or InvalidArgument if it is no block
+    device."""
+    path = Path(device)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise NotFound(f"no device {device}") from None
+    if not stat.S_ISBLK(mode):
+        raise InvalidArgument(f"{device} is not a block device")
+    return str(path.resolve())
 
 
 def block_device_size(path: str) -> int:
