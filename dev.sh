@@ -19,7 +19,7 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
 # Host packages the project's own scripts need besides the VM's (tests/vm.py installs
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
-APT_PACKAGES=(dmsetup util-linux e2fsprogs dosfstools udev kmod fio)
+APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio)
 
 setup() {
     local missing=()

@@ -62,6 +62,7 @@ GUEST_MODULES = (
     "dm_persistent_data",
     "dm_bufio",
     "virtio_blk",  # --disk images
+    "xfs",  # the restore workflow test (file systems also load on demand)
 )
 REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "udev", "kmod", "xz-utils")

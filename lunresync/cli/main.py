@@ -74,8 +74,18 @@ def _add_resync_commands() -> None:
     cli.add_command(resync.job)
 
 
+def _add_requester_commands() -> None:
+    from lunresync.cli import requester
+
+    cli.add_command(requester.backup)
+    cli.add_command(requester.restore)
+    cli.add_command(requester.swap)
+    cli.add_command(requester.script)
+
+
 _add_storage_commands()
 _add_resync_commands()
+_add_requester_commands()
 
 
 def main() -> None:

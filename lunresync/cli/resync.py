@@ -63,7 +63,7 @@ def _line(job: Job) -> str:
             f" {format_size(job.bytes_done)}/{format_size(job.bytes_total)} {rate}{eta}")
 
 
-def _follow(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
+def follow_job(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
     """Wait for a job with a progress bar on a terminal, plain lines otherwise."""
     if sys.stdout.isatty():
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
@@ -119,7 +119,7 @@ def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_ch
             click.echo(f"job {job.id} running; online after {handle.online_seconds:.2f} s")
         if wait_ or verify:
             job = (provider.resyncer.wait(job.id) if as_json else
-                   _follow(lambda show: provider.resyncer.wait(job.id, on_progress=show)))
+                   follow_job(lambda show: provider.resyncer.wait(job.id, on_progress=show)))
             if not as_json:
                 click.echo(f"job {job.id} done in {(job.finished or 0) - (job.started or 0):.1f} s")
         report = provider.resyncer.verify(job.id) if verify else None
@@ -200,7 +200,7 @@ def job_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bo
         if as_json:
             ended = provider.resyncer.wait(job_id, timeout=timeout)
         else:
-            ended = _follow(lambda show: provider.resyncer.wait(job_id, timeout=timeout,
+            ended = follow_job(lambda show: provider.resyncer.wait(job_id, timeout=timeout,
                                                                 on_progress=show))
     if as_json:
         emit_json(job_json(ended))

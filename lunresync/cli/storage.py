@@ -50,7 +50,7 @@ def _when(timestamp: float) -> str:
 def lun_json(lun: Lun) -> dict[str, Any]:
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
             "backing": lun.backing, "path": lun.path, "created": _when(lun.created),
-            "state": lun.state.value}
+            "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
@@ -128,8 +128,18 @@ def lun_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json([lun_json(x) for x in luns])
         return
-    _table("LUNs", ["name", "size", "kind", "id", "path"],
-           [[x.name, format_size(x.size), x.kind.value, x.id, x.path] for x in luns])
+    _table("LUNs", ["name", "size", "kind", "id", "path", "notes"],
+           [[x.name, format_size(x.size), x.kind.value, x.id, x.path, _notes(x)]
+            for x in luns])
+
+
+def _notes(lun: Lun) -> str:
+    notes = [lun.state.value] if lun.state.value != "ok" else []
+    if lun.read_only:
+        notes.append("read-only")
+    if lun.masked:
+        notes.append("masked")
+    return ", ".join(notes)
 
 
 @lun.command("show")
@@ -141,7 +151,18 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     with opened(ctx) as provider:
         found = provider.lun(name)
     _show(lun_json(found), as_json,
-          ["name", "id", "size", "kind", "backing", "path", "created", "state"])
+          ["name", "id", "size", "kind", "backing", "path", "created", "state", "read_only",
+           "masked"])
+
+
+@lun.command("unmask")
+@click.argument("name")
+@click.pass_context
+def lun_unmask(ctx: click.Context, name: str) -> None:
+    """Expose a LUN that a swap with --mask-original hid."""
+    with opened(ctx) as provider:
+        lun = provider.unmask_lun(name)
+    click.echo(f"LUN {lun.name} is exposed again at {lun.path}")
 
 
 @lun.command("delete")

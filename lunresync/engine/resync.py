@@ -239,6 +239,11 @@ class Resyncer:
                 raise InvalidArgument(f"destination {dest} ({size} bytes) is smaller than"
                                       f" shadow copy {shadow.id} ({shadow.size} bytes)")
             if lun is not None:
+                if lun.masked:
+                    raise InvalidArgument(f"LUN {lun.name} is masked: run lunresync lun unmask"
+                                          f" {lun.name} first")
+                if lun.read_only:
+                    raise InvalidArgument(f"LUN {lun.name} is read-only")
                 if lun.dm_name not in present:
                     raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
                 if volume_check:

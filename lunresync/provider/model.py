@@ -74,6 +74,8 @@ class Lun:
     backing: str  # image path (IMAGE) or block device path (ADOPTED)
     created: float
     state: LunState = LunState.OK
+    read_only: bool = False  # a swapped shadow copy stays read-only unless asked otherwise
+    masked: bool = False  # kept in the pool but not exposed (swap --mask-original)
 
     @property
     def dm_name(self) -> str:

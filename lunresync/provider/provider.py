@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -419,8 +419,9 @@ class Provider:
                 self.dm.resume(lun.dm_name)
         elif missing:
             self.dm.resume(*(s.dm_name for s in missing))
-        if not top_exists and lun.id not in self._restoring:
-            self.create_device(lun.dm_name, self.lun_table(lun), lun.dm_uuid, undo)
+        if not top_exists and lun.id not in self._restoring and not lun.masked:
+            self.create_device(lun.dm_name, self.lun_table(lun), lun.dm_uuid, undo,
+                               read_only=lun.read_only)
             created.append(lun.dm_name)
         return created
 
@@ -490,8 +491,17 @@ class Provider:
     # -- snapshot sets ---------------------------------------------------------------------
 
     def create_snapshot_set(self, lun_names: Sequence[str],
-                            kind: ShadowKind = ShadowKind.DIFFERENTIAL) -> SnapshotSetResult:
-        """One shadow copy of every named LUN, all at the same instant."""
+                            kind: ShadowKind = ShadowKind.DIFFERENTIAL, *,
+                            lock_fs: bool = True,
+                            after_freeze: Callable[[], None] | None = None
+                            ) -> SnapshotSetResult:
+        """One shadow copy of every named LUN, all at the same instant.
+
+        ``lock_fs=False``: the file systems on the LUNs are frozen already (fsfreeze by a
+        writer); the suspend must not freeze them again, which the kernel refuses (EBUSY).
+        ``after_freeze`` runs once the instant is taken, before a clone set's copy (the
+        requester thaws its writers there); if it raises, the set is rolled back.
+        """
         if not lun_names:
             raise InvalidArgument("name at least one LUN")
         with self.changing_kernel():
@@ -517,7 +527,9 @@ class Provider:
             created = now()
             with Undo() as undo:
                 shadows, freeze = self._take_differentials(luns, cow_sizes, set_id,
-                                                                      created, undo)
+                                                           created, undo, lock_fs)
+                if after_freeze is not None:
+                    after_freeze()
                 if kind is ShadowKind.CLONE:
                     shadows = self._differentials_to_clones(luns, shadows, undo)
                 with self.catalog.transaction():
@@ -528,7 +540,7 @@ class Provider:
         return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
 
     def _take_differentials(self, luns: Sequence[Lun], cow_sizes: Sequence[int], set_id: str,
-                            created: float, undo: Undo
+                            created: float, undo: Undo, lock_fs: bool = True
                             ) -> tuple[list[ShadowCopy], float]:
         """Snapshot every LUN at one instant; return the shadow copies and the freeze."""
         shadows: list[ShadowCopy] = []
@@ -558,7 +570,7 @@ class Provider:
         # would otherwise stretch it with every LUN); udev is settled right after.
         tops = [lun.dm_name for lun in luns]
         started = time.monotonic()
-        self.dm.suspend(*tops)
+        self.dm.suspend(*tops, nolockfs=not lock_fs)
         try:
             self.dm.resume(*(s.dm_name for s in shadows), udev_sync=False)
         except BaseException:
@@ -662,6 +674,155 @@ class Provider:
             self.loops.detach(loop.path)
             removed.append(loop.path)
         return removed
+
+    # -- identity, masking and LUN swap ----------------------------------------------------
+
+    def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
+        """Give LUN ``name`` the id ``new_lun_id`` (restore or swap --revert-identity).
+
+        Refused while a LUN with that id is in the catalog, while the LUN has shadow copies
+        (they name it by id) or is open: its devices are made again with the new UUID.
+        The caller holds the pool lock and commits ``undo``.
+        """
+        lun = self.catalog.lun(name)
+        check_id(new_lun_id, "LUN id")
+        holder = self.catalog.find_lun(new_lun_id)
+        if holder is not None and holder.id == new_lun_id:
+            raise InUse(f"the original LUN {holder.name} (id {new_lun_id}) is present: its"
+                        " identity can only be taken over once it is deleted")
+        if self.catalog.shadow_copies(lun_id=lun.id):
+            raise InvalidArgument(f"LUN {lun.name} has shadow copies, which name it by its id:"
+                                  " delete them before it takes another identity")
+        self._refuse_restoring(lun, "change its identity")
+        self.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        renamed = Lun(new_lun_id, lun.name, lun.size, lun.kind, lun.backing, lun.created,
+                      lun.state, lun.read_only, lun.masked)
+        self._deactivate_lun(lun)
+        undo.push(f"bring LUN {lun.name} back with id {lun.id}", self._swap_back_identity,
+                  renamed, lun)
+        with self.catalog.transaction():
+            self.catalog.set_lun_id(lun.id, new_lun_id)
+        self._activate_lun(renamed, undo)
+        return renamed
+
+    def _swap_back_identity(self, current: Lun, previous: Lun) -> None:
+        self._deactivate_lun(current)
+        with self.catalog.transaction():
+            self.catalog.set_lun_id(current.id, previous.id)
+        with Undo() as undo:
+            self._activate_lun(previous, undo)
+            undo.commit()
+
+    def mask_lun(self, lun: Lun, undo: Undo) -> None:
+        """Hide a LUN (no top device; its data, -real and shadow copies stay)."""
+        self._refuse_restoring(lun, "mask it")
+        self.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        if self._is_present(lun.dm_name):
+            self._remove(lun.dm_name)
+            undo.push(f"recreate {lun.dm_name}", self._recreate_top, lun)
+        with self.catalog.transaction():
+            self.catalog.set_lun_masked(lun.id, True)
+        undo.push(f"unmask LUN {lun.name} in the catalog", self._set_masked, lun.id, False)
+
+    def _recreate_top(self, lun: Lun) -> None:
+        self.dm.create_only(lun.dm_name, self.lun_table(lun), uuid=lun.dm_uuid,
+                            read_only=lun.read_only)
+
+    def _set_masked(self, lun_id: str, masked: bool) -> None:
+        with self.catalog.transaction():
+            self.catalog.set_lun_masked(lun_id, masked)
+
+    def unmask_lun(self, name: str) -> Lun:
+        """Expose a masked LUN again."""
+        with self.changing_kernel(), self._device_list():
+            lun = self.catalog.lun(name)
+            if not lun.masked:
+                raise InvalidArgument(f"LUN {lun.name} is not masked")
+            unmasked = Lun(lun.id, lun.name, lun.size, lun.kind, lun.backing, lun.created,
+                           lun.state, lun.read_only, False)
+            with Undo() as undo:
+                self._activate_lun(unmasked, undo)
+                with self.catalog.transaction():
+                    self.catalog.set_lun_masked(lun.id, False)
+                undo.commit()
+        return unmasked
+
+    def swap_snapshot_set(self, set_id: str, *, mask_original: bool = False,
+                          read_write: bool = False, revert_identity: bool = False) -> list[Lun]:
+        """Turn the shadow copies of a set into ordinary LUNs, irreversibly (the analogue of
+        BreakSnapshotSetEx). No data is copied: each clone's image becomes the LUN's image,
+        and the shadow copies are gone afterwards.
+
+        ``revert_identity``: each new LUN takes its original LUN's id and name, refused
+        while the original is present. Otherwise a new id and the name
+        ``<original name>-<first 8 digits of the set id>``. ``mask_original`` hides the
+        original LUNs (``lun unmask`` exposes them again). New LUNs are read-only unless
+        ``read_write``.
+        """
+        with self.changing_kernel(), self._device_list():
+            snapshot_set = self.catalog.snapshot_set(check_id(set_id, "snapshot set id"))
+            plans: list[tuple[ShadowCopy, Lun, Lun | None]] = []
+            names: set[str] = set()
+            for shadow in snapshot_set.shadow_copies:
+                if shadow.kind is not ShadowKind.CLONE:
+                    raise InvalidArgument(
+                        f"shadow copy {shadow.id} of LUN {shadow.lun_name} is differential: it"
+                        " depends on its LUN's storage, so only clone sets can be swapped (take"
+                        " the backup with --kind clone, or restore it with resync)")
+                if shadow.state is not ShadowState.VALID:
+                    raise InvalidArgument(f"shadow copy {shadow.id} is invalid")
+                self._refuse_source(shadow, "swap it")
+                self.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
+                original = self.catalog.find_lun(shadow.lun_id)
+                if original is not None and original.id != shadow.lun_id:
+                    original = None  # found by name, not the same LUN
+                if revert_identity:
+                    if original is not None:
+                        raise InUse(f"the original LUN {original.name} is present: delete it"
+                                    " before its shadow copy takes its identity (or swap with"
+                                    " --keep-identity)")
+                    lun_id, name = shadow.lun_id, shadow.lun_name
+                else:
+                    lun_id, name = new_id(), f"{shadow.lun_name[:55]}-{snapshot_set.id[:8]}"
+                check_lun_name(name)
+                if name in names or self.catalog.find_lun(name) is not None:
+                    raise InvalidArgument(f"a LUN named {name!r} exists already: rename or"
+                                          " delete it first")
+                names.add(name)
+                image = self.pool.images / f"{lun_id}.img"
+                if image.exists():
+                    raise InUse(f"{image} exists already")
+                lun = Lun(lun_id, name, shadow.size, LunKind.IMAGE, str(image), now(),
+                          read_only=not read_write)
+                plans.append((shadow, lun, original if mask_original else None))
+            for _shadow, _lun, original in plans:
+                if original is not None and not original.masked:
+                    self._refuse_restoring(original, "mask it")
+                    self.refuse_open(original.dm_name, f"LUN {original.name}")
+            swapped: list[Lun] = []
+            with Undo() as undo:
+                for shadow, lun, original in plans:
+                    if original is not None and not original.masked:
+                        self.mask_lun(original, undo)
+                    self._remove_shadow_devices(shadow)
+                    undo.push(f"bring shadow copy {shadow.id} back", self._reactivate_clone,
+                              shadow)
+                    Path(shadow.store).rename(lun.backing)
+                    undo.push(f"move {lun.backing} back", Path(lun.backing).rename,
+                              shadow.store)
+                    self._activate_lun(lun, undo)
+                    swapped.append(lun)
+                with self.catalog.transaction():
+                    for shadow, lun, _original in plans:
+                        self.catalog.add_lun(lun)
+                        self.catalog.remove_shadow_copy(shadow.id)
+                undo.commit()
+        return swapped
+
+    def _reactivate_clone(self, shadow: ShadowCopy) -> None:
+        with Undo() as undo:
+            self._activate_clone(shadow, undo)
+            undo.commit()
 
     # -- transport -------------------------------------------------------------------------
 

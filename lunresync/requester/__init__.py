@@ -1,0 +1,2 @@
+"""The VSS-style requester workflow: backup document, restore session, writers, LUN swap
+and script mode."""
