@@ -357,6 +357,29 @@ def test_cancel_and_retry_then_refresh_a_new_lun_twice(
     assert read_at(source.path, 0, SIZE) == content
 
 
+def test_revert_identity_gives_a_new_lun_the_original_id(
+        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = provider.create_lun("lost", SIZE)
+    fill(original.path, SIZE, seed=10)
+    content = read_at(original.path, 0, SIZE)
+    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch)
+    document = backup(provider, [original.name], scratch_pool / "doc.json", writers,
+                      kind=ShadowKind.CLONE).document
+    provider.delete_lun("lost", force=True)  # the clone stays: it is independent
+    replacement = provider.create_lun("replacement", SIZE)
+    session = RestoreSession(provider, document, writers)
+    session.add(document.luns[0].shadow_copy_id, "replacement")
+    session.pre_restore()
+    job = session.recover_set(revert_identity=True)
+    restored = provider.lun("replacement")
+    assert restored.id == original.id != replacement.id
+    assert provider.dm.info(restored.dm_name).uuid == f"LUNRESYNC-{original.id}"
+    assert read_at(restored.path, 0, SIZE) == content  # online at once
+    assert wait(provider, job.id).state is JobState.DONE
+    session.post_restore()
+    assert read_at(restored.path, 0, SIZE) == content
+
+
 # -- LUN swap ------------------------------------------------------------------------------------
 
 
@@ -506,6 +529,13 @@ def test_backup_and_restore_scripts_and_bad_input_on_the_command_line(
     assert corrupt.returncode == 6, corrupt.stderr
     assert "corrupt or truncated" in corrupt.stderr
     assert kernel_state(provider) == before
+    differential = provider.create_snapshot_set([lun.name]).snapshot_set
+    before = kernel_state(provider)
+    swap = lunresync(pool, "swap", differential.id, "--read-write")
+    assert swap.returncode == 6, swap.stderr
+    assert "only clone sets can be swapped" in swap.stderr
+    assert kernel_state(provider) == before
+    provider.delete_shadow_copy(differential.shadow_copies[0].id)
     restored = lunresync(pool, "restore", "--document", str(scratch_pool / "doc.json"),
                          "--add", shadow, "--wait", "--json", "--writers-dir", str(empty))
     assert restored.returncode == 0, restored.stderr
