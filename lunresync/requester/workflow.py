@@ -135,7 +135,8 @@ class BackupResult:
 
 
 def backup(provider: Provider, lun_names: Sequence[str], document_path: str | os.PathLike[str],
-           writers: Sequence[Writer], *, kind: ShadowKind = ShadowKind.CLONE) -> BackupResult:
+           writers: Sequence[Writer], *,
+           kind: ShadowKind = ShadowKind.DIFFERENTIAL) -> BackupResult:
     """Take one snapshot set of the LUNs with the writers' help; write the document.
 
     Nothing is left behind when it fails: no shadow copy, no document, every writer that

@@ -25,9 +25,9 @@ import pytest
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel.runner import Runner
-from lunresync.provider.model import LunState, ShadowKind
+from lunresync.provider.model import Lun, LunState, ShadowKind
 from lunresync.provider.provider import Provider
-from lunresync.requester.document import BadDocument, load_document
+from lunresync.requester.document import BackupDocument, BadDocument, load_document
 from lunresync.requester.workflow import (
     RestoreSession,
     WriterFailed,
@@ -154,6 +154,28 @@ def example_writers(runner: Runner, root: Path, apps: list[App],
     return load_writers(runner, directory, timeout=20)
 
 
+@dataclass(frozen=True)
+class BackedUp:
+    lun: Lun
+    content: bytes
+    writers: list[Writer]
+    document: BackupDocument
+
+
+def backed_up_lun(provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch,
+                  name: str, seed: int, *, kind: ShadowKind = ShadowKind.CLONE,
+                  extra: dict[str, str] | None = None) -> BackedUp:
+    """A LUN full of known data, backed up with the example writers (plus ``extra``) to
+    scratch_pool/doc.json."""
+    lun = provider.create_lun(name, SIZE)
+    fill(lun.path, SIZE, seed=seed)
+    content = read_at(lun.path, 0, SIZE)
+    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch, extra)
+    document = backup(provider, [lun.name], scratch_pool / "doc.json", writers,
+                      kind=kind).document
+    return BackedUp(lun, content, writers, document)
+
+
 def paused_row(app: App) -> int:
     paused = [int(line.split()[1]) for line in app.log() if line.startswith("paused ")]
     assert paused, f"{app.name} was never quiesced: {app.log()}"
@@ -248,11 +270,10 @@ CRASHES_AT_FREEZE = "#!/bin/sh\n[ \"$1\" = freeze ] && kill -SEGV $$\nexit 0\n"
 
 def test_a_writer_vetoing_pre_restore_stops_it_before_a_byte_is_written(
         provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lun = provider.create_lun("vetoed", SIZE)
-    fill(lun.path, SIZE, seed=5)
-    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch,
-                              {"10-logger": LOGGER, "20-veto": VETO})
-    document = backup(provider, [lun.name], scratch_pool / "doc.json", writers).document
+    made = backed_up_lun(provider, scratch_pool, monkeypatch, "vetoed", 5,
+                         kind=ShadowKind.DIFFERENTIAL,
+                         extra={"10-logger": LOGGER, "20-veto": VETO})
+    lun, writers, document = made.lun, made.writers, made.document
     write_pattern(lun.path, 0, b"\x11" * MiB)
     damaged = read_at(lun.path, 0, SIZE)
     before = kernel_state(provider)
@@ -275,13 +296,9 @@ def test_a_writer_vetoing_pre_restore_stops_it_before_a_byte_is_written(
 
 def test_a_writer_failing_post_restore_is_reported_and_the_data_restored(
         provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    lun = provider.create_lun("post", SIZE)
-    fill(lun.path, SIZE, seed=6)
-    content = read_at(lun.path, 0, SIZE)
-    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch,
-                              {"30-post-fails": POST_FAILS})
-    document = backup(provider, [lun.name], scratch_pool / "doc.json", writers,
-                      kind=ShadowKind.CLONE).document
+    made = backed_up_lun(provider, scratch_pool, monkeypatch, "post", 6,
+                         extra={"30-post-fails": POST_FAILS})
+    lun, content, writers, document = made.lun, made.content, made.writers, made.document
     write_pattern(lun.path, 4 * MiB, b"\x22" * MiB)
     session = RestoreSession(provider, document, writers)
     session.add(document.luns[0].shadow_copy_id)
@@ -325,12 +342,8 @@ def test_a_writer_failing_freeze_aborts_the_backup_leaving_nothing(
 def test_cancel_and_retry_then_refresh_a_new_lun_twice(
         devices: DeviceStack, provider: Provider, scratch_pool: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    source = provider.create_lun("golden", SIZE)
-    fill(source.path, SIZE, seed=8)
-    content = read_at(source.path, 0, SIZE)
-    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch)
-    document = backup(provider, [source.name], scratch_pool / "doc.json", writers,
-                      kind=ShadowKind.CLONE).document
+    made = backed_up_lun(provider, scratch_pool, monkeypatch, "golden", 8)
+    source, content, writers, document = made.lun, made.content, made.writers, made.document
     shadow = document.luns[0].shadow_copy_id
     testbed = provider.adopt_lun("testbed", slow_device(devices, "testbed", SIZE, 300))
 
@@ -359,12 +372,9 @@ def test_cancel_and_retry_then_refresh_a_new_lun_twice(
 
 def test_revert_identity_gives_a_new_lun_the_original_id(
         provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = provider.create_lun("lost", SIZE)
-    fill(original.path, SIZE, seed=10)
-    content = read_at(original.path, 0, SIZE)
-    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch)
-    document = backup(provider, [original.name], scratch_pool / "doc.json", writers,
-                      kind=ShadowKind.CLONE).document
+    made = backed_up_lun(provider, scratch_pool, monkeypatch, "lost", 10)
+    original, content, writers, document = (made.lun, made.content, made.writers,
+                                            made.document)
     provider.delete_lun("lost", force=True)  # the clone stays: it is independent
     replacement = provider.create_lun("replacement", SIZE)
     session = RestoreSession(provider, document, writers)
