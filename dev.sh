@@ -3,10 +3,12 @@
 #
 #   ./dev.sh setup   install what the project needs (apt packages, .venv with pinned deps)
 #   ./dev.sh test    lint, unit tests on the host, kernel tests in the test VM
-#   ./dev.sh demo    the main job (for now: `lunresync doctor` in the test VM)
+#   ./dev.sh demo    the main job: the end-to-end resync scenario (lunresync demo)
 #   ./dev.sh vm -- COMMAND...   run any command as root in the test VM
+#   ./dev.sh install-udev   install udev/60-lunresync.rules (root), reload udev
 #
-# Environment: PYTHON (interpreter for the venv, default python3).
+# Environment: PYTHON (interpreter for the venv, default python3); UDEV_RULES_DIR
+# (install-udev's target, default /etc/udev/rules.d).
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "$0")")"
@@ -19,7 +21,7 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
 # Host packages the project's own scripts need besides the VM's (tests/vm.py installs
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
-APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio)
+APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant)
 
 setup() {
     local missing=()
@@ -47,7 +49,7 @@ setup() {
 
 lint() {
     say "ruff and mypy"
-    "$VENV/bin/ruff" check lunresync tests bench
+    "$VENV/bin/ruff" check lunresync tests bench examples
     "$VENV/bin/mypy" --cache-dir "$REPO/.cache/mypy"
 }
 
@@ -66,6 +68,20 @@ kernel_tests() {
 reboot_tests() {
     say "reboot tier: power the test VM off mid-copy, boot it again (two boots)"
     "$PY" -m pytest -m reboot -q -s --junitxml="$RESULTS/reboot.xml"
+}
+
+install_udev() {
+    local dir=${UDEV_RULES_DIR:-/etc/udev/rules.d}
+    mkdir -p "$dir"
+    install -m 0644 udev/60-lunresync.rules "$dir/60-lunresync.rules"
+    say "installed $dir/60-lunresync.rules"
+    if [[ -S /run/udev/control ]]; then
+        udevadm control --reload
+        say "udev rules reloaded (existing devices get them at their next event;" \
+            "udevadm trigger --subsystem-match=block --action=change applies them now)"
+    else
+        say "udevd is not running: the rules apply once it starts"
+    fi
 }
 
 summary() {
@@ -111,10 +127,14 @@ test)
 demo)
     setup
     if grep -qw device-mapper /proc/misc 2>/dev/null; then
-        exec "$VENV/bin/lunresync" doctor
+        exec "$VENV/bin/lunresync" demo "$@"
     fi
-    say "this kernel has no device-mapper: running the demo in the test VM"
-    exec "$PY" tests/vm.py --results "$RESULTS/demo" -- "$VENV/bin/lunresync" doctor
+    say "this kernel has no device-mapper: running the demo in the project's test VM"
+    say "(Debian's kernel under QEMU; in software emulation every step is several times slower)"
+    exec "$PY" tests/vm.py --results "$RESULTS/demo" -- "$VENV/bin/lunresync" demo "$@"
+    ;;
+install-udev)
+    install_udev
     ;;
 vm)
     setup
@@ -122,7 +142,7 @@ vm)
     exec "$PY" tests/vm.py --results "$RESULTS/vm-run" -- "$@"
     ;;
 *)
-    sed -n '2,10p' "$0" >&2
+    sed -n '2,11p' "$0" >&2
     exit 2
     ;;
 esac

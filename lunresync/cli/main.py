@@ -87,6 +87,7 @@ def _add_storage_commands() -> None:
     cli.add_command(storage.snapshot)
     cli.add_command(storage.activate)
     cli.add_command(storage.deactivate)
+    cli.add_command(storage.watch)
 
 
 def _add_resync_commands() -> None:

@@ -30,6 +30,8 @@ def opened(ctx: click.Context) -> Iterator[Provider]:
     try:
         if has_device_mapper():
             try:
+                for lun in provider.notice_missing_backings():
+                    log.warning("LUN %s went offline: %s is gone", lun.name, lun.backing)
                 provider.resyncer.poll()
             except LunresyncError as exc:
                 log.warning("could not update resync jobs: %s", exc)
@@ -50,7 +52,8 @@ def _when(timestamp: float) -> str:
 def lun_json(lun: Lun) -> dict[str, Any]:
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
             "backing": lun.backing, "path": lun.path, "created": _when(lun.created),
-            "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked}
+            "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
+            "offline": lun.offline}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
@@ -139,6 +142,8 @@ def _notes(lun: Lun) -> str:
         notes.append("read-only")
     if lun.masked:
         notes.append("masked")
+    if lun.offline:
+        notes.append("offline")
     return ", ".join(notes)
 
 
@@ -152,7 +157,27 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
         found = provider.lun(name)
     _show(lun_json(found), as_json,
           ["name", "id", "size", "kind", "backing", "path", "created", "state", "read_only",
-           "masked"])
+           "masked", "offline"])
+
+
+@click.command()
+@click.pass_context
+def watch(ctx: click.Context) -> None:
+    """Watch udev until interrupted: a LUN whose backing device disappears goes offline
+    and a restore into it fails at once (the D-Bus service does the same)."""
+    import signal
+    import threading
+
+    from lunresync.provider.watch import watch_backings
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with opened(ctx) as provider:
+        click.echo(f"watching the backing devices of {len(provider.luns())} LUNs"
+                   " (Ctrl-C stops)")
+        watch_backings(provider, stop, on_offline=lambda lun: click.echo(
+            f"LUN {lun.name} offline: {lun.backing} disappeared"))
 
 
 @lun.command("unmask")

@@ -388,6 +388,8 @@ class Resyncer:
             job = self.store.job(job.id)
             self.store.update(job.id, state=JobState.RUNNING, started=now(),
                               bytes_total=sum(p.bytes_total for p in job.pairs))
+        for pair in job.pairs:
+            self._announce(pair, job.id)
         return self.store.job(job.id)
 
     def _build_helpers(self, pair: JobPair, undo: Undo,
@@ -428,6 +430,18 @@ class Resyncer:
         self.p.dm.load(name, table)
         self.p.dm.resume(name)
 
+    def _announce(self, pair: JobPair, job_id: str) -> None:
+        """Tell udev that a destination LUN is being restored by ``job_id`` (``none``: no
+        longer): its device then carries LUNRESYNC_RESTORE_JOB (udev/60-lunresync.rules).
+        Cosmetic: a failure is only logged, a restore never fails for it."""
+        if pair.plan.own_top or pair.dest_lun_id is None:
+            return  # a block-device destination: its restore device is the job's own
+        try:
+            udev.announce(pair.plan.top, LUNRESYNCJOB=job_id)
+        except (LunresyncError, OSError) as exc:
+            log.warning("cannot tell udev that %s is %s: %s", pair.plan.top,
+                        "restored" if job_id == "none" else f"restored by job {job_id}", exc)
+
     def _forget(self, job_id: str) -> None:
         with self.p.catalog.transaction():
             self.p.catalog.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -456,7 +470,36 @@ class Resyncer:
                 self._advance(job, present)
         return self.store.jobs(active_only=True)
 
+    def fail_lost_destinations(self) -> list[Job]:
+        """Fail every running job with a destination that is gone: an offline LUN (its
+        backing device disappeared) or a block device that no longer exists. The caller
+        holds the pool lock. Returns the jobs failed."""
+        failed = []
+        for job in self.store.jobs(active_only=True):
+            lost = self._lost_destination(job)
+            if lost is not None:
+                self._end(job, JobState.FAILED, lost)
+                failed.append(self.store.job(job.id))
+        return failed
+
+    def _lost_destination(self, job: Job) -> str | None:
+        for pair in job.pairs:
+            if pair.state.finished:
+                continue
+            if pair.dest_lun_id is not None:
+                lun = self.p.catalog.find_lun(pair.dest_lun_id)
+                if lun is not None and lun.offline:
+                    return (f"LUN {lun.name} went offline: its backing device {lun.backing}"
+                            " disappeared")
+            elif pair.plan.leg is not None and not Path(pair.plan.leg).exists():
+                return f"the destination {pair.plan.leg} disappeared"
+        return None
+
     def _advance(self, job: Job, present: set[str]) -> None:
+        lost = self._lost_destination(job)
+        if lost is not None:
+            self._end(job, JobState.FAILED, lost)
+            return
         for pair in job.pairs:
             if pair.state.finished:
                 continue
@@ -508,6 +551,7 @@ class Resyncer:
                                    bytes_done=pair.bytes_total)
             if lun is not None:
                 self.p.catalog.set_lun_state(lun.id, LunState.OK)
+        self._announce(pair, "none")
         log.info("job %s: %s restored", job.id, pair.dest)
 
     def _remove_own_top(self, name: str) -> None:
@@ -568,6 +612,8 @@ class Resyncer:
                 self.store.update_pair(job.id, pair.index, state=state)
                 if pair.dest_lun_id is not None:
                     self.p.catalog.set_lun_state(pair.dest_lun_id, LunState.INCOMPLETE)
+            if plan.top in present:
+                self._announce(pair, "none")
         with self.p.catalog.transaction():
             self.store.update(job.id, state=state, finished=now(), error=error)
         log.warning("job %s %s: %s", job.id, state.value, error)
@@ -678,6 +724,7 @@ class Resyncer:
                                  plan.top_uuid, undo)
             with self.p.catalog.transaction():
                 self.store.update_pair(job_id, pair.index, plan=plan)
+            self._announce(pair, job_id)
             created.append(plan.top)
         return created
 

@@ -1,24 +1,35 @@
-"""Waiting for udev, without bare sleeps.
+"""Waiting for udev, without bare sleeps; announcing state to udev's rules.
 
 Each wait starts a pyudev monitor *before* checking its condition, then re-checks after
 every block-device event until the condition holds or the deadline passes, so no event can
 slip between the check and the wait. Where udevd is not running, the monitor listens to
 the kernel's own events instead (devtmpfs still creates and removes the nodes).
+
+:func:`announce` tells udev's rules (``udev/60-lunresync.rules``) what only lunresync knows,
+such as "this LUN is being restored by job J", through a synthetic uevent.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lunresync.errors import UdevTimeout
+from lunresync.errors import InvalidArgument, LunresyncError, NotFound, UdevTimeout
 
 from .runner import Runner
 
 UDEV_CONTROL = Path("/run/udev/control")
+SYSFS = Path("/sys")
+# The kernel parses a synthetic uevent's arguments itself and accepts only letters and
+# digits in keys and values (lib/kobject_uevent.c, action_arg_word_end: isalnum): "_" or
+# "-" make the write fail with EINVAL. Hence LUNRESYNCJOB, not LUNRESYNC_JOB.
+_KEY = re.compile(r"[A-Z0-9]+")
+_VALUE = re.compile(r"[A-Za-z0-9]+")
 
 
 def is_running() -> bool:
@@ -100,3 +111,55 @@ def wait_for_property(
     wanted = key if value is None else f"{key}={value}"
     _wait(ready, timeout, f"udev property {wanted} on {os.fspath(path)}")
     return found[-1]
+
+
+def announce(device: str | os.PathLike[str], *, sysfs: str | os.PathLike[str] = SYSFS,
+             **properties: str) -> str:
+    """Send a synthetic ``change`` uevent carrying ``KEY=VALUE`` arguments to a device.
+
+    ``device`` is a device-mapper name (looked up in ``SYSFS/block/*/dm/name``) or a sysfs
+    block directory (``/sys/block/dm-3``). The kernel (4.13 and later) passes each
+    argument to udev as ``SYNTH_ARG_KEY=VALUE``, with ``SYNTH_UUID`` set to the fresh
+    UUID written here; udev runs its rules for the device as for any change event.
+    Keys are ``[A-Z0-9]+`` and values ``[A-Za-z0-9]+``, what the kernel's parser accepts
+    (it refuses even ``_`` and ``-``): anything else is refused here, InvalidArgument. A
+    missing device is NotFound; a write the kernel refuses is a LunresyncError. Returns the
+    line written.
+    """
+    for key, value in properties.items():
+        if not _KEY.fullmatch(key):
+            raise InvalidArgument(f"udev announcement key {key!r}: use A-Z and 0-9 only")
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise InvalidArgument(
+                f"udev announcement value {key}={value!r}: use A-Z, a-z and 0-9 only")
+    directory = _block_dir(device, Path(sysfs))
+    line = " ".join(["change", str(uuid.uuid4()),
+                     *(f"{key}={value}" for key, value in properties.items())])
+    try:
+        # Opened without O_CREAT: a directory that vanished is an error, not a new file.
+        with open(directory / "uevent", "r+", encoding="ascii") as uevent:
+            uevent.write(line)
+    except FileNotFoundError as exc:
+        raise NotFound(f"no block device at {directory}") from exc
+    except OSError as exc:
+        raise LunresyncError(f"cannot send a uevent to {directory}: {exc.strerror}") from exc
+    return line
+
+
+def _block_dir(device: str | os.PathLike[str], sysfs: Path) -> Path:
+    """The sysfs directory of a block device given as a dm name or a sysfs directory."""
+    text = os.fspath(device)
+    if "/" in text:
+        directory = Path(text)
+        if not (directory / "uevent").is_file():
+            raise NotFound(f"no block device at {directory}")
+        return directory
+    if not text:
+        raise InvalidArgument("name a device-mapper device to announce to")
+    for name_file in sorted((sysfs / "block").glob("dm-*/dm/name")):
+        try:
+            if name_file.read_text().strip() == text:
+                return name_file.parent.parent
+        except OSError:
+            continue  # removed while we looked
+    raise NotFound(f"no device-mapper device named {text!r}")

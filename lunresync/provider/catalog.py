@@ -83,11 +83,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX job_pairs_shadow ON job_pairs(shadow_id);
     """,
     # 3: LUN swap (lunresync/requester): a swapped LUN may be read-only; an original LUN
-    # may be masked (kept, but not exposed: no top device).
+    # may be masked (kept, but not exposed: no top device). A LUN whose backing device
+    # disappeared is offline until it is back.
     """
     ALTER TABLE luns ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0
         CHECK (read_only IN (0, 1));
     ALTER TABLE luns ADD COLUMN masked INTEGER NOT NULL DEFAULT 0 CHECK (masked IN (0, 1));
+    ALTER TABLE luns ADD COLUMN offline INTEGER NOT NULL DEFAULT 0 CHECK (offline IN (0, 1));
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -174,9 +176,9 @@ class Catalog:
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
             "INSERT INTO luns (id, name, size, kind, backing, created, state, read_only,"
-            " masked) VALUES (?,?,?,?,?,?,?,?,?)",
+            " masked, offline) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
-             lun.state.value, int(lun.read_only), int(lun.masked)),
+             lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline)),
         )
 
     def set_lun_state(self, lun_id: str, state: LunState) -> None:
@@ -184,6 +186,9 @@ class Catalog:
 
     def set_lun_masked(self, lun_id: str, masked: bool) -> None:
         self.db.execute("UPDATE luns SET masked = ? WHERE id = ?", (int(masked), lun_id))
+
+    def set_lun_offline(self, lun_id: str, offline: bool) -> None:
+        self.db.execute("UPDATE luns SET offline = ? WHERE id = ?", (int(offline), lun_id))
 
     def set_lun_id(self, lun_id: str, new_lun_id: str) -> None:
         """Give a LUN another identity (restore or swap with --revert-identity)."""
@@ -269,7 +274,7 @@ class Catalog:
 def _lun(row: sqlite3.Row) -> Lun:
     return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
                row["created"], LunState(row["state"]), bool(row["read_only"]),
-               bool(row["masked"]))
+               bool(row["masked"]), bool(row["offline"]))
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

@@ -76,6 +76,7 @@ class Lun:
     state: LunState = LunState.OK
     read_only: bool = False  # a swapped shadow copy stays read-only unless asked otherwise
     masked: bool = False  # kept in the pool but not exposed (swap --mask-original)
+    offline: bool = False  # its backing device disappeared (see provider/watch.py)
 
     @property
     def dm_name(self) -> str:

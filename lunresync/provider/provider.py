@@ -18,6 +18,7 @@ created when it fails (:class:`~lunresync.provider.undo.Undo`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -71,6 +72,7 @@ DEFAULT_CHUNK_SECTORS = 16  # 8 KiB: small chunks keep copy-on-write cheap for s
 COPY_BLOCK = 4 << 20
 BUNDLE_FORMAT = "lunresync-shadow-copy-bundle"
 BUNDLE_VERSION = 1
+LOOP_MAJOR = 7
 
 
 class CorruptBundle(LunresyncError):
@@ -333,11 +335,23 @@ class Provider:
             self._restoring = frozenset(self.resyncer.restoring_lun_ids())
             try:
                 for lun in self.catalog.luns():
+                    device = self.missing_backing(lun)
+                    if device is not None:
+                        # One LUN whose disk is gone must not keep the others down.
+                        if not lun.offline:
+                            self._set_offline(lun, device)
+                        log.warning("LUN %s stays offline: %s is missing", lun.name, device)
+                        continue
+                    if lun.offline:
+                        with self.catalog.transaction():
+                            self.catalog.set_lun_offline(lun.id, False)
+                        log.info("LUN %s is back online", lun.name)
                     with Undo() as undo:
                         created += self._activate_lun(lun, undo)
                         undo.commit()
             finally:
                 self._restoring = frozenset()
+            self.resyncer.fail_lost_destinations()
             for shadow in self.catalog.shadow_copies():
                 if (shadow.kind is ShadowKind.CLONE
                         or self.catalog.find_lun(shadow.lun_id) is None):
@@ -675,6 +689,51 @@ class Provider:
             removed.append(loop.path)
         return removed
 
+    # -- backing devices that disappear ----------------------------------------------------
+
+    def missing_backing(self, lun: Lun) -> str | None:
+        """The backing device of an adopted LUN when it is gone (disk removed, loop device
+        cleared), else None. No process is run: this is called on every udev removal.
+        (An image LUN's loop device is held open by its -real device: it cannot go.)"""
+        if lun.kind is not LunKind.ADOPTED:
+            return None
+        try:
+            rdev = os.stat(lun.backing).st_rdev
+        except OSError:
+            return lun.backing
+        sysfs = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+        if not sysfs.exists():
+            return lun.backing
+        if os.major(rdev) == LOOP_MAJOR and not (sysfs / "loop").is_dir():
+            return lun.backing  # a loop device with nothing attached any more
+        return None
+
+    def notice_missing_backings(self) -> list[Lun]:
+        """Mark offline every LUN whose backing device disappeared, and fail the restores
+        into them (they would wait on a device that is gone). Returns the LUNs that went
+        offline now. Without a change it takes no lock and runs no process.
+
+        ``activate`` brings a LUN back online once its device is there again.
+        """
+        if not any(self.missing_backing(lun) is not None and not lun.offline
+                   for lun in self.catalog.luns()):
+            return []
+        gone: list[Lun] = []
+        with self.changing_kernel():
+            for lun in self.catalog.luns():
+                device = self.missing_backing(lun)
+                if device is None or lun.offline:
+                    continue
+                self._set_offline(lun, device)
+                gone.append(dataclasses.replace(lun, offline=True))
+            self.resyncer.fail_lost_destinations()
+        return gone
+
+    def _set_offline(self, lun: Lun, device: str) -> None:
+        log.warning("LUN %s is offline: its backing device %s disappeared", lun.name, device)
+        with self.catalog.transaction():
+            self.catalog.set_lun_offline(lun.id, True)
+
     # -- identity, masking and LUN swap ----------------------------------------------------
 
     def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
@@ -695,8 +754,7 @@ class Provider:
                                   " delete them before it takes another identity")
         self._refuse_restoring(lun, "change its identity")
         self.refuse_open(lun.dm_name, f"LUN {lun.name}")
-        renamed = Lun(new_lun_id, lun.name, lun.size, lun.kind, lun.backing, lun.created,
-                      lun.state, lun.read_only, lun.masked)
+        renamed = dataclasses.replace(lun, id=new_lun_id)
         self._deactivate_lun(lun)
         undo.push(f"bring LUN {lun.name} back with id {lun.id}", self._swap_back_identity,
                   renamed, lun)
@@ -738,8 +796,7 @@ class Provider:
             lun = self.catalog.lun(name)
             if not lun.masked:
                 raise InvalidArgument(f"LUN {lun.name} is not masked")
-            unmasked = Lun(lun.id, lun.name, lun.size, lun.kind, lun.backing, lun.created,
-                           lun.state, lun.read_only, False)
+            unmasked = dataclasses.replace(lun, masked=False)
             with Undo() as undo:
                 self._activate_lun(unmasked, undo)
                 with self.catalog.transaction():
