@@ -634,6 +634,8 @@ class Resyncer:
                 for pair in job.pairs:
                     self.store.update_pair(job.id, pair.index, state=JobState.RUNNING)
                 self.store.update(job.id, state=JobState.RUNNING, started=job.created)
+            for pair in job.pairs:
+                self._announce(pair, job.id)  # the process that died may not have
             return
         for pair, is_online in zip(job.pairs, online, strict=True):
             lun = self.p.catalog.find_lun(pair.dest_lun_id) if pair.dest_lun_id else None
