@@ -21,7 +21,7 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
 # Host packages the project's own scripts need besides the VM's (tests/vm.py installs
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
-APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant)
+APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck)
 
 setup() {
     local missing=()

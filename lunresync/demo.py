@@ -51,11 +51,14 @@ class Reader:
     errors: int = 0
     worst: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _reading: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Returns once the first read is done: the reader is really reading."""
         self._thread = threading.Thread(target=self._run, name="demo-reader", daemon=True)
         self._thread.start()
+        self._reading.wait(30)
 
     def _run(self) -> None:
         rng = random.Random(1)  # noqa: S311 - reproducible offsets, not secrets
@@ -71,8 +74,10 @@ class Reader:
                 except OSError:
                     self.errors += 1
                 self.worst = max(self.worst, time.monotonic() - started)
+                self._reading.set()
                 time.sleep(0.002)
         finally:
+            self._reading.set()
             os.close(fd)
             aligned.close()
 
