@@ -65,7 +65,7 @@ def dd_copy(source: str, target: str) -> float:
     return time.monotonic() - started
 
 
-FREEZE = (("dmsetup", "suspend"), ("dmsetup", "resume"))
+FREEZE = (("dm-ioctl", "suspend"), ("dm-ioctl", "resume"))
 
 
 def restore(provider: Provider, log: CommandLog, pair: ResyncPair,
@@ -76,11 +76,12 @@ def restore(provider: Provider, log: CommandLog, pair: ResyncPair,
     started = time.monotonic()
     handle = provider.resync_luns([pair], engine=engine)
     online = time.monotonic() - started
-    processes = len(log.calls)
+    processes = len(log.processes())
+    requests = len(log.calls) - processes
     freeze = log.span(*FREEZE) or 0.0
     provider.resyncer.wait(handle.id, interval=0.05)
     return {"online": online, "total": time.monotonic() - started,
-            "processes": processes, "freeze": freeze}
+            "processes": processes, "requests": requests, "freeze": freeze}
 
 
 def fio_latency(path: str, seconds: int) -> float:
@@ -159,7 +160,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) * MiB for s in args.sizes.split(",")]
     from lunresync.kernel.capabilities import probe
-    from lunresync.kernel.dmsetup import DeviceMapper
+    from lunresync.kernel.dm import DeviceMapper
 
     targets = probe(DeviceMapper()).targets
     engines = [e for e in (EngineKind.MIRROR, EngineKind.CLONE) if targets[e.target].usable]

@@ -20,7 +20,7 @@ from typing import Any
 
 from common import scratch_root
 
-from lunresync.kernel.runner import CommandLog, Runner
+from lunresync.kernel.runner import KERNEL_CALLS, CommandLog, Runner
 from lunresync.provider.model import ShadowKind
 from lunresync.provider.provider import Provider
 
@@ -38,7 +38,7 @@ def write_data(path: str, size: int) -> None:
         os.close(fd)
 
 
-FREEZE = (("dmsetup", "suspend"), ("dmsetup", "resume"))
+FREEZE = (("dm-ioctl", "suspend"), ("dm-ioctl", "resume"))
 
 
 def bench_sets(root: Path, sizes: list[int], counts: list[int],
@@ -46,7 +46,7 @@ def bench_sets(root: Path, sizes: list[int], counts: list[int],
     rows = []
     for size in sizes:
         for count in counts:
-            totals, freezes, procs = [], [], []
+            totals, freezes, procs, calls = [], [], [], []
             for attempt in range(repeat):
                 log = CommandLog()
                 runner = Runner(timeout=300, observer=log)
@@ -61,11 +61,14 @@ def bench_sets(root: Path, sizes: list[int], counts: list[int],
                     result = provider.create_snapshot_set(names)
                     totals.append(time.monotonic() - started)
                     freezes.append(result.freeze_seconds)
-                    procs.append(len(log.window(*FREEZE)))
+                    frozen = log.window(*FREEZE)
+                    procs.append(len([a for a in frozen if a[0] not in KERNEL_CALLS]))
+                    calls.append(len(frozen))
                     provider.deactivate()
                 shutil.rmtree(pool)
             rows.append({"size": size, "luns": count, "total": statistics.median(totals),
-                         "freeze": statistics.median(freezes), "procs": max(procs)})
+                         "freeze": statistics.median(freezes), "procs": max(procs),
+                         "calls": max(calls)})
     return rows
 
 
@@ -100,11 +103,12 @@ def main() -> int:
         rows = bench_sets(root, sizes, counts, args.repeat)
         clone = bench_clone(root, 256 * MiB)
     print("## Snapshot-set creation (median of", args.repeat, "runs)\n")
-    print("| LUN size | LUNs | set creation s | I/O freeze s | processes in freeze |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| LUN size | LUNs | set creation s | I/O freeze s | processes in freeze |"
+          " kernel requests in freeze |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['size'] // MiB} MiB | {row['luns']} | {row['total']:.2f} |"
-              f" {row['freeze']:.3f} | {row['procs']} |")
+              f" {row['freeze']:.3f} | {row['procs']} | {row['calls']} |")
     print("\n## Size independence (2 GiB / 256 MiB, target <= 1.5)\n")
     print("| LUNs | creation ratio | freeze ratio |")
     print("| --- | --- | --- |")

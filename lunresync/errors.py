@@ -113,7 +113,27 @@ class CommandTimeout(CommandError):
         super().__init__(argv, None, stderr, reason=f"timed out after {timeout:g} s and was killed")
 
 
-class DeviceBusy(CommandError):
+class KernelError(LunresyncError):
+    """A request made to the kernel directly (a device-mapper or loop ioctl) failed.
+
+    Carries the request, the device, the errno and what the kernel logged about it
+    (device-mapper explains a refused table only in the kernel log).
+    """
+
+    def __init__(self, operation: str, device: str, errno: int, strerror: str,
+                 detail: str = "") -> None:
+        self.operation = operation
+        self.device = device
+        self.errno = errno
+        self.strerror = strerror
+        self.detail = detail
+        message = f"{operation} {device}: {strerror}".replace("  ", " ")
+        if detail:
+            message += f" (the kernel says: {detail})"
+        super().__init__(message)
+
+
+class DeviceBusy(KernelError):
     """The kernel refused because a device is open or held (EBUSY)."""
 
     exit_code = ExitCode.IN_USE

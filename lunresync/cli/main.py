@@ -46,7 +46,7 @@ def doctor(as_json: bool) -> None:
     """Report what this kernel offers lunresync; exit 0 when ready, 3 when not."""
     from lunresync.cli.doctor import render
     from lunresync.kernel.capabilities import probe
-    from lunresync.kernel.dmsetup import DeviceMapper
+    from lunresync.kernel.dm import DeviceMapper
 
     caps = probe(DeviceMapper())
     if as_json:
@@ -78,6 +78,29 @@ def demo(size: str, data: str) -> None:
     width = max(len(label) for label, _ in summary(result))
     for label, value in summary(result):
         click.echo(f"    {label:{width}}  {value}")
+
+
+@cli.command()
+@click.option("--bus", "bus_address", envvar="LUNRESYNC_BUS_ADDRESS",
+              help="D-Bus address to serve on (default: the system bus).")
+@click.option("--writers-dir", type=click.Path(file_okay=False), envvar="LUNRESYNC_WRITERS_DIR",
+              help="Directory of writer executables (default /etc/lunresync/writers.d).")
+@click.option("--writer-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds each writer may take per event.")
+@click.option("--no-udev-watch", is_flag=True, help="Do not watch udev for removed disks.")
+@click.pass_context
+def daemon(ctx: click.Context, bus_address: str | None, writers_dir: str | None,
+           writer_timeout: float, no_udev_watch: bool) -> None:
+    """Serve org.lunresync1 on the system bus (the D-Bus service, see docs/dbus.md)."""
+    import asyncio
+    from pathlib import Path
+
+    from lunresync.provider.pool import pool_path
+    from lunresync.service.daemon import serve
+
+    asyncio.run(serve(pool_path(ctx.find_root().params.get("pool")), bus_address=bus_address,
+                      writers_dir=Path(writers_dir) if writers_dir else None,
+                      writer_timeout=writer_timeout, watch_udev=not no_udev_watch))
 
 
 def _add_storage_commands() -> None:

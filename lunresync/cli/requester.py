@@ -11,9 +11,10 @@ from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.provider.model import ShadowKind
 from lunresync.requester import workflow
 from lunresync.requester.workflow import RestoreSession, WriterFailed, WriterStatus, load_writers
+from lunresync.views import job_json, lun_json
 
-from .resync import ENGINE_CHOICE, follow_job, job_json
-from .storage import _table, emit_json, lun_json, opened
+from .resync import ENGINE_CHOICE, follow_job
+from .storage import _table, emit_json, opened
 
 WRITERS_DIR = click.option(
     "--writers-dir", type=click.Path(file_okay=False), envvar="LUNRESYNC_WRITERS_DIR",

@@ -12,8 +12,9 @@ from lunresync.engine.model import EngineKind, Job
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InvalidArgument
 from lunresync.provider.units import format_size
+from lunresync.views import job_json
 
-from .storage import _show, _table, _when, emit_json, opened
+from .storage import _show, _table, emit_json, opened
 
 ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
 
@@ -46,14 +47,6 @@ def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
     if not pairs:
         raise InvalidArgument("name at least one shadow copy")
     return pairs
-
-
-def job_json(job: Job) -> dict[str, object]:
-    data = job.to_json()
-    for key in ("created", "started", "finished", "eta"):
-        value = data[key]
-        data[key] = _when(value) if isinstance(value, int | float) else None
-    return data
 
 
 def _line(job: Job) -> str:

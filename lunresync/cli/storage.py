@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from lunresync.provider.model import Lun, ShadowKind
 from lunresync.provider.pool import pool_path
 from lunresync.provider.provider import Provider, ShadowCopyUse
 from lunresync.provider.units import format_size
+from lunresync.views import lun_json, shadow_json, when
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,6 @@ def opened(ctx: click.Context) -> Iterator[Provider]:
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
-def lun_json(lun: Lun) -> dict[str, Any]:
-    return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
-            "backing": lun.backing, "path": lun.path, "created": _when(lun.created),
-            "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
-            "offline": lun.offline}
-
-
-def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
-    s = use.shadow
-    return {"id": s.id, "snapshot_set": s.set_id, "kind": s.kind.value, "lun_id": s.lun_id,
-            "lun_name": s.lun_name, "size": s.size, "created": _when(s.created),
-            "state": s.state.value, "usable": use.usable, "active": use.active,
-            "path": s.path, "cow_used": use.cow_used, "cow_size": use.cow_size}
 
 
 def _show(data: dict[str, Any], as_json: bool, keys: list[str]) -> None:
@@ -273,7 +254,7 @@ def snapshot_list(ctx: click.Context, as_json: bool) -> None:
     _table("shadow copies",
            ["id", "set", "kind", "LUN", "created", "size", "COW used", "state"],
            [[u.shadow.id[:12], u.shadow.set_id[:12], u.shadow.kind.value, u.shadow.lun_name,
-             _when(u.shadow.created), format_size(u.shadow.size), cow(u),
+             when(u.shadow.created), format_size(u.shadow.size), cow(u),
              ("usable" if u.usable else "INVALID")] for u in uses])
 
 

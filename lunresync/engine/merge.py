@@ -4,7 +4,7 @@ dm ``snapshot-merge`` copies a snapshot's COW chunks back into the origin, in th
 and the origin shows the snapshot's content at once. Merging the shadow copy itself would
 consume it, so the engine merges a *duplicate* of its COW store (POOL/jobs/<job>/<n>.cow):
 
-    before the freeze   cp --sparse=always --reflink=auto COW -> duplicate   (any size)
+    before the freeze   reflink or sparse copy of COW -> duplicate           (any size)
     freeze              suspend the LUN; copy the COW's tail again (from its current
                         metadata area on: a few MiB, whatever the COW's size, see
                         engine/cowfile.py); load snapshot-merge over the duplicate
@@ -25,6 +25,7 @@ from lunresync.kernel.targets import StatusLine, Table
 from lunresync.kernel.targets.snapshot import SnapshotState, SnapshotStatus
 from lunresync.kernel.targets.snapshot_merge import SnapshotMergeTable
 
+from . import cowfile
 from .base import PairSpec, Progress
 from .cowfile import copy_tail, read_store
 from .model import EngineKind, PairPlan
@@ -49,11 +50,10 @@ class MergeEngine:
         """Copy the whole COW store now, outside the freeze; attach the duplicate."""
         source, duplicate = _stores(plan)
         before = read_store(source)
-        # Reflink where the file system can (xfs, btrfs): instant, whatever the size.
-        provider.runner.run(["cp", "--sparse=always", "--reflink=auto", "--",
-                             str(source), str(duplicate)], timeout=3600)
-        devices["tail"] = str(before.tail_offset())
         undo.push(f"delete {duplicate}", duplicate.unlink, True)
+        # Reflink where the file system can (xfs, btrfs): instant, whatever the size.
+        cowfile.duplicate(source, duplicate)
+        devices["tail"] = str(before.tail_offset())
         devices["cow"] = provider.attach_file(str(duplicate), undo, fresh=True)
 
     def in_freeze(self, provider: Provider, plan: PairPlan,

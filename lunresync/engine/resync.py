@@ -44,7 +44,7 @@ from lunresync.errors import (
 )
 from lunresync.kernel import udev
 from lunresync.kernel.capabilities import usable_targets
-from lunresync.kernel.dmsetup import DmInfo
+from lunresync.kernel.dm import DmInfo
 from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
@@ -197,11 +197,14 @@ class Resyncer:
                 job = self._go_online(job, sizes, undo)
                 online = time.monotonic() - started
                 undo.commit()
-            if any(pair.plan.own_top for pair in job.pairs):
-                # New restore devices: their /dev/mapper links come from udev. (A LUN's
+            for pair in job.pairs:
+                if not pair.plan.own_top:
+                    continue
+                # A new restore device: its /dev/mapper link comes from udev. (A LUN's
                 # link exists already: no wait, udev may take long to probe the others.)
                 try:
-                    udev.settle(self.p.runner)
+                    udev.wait_for_link(f"/dev/mapper/{pair.plan.top}",
+                                       timeout=self.p.dm.timeout)
                 except LunresyncError as exc:
                     # The restore is online and recorded: a slow udev does not undo it.
                     log.warning("udev is still busy after the switch: %s", exc)
@@ -362,7 +365,7 @@ class Resyncer:
                 self.p.create_device(pair.plan.top, None, pair.plan.top_uuid, undo)
             else:
                 # Whatever happens from here, the LUN goes back to the table it has now
-                # (known from the catalog: no dmsetup call on the way to online).
+                # (known from the catalog: no kernel query on the way to online).
                 lun = self.p.catalog.lun(pair.dest_lun_id or "")
                 undo.push(f"restore the table of {pair.plan.top}", self._reload,
                           pair.plan.top, self.p.lun_table(lun))
@@ -374,8 +377,8 @@ class Resyncer:
         for pair in job.pairs:
             self.p.dm.load(pair.plan.top, self._online_table(pair, plans[pair.index],
                                                              devices[pair.index]))
-        # One process switches every destination (and ends any freeze). udev is settled
-        # by the caller, after the destinations are online.
+        # Back-to-back resumes switch every destination (and end any freeze). Nothing
+        # waits for udev here; the caller settles it, after the destinations are online.
         self.p.dm.resume(*tops, udev_sync=False)
         since = _kernel_usec()
         with self.p.catalog.transaction():
@@ -395,7 +398,9 @@ class Resyncer:
     def _build_helpers(self, pair: JobPair, undo: Undo,
                        sizes: Mapping[str, int | None] | None) -> dict[str, str]:
         """Files, loop devices, leg helper and overlay of a pair; existing ones are reused
-        (``sizes=None``: after a reboot, the files exist)."""
+        (``sizes=None``: after a reboot, the files exist). Returns role -> loop device,
+        plus, for each helper dm device made here, its /dev/mapper path -> its number:
+        nothing waits for udev to make the link (see :meth:`_online_table`)."""
         plan = pair.plan
         devices: dict[str, str] = {}
         for role, path in plan.files.items():
@@ -412,23 +417,28 @@ class Resyncer:
         if plan.leg_helper is not None and (fresh or not self.p.device_exists(plan.leg_helper)):
             assert plan.leg_helper_uuid is not None
             real = f"/dev/mapper/{plan.top}-real"  # leg helpers exist for LUNs only
-            self.p.create_device(plan.leg_helper, Table.single(
-                SnapshotOriginTable(real), plan.dest_sectors), plan.leg_helper_uuid, undo)
+            info = self.p.create_device(plan.leg_helper, Table.single(
+                SnapshotOriginTable(real), plan.dest_sectors), plan.leg_helper_uuid, undo,
+                udev_sync=False)
+            devices[f"/dev/mapper/{plan.leg_helper}"] = info.devno
         if plan.overlay is not None and (fresh or not self.p.device_exists(plan.overlay)):
             assert plan.overlay_uuid is not None
-            self.p.create_device(plan.overlay, Table.single(
+            info = self.p.create_device(plan.overlay, Table.single(
                 SnapshotTable(plan.source, devices["overlay"], chunk_sectors=OVERLAY_CHUNK),
-                plan.sectors), plan.overlay_uuid, undo)
+                plan.sectors), plan.overlay_uuid, undo, udev_sync=False)
+            devices[f"/dev/mapper/{plan.overlay}"] = info.devno
         return devices
 
     def _online_table(self, pair: JobPair, plan: PairPlan, devices: Mapping[str, str]
                       ) -> Table:
-        table = ENGINES[pair.engine].online_table(plan, devices)
-        return _with_tail(table, plan)
+        table = _with_tail(ENGINES[pair.engine].online_table(plan, devices), plan)
+        # Helpers made a moment ago are named by number: udev may not have linked them yet.
+        return table.substitute({path: number for path, number in devices.items()
+                                 if path.startswith("/dev/mapper/")})
 
-    def _reload(self, name: str, table: Table) -> None:
+    def _reload(self, name: str, table: Table, *, udev_sync: bool | None = None) -> None:
         self.p.dm.load(name, table)
-        self.p.dm.resume(name)
+        self.p.dm.resume(name, udev_sync=udev_sync)
 
     def _announce(self, pair: JobPair, job_id: str) -> None:
         """Tell udev that a destination LUN is being restored by ``job_id`` (``none``: no
@@ -541,8 +551,9 @@ class Resyncer:
             final = self.p.lun_table(replace(lun, state=LunState.OK))
         else:
             final = Table.single(LinearTable(plan.leg), plan.dest_sectors)
-        # The atomic swap: from here the destination alone serves every read.
-        self._reload(plan.top, final)
+        # The atomic swap: from here the destination alone serves every read. (No wait for
+        # udev: the device and its link exist; udev's probe of it goes on by itself.)
+        self._reload(plan.top, final, udev_sync=False)
         self._teardown(plan)
         if plan.own_top:
             self._remove_own_top(plan.top)
@@ -591,7 +602,7 @@ class Resyncer:
         """Remove the pair's helper devices, loop devices and files (not its top)."""
         for name in (plan.overlay, plan.leg_helper):
             if name is not None:
-                self.p.dm.remove(name, missing_ok=True)
+                self.p.dm.remove(name, missing_ok=True, udev_sync=False)
         for path in plan.files.values():
             self.p.detach_file(path)
             Path(path).unlink(missing_ok=True)

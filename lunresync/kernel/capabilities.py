@@ -1,7 +1,7 @@
 """What this kernel and machine offer lunresync: the facts behind ``lunresync doctor``.
 
-Read from /proc, /sys and /lib/modules, plus ``dmsetup targets`` when device-mapper is
-present. Nothing is loaded or changed here.
+Read from /proc, /sys and /lib/modules, plus the list of loaded targets (an ioctl) when
+device-mapper is present. Nothing is loaded or changed here.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from lunresync.errors import CommandError
+from lunresync.errors import LunresyncError
 
 from . import udev
-from .dmsetup import DeviceMapper
+from .dm import DeviceMapper
 from .targets import TARGETS
 
 #: Targets without which lunresync cannot work at all.
 REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
 #: Targets that enable more (clone engine, thin shadow copies, fault-injection tests).
 OPTIONAL_TARGETS = ("clone", "thin-pool", "thin", "flakey")
-TOOLS = ("dmsetup", "losetup", "udevadm", "blockdev")
+# lunresync talks to the kernel through ioctls, but udev's device-mapper rules run dmsetup
+# (udevflags, udevcomplete), and lunresync settles udev with udevadm.
+TOOLS = ("dmsetup", "udevadm")
 
 TEST_VM_COMMAND = "python3 tests/vm.py -- lunresync doctor"
 
@@ -156,8 +158,8 @@ def probe(
     if has_dm:
         try:
             loaded_targets = dm.targets()
-        except CommandError as exc:
-            problems.append(f"dmsetup cannot talk to device-mapper: {exc.stderr.strip()}")
+        except LunresyncError as exc:
+            problems.append(f"cannot talk to device-mapper: {exc}")
 
     targets: dict[str, Availability] = {}
     for name in (*REQUIRED_TARGETS, *OPTIONAL_TARGETS):
@@ -191,7 +193,7 @@ def probe(
     missing_tools = tuple(tool for tool in TOOLS if shutil.which(tool) is None)
     if missing_tools:
         problems.append(f"programs missing: {', '.join(missing_tools)} (apt-get install"
-                        " dmsetup util-linux udev)")
+                        " dmsetup udev)")
     root = os.geteuid() == 0
     if not root:
         notes.append("not running as root: changing devices will be refused")
@@ -199,7 +201,7 @@ def probe(
         notes.append("dm-clone is not available (Debian kernels lack it): the mirror engine"
                      " restores instead; tests/vm.py builds it for the test VM")
     if not udev.is_running():
-        notes.append("udevd is not running: /dev/mapper nodes are made by dmsetup itself")
+        notes.append("udevd is not running: lunresync makes the /dev/mapper nodes itself")
     return Capabilities(
         kernel=release,
         device_mapper=has_dm,

@@ -1,4 +1,9 @@
-"""Loop devices over image files (``losetup``), typed.
+"""Loop devices over image files, typed: attach, detach, find, list.
+
+Attach and detach are ioctls on ``/dev/loop-control`` and ``/dev/loopN`` (LOOP_CTL_GET_FREE,
+LOOP_CONFIGURE, LOOP_CLR_FD), and the list is read from sysfs, where losetup reads it too:
+no process per step (each costs 0.3 s and more in the TCG test VM). ``losetup --list``
+shows the same devices.
 
 Direct I/O avoids caching every block twice (once for the image file, once for the loop
 device) and is what the benchmarks assume; not every file system offers it (tmpfs has no
@@ -9,25 +14,40 @@ buffered I/O where it is missing.
 from __future__ import annotations
 
 import errno
-import json
+import fcntl
 import logging
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from lunresync.errors import CommandError, InvalidArgument, NotFound, ParseError
+from lunresync.errors import InvalidArgument, KernelError, NotFound, NotSupported
 
 from .runner import Runner
 
 log = logging.getLogger(__name__)
 
-LOSETUP = "losetup"
+LOOP_CONTROL = "/dev/loop-control"
+SYSFS_BLOCK = Path("/sys/block")
 _LOOP_RE = re.compile(r"^/dev/loop\d+$")
-_COLUMNS = "NAME,BACK-FILE,RO,DIO,OFFSET,SIZELIMIT,AUTOCLEAR"
 _DELETED = " (deleted)"
+
+# <linux/loop.h>; LOOP_CONFIGURE needs Linux 5.8 or later.
+LOOP_CLR_FD = 0x4C01
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_DIRECT_IO = 16
+LO_NAME_SIZE = 64
+# struct loop_info64: device, inode, rdevice, offset, sizelimit, number, encrypt_type,
+# encrypt_key_size, flags, file_name[64], crypt_name[64], encrypt_key[32], init[2].
+LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")
+# struct loop_config: fd, block_size, info, reserved[8].
+LOOP_CONFIG = struct.Struct(f"=II{LOOP_INFO64.size}s8Q")
+# Another process may take the free device between GET_FREE and CONFIGURE: ask again.
+_ATTACH_ATTEMPTS = 16
 
 
 @dataclass(frozen=True)
@@ -60,58 +80,53 @@ def supports_direct_io(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _flag(value: Any) -> bool:
-    # losetup --json prints booleans in newer util-linux and "0"/"1" in older ones.
-    if isinstance(value, bool):
-        return value
-    return str(value).strip() in ("1", "true")
+def loop_config(backing_fd: int, name: str, *, read_only: bool, direct_io: bool) -> bytes:
+    """The LOOP_CONFIGURE argument: the backing file, its name, the flags."""
+    flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_DIRECT_IO if direct_io else 0)
+    raw_name = os.fsencode(name)[:LO_NAME_SIZE - 1]
+    info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, raw_name, b"", b"", 0, 0)
+    return LOOP_CONFIG.pack(backing_fd, 0, info, *([0] * 8))
 
 
-def parse_losetup_json(text: str) -> list[LoopDevice]:
-    """Parse ``losetup --list --json -O NAME,BACK-FILE,RO,DIO,OFFSET,SIZELIMIT,AUTOCLEAR``."""
-    if not text.strip():
-        return []  # losetup prints nothing at all when no loop device is attached
+def _read(directory: Path, name: str) -> str:
+    return (directory / name).read_text().strip()
+
+
+def read_sysfs_loop(block: Path) -> LoopDevice | None:
+    """The loop device whose sysfs directory is ``block`` (/sys/block/loopN); None when
+    nothing is attached to it (or it went away while we read)."""
+    loop = block / "loop"
     try:
-        rows = json.loads(text)["loopdevices"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ParseError("losetup --json output", text[:200], str(exc)) from None
-    devices = []
-    try:
-        for row in rows:
-            backing = str(row.get("back-file") or "")
-            deleted = backing.endswith(_DELETED)
-            if deleted:
-                backing = backing[: -len(_DELETED)]
-            devices.append(
-                LoopDevice(
-                    path=str(row["name"]),
-                    backing_file=backing,
-                    read_only=_flag(row.get("ro")),
-                    direct_io=_flag(row.get("dio")),
-                    offset=int(row.get("offset") or 0),
-                    size_limit=int(row.get("sizelimit") or 0),
-                    autoclear=_flag(row.get("autoclear")),
-                    backing_deleted=deleted,
-                )
-            )
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        # rows not a list of objects, a row without "name", a non-numeric offset...
-        raise ParseError("losetup --json output", text[:200], repr(exc)) from None
-    return devices
+        backing = _read(loop, "backing_file")
+        device = LoopDevice(
+            path=f"/dev/{block.name}",
+            backing_file=backing.removesuffix(_DELETED),
+            read_only=_read(block, "ro") == "1",
+            direct_io=_read(loop, "dio") == "1",
+            offset=int(_read(loop, "offset")),
+            size_limit=int(_read(loop, "sizelimit")),
+            autoclear=_read(loop, "autoclear") == "1",
+            backing_deleted=backing.endswith(_DELETED),
+        )
+    except (OSError, ValueError):
+        return None
+    return device
 
 
 @dataclass(frozen=True)
 class LoopDevices:
-    """Loop devices through losetup. Pass one to whatever needs it."""
+    """Loop devices. Pass one to whatever needs it; ``runner`` is told of every request."""
 
     runner: Runner = field(default_factory=Runner)
-    timeout: float = 30.0
+    sysfs: Path = SYSFS_BLOCK
 
     def attached(self) -> list[LoopDevice]:
-        out = self.runner.run(
-            [LOSETUP, "--list", "--json", "--output", _COLUMNS], timeout=self.timeout
-        ).stdout
-        return parse_losetup_json(out)
+        found = []
+        for block in sorted(self.sysfs.glob("loop[0-9]*"), key=_loop_number):
+            device = read_sysfs_loop(block)
+            if device is not None:
+                found.append(device)
+        return found
 
     def find(self, backing_file: str | os.PathLike[str]) -> list[LoopDevice]:
         """Loop devices attached to ``backing_file`` (compared as resolved paths)."""
@@ -120,10 +135,10 @@ class LoopDevices:
 
     def get(self, path: str) -> LoopDevice:
         check_loop_path(path)
-        for device in self.attached():
-            if device.path == path:
-                return device
-        raise NotFound(f"loop device {path} is not attached")
+        device = read_sysfs_loop(self.sysfs / Path(path).name)
+        if device is None:
+            raise NotFound(f"loop device {path} is not attached")
+        return device
 
     def attach(
         self,
@@ -148,29 +163,73 @@ class LoopDevices:
         if direct_io and not dio_possible:
             raise InvalidArgument(f"the file system holding {path} does not support direct I/O")
         use_dio = dio_possible if direct_io is None else direct_io
-        argv = [LOSETUP, "--find", "--show"]
-        if read_only:
-            argv.append("--read-only")
-        argv.append(f"--direct-io={'on' if use_dio else 'off'}")
-        argv.append(os.fspath(path))
-        result = self.runner.run(argv, timeout=self.timeout)
-        device = check_loop_path(result.stdout.strip())
-        if use_dio and "direct io" in result.stderr:
-            # losetup attaches, then fails to switch direct I/O on (block size mismatch):
-            # the device works, buffered. Say so rather than pretend.
-            log.warning("%s: direct I/O refused, using buffered I/O: %s", device,
-                        result.stderr.strip())
+        backing = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         try:
-            return self.get(device)
-        except Exception:
-            self.detach(device)
-            raise
+            name = self.runner.kernel_call(
+                ("loop-ioctl", "attach", os.fspath(path)),
+                lambda: self._configure_free(backing, os.path.abspath(path), read_only,
+                                             use_dio))
+        finally:
+            os.close(backing)  # the loop device holds its own reference
+        device = self.get(name)
+        if use_dio and not device.direct_io:
+            # The kernel attaches, then keeps buffered I/O when the backing file system's
+            # block size does not allow direct I/O. Say so rather than pretend.
+            log.warning("%s: direct I/O refused by the kernel, using buffered I/O", name)
+        return device
+
+    def _configure_free(self, backing: int, name: str, read_only: bool,
+                        use_dio: bool) -> str:
+        config = loop_config(backing, name, read_only=read_only, direct_io=use_dio)
+        try:
+            control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotSupported(f"{LOOP_CONTROL} is missing: this kernel has no loop devices"
+                               " (CONFIG_BLK_DEV_LOOP)") from None
+        try:
+            for _ in range(_ATTACH_ATTEMPTS):
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                device = f"/dev/loop{number}"
+                fd = os.open(device, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+                    return device
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        continue  # taken by someone else since GET_FREE: another one
+                    raise KernelError("loop attach", device, exc.errno or 0,
+                                      os.strerror(exc.errno or 0)) from None
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(control)
+        raise KernelError("loop attach", name, errno.EBUSY,
+                          f"no free loop device after {_ATTACH_ATTEMPTS} attempts")
 
     def detach(self, path: str) -> None:
         """Detach a loop device. If it is still open, the kernel detaches it at last close."""
-        try:
-            self.runner.run([LOSETUP, "--detach", check_loop_path(path)], timeout=self.timeout)
-        except CommandError as exc:
-            if "No such device" in exc.stderr:
-                raise NotFound(f"loop device {path} is not attached") from exc
-            raise
+        check_loop_path(path)
+        self.runner.kernel_call(("loop-ioctl", "detach", path), lambda: _clear(path))
+
+
+def _clear(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"loop device {path} is not attached") from None
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise NotFound(f"loop device {path} is not attached") from None
+        raise KernelError("loop detach", path, exc.errno or 0,
+                          os.strerror(exc.errno or 0)) from None
+    finally:
+        os.close(fd)
+
+
+def _loop_number(block: Path) -> int:
+    try:
+        return int(block.name[4:])
+    except ValueError:
+        return -1

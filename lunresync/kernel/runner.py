@@ -15,13 +15,12 @@ import shlex
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import sh
+from typing import Any, TypeVar
 
 from lunresync.errors import CommandError, CommandNotFound, CommandTimeout, InvalidArgument
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a command may run unless the caller says otherwise.
 DEFAULT_TIMEOUT = 60.0
@@ -43,7 +42,10 @@ class CommandResult:
 
 
 #: Told of every command run: (argv, started, ended), monotonic seconds, success or not.
+#: Requests made to the kernel directly are told too, as ("dm-ioctl", verb, device...) and
+#: ("loop-ioctl", verb, device...): they are what a freeze is made of, but not processes.
 CommandObserver = Callable[[tuple[str, ...], float, float], None]
+KERNEL_CALLS = frozenset({"dm-ioctl", "loop-ioctl"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,21 @@ class Runner:
     env: Mapping[str, str] = field(default_factory=dict)
     observer: CommandObserver | None = None
 
+    def kernel_call(self, argv: tuple[str, ...], call: Callable[[], T]) -> T:
+        """Make a request to the kernel without a process (an ioctl), named ``argv`` for
+        logs and the observer: ("dm-ioctl", "resume", NAME), ("loop-ioctl", "attach", ...).
+
+        The one place every kernel request passes, as :meth:`run` is for processes: tests
+        inject failures here.
+        """
+        log.debug("%s", " ".join(argv))
+        started = time.monotonic()
+        try:
+            return call()
+        finally:
+            if self.observer is not None:
+                self.observer(argv, started, time.monotonic())
+
     def run(
         self,
         argv: Sequence[str],
@@ -75,6 +92,8 @@ class Runner:
             raise InvalidArgument(f"timeout must be positive, not {limit}")
         env = {**os.environ, "LC_ALL": "C", **self.env}
         log.debug("running %s", shlex.join(args))
+        import sh  # here: sh imports asyncio and ssl, seconds in the TCG test VM
+
         try:
             program = sh.Command(args[0])
         except sh.CommandNotFound:
@@ -90,6 +109,8 @@ class Runner:
     def _execute(self, program: Any, args: tuple[str, ...], input: str | bytes | None,  # noqa: A002
              limit: float, ok_codes: Iterable[int], env: dict[str, str],
              started: float) -> CommandResult:
+        import sh
+
         try:
             proc = program(
                 *args[1:],
@@ -136,6 +157,10 @@ class CommandLog:
 
     def clear(self) -> None:
         self.calls.clear()
+
+    def processes(self) -> list[tuple[str, ...]]:
+        """The commands that ran as processes (not the kernel requests made directly)."""
+        return [argv for argv, _, _ in self.calls if argv[0] not in KERNEL_CALLS]
 
     def window(self, first: tuple[str, str], last: tuple[str, str]) -> list[tuple[str, ...]]:
         """Commands started from the first ``first`` command's start to the end of the

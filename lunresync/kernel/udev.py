@@ -77,6 +77,25 @@ def wait_for_node(path: str | os.PathLike[str], *, timeout: float = 10) -> None:
     _wait(node.is_block_device, timeout, f"device node {node}")
 
 
+def wait_for_link(path: str | os.PathLike[str], *, timeout: float = 10) -> None:
+    """Wait until ``path`` (a udev link such as /dev/mapper/NAME) names a block device.
+
+    Polls, briefly at first: for the way to a restore going online, where importing
+    pyudev (for :func:`wait_for_node`) would cost seconds in the TCG test VM. Without
+    udevd, nobody makes links: returns at once.
+    """
+    node = Path(path)
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not node.is_block_device():
+        if not is_running():
+            return
+        if time.monotonic() > deadline:
+            raise UdevTimeout(f"timed out after {timeout:g} s waiting for {node}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def wait_for_removal(path: str | os.PathLike[str], *, timeout: float = 10) -> None:
     """Wait until ``path`` no longer exists."""
     node = Path(path)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
 from lunresync.kernel import udev
 from lunresync.kernel.capabilities import has_device_mapper
-from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
+from lunresync.kernel.dm import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import (
@@ -466,12 +466,15 @@ class Provider:
         return removed
 
     def create_device(self, name: str, table: Table | None, uuid: str, undo: Undo,
-                      *, read_only: bool = False) -> None:
+                      *, read_only: bool = False, udev_sync: bool | None = None) -> DmInfo:
+        """Create a dm device (undone by ``undo``). ``udev_sync=False``: do not wait for
+        its /dev/mapper link (refer to it by ``info.devno``)."""
+        info = self.dm.create(name, table, uuid=uuid, read_only=read_only,
+                              udev_sync=udev_sync)
         if self._present is not None:  # keep the device list of this operation whole
-            self._present[name] = self.dm.create(name, table, uuid=uuid, read_only=read_only)
-        else:
-            self.dm.create_only(name, table, uuid=uuid, read_only=read_only)
+            self._present[name] = info
         undo.push(f"remove {name}", lambda: self.dm.remove(name, missing_ok=True))
+        return info
 
     def _cow_device(self, shadow: ShadowCopy, undo: Undo, created: list[str]) -> str:
         attached = self.loops.find(shadow.store)
@@ -578,23 +581,24 @@ class Provider:
         for lun in to_origin:
             self.dm.load(lun.dm_name, self._top_table(lun, has_snapshots=True))
             undo.push(f"drop the inactive table of {lun.dm_name}", self.dm.clear, lun.dm_name)
-        # The freeze: three processes whatever the number of LUNs. Snapshots read through
-        # -real, which stays live, so nothing is probed through a suspended device.
-        # Inside the freeze dmsetup does not wait for udev (blkid probing the new snapshots
-        # would otherwise stretch it with every LUN); udev is settled right after.
+        # The freeze: three ioctls per LUN and no process. Snapshots read through -real,
+        # which stays live, so nothing is probed through a suspended device. Inside the
+        # freeze nothing waits for udev (blkid probing the new snapshots would otherwise
+        # stretch it with every LUN).
         tops = [lun.dm_name for lun in luns]
-        started = time.monotonic()
-        self.dm.suspend(*tops, nolockfs=not lock_fs)
-        try:
-            self.dm.resume(*(s.dm_name for s in shadows), udev_sync=False)
-        except BaseException:
-            for lun in to_origin:
-                self.dm.clear(lun.dm_name)
-            self.dm.resume(*tops)
-            raise
-        self.dm.resume(*tops, udev_sync=False)
-        freeze = time.monotonic() - started
-        udev.settle(self.runner)
+        # udev is waited for once the freeze is over, for exactly the freeze's events.
+        with self.dm.udev_batch() as udev_events:
+            started = time.monotonic()
+            self.dm.suspend(*tops, nolockfs=not lock_fs)
+            try:
+                udev_events.resume(*(s.dm_name for s in shadows))
+            except BaseException:
+                for lun in to_origin:
+                    self.dm.clear(lun.dm_name)
+                udev_events.resume(*tops)
+                raise
+            udev_events.resume(*tops)
+            freeze = time.monotonic() - started
         for lun in to_origin:
             # Undo from here on: back to linear (suspend/resume) once the snapshots are gone.
             undo.push(f"switch {lun.dm_name} back to linear", self._reload_top, lun, False)
@@ -783,7 +787,7 @@ class Provider:
         undo.push(f"unmask LUN {lun.name} in the catalog", self._set_masked, lun.id, False)
 
     def _recreate_top(self, lun: Lun) -> None:
-        self.dm.create_only(lun.dm_name, self.lun_table(lun), uuid=lun.dm_uuid,
+        self.dm.create(lun.dm_name, self.lun_table(lun), uuid=lun.dm_uuid,
                             read_only=lun.read_only)
 
     def _set_masked(self, lun_id: str, masked: bool) -> None:

@@ -185,6 +185,12 @@ def load_document(path: str | os.PathLike[str]) -> BackupDocument:
         raise BadDocument(f"{source} is a directory, not a document") from None
     except OSError as exc:
         raise BadDocument(f"cannot read {source}: {exc.strerror}") from None
+    return parse_document(raw, str(source))
+
+
+def parse_document(raw: bytes, source: str = "the document") -> BackupDocument:
+    """Check a document's text (as read from a file, or sent over D-Bus); every problem is
+    a :class:`BadDocument` naming ``source``."""
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise BadDocument(f"{source} is larger than {MAX_DOCUMENT_BYTES >> 20} MiB: not a"
                           " backup components document")

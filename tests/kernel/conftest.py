@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from lunresync.errors import NotFound
-from lunresync.kernel.dmsetup import DeviceMapper
+from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.provider.catalog import Catalog
 from lunresync.provider.provider import Provider
+from tests.cli_views import CliView
 from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
 
 from .devices import TEST_PREFIX, DeviceStack, removal_order
@@ -37,6 +38,12 @@ def dm(runner: Runner) -> DeviceMapper:
 @pytest.fixture(scope="session")
 def loops(runner: Runner) -> LoopDevices:
     return LoopDevices(runner)
+
+
+@pytest.fixture(scope="session")
+def cli(runner: Runner) -> CliView:
+    """dmsetup's and losetup's view of the devices: an independent check of ours."""
+    return CliView(runner)
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,15 @@ creates starts with ``TEST_PREFIX`` so that the session's leak check can find st
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 from types import TracebackType
 
-from lunresync.kernel.dmsetup import DeviceMapper, DmInfo
+from lunresync.kernel.dm import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevice, LoopDevices
 from lunresync.kernel.targets import Table
 
@@ -87,10 +89,25 @@ class DeviceStack:
         self.close()
 
 
+BLKFLSBUF = 0x1261  # <linux/fs.h>: write back and drop a block device's page cache
+
+
+def drop_cache(fd: int) -> None:
+    """Forget what the page cache holds of a block device (nothing for a file).
+
+    A device held open by a dm device keeps its page cache across closes; device-mapper
+    writes to it bypass that cache. A udev probe that read it a moment before a test
+    writes through dm would otherwise leave stale pages for the test to read back.
+    """
+    if stat.S_ISBLK(os.fstat(fd).st_mode):
+        fcntl.ioctl(fd, BLKFLSBUF)
+
+
 def sha256_of(path: str | os.PathLike[str], *, length: int | None = None) -> str:
-    """Checksum of a device or file, read with O_DIRECT where possible (no stale cache)."""
+    """Checksum of a device or file, read past any stale page cache."""
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
+        drop_cache(f.fileno())
         remaining = length
         while remaining is None or remaining > 0:
             want = MiB if remaining is None else min(MiB, remaining)
@@ -138,6 +155,7 @@ def write_pattern(path: str | os.PathLike[str], offset: int, data: bytes) -> Non
 def read_at(path: str | os.PathLike[str], offset: int, length: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
+        drop_cache(fd)
         return os.pread(fd, length, offset)
     finally:
         os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lunresync.errors import CommandError, DeviceBusy, InvalidArgument, NotFound
+from lunresync.errors import DeviceBusy, InvalidArgument, KernelError, NotFound
 from lunresync.kernel import udev
 from lunresync.kernel.capabilities import Availability, probe
-from lunresync.kernel.dmsetup import DeviceMapper
+from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.targets import (
     CloneStatus,
@@ -27,12 +28,14 @@ from lunresync.kernel.targets import (
     SnapshotStatus,
     SnapshotTable,
     Table,
+    TableLine,
     ThinPoolStatus,
     ThinPoolTable,
     ThinStatus,
     ThinTable,
 )
 from lunresync.kernel.targets.mirror import LogKind, MirrorLeg, MirrorLog
+from tests.cli_views import CliView
 
 from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 
@@ -96,12 +99,38 @@ def test_loop_direct_io_where_supported(devices: DeviceStack, loops: LoopDevices
         dm.runner.run(["umount", str(mountpoint)])
 
 
+def test_loops_as_losetup_sees_them(devices: DeviceStack, loops: LoopDevices,
+                                    cli: CliView) -> None:
+    """The ioctl attach and the sysfs list agree with util-linux's own view."""
+    rw = devices.loop("rw", 4 * MiB)
+    ro = devices.loop("ro2", 4 * MiB, read_only=True)
+    ours = {d.path: d for d in loops.attached()}
+    theirs = {d.path: d for d in cli.loops()}
+    for device in (rw, ro):
+        assert ours[device.path] == theirs[device.path] == device
+
+
+def test_detach_of_an_open_loop_happens_at_last_close(devices: DeviceStack,
+                                                      loops: LoopDevices) -> None:
+    image = devices.image("held", 4 * MiB)
+    device = loops.attach(image)
+    fd = os.open(device.path, os.O_RDONLY)
+    try:
+        loops.detach(device.path)  # the kernel marks it autoclear
+        assert loops.get(device.path).autoclear
+    finally:
+        os.close(fd)
+    wait_until(lambda: not loops.find(image), 10, f"{device.path} to detach")
+    with pytest.raises(NotFound):
+        loops.detach(device.path)
+
+
 def test_loop_attach_missing_file(loops: LoopDevices, scratch_pool: Path) -> None:
     with pytest.raises(NotFound):
         loops.attach(scratch_pool / "absent.img")
 
 
-# -- dmsetup ----------------------------------------------------------------------------------
+# -- device-mapper ------------------------------------------------------------------------
 
 
 def test_linear_create_info_table_remove(devices: DeviceStack, dm: DeviceMapper) -> None:
@@ -122,6 +151,50 @@ def test_linear_create_info_table_remove(devices: DeviceStack, dm: DeviceMapper)
     dm.remove(info.name)
     assert not dm.exists(info.name)
     udev.wait_for_removal(info.path, timeout=10)
+
+
+def test_devices_as_dmsetup_sees_them(devices: DeviceStack, dm: DeviceMapper,
+                                      cli: CliView) -> None:
+    """Info, table, status and the device list through ioctls equal dmsetup's output."""
+    base = devices.loop("base", 16 * MiB)
+    names = [
+        devices.create("a", Table((
+            TableLine(0, 2048, LinearTable(base.path, 0)),
+            TableLine(2048, 2048, ErrorTable()),
+            TableLine(4096, 4096, LinearTable(base.path, 8192)))),
+            uuid=f"LUNRESYNC-TEST-{devices.tag}-a").name,
+        devices.create("b", None).name,
+    ]
+    dm.load(names[1], Table.single(LinearTable(base.path), 2048), read_only=True)
+    dm.suspend(names[0])
+    try:
+        ours = {d.name: d for d in dm.devices()}
+        theirs = {d.name: d for d in cli.devices()}
+        for name in names:
+            assert ours[name] == theirs[name] == dm.info(name) == cli.info(name)
+        assert ours[names[0]].suspended
+        assert ours[names[1]].inactive_table
+        assert not ours[names[1]].live_table
+        assert dm.table(names[0]) == cli.table(names[0])
+        assert len(dm.table(names[0]).lines) == 3
+        assert dm.status(names[0]) == cli.status(names[0])
+        assert dm.table(names[1], inactive=True).lines[0].target == "linear"
+        assert dm.devices(uuid_prefix=f"LUNRESYNC-TEST-{devices.tag}") == [ours[names[0]]]
+    finally:
+        dm.resume(names[0])
+    assert dm.targets() == cli.targets()
+
+
+def test_remove_without_udev_sync_then_the_link_goes(devices: DeviceStack,
+                                                     dm: DeviceMapper) -> None:
+    base = devices.loop("base", 4 * MiB)
+    info = dm.create(devices.name("quick"), Table.single(LinearTable(base.path), 2048),
+                     udev_sync=False)
+    assert Path(f"/dev/dm-{info.minor}").is_block_device()  # the kernel's node: at once
+    udev.wait_for_node(info.path, timeout=30)
+    dm.remove(info.name, udev_sync=False)
+    assert not dm.exists(info.name)
+    udev.wait_for_removal(info.path, timeout=30)
 
 
 def test_create_without_table_then_load_resume(devices: DeviceStack, dm: DeviceMapper) -> None:
@@ -147,18 +220,19 @@ def test_suspend_and_resume_several_devices_at_once(devices: DeviceStack,
     assert not any(dm.info(n).suspended for n in names)
 
 
-def test_failing_dmsetup_raises_with_stderr_and_leaves_nothing(devices: DeviceStack,
-                                                               dm: DeviceMapper) -> None:
+def test_refused_table_says_what_the_kernel_logged_and_leaves_nothing(
+        devices: DeviceStack, dm: DeviceMapper) -> None:
     name = devices.name("bad")
     # The device exists as a path but is far too small for the table.
     base = devices.loop("small", MiB)
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(KernelError) as caught:
         dm.create(name, Table.single(LinearTable(base.path), 64 * SECTORS_PER_MIB))
     error = caught.value
-    assert error.argv[:2] == ("dmsetup", "create")
-    assert error.returncode not in (0, None)
-    assert "ioctl" in error.stderr or "failed" in error.stderr
-    assert error.stderr.strip() in str(error)
+    assert error.operation == "device-mapper load"
+    assert error.errno == errno.EINVAL
+    # device-mapper explains itself only in the kernel log; the error carries it.
+    assert "device-mapper: table:" in error.detail
+    assert error.detail in str(error)
     assert not dm.exists(name)
 
 
@@ -201,7 +275,7 @@ def test_message_and_udev_property(devices: DeviceStack, dm: DeviceMapper) -> No
     (pool_status,) = dm.status(pool.name)
     assert isinstance(pool_status.status, ThinPoolStatus)
     assert pool_status.status.data_used == 2 * SECTORS_PER_MIB // 128
-    with pytest.raises(CommandError):
+    with pytest.raises(KernelError):
         dm.message(pool.name, "create_thin", "0")  # that id exists already
 
 

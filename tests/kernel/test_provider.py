@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
 import stat
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,20 @@ from lunresync.errors import (
     CommandError,
     InUse,
     InvalidArgument,
+    KernelError,
     LunresyncError,
     NotFound,
     NotSupported,
 )
-from lunresync.kernel.dmsetup import DeviceMapper
-from lunresync.kernel.runner import CommandLog, CommandResult, Runner, command_verb
+from lunresync.kernel.dm import DeviceMapper
+from lunresync.kernel.runner import (
+    KERNEL_CALLS,
+    CommandLog,
+    CommandResult,
+    Runner,
+    T,
+    command_verb,
+)
 from lunresync.kernel.targets import LinearTable, Table
 from lunresync.provider.catalog import Catalog
 from lunresync.provider.model import ShadowKind, ShadowState
@@ -160,9 +169,12 @@ def check_one_instant(provider: Provider, log: CommandLog) -> None:
             seen.append((read_stamp(sa.path), read_stamp(sb.path)))
             # The freeze: one suspend of both LUNs, one resume of both snapshots, one of
             # both LUNs (measured: the commands run between them).
-            frozen = log.window(("dmsetup", "suspend"), ("dmsetup", "resume"))
+            frozen = log.window(("dm-ioctl", "suspend"), ("dm-ioctl", "resume"))
             assert [command_verb(argv) for argv in frozen] == [
-                ("dmsetup", "suspend"), ("dmsetup", "resume"), ("dmsetup", "resume")]
+                ("dm-ioctl", "suspend"), ("dm-ioctl", "suspend"),
+                ("dm-ioctl", "resume"), ("dm-ioctl", "resume"),
+                ("dm-ioctl", "resume"), ("dm-ioctl", "resume")]
+            assert not [argv for argv in frozen if argv[0] not in KERNEL_CALLS]
     assert writer.error is None
     for stamp_a, stamp_b in seen:
         # B's stamp n is written only after A's stamp n completed: at one instant, both
@@ -428,26 +440,35 @@ def test_catalog_from_a_newer_lunresync_is_refused(scratch_pool: Path) -> None:
 
 @dataclass(frozen=True)
 class FailingRunner(Runner):
-    """Fault injection at the command boundary: the Nth matching command fails (as a
-    failed ioctl would); every other command runs for real."""
+    """Fault injection at the kernel boundary: the Nth matching request (an ioctl, or a
+    command) fails; every other one runs for real."""
 
-    match: tuple[str, ...] = ()  # (program,) or (program, verb); options are skipped
+    match: tuple[str, ...] = ()  # (kind,) or (kind, verb): ("dm-ioctl", "create")...
     left: list[int] = field(default_factory=lambda: [1])
 
-    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+    def _fails(self, argv: Sequence[str]) -> bool:
         if command_verb(argv)[: len(self.match)] == self.match:
             self.left[0] -= 1
-            if self.left[0] == 0:
-                raise CommandError(argv, 1, "injected failure\n")
+            return self.left[0] == 0
+        return False
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        if self._fails(argv):
+            raise CommandError(argv, 1, "injected failure\n")
         return super().run(argv, **kwargs)
+
+    def kernel_call(self, argv: tuple[str, ...], call: Callable[[], T]) -> T:
+        if self._fails(argv):
+            raise KernelError(" ".join(argv[:2]), argv[-1], errno.EIO, "injected failure")
+        return super().kernel_call(argv, call)
 
 
 @pytest.mark.parametrize(
     ("match", "nth"),
     [
-        (("dmsetup", "create"), 2),  # the second LUN's shadow copy device
-        (("dmsetup", "load"), 3),  # an origin table
-        (("dmsetup", "resume"), 1),  # the snapshots' resume, inside the freeze
+        (("dm-ioctl", "create"), 2),  # the second LUN's shadow copy device
+        (("dm-ioctl", "load"), 3),  # an origin table
+        (("dm-ioctl", "resume"), 1),  # the snapshots' resume, inside the freeze
     ],
 )
 def test_failed_snapshot_set_rolls_back(scratch_pool: Path, runner: Runner,
@@ -480,10 +501,11 @@ def check_snapshot_set_rollback(pool: Path, runner: Runner, match: tuple[str, ..
         check.deactivate()
 
 
-@pytest.mark.parametrize(("match", "nth"), [(("dmsetup", "create"), 2), (("losetup",), 2)])
+@pytest.mark.parametrize(("match", "nth"), [(("dm-ioctl", "create"), 2),
+                                            (("loop-ioctl", "attach"), 1)])
 def test_failed_lun_create_rolls_back(scratch_pool: Path, runner: Runner,
                                       match: tuple[str, ...], nth: int) -> None:
-    """The top device (second create) or the loop lookup fails: image, loop device, -real
+    """The top device (second create) or the loop device fails: image, loop device, -real
     device and catalog row are all gone again."""
     pool = scratch_pool / "pool"
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lunresync.engine.model import EngineKind
 from lunresync.engine.resync import ResyncPair
-from lunresync.kernel.dmsetup import DeviceMapper
+from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import DelayTable, Table

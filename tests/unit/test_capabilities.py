@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lunresync.errors import CommandError
+from lunresync.errors import KernelError
 from lunresync.kernel import capabilities, udev
 from lunresync.kernel.capabilities import (
     OPTIONAL_TARGETS,
@@ -27,7 +27,7 @@ from lunresync.kernel.capabilities import (
     probe,
     usable_targets,
 )
-from lunresync.kernel.dmsetup import DeviceMapper
+from lunresync.kernel.dm import DeviceMapper
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +69,7 @@ class FakeDeviceMapper(DeviceMapper):
     def targets(self) -> dict[str, str]:
         self.calls.append("targets")
         if self.fail:
-            raise CommandError(["dmsetup", "targets"], 1, "Failure to communicate with kernel\n")
+            raise KernelError("device-mapper targets", "", 5, "Input/output error")
         return dict(self.loaded)
 
 
@@ -248,11 +248,11 @@ def test_required_target_missing(machine: Machine, missing: str) -> None:
     assert missing in problem
 
 
-def test_dmsetup_failure_is_a_problem(machine: Machine) -> None:
+def test_device_mapper_failure_is_a_problem(machine: Machine) -> None:
     caps = machine.probe(FakeDeviceMapper(fail=True))
     assert not caps.ready
-    assert any("dmsetup cannot talk to device-mapper" in p for p in caps.problems)
-    assert any("Failure to communicate with kernel" in p for p in caps.problems)
+    assert any("cannot talk to device-mapper" in p for p in caps.problems)
+    assert any("Input/output error" in p for p in caps.problems)
 
 
 def test_missing_module_index_files(machine: Machine) -> None:
@@ -283,13 +283,13 @@ def test_loop_availability(
 
 
 def test_missing_tools_and_not_root(machine: Machine) -> None:
-    machine.tools = {"dmsetup", "udevadm"}
+    machine.tools = set()
     machine.euid = 1000
     machine.udev = False
     caps = machine.probe()
-    assert caps.missing_tools == ("losetup", "blockdev")
+    assert caps.missing_tools == ("dmsetup", "udevadm")
     assert not caps.ready
-    assert any("losetup, blockdev" in p for p in caps.problems)
+    assert any("dmsetup, udevadm" in p for p in caps.problems)
     assert not caps.root
     assert not caps.udev_running
     assert any("not running as root" in n for n in caps.notes)

@@ -12,6 +12,7 @@ from lunresync.errors import (
     ExitCode,
     InUse,
     InvalidArgument,
+    KernelError,
     LunresyncError,
     NotFound,
     NotSupported,
@@ -72,11 +73,19 @@ def test_command_not_found() -> None:
 
 
 def test_device_busy() -> None:
-    error = DeviceBusy(["dmsetup", "remove", "lrt-a"], 1, "Device or resource busy")
-    assert isinstance(error, CommandError)
+    error = DeviceBusy("device-mapper remove", "lrt-a", 16, "Device or resource busy")
+    assert isinstance(error, KernelError)
     assert error.exit_code is ExitCode.IN_USE
-    assert "dmsetup remove lrt-a" in str(error)
-    assert "Device or resource busy" in str(error)
+    assert str(error) == "device-mapper remove lrt-a: Device or resource busy"
+
+
+def test_kernel_error_says_what_the_kernel_logged() -> None:
+    error = KernelError("device-mapper load", "lrt-a", 22, "Invalid argument",
+                        "device-mapper: table: 254:3: linear: Device lookup failed")
+    assert error.exit_code is ExitCode.FAILED
+    assert error.errno == 22
+    assert str(error) == ("device-mapper load lrt-a: Invalid argument (the kernel says:"
+                          " device-mapper: table: 254:3: linear: Device lookup failed)")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +137,7 @@ def test_every_error_is_a_lunresync_error() -> None:
         CommandNotFound,
         CommandTimeout,
         DeviceBusy,
+        KernelError,
         ParseError,
         InvalidArgument,
         NotFound,

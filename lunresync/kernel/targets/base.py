@@ -9,7 +9,7 @@ anything, a frozen dataclass for its status with a ``from_args()`` parser.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self
 
@@ -161,3 +161,18 @@ class Table:
 
     def format(self) -> str:
         return "\n".join(line.format() for line in self.lines) + "\n"
+
+    def substitute(self, devices: Mapping[str, str]) -> Table:
+        """The same table with device arguments replaced (``{"/dev/mapper/x": "254:3"}``):
+        a device made a moment ago is named by its number, which the kernel knows at once,
+        rather than by its udev link, which may not exist yet."""
+        if not devices:
+            return self
+        from . import parse_table_line  # the registry of targets imports this module
+
+        lines = []
+        for line in self.lines:
+            args = [devices.get(arg, arg) for arg in line.params.args()]
+            text = " ".join((str(line.start), str(line.length), line.target, *args))
+            lines.append(parse_table_line(text))
+        return Table(tuple(lines))

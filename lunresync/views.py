@@ -1,0 +1,48 @@
+"""What lunresync shows of its objects: the records of the CLI's ``--json`` output and of
+the D-Bus service's objects, made in one place so that both say the same.
+
+The records are a stable, documented schema (``docs/json.md``), version 1: keys are only
+added, never renamed or removed, and a value keeps its type. Times are ISO 8601 in UTC
+(``2026-11-30T01:02:03Z``); sizes and byte counts are integers in bytes; ids are 32
+lower-case hex digits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lunresync.engine.model import Job
+    from lunresync.provider.model import Lun
+    from lunresync.provider.provider import ShadowCopyUse
+
+SCHEMA_VERSION = 1
+
+
+def when(timestamp: float) -> str:
+    """A unix time as the records show it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def lun_json(lun: Lun) -> dict[str, Any]:
+    return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
+            "backing": lun.backing, "path": lun.path, "created": when(lun.created),
+            "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
+            "offline": lun.offline}
+
+
+def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:
+    s = use.shadow
+    return {"id": s.id, "snapshot_set": s.set_id, "kind": s.kind.value, "lun_id": s.lun_id,
+            "lun_name": s.lun_name, "size": s.size, "created": when(s.created),
+            "state": s.state.value, "usable": use.usable, "active": use.active,
+            "path": s.path, "cow_used": use.cow_used, "cow_size": use.cow_size}
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    data = job.to_json()
+    for key in ("created", "started", "finished", "eta"):
+        value = data[key]
+        data[key] = when(value) if isinstance(value, int | float) else None
+    return data
