@@ -72,8 +72,9 @@ class PrivateBus:
         include = f"<include>{policy}</include>" if policy is not None else ""
         self.config = directory / "bus.conf"
         self.config.write_text(BUS_CONFIG.format(socket=self.socket, include=include))
+        daemon = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
         self.process = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile",
+            [daemon, f"--config-file={self.config}", "--nofork", "--nopidfile",
              "--print-address"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()

@@ -77,11 +77,23 @@ class Exported(ServiceInterface):
     def value(self, name: str) -> Any:
         return self.PROPERTIES[name](self.record)
 
+    @dbus_property(access=READ)
+    def Record(self) -> DBusStr:
+        """The object as ``lunresync ... --json`` prints it (docs/json.md), as JSON text:
+        what lets the CLI print the same through the service."""
+        return json.dumps(self.public_record(), sort_keys=True)
+
+    def public_record(self) -> dict[str, Any]:
+        return self.record
+
     def update(self, record: dict[str, Any]) -> None:
         before = {name: self.value(name) for name in self.PROPERTIES}
+        before_record = self.public_record()
         self.record = record
         changed = {name: self.value(name) for name in self.PROPERTIES
                    if self.value(name) != before[name]}
+        if self.public_record() != before_record:
+            changed["Record"] = json.dumps(self.public_record(), sort_keys=True)
         if changed:
             self.emit_properties_changed(changed)
 
@@ -103,6 +115,9 @@ class LunObject(Exported):
 
     def __init__(self, record: dict[str, Any]) -> None:
         super().__init__(api.LUN, api.path_of("lun", record["id"]), record)
+
+    def public_record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.record.items() if k != "restoring_job"}
 
     @dbus_property(access=READ)
     def Id(self) -> DBusStr:
@@ -286,6 +301,9 @@ class JobObject(Exported):
     def __init__(self, daemon: Daemon, record: dict[str, Any]) -> None:
         super().__init__(api.JOB, api.path_of("job", record["id"]), record)
         self.daemon = daemon
+
+    def public_record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.record.items() if k != "objects"}
 
     @dbus_property(access=READ)
     def Id(self) -> DBusStr:
