@@ -2,10 +2,11 @@
 # lunresync developer entry point: set-up, tests, demo. Safe to run again at any time.
 #
 #   ./dev.sh setup   install what the project needs (apt packages, .venv with pinned deps)
-#   ./dev.sh test    lint, unit tests on the host, kernel tests in the test VM
+#   ./dev.sh test    lint, unit and service tests on the host, kernel tests in the test VM
 #   ./dev.sh demo    the main job: the end-to-end resync scenario (lunresync demo)
 #   ./dev.sh vm -- COMMAND...   run any command as root in the test VM
 #   ./dev.sh install-udev   install udev/60-lunresync.rules (root), reload udev
+#   ./dev.sh install [--destdir DIR] ...   the D-Bus service's files: lunresync install
 #
 # Environment: PYTHON (interpreter for the venv, default python3); UDEV_RULES_DIR
 # (install-udev's target, default /etc/udev/rules.d).
@@ -21,7 +22,10 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
 # Host packages the project's own scripts need besides the VM's (tests/vm.py installs
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
-APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck)
+# dbus (dbus-daemon), libglib2.0-bin (gdbus) and systemd (busctl, systemd-analyze): the
+# service tier's real bus and independent clients, and `lunresync install`'s reloads.
+APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck
+    dbus libglib2.0-bin systemd)
 
 setup() {
     local missing=()
@@ -58,6 +62,12 @@ unit_tests() {
     "$PY" -m pytest -m unit -q --junitxml="$RESULTS/unit.xml"
 }
 
+service_tests() {
+    # Fail, not skip, a service test that cannot run: this is where they must.
+    say "service tests on the host (a private dbus-daemon, the real service)"
+    LUNRESYNC_EXPECT_SERVICE_TIER=1 "$PY" -m pytest -m service -q --junitxml="$RESULTS/service.xml"
+}
+
 kernel_tests() {
     say "kernel tests in the test VM"
     mkdir -p "$RESULTS/vm"
@@ -85,11 +95,12 @@ install_udev() {
 }
 
 summary() {
-    # One closing line over both tiers, from the JUnit files (the VM's console can garble).
-    "$PY" - "$RESULTS/unit.xml" "$RESULTS/vm/kernel.xml" "$RESULTS/reboot.xml" <<'PYEOF'
+    # One closing line over every tier, from the JUnit files (the VM's console can garble).
+    "$PY" - "$RESULTS/unit.xml" "$RESULTS/service.xml" "$RESULTS/vm/kernel.xml" "$RESULTS/reboot.xml" <<'PYEOF'
 import sys, xml.etree.ElementTree as ET
 totals = {"passed": 0, "failed": 0, "skipped": 0}
-for path, tier in zip(sys.argv[1:], ("unit (host)", "kernel (test VM)", "reboot (two VM boots)")):
+for path, tier in zip(sys.argv[1:], ("unit (host)", "service (host, dbus-daemon)", "kernel (test VM)",
+                                     "reboot (two VM boots)")):
     try:
         suite = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
@@ -118,6 +129,7 @@ test)
     status=0
     lint || status=1
     unit_tests || status=1
+    service_tests || status=1
     kernel_tests || status=1
     reboot_tests || status=1
     say "all tests took $((SECONDS - started)) s"
@@ -136,13 +148,17 @@ demo)
 install-udev)
     install_udev
     ;;
+install)
+    setup
+    exec "$VENV/bin/lunresync" install "$@"
+    ;;
 vm)
     setup
     [[ ${1:-} == -- ]] && shift
     exec "$PY" tests/vm.py --results "$RESULTS/vm-run" -- "$@"
     ;;
 *)
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
     ;;
 esac

@@ -124,7 +124,7 @@ def bench_latency(root: Path, size: int, engine: EngineKind) -> dict[str, float]
         (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
         handle = provider.resync_luns([ResyncPair(shadow.id, "dst")], engine=engine)
         during = fio_latency(dst.path, 3)
-        copied = provider.resyncer.job(handle.id)
+        copied = handle.status()  # polls: the catalog alone would say 0%
         provider.resyncer.wait(handle.id, interval=0.1)
         idle = fio_latency(dst.path, 3)
         provider.deactivate()

@@ -3,6 +3,11 @@
 Every test carries exactly one tier marker:
 
 - ``unit``: pure logic; no root, no devices; runs anywhere (the host in CI).
+- ``service``: the D-Bus service on a real dbus-daemon (``tests/dbus_support.py``) with
+  the project's bus policy; needs root and dbus-daemon, no device-mapper; runs on the
+  host (``./dev.sh test``). Elsewhere it is skipped, with the reason; with
+  ``LUNRESYNC_EXPECT_SERVICE_TIER=1`` (``./dev.sh test`` sets it) a service test that
+  cannot run fails instead.
 - ``kernel``: needs root and device-mapper; runs in the test VM (``tests/vm.py``). On a
   machine without them it is skipped, with the reason. Inside the test VM it is never
   skipped: a kernel test that cannot run there fails, loudly.
@@ -20,7 +25,8 @@ import pytest
 from lunresync.kernel.capabilities import has_device_mapper
 
 IN_TEST_VM = os.environ.get("LUNRESYNC_TEST_VM") == "1"
-TIERS = ("unit", "kernel", "reboot")
+EXPECT_SERVICE_TIER = os.environ.get("LUNRESYNC_EXPECT_SERVICE_TIER") == "1"
+TIERS = ("unit", "service", "kernel", "reboot")
 VM_HINT = "run it in the test VM: python3 tests/vm.py -- python3 -m pytest -m kernel"
 
 
@@ -35,6 +41,15 @@ def kernel_unavailable_reason() -> str | None:
     return None
 
 
+def service_unavailable_reason() -> str | None:
+    """Why service tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (the service owns org.lunresync1 as root, clients run as nobody)"
+    from tests.dbus_support import dbus_unavailable_reason  # imports dbus-fast: only here
+
+    return dbus_unavailable_reason()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tiers = [t for t in TIERS if item.get_closest_marker(t) is not None]
@@ -45,6 +60,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("service") is not None:
+        _check_service_tier()
     if item.get_closest_marker("kernel") is None:
         return
     reason = kernel_unavailable_reason()
@@ -53,6 +70,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if IN_TEST_VM:
         pytest.fail(f"kernel test cannot run in the test VM: {reason}", pytrace=False)
     pytest.skip(f"kernel tier: {reason}; {VM_HINT}")
+
+
+def _check_service_tier() -> None:
+    reason = service_unavailable_reason()
+    if reason is None:
+        return
+    if EXPECT_SERVICE_TIER:
+        pytest.fail(f"service test cannot run: {reason} (LUNRESYNC_EXPECT_SERVICE_TIER=1)",
+                    pytrace=False)
+    pytest.skip(f"service tier: {reason}; ./dev.sh test runs it as root")
 
 
 @pytest.hookimpl(hookwrapper=True)

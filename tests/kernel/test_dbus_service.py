@@ -1,0 +1,299 @@
+"""The D-Bus service on real devices (test VM), against a real dbus-daemon that uses the
+project's policy: the whole backup -> damage -> restore workflow driven by a client, a
+D-Bus writer, an independent client (busctl), a client disconnecting mid-job, the service
+killed and restarted mid-job, and two clients restoring at once.
+
+The service runs as its own process (``lunresync daemon``) on the test's pool; the test
+reads the pool directly only to set up and to check.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from dbus_fast import Message, Variant
+
+from lunresync.engine.model import JobState
+from lunresync.errors import JobTimeout
+from lunresync.kernel.runner import Runner
+from lunresync.kernel.targets import DelayTable, Table
+from lunresync.provider.provider import Provider
+from lunresync.service import api
+from lunresync.service.client import ServiceClient
+from tests.dbus_support import PrivateBus, ServiceProcess
+
+from .devices import DeviceStack, MiB, fill, read_at
+from .test_resync import SIZE, damage, source_lun
+
+pytestmark = pytest.mark.kernel
+
+JOB_SIGNALS = "type='signal',interface='{iface}',path='{path}'"
+
+
+class AnsweringWriter:
+    """A client registered as a D-Bus writer, answering every event in its own thread;
+    ``veto`` names events it fails."""
+
+    def __init__(self, address: str, name: str, components: list[str],
+                 veto: tuple[str, ...] = ()) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+        self.veto = veto
+        self._stop = threading.Event()
+        self._registered = threading.Event()
+        self.path = ""
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(address, name, components),
+                                        daemon=True)
+        self._thread.start()
+        if not self._registered.wait(120):
+            raise RuntimeError(f"writer {name} did not register: {self.error}")
+
+    def _run(self, address: str, name: str, components: list[str]) -> None:
+        try:
+            with ServiceClient(address) as client:
+                (self.path,) = client.manager("RegisterWriter", "sas", name, components)
+                client.subscribe(JOB_SIGNALS.format(iface=api.WRITER, path=self.path))
+                self._registered.set()
+                while not self._stop.is_set():
+                    try:
+                        signal = client.wait_for(lambda m: m.member == "Event", 0.2)
+                    except JobTimeout:  # no event within 0.2 s: look again
+                        continue
+                    token, event, description = signal.body
+                    self.events.append((event, json.loads(description)))
+                    ok = event not in self.veto
+                    client.call(self.path, api.WRITER, "Reply", "sbs",
+                                [token, ok, f"{event} {'ok' if ok else 'vetoed'}"])
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+            self._registered.set()
+
+    def names(self) -> list[str]:
+        return [event for event, _ in self.events]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+@contextmanager
+def service(scratch_pool: Path, provider: Provider) -> Iterator[tuple[PrivateBus,
+                                                                      ServiceProcess]]:
+    with PrivateBus(scratch_pool / "bus") as bus, \
+            ServiceProcess(bus, provider.pool.root) as process:
+        yield bus, process
+
+
+def lun_path(provider: Provider, name: str) -> str:
+    return api.path_of("lun", provider.lun(name).id)
+
+
+def shadow_path(shadow_id: str) -> str:
+    return api.path_of("shadow", shadow_id)
+
+
+def wait_completed(client: ServiceClient, job: str, timeout: float = 300) -> list[object]:
+    message = client.wait_for(lambda m: m.member == "Completed" and m.path == job, timeout)
+    return list(message.body)
+
+
+def set_write_delay(devices: DeviceStack, suffix: str, loop: str, ms: int) -> None:
+    """Reload a slow device's delay (a stalled copy can then finish)."""
+    name = devices.name(suffix)
+    devices.dm.load(name, Table.single(DelayTable(loop, write_ms=ms), SIZE // 512))
+    devices.dm.resume(name)
+
+
+# -- the workflow --------------------------------------------------------------------------
+
+
+def test_backup_damage_restore_over_dbus(provider: Provider, devices: DeviceStack,
+                                         scratch_pool: Path) -> None:
+    lun = provider.create_lun("db", SIZE)
+    fill(lun.path, SIZE, seed=11)
+    content = read_at(lun.path, 0, SIZE)
+    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+        writer = AnsweringWriter(bus.address, "app", ["orders=db"], veto=())
+        try:
+            document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "db")],
+                                      {"kind": Variant("s", "differential")})[0]
+            assert writer.names() == ["identify", "prepare-backup", "freeze", "thaw"]
+            doc = json.loads(document)
+            assert doc["writers"] == [{"name": "app", "components": [
+                {"name": "orders", "luns": ["db"], "description": ""}]}]
+            (entry,) = doc["luns"]
+            shadow = shadow_path(entry["shadow_copy"]["id"])
+            damage(lun.path)
+            (session,) = client.manager("BeginRestore", "sa{sv}", document, {})
+            client.call(session, api.RESTORE_SESSION, "SelectComponents", "as",
+                        [["app:orders"]])
+            client.call(session, api.RESTORE_SESSION, "AddSnapshotToRecoverySet", "os",
+                        [shadow, ""])
+            client.call(session, api.RESTORE_SESSION, "PreRestore")
+            (job,) = client.call(session, api.RESTORE_SESSION, "RecoverSet", "a{sv}", [{}])
+            client.subscribe(JOB_SIGNALS.format(iface=api.JOB, path=job))
+            # Online at once: the LUN shows the backup while the kernel copies.
+            assert read_at(lun.path, 0, SIZE) == content
+            assert wait_completed(client, job) == [True, "restored"]
+            client.call(session, api.RESTORE_SESSION, "PostRestore")
+            (status,) = client.call(session, api.RESTORE_SESSION, "GetWriterStatus")
+            assert status == [["app", "stable", "post-restore ok"],
+                              ["filesystem", "stable", ""]]
+            assert writer.names()[4:] == ["pre-restore", "post-restore"]
+            _, post = writer.events[-1]
+            assert post["result"] == "done"
+            assert post["job"] == job.rsplit("/", 1)[1]
+            assert read_at(lun.path, 0, SIZE) == content
+            # An independent client reads the ended job.
+            state = Runner().run(["busctl", f"--address={bus.address}", "get-property",
+                                  api.BUS_NAME, job, api.JOB, "State"]).stdout
+            assert state.strip() == 's "done"'
+            props = client.properties(job, api.JOB)
+            assert props["Progress"] == 1.0
+            assert props["Objects"] == sorted([lun_path(provider, "db"), shadow])
+            assert json.loads(props["Record"])["state"] == "done"
+            # A veto in pre-restore stops a second restore before a byte is written.
+            writer.veto = ("pre-restore",)
+            damage(lun.path)
+            damaged = read_at(lun.path, 0, SIZE)
+            (second,) = client.manager("BeginRestore", "sa{sv}", document, {})
+            client.call(second, api.RESTORE_SESSION, "AddSnapshotToRecoverySet", "os",
+                        [shadow, ""])
+            with pytest.raises(Exception, match="vetoed"):
+                client.call(second, api.RESTORE_SESSION, "PreRestore")
+            assert client.properties(second, api.RESTORE_SESSION)["Phase"] == "aborted"
+            assert read_at(lun.path, 0, SIZE) == damaged
+            client.call(second, api.RESTORE_SESSION, "Close")
+        finally:
+            writer.stop()
+        assert writer.error is None, writer.error
+
+
+def test_progress_signals_come_about_once_a_second(provider: Provider, devices: DeviceStack,
+                                                   scratch_pool: Path) -> None:
+    _, shadow, content = source_lun(provider, devices)
+    slow = provider.adopt_lun("slow", slow_device(devices, 300)[0])
+    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+        client.subscribe(f"type='signal',sender='{api.BUS_NAME}'")
+        started = time.monotonic()
+        (job,) = client.manager("Resync", "a(oo)a{sv}",
+                                [[shadow_path(shadow.id), lun_path(provider, "slow")]],
+                                {"engine": Variant("s", "mirror")})
+        changes: list[float] = []
+        while True:
+            message = client.wait_for(lambda m: m.path == job, 300)
+            if message.member == "Completed":
+                assert message.body == [True, "restored"]
+                break
+            if message.member == "PropertiesChanged" and "Progress" in message.body[1]:
+                changes.append(time.monotonic())
+        elapsed = time.monotonic() - started
+    assert changes, "no progress was announced"
+    assert len(changes) <= elapsed / 0.8 + 2, (len(changes), elapsed)
+    assert read_at(slow.path, 0, SIZE) == content
+
+
+def slow_device(devices: DeviceStack, write_ms: int) -> tuple[str, str]:
+    """A device whose writes wait ``write_ms``: (its path, the loop device under it)."""
+    loop = devices.loop("slow-img", SIZE)
+    devices.create("slow", Table.single(DelayTable(loop.path, write_ms=write_ms), SIZE // 512))
+    return f"/dev/mapper/{devices.name('slow')}", loop.path
+
+
+# -- robustness ----------------------------------------------------------------------------
+
+
+def test_disconnect_kill_and_restart_mid_job(provider: Provider, devices: DeviceStack,
+                                             scratch_pool: Path) -> None:
+    """The client goes, then the service is killed: the kernel keeps copying; the
+    restarted service picks the job up and says Completed when it ends."""
+    _, shadow, content = source_lun(provider, devices)
+    # Every write to the destination waits 5 s: the copy crawls until the test says.
+    device, loop = slow_device(devices, 5000)
+    slow = provider.adopt_lun("slow", device)
+    with PrivateBus(scratch_pool / "bus") as bus:
+        with ServiceProcess(bus, provider.pool.root) as first:
+            with ServiceClient(bus.address) as starter:
+                (job,) = starter.manager(
+                    "Resync", "a(oo)a{sv}",
+                    [[shadow_path(shadow.id), lun_path(provider, "slow")]], {})
+            job_id = job.rsplit("/", 1)[1]
+            time.sleep(2)  # the client is gone; the service polls on
+            assert provider.resyncer.job(job_id).state is JobState.RUNNING
+            first.kill()
+        assert provider.resyncer.job(job_id).state is JobState.RUNNING
+        with ServiceProcess(bus, provider.pool.root), ServiceClient(bus.address) as watcher:
+            watcher.subscribe(JOB_SIGNALS.format(iface=api.JOB, path=job))
+            assert watcher.properties(job, api.JOB)["State"] == "running"
+            set_write_delay(devices, "slow", loop, 0)
+            assert wait_completed(watcher, job) == [True, "restored"]
+    assert read_at(slow.path, 0, SIZE) == content
+
+
+def test_two_clients_restore_two_luns_at_once(provider: Provider, devices: DeviceStack,
+                                              scratch_pool: Path) -> None:
+    sources = {}
+    for name in ("left", "right"):
+        lun = provider.create_lun(name, SIZE)
+        fill(lun.path, SIZE, seed=len(name))
+        sources[name] = read_at(lun.path, 0, SIZE)
+    shadows = {s.lun_name: s for s in
+               provider.create_snapshot_set(["left", "right"]).snapshot_set.shadow_copies}
+    for name in sources:
+        damage(provider.lun(name).path)
+    results: dict[str, object] = {}
+    with service(scratch_pool, provider) as (bus, _):
+        barrier = threading.Barrier(2)
+
+        def restore(name: str) -> None:
+            try:
+                with ServiceClient(bus.address) as client:
+                    barrier.wait(60)
+                    (job,) = client.manager(
+                        "Resync", "a(oo)a{sv}", [[shadow_path(shadows[name].id), "/"]], {})
+                    client.subscribe(JOB_SIGNALS.format(iface=api.JOB, path=job))
+                    if client.properties(job, api.JOB)["State"] == "done":
+                        results[name] = [True, "restored"]
+                        return
+                    results[name] = wait_completed(client, job)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                results[name] = exc
+
+        threads = [threading.Thread(target=restore, args=(n,)) for n in sources]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+    assert results == {"left": [True, "restored"], "right": [True, "restored"]}
+    for name, content in sources.items():
+        assert read_at(provider.lun(name).path, 0, SIZE) == content
+
+
+def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: Path) -> None:
+    provider.create_lun("one", 4 * MiB)
+    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+        def error_of(member: str, signature: str, *body: object) -> str:
+            reply = client._loop.run_until_complete(client.bus.call(Message(
+                destination=api.BUS_NAME, path=api.MANAGER_PATH, interface=api.MANAGER,
+                member=member, signature=signature, body=list(body))))
+            assert reply is not None
+            return str(reply.error_name)
+
+        before = sorted(client.managed_objects())
+        assert error_of("CreateLun", "sta{sv}", "one", 4 * MiB, {}) == api.INVALID_ARGUMENT
+        assert error_of("CreateLun", "sta{sv}", "x", 1000, {}) == api.INVALID_ARGUMENT
+        assert error_of("CreateLun", "sta{sv}", "y", 4 * MiB,
+                        {"bogus": Variant("b", True)}) == api.INVALID_ARGUMENT
+        missing = api.path_of("lun", "0" * 32)
+        assert error_of("DeleteLun", "oa{sv}", missing, {}) == api.NOT_FOUND
+        assert error_of("DeleteLun", "oa{sv}", "/org/lunresync1/job/1", {}) == \
+            api.INVALID_ARGUMENT
+        assert error_of("Resync", "a(oo)a{sv}", [[shadow_path("1" * 32), "/"]], {}) == \
+            api.NOT_FOUND
+        assert sorted(client.managed_objects()) == before

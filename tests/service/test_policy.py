@@ -1,0 +1,121 @@
+"""The bus policy (lunresync/service/data/org.lunresync1.conf) on a real dbus-daemon: a
+user who is neither root nor in the group lunresync may read (introspect, properties,
+the object list, ping) and nothing else; the bus refuses the rest before the service sees
+it. Root passes the same calls through to the service."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dbus_fast import Variant
+
+from lunresync.provider.model import ShadowKind
+from lunresync.requester.document import BackupDocument, DocumentLun
+from lunresync.service import api
+from tests.dbus_support import PrivateBus, ServiceProcess
+
+from .support import (
+    ACCESS_DENIED,
+    FAKE_JOB,
+    FAKE_LUN,
+    FAKE_SESSION,
+    FAKE_SHADOW,
+    FAKE_WRITER,
+    NO_ID,
+    PROPERTIES,
+    Call,
+    call_all,
+    call_all_as_nobody,
+    manager,
+)
+
+pytestmark = pytest.mark.service
+
+
+def document_text() -> str:
+    """A well-formed backup components document (of shadow copies that do not exist)."""
+    lun = DocumentLun(NO_ID, "db", 1 << 20, "1" * 32, ShadowKind.DIFFERENTIAL)
+    return json.dumps(BackupDocument("2" * 32, "3" * 32, 0.0, ShadowKind.DIFFERENTIAL,
+                                     (lun,), ()).to_json())
+
+
+# Every method that changes something, with arguments the service would accept in shape.
+MUTATING = [
+    manager("CreateLun", "sta{sv}", "denied", 1 << 20, {}),
+    manager("DeleteLun", "oa{sv}", FAKE_LUN, {"force": Variant("b", True)}),
+    manager("CreateSnapshotSet", "aosa{sv}", [FAKE_LUN], "differential", {}),
+    manager("Backup", "aoa{sv}", [FAKE_LUN], {}),
+    manager("BeginRestore", "sa{sv}", document_text(), {}),
+    manager("Resync", "a(oo)a{sv}", [[FAKE_SHADOW, api.NO_OBJECT]], {}),
+    manager("RegisterWriter", "sas", "denied", ["main=db"]),
+    manager("Activate", "a{sv}", {}),
+    Call(FAKE_SHADOW, api.SHADOW_COPY, "Delete", "a{sv}", ({},)),
+    Call(FAKE_JOB, api.JOB, "Cancel", "a{sv}", ({},)),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "SelectComponents", "as", (["main"],)),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "AddSnapshotToRecoverySet", "os",
+         (FAKE_SHADOW, "")),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "PreRestore"),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "RecoverSet", "a{sv}", ({},)),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "PostRestore"),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "Close"),
+    Call(FAKE_WRITER, api.WRITER, "Reply", "sbs", ("token", True, "")),
+    Call(FAKE_WRITER, api.WRITER, "Unregister"),
+    # No property is writable; the policy refuses Set all the same.
+    Call(api.MANAGER_PATH, PROPERTIES, "Set", "ssv",
+         (api.MANAGER, "Pool", Variant("s", "/tmp"))),
+]
+
+# Reads the policy does not grant to everybody either (the service would allow them).
+DENIED_READS = [
+    manager("GetCapabilities"),
+    Call(FAKE_SESSION, api.RESTORE_SESSION, "GetWriterStatus"),
+]
+
+READS = [
+    Call(api.ROOT, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
+    Call(api.MANAGER_PATH, PROPERTIES, "Get", "ss", (api.MANAGER, "ApiVersion")),
+    Call(api.MANAGER_PATH, PROPERTIES, "GetAll", "s", (api.MANAGER,)),
+    Call(api.MANAGER_PATH, "org.freedesktop.DBus.Introspectable", "Introspect"),
+    Call(api.ROOT, "org.freedesktop.DBus.Introspectable", "Introspect"),
+    Call(api.MANAGER_PATH, "org.freedesktop.DBus.Peer", "Ping"),
+]
+
+
+def test_the_bus_denies_every_mutating_method_to_others(
+        bus: PrivateBus, service: ServiceProcess) -> None:
+    outcomes = call_all_as_nobody(bus.address, MUTATING + DENIED_READS)
+    wrong = {call.label: outcome for call, outcome in zip(MUTATING + DENIED_READS, outcomes,
+                                                          strict=True)
+             if outcome.error != ACCESS_DENIED}
+    assert not wrong, f"not denied by the bus: {wrong}\n{service.output()}"
+
+
+def test_others_may_read(bus: PrivateBus, service: ServiceProcess) -> None:
+    objects, value, everything, introspected, root, ping = call_all_as_nobody(
+        bus.address, READS)
+    failed = {call.label: o for call, o in zip(READS, (objects, value, everything,
+                                                       introspected, root, ping), strict=True)
+              if o.error is not None}
+    assert not failed, f"refused a read: {failed}"
+    assert api.MANAGER in objects.value[0][api.MANAGER_PATH]
+    assert value.value == [1]
+    assert everything.value[0]["ApiVersion"] == api.API_VERSION
+    assert everything.value[0]["Pool"] == str(service.pool)
+    assert f'<interface name="{api.MANAGER}">' in introspected.value[0]
+    assert '<node name="Manager"' in root.value[0]
+    assert ping.value == []
+
+
+def test_root_passes_the_bus(bus: PrivateBus, service: ServiceProcess) -> None:
+    """The same calls from root reach the service (its answers vary: no such object, no
+    device-mapper here...), which shows the denial above is the policy's, for others."""
+    calls = [c for c in MUTATING + DENIED_READS if c.member != "Set"]
+    outcomes = call_all(bus.address, calls)
+    denied = [call.label for call, outcome in zip(calls, outcomes, strict=True)
+              if outcome.error == ACCESS_DENIED]
+    assert not denied, f"root was denied: {denied}"
+    by_member = {call.member: outcome for call, outcome in zip(calls, outcomes, strict=True)
+                 if call.path == api.MANAGER_PATH}
+    assert by_member["GetCapabilities"].error is None
+    assert by_member["DeleteLun"].error == api.NOT_FOUND
