@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark: the resync engines. Time to online, copy time against dd, merge of 1% and
-10% changed chunks against a full copy, 4 KiB random-read latency during a copy. Prints
-markdown tables. Needs root and device-mapper (dm-clone for the clone rows). The pools
-live on a tmpfs in the guest, so the VM needs memory for about three LUNs of the largest
-size:
+"""Benchmark: the resync engines. Time to online, copy time against dd, in-place restores
+of 1% and 10% changed chunks (merge, sparse clone) against a full copy, 4 KiB random-read
+latency during a copy. Prints markdown tables. Needs root and device-mapper (dm-clone for
+the clone rows). The pools live on a tmpfs in the guest, so the VM needs memory for about
+three LUNs of the largest size:
 
     python3 tests/vm.py --memory 10G -- .venv/bin/python bench/resync.py
 
@@ -107,13 +107,22 @@ def bench_size(root: Path, size: int, engines: list[EngineKind]) -> dict[str, An
         row["dd"] = dd_copy(shadow.path, dst.path)
         for engine in engines:
             row[engine.value] = restore(provider, log, ResyncPair(shadow.id, "dst"), engine)
-        for fraction in (0.01, 0.10):
-            change_chunks(src.path, size, fraction)
-            row[f"merge{int(fraction * 100)}"] = restore(provider, log, ResyncPair(shadow.id),
-                                                         EngineKind.MERGE)
+        for fraction in FRACTIONS:
+            for engine in in_place_engines(engines):
+                change_chunks(src.path, size, fraction)  # the same chunks for each engine
+                row[f"{engine.value}{int(fraction * 100)}"] = restore(
+                    provider, log, ResyncPair(shadow.id), engine)
         provider.deactivate()
     shutil.rmtree(root / f"pool-{size}")  # the pools live in the guest's memory
     return row
+
+
+FRACTIONS = (0.01, 0.10)
+
+
+def in_place_engines(engines: list[EngineKind]) -> list[EngineKind]:
+    """merge, and clone where the kernel has it (sparse: only the changed chunks)."""
+    return [EngineKind.MERGE, *(e for e in engines if e is EngineKind.CLONE)]
 
 
 def bench_latency(root: Path, size: int, engine: EngineKind) -> dict[str, float]:
@@ -169,25 +178,29 @@ def main() -> int:
         latency = {e: bench_latency(root, sizes[-1], e) for e in engines}
         cli = bench_cli_online(root, sizes[0], engines[-1])
     print("## Full restore to another LUN (engine call in a running process)\n")
-    print("| LUN size | engine | online s | processes until online | copy s | dd s |"
-          " throughput / dd |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| LUN size | engine | online s | processes until online | kernel requests until"
+          " online | copy s (from the call) | dd s | throughput / dd |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         for engine in engines:
             r = row[engine.value]
-            print(f"| {row['size'] // MiB} MiB | {engine.value} | {r['online']:.2f} |"
-                  f" {r['processes']} | {r['total']:.2f} | {row['dd']:.2f} |"
-                  f" {row['dd'] / r['total']:.2f} |")
-    print("\n## In-place merge of changed chunks (8 KiB), against a full copy\n")
-    print("| LUN size | changed | online s | I/O freeze s | merge s | / dd |"
-          " / full clone or mirror |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+            print(f"| {row['size'] // MiB} MiB | {engine.value} | {r['online']:.3f} |"
+                  f" {r['processes']} | {r['requests']} | {r['total']:.2f} |"
+                  f" {row['dd']:.2f} | {row['dd'] / r['total']:.2f} |")
+    print("\n## In place: a differential shadow copy back into its LUN, 8 KiB chunks changed"
+          " at random, against a full copy\n")
+    print("| LUN size | changed | engine | online s | I/O freeze s | restore s | / dd |"
+          " / full copy (best engine) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         full = min(row[e.value]["total"] for e in engines)
-        for pct in (1, 10):
-            r = row[f"merge{pct}"]
-            print(f"| {row['size'] // MiB} MiB | {pct}% | {r['online']:.2f} | {r['freeze']:.2f} |"
-                  f" {r['total']:.2f} | {r['total'] / row['dd']:.3f} | {r['total'] / full:.3f} |")
+        for fraction in FRACTIONS:
+            pct = int(fraction * 100)
+            for engine in in_place_engines(engines):
+                r = row[f"{engine.value}{pct}"]
+                print(f"| {row['size'] // MiB} MiB | {pct}% | {engine.value} |"
+                      f" {r['online']:.3f} | {r['freeze']:.3f} | {r['total']:.2f} |"
+                      f" {r['total'] / row['dd']:.3f} | {r['total'] / full:.3f} |")
     print(f"\n## 4 KiB random reads on the destination ({sizes[-1] // MiB} MiB, fio, QD1)\n")
     print("| engine | during copy ms | idle ms | ratio | copy progress when fio ended |")
     print("| --- | --- | --- | --- | --- |")

@@ -36,6 +36,7 @@ class PairSpec:
     size: int  # bytes of the shadow copy
     source_store: str  # differential: the COW store file; clone: the image
     chunk_sectors: int  # differential shadow copy's chunk size
+    in_place: bool = False  # a differential shadow copy restored into its own LUN
 
 
 class Engine(Protocol):
@@ -58,8 +59,9 @@ class Engine(Protocol):
         """While the destination is suspended, just before its table is loaded."""
         ...
 
-    @property
-    def needs_freeze(self) -> bool: ...
+    def needs_freeze(self, plan: PairPlan) -> bool:
+        """Whether :meth:`in_freeze` must run while the destination is suspended."""
+        ...
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table: ...
 

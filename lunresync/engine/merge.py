@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 class MergeEngine:
     kind: ClassVar[EngineKind] = EngineKind.MERGE
-    needs_freeze = True
+
+    def needs_freeze(self, plan: PairPlan) -> bool:
+        return True
 
     def default_region(self, spec: PairSpec) -> int:
         return spec.chunk_sectors

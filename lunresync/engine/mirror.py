@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
     from lunresync.provider.undo import Undo
 
-# 4 MiB regions: dm-mirror copies one region at a time, so larger regions copy faster;
-# a write into a region being copied waits for it, so not much larger (bench/resync.py).
-REGION_SECTORS = 8192
+# 16 MiB regions: dm-mirror copies one region at a time, so larger regions copy faster
+# (2 GiB in the TCG VM: 0.45 of dd with 4 MiB regions, 0.54 with 16 MiB, no better with
+# 64 MiB); a write into a region being copied waits for it, so not larger.
+REGION_SECTORS = 32768
 
 
 def overlay_store_size(size: int, chunk_sectors: int) -> int:
@@ -46,7 +47,9 @@ def overlay_store_size(size: int, chunk_sectors: int) -> int:
 
 class MirrorEngine:
     kind: ClassVar[EngineKind] = EngineKind.MIRROR
-    needs_freeze = False
+
+    def needs_freeze(self, plan: PairPlan) -> bool:
+        return False
     OVERLAY_CHUNK = 16
 
     def default_region(self, spec: PairSpec) -> int:

@@ -62,7 +62,13 @@ class PairPlan:
     files: dict[str, str] = field(default_factory=dict)  # role -> path under POOL/jobs
     overlay: str | None = None  # mirror: writable throwaway snapshot of the shadow copy
     overlay_uuid: str | None = None
-    exceptions_at_start: int = 0  # merge: source COW exceptions when the restore began
+    exceptions_at_start: int = 0  # merge, sparse clone: chunks to copy at the start
+    # clone in place from a differential: only the chunks changed since the shadow copy are
+    # copied; the others are marked hydrated beforehand, through ``marker``, a temporary
+    # clone device over the same metadata (engine/clone.py)
+    sparse: bool = False
+    marker: str | None = None
+    marker_uuid: str | None = None
     # Kernel log records older than this (usec since boot) are not this mapping's: set when
     # the mapping is made, again after a reboot.
     log_since_usec: int = 0
@@ -77,7 +83,7 @@ class PairPlan:
     def helper_devices(self) -> list[str]:
         """The job's own dm devices, in removal order (users first)."""
         own = [self.top] if self.own_top else []
-        return own + [n for n in (self.overlay, self.leg_helper) if n is not None]
+        return own + [n for n in (self.marker, self.overlay, self.leg_helper) if n is not None]
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,8 @@ class Resyncer:
         need = 0
         for index, c in enumerate(checked):
             engine = ENGINES[c.engine]
-            spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors)
+            in_place = _in_place(c.shadow, c.lun)
+            spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors, in_place)
             region = engine.default_region(spec)
             sizes[index] = engine.file_sizes(spec, region)
             need += sum(size or 0 for size in sizes[index].values())
@@ -333,13 +334,16 @@ class Resyncer:
                 assert c.device is not None
                 top, top_uuid, own, leg = helper, helper_uuid, True, c.device
             mirror = c.engine is EngineKind.MIRROR
+            sparse = c.engine is EngineKind.CLONE and in_place
             plan = PairPlan(
                 top=top, top_uuid=top_uuid, own_top=own, leg=leg, leg_helper=leg_helper,
                 leg_helper_uuid=leg_helper_uuid, source=c.shadow.path,
                 source_store=c.shadow.store, sectors=c.shadow.sectors,
                 dest_sectors=c.size // 512, region_sectors=region, files=files,
                 overlay=f"{helper}-ovl" if mirror else None,
-                overlay_uuid=f"{helper_uuid}-ovl" if mirror else None)
+                overlay_uuid=f"{helper_uuid}-ovl" if mirror else None, sparse=sparse,
+                marker=f"{helper}-mark" if sparse else None,
+                marker_uuid=f"{helper_uuid}-mark" if sparse else None)
             pairs.append(JobPair(index, c.engine, c.shadow.id,
                                  c.lun.id if c.lun else None, c.dest, JobState.PENDING, 0,
                                  c.shadow.size, plan))
@@ -359,7 +363,7 @@ class Resyncer:
             ENGINES[pair.engine].prepare(self.p, pair.plan, devices[pair.index], undo)
         plans = {pair.index: pair.plan for pair in job.pairs}
         tops = [pair.plan.top for pair in job.pairs]
-        frozen = [pair for pair in job.pairs if ENGINES[pair.engine].needs_freeze]
+        frozen = [pair for pair in job.pairs if ENGINES[pair.engine].needs_freeze(pair.plan)]
         for pair in job.pairs:
             if pair.plan.own_top:
                 self.p.create_device(pair.plan.top, None, pair.plan.top_uuid, undo)
@@ -385,7 +389,8 @@ class Resyncer:
             for pair in job.pairs:
                 plan = replace(plans[pair.index], log_since_usec=since)
                 total = (plan.exceptions_at_start * plan.region_sectors * 512
-                         if pair.engine is EngineKind.MERGE else pair.bytes_total)
+                         if pair.engine is EngineKind.MERGE or plan.sparse
+                         else pair.bytes_total)
                 self.store.update_pair(job.id, pair.index, state=JobState.RUNNING, plan=plan,
                                        bytes_total=total)
             job = self.store.job(job.id)
@@ -419,13 +424,13 @@ class Resyncer:
             real = f"/dev/mapper/{plan.top}-real"  # leg helpers exist for LUNs only
             info = self.p.create_device(plan.leg_helper, Table.single(
                 SnapshotOriginTable(real), plan.dest_sectors), plan.leg_helper_uuid, undo,
-                udev_sync=False)
+                udev_sync=False, private=True)
             devices[f"/dev/mapper/{plan.leg_helper}"] = info.devno
         if plan.overlay is not None and (fresh or not self.p.device_exists(plan.overlay)):
             assert plan.overlay_uuid is not None
             info = self.p.create_device(plan.overlay, Table.single(
                 SnapshotTable(plan.source, devices["overlay"], chunk_sectors=OVERLAY_CHUNK),
-                plan.sectors), plan.overlay_uuid, undo, udev_sync=False)
+                plan.sectors), plan.overlay_uuid, undo, udev_sync=False, private=True)
             devices[f"/dev/mapper/{plan.overlay}"] = info.devno
         return devices
 
@@ -582,11 +587,12 @@ class Resyncer:
             if pair.engine is EngineKind.MIRROR:
                 overlay = read_store(plan.files["overlay"])
                 chunks, chunk_sectors = overlay.origin_chunks(), overlay.chunk_sectors
-            elif pair.engine is EngineKind.MERGE and plan.source_store is not None:
-                # A chunk first written during the merge was copied into the shadow copy's
-                # COW store. A chunk that had changed before the restore (the ones merged)
+            elif (pair.engine is EngineKind.MERGE or plan.sparse) \
+                    and plan.source_store is not None:
+                # A chunk first written during the restore was copied into the shadow copy's
+                # COW store. A chunk that had changed before the restore (the ones copied)
                 # and was written during it leaves no trace: all of those count as
-                # possibly written, so verify checks every chunk the merge did not touch.
+                # possibly written, so verify checks every chunk the restore did not copy.
                 source = read_store(plan.source_store)
                 chunks = source.origin_chunks()
                 chunk_sectors = source.chunk_sectors
@@ -600,7 +606,7 @@ class Resyncer:
 
     def _teardown(self, plan: PairPlan) -> None:
         """Remove the pair's helper devices, loop devices and files (not its top)."""
-        for name in (plan.overlay, plan.leg_helper):
+        for name in (plan.marker, plan.overlay, plan.leg_helper):
             if name is not None:
                 self.p.dm.remove(name, missing_ok=True, udev_sync=False)
         for path in plan.files.values():
@@ -757,10 +763,15 @@ class Resyncer:
         return [pair.plan.top for _, pair in self.store.active_pairs() if pair.plan.own_top]
 
 
+def _in_place(shadow: ShadowCopy, lun: Lun | None) -> bool:
+    """A differential shadow copy restored into its own LUN: only changed chunks differ."""
+    return (lun is not None and shadow.kind is ShadowKind.DIFFERENTIAL
+            and shadow.lun_id == lun.id)
+
+
 def _choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | None,
                    usable: Mapping[str, bool]) -> EngineKind:
-    in_place = (lun is not None and shadow.kind is ShadowKind.DIFFERENTIAL
-                and shadow.lun_id == lun.id)
+    in_place = _in_place(shadow, lun)
     if requested is EngineKind.MERGE and not in_place:
         raise InvalidArgument("the merge engine restores a differential shadow copy into its"
                               " own LUN only (use mirror or clone for other pairs)")
@@ -770,9 +781,11 @@ def _choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | 
                                f" {requested.target} target, which this kernel lacks (see"
                                " lunresync doctor)")
         return requested
-    if in_place and usable.get("snapshot-merge", False):
-        return EngineKind.MERGE
-    for kind in (EngineKind.CLONE, EngineKind.MIRROR):
+    # In place, dm-clone copies only the changed chunks too (sparse hydration), many at a
+    # time, where snapshot-merge copies them one by one: several times faster.
+    preferred = (EngineKind.CLONE, EngineKind.MERGE, EngineKind.MIRROR) if in_place \
+        else (EngineKind.CLONE, EngineKind.MIRROR)
+    for kind in preferred:
         if usable.get(kind.target, False):
             return kind
     raise NotSupported("this kernel has neither the dm clone nor the dm mirror target:"

@@ -52,7 +52,13 @@ from .dmioctl import (
 from .names import dm_name, dm_uuid
 from .runner import Runner
 from .targets import ErrorTable, StatusLine, Table, parse_status_line, parse_table
-from .udevsync import UdevCookie, dm_rules_installed, flags_only
+from .udevsync import (
+    DEFAULT_FLAGS,
+    PRIVATE_FLAGS,
+    UdevCookie,
+    dm_rules_installed,
+    flags_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +146,26 @@ class DeviceMapper:
         return udev.is_running() and dm_rules_installed()
 
     @contextlib.contextmanager
-    def udev_batch(self, sync: bool | None = None) -> Iterator[UdevBatch]:
+    def udev_batch(self, sync: bool | None = None, *,
+                   private: bool = False) -> Iterator[UdevBatch]:
         """Resumes and removals that send uevents; when the block ends (and ``sync``), a
         wait until udev has handled every one of them, as ``dmsetup`` waits.
 
         The wait can come later than the requests: a freeze resumes its devices inside the
         block and udev is waited for only once the freeze is over (no process, no
-        ``udevadm settle``)."""
+        ``udevadm settle``). ``private``: udev makes the /dev/mapper link and runs no other
+        rule (no blkid probe holding the device open), as LVM asks for its hidden devices.
+        """
         wait = self.udev_sync if sync is None else sync
+        flags = DEFAULT_FLAGS | (PRIVATE_FLAGS if private else 0)
         if not self._udev_running():
-            yield UdevBatch(self, None, nodes=True)
+            yield UdevBatch(self, None, nodes=True, flags=flags)
             return
         if not wait:
-            yield UdevBatch(self, None, nodes=False)
+            yield UdevBatch(self, None, nodes=False, flags=flags)
             return
-        with UdevCookie(timeout=self.timeout) as cookie:
-            yield UdevBatch(self, cookie, nodes=False)
+        with UdevCookie(timeout=self.timeout, flags=flags) as cookie:
+            yield UdevBatch(self, cookie, nodes=False, flags=flags)
             cookie.wait()
 
     # -- queries ---------------------------------------------------------------------------
@@ -207,12 +217,14 @@ class DeviceMapper:
     # -- changes ---------------------------------------------------------------------------
 
     def create(self, name: str, table: Table | None, *, uuid: str | None = None,
-               read_only: bool = False, udev_sync: bool | None = None) -> DmInfo:
+               read_only: bool = False, udev_sync: bool | None = None,
+               private: bool = False) -> DmInfo:
         """Create a device; with a table, load it and make it live. ``table=None`` creates
         it with no table (load one later). A failure leaves no device behind.
 
         ``udev_sync=False`` returns before udev has made ``/dev/mapper/NAME``: refer to
         the device by ``devno`` (``/dev/dm-N`` exists at once, made by the kernel).
+        ``private``: a helper nobody else should open (see :meth:`udev_batch`).
         """
         reply = self._call(Command.DEV_CREATE, dm_name(name),
                            uuid=dm_uuid(uuid) if uuid is not None else "")
@@ -220,7 +232,7 @@ class DeviceMapper:
             return DmInfo.from_reply(reply)
         try:
             self.load(name, table, read_only=read_only)
-            with self.udev_batch(udev_sync) as batch:
+            with self.udev_batch(udev_sync, private=private) as batch:
                 reply = batch.resume(name)
         except BaseException:
             with contextlib.suppress(LunresyncError):
@@ -340,11 +352,12 @@ class UdevBatch:
     dm: DeviceMapper
     cookie: UdevCookie | None
     nodes: bool  # no udevd: make and remove the /dev/mapper nodes here
+    flags: int = DEFAULT_FLAGS
 
     def _event_nr(self) -> int:
         if self.cookie is not None:
             return self.cookie.event_nr
-        return 0 if self.nodes else flags_only()
+        return 0 if self.nodes else flags_only(self.flags)
 
     def _send(self, command: Command, name: str, *, verb: str | None = None) -> Reply:
         if self.cookie is not None:

@@ -41,9 +41,14 @@ log = logging.getLogger(__name__)
 COOKIE_MAGIC = 0x0D4D
 FLAGS_SHIFT = 16
 # libdevmapper's DM_UDEV_* flags (libdm/libdevmapper.h).
+DISABLE_SUBSYSTEM_RULES = 0x0002
+DISABLE_DISK_RULES = 0x0004
+DISABLE_OTHER_RULES = 0x0008
 DISABLE_LIBRARY_FALLBACK = 0x0020
 PRIMARY_SOURCE = 0x0040
 DEFAULT_FLAGS = DISABLE_LIBRARY_FALLBACK | PRIMARY_SOURCE
+# A private helper: the /dev/mapper link only, no probe (what LVM asks for its own).
+PRIVATE_FLAGS = DISABLE_SUBSYSTEM_RULES | DISABLE_DISK_RULES | DISABLE_OTHER_RULES
 
 # <sys/ipc.h>, <sys/sem.h>
 _IPC_CREAT = 0o1000

@@ -466,11 +466,13 @@ class Provider:
         return removed
 
     def create_device(self, name: str, table: Table | None, uuid: str, undo: Undo,
-                      *, read_only: bool = False, udev_sync: bool | None = None) -> DmInfo:
+                      *, read_only: bool = False, udev_sync: bool | None = None,
+                      private: bool = False) -> DmInfo:
         """Create a dm device (undone by ``undo``). ``udev_sync=False``: do not wait for
-        its /dev/mapper link (refer to it by ``info.devno``)."""
+        its /dev/mapper link (refer to it by ``info.devno``); ``private``: an internal
+        helper that udev must not probe."""
         info = self.dm.create(name, table, uuid=uuid, read_only=read_only,
-                              udev_sync=udev_sync)
+                              udev_sync=udev_sync, private=private)
         if self._present is not None:  # keep the device list of this operation whole
             self._present[name] = info
         undo.push(f"remove {name}", lambda: self.dm.remove(name, missing_ok=True))

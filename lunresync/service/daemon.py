@@ -339,9 +339,14 @@ class Daemon:
         from lunresync.requester.workflow import RestoreSession
 
         owner = _caller.get() or ""
-        document = _checked(lambda: parse_document(text.encode(), "the backup document"))
         load = self._writers(timeout)
-        session = await self.call(lambda p: RestoreSession(p, document, load(p)))
+
+        def begin(p: Provider) -> RestoreSession:
+            # Parsed in the worker: a document may be megabytes; the bus loop goes on.
+            document = parse_document(text.encode(), "the backup document")
+            return RestoreSession(p, document, load(p))
+
+        session = await self.call(begin)
         obj = RestoreSessionObject(self, session, owner)
         self.sessions[obj.path] = obj
         self._export(obj.path, obj)
@@ -352,7 +357,6 @@ class Daemon:
             self._unexport(obj.path, obj)
 
     async def register_writer(self, name: str, components: Sequence[str]) -> str:
-        await self.check_caller()
         owner = _caller.get() or ""
         _checked(lambda: check_writer_name(name))
         parsed = _checked(lambda: parse_registered_components(components))
@@ -361,14 +365,17 @@ class Daemon:
         self._writer_serial += 1
         path = api.path_of("writer", str(self._writer_serial))
         loop = asyncio.get_running_loop()
-        holder: list[WriterObject] = []
 
         def emit(token: str, event: str, description: str) -> None:
-            loop.call_soon_threadsafe(holder[0].Event, token, event, description)
+            # Sent to the writer's client alone: descriptions name LUNs, devices and
+            # sessions, which other local users need not see.
+            loop.call_soon_threadsafe(self.bus.send, Message(
+                message_type=MessageType.SIGNAL, destination=owner, path=path,
+                interface=api.WRITER, member="Event", signature="sss",
+                body=[token, event, description]))
 
         writer = DbusWriter(name, parsed, owner, emit, self.writer_timeout)
         obj = WriterObject(self, writer, path)
-        holder.append(obj)
         self.writers[path] = obj
         self._export(path, obj)
         log.info("writer %s registered by %s", name, owner)

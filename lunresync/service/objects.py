@@ -7,11 +7,13 @@ errors to named D-Bus errors and refreshes the objects afterwards.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from dbus_fast import PropertyAccess, Variant
+from dbus_fast import ArgDirection, PropertyAccess, Variant
+from dbus_fast import introspection as intr
 from dbus_fast.annotations import (
     DBusBool,
     DBusDict,
@@ -50,6 +52,29 @@ DBusJobPairs = Annotated[list[list[str]], DBusSignature("a(sssss)")]
 DBusRecoveryPairs = Annotated[list[list[str]], DBusSignature("a(sss)")]
 
 READ = PropertyAccess.READ
+M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
+
+
+def changes(fn: M) -> M:
+    """A method that changes something: the caller is checked before anything else (the
+    bus policy should have refused it already; this is the second fence) - root or the
+    admin group, and the owner for a session's or a writer's methods - and lunresync errors
+    reach it as named D-Bus errors."""
+    @functools.wraps(fn)
+    async def call(self: Any, *args: Any) -> Any:
+        await self.daemon.check_caller(owner=getattr(self, "owner", None))
+        return await fn(self, *args)
+
+    return api.mapped(call)  # type: ignore[return-value]
+
+
+def name_signal_args(signal: Callable[..., Any], names: Sequence[str]) -> None:
+    """Name a signal's arguments in the introspection data (dbus-fast leaves them
+    unnamed: it builds them from the return annotation alone)."""
+    info = signal.__dict__["__DBUS_SIGNAL"]
+    args = [intr.Arg(arg.signature, ArgDirection.OUT, name)
+            for arg, name in zip(info.introspection.args, names, strict=True)]
+    info.introspection = intr.Signal(info.name, args)
 
 
 def _epoch(text: str | None) -> int:
@@ -241,7 +266,7 @@ class ShadowCopyObject(Exported):
         return int(self.value("CowSize"))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Delete(self, options: DBusDict) -> DBusNothing:
         """Delete this shadow copy and its store."""
         api.options(options, {})
@@ -367,7 +392,7 @@ class JobObject(Exported):
         return list(self.value("Pairs"))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Cancel(self, options: DBusDict) -> DBusNothing:
         """Stop the restore: each unfinished destination is fenced (see docs/engine.md)."""
         api.options(options, {})
@@ -446,12 +471,12 @@ class RestoreSessionObject(ServiceInterface):
         return self._job()
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def SelectComponents(self, components: DBusStrList) -> DBusNothing:
         await self._step(lambda _: self.session.select_components(list(components)))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def AddSnapshotToRecoverySet(self, shadow_copy: DBusObjectPath,
                                        destination: DBusStr) -> DBusNothing:
         """``destination``: a LUN name, a block device path, or "" for the original LUN."""
@@ -459,12 +484,12 @@ class RestoreSessionObject(ServiceInterface):
         await self._step(lambda _: self.session.add(shadow_id, destination or None))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def PreRestore(self) -> DBusNothing:
         await self._step(lambda _: self.session.pre_restore())
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def RecoverSet(self, options: DBusDict) -> DBusObjectPath:
         """Start the resync of the recovery set; every destination is online on return.
         Options: engine (s), volume_check (b), revert_identity (b)."""
@@ -477,21 +502,23 @@ class RestoreSessionObject(ServiceInterface):
         return api.path_of("job", handle.id)
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def PostRestore(self) -> DBusNothing:
         await self._step(lambda _: self.session.post_restore())
 
     @dbus_method()
     @api.mapped
-    def GetWriterStatus(self) -> DBusWriterStatus:
+    async def GetWriterStatus(self) -> DBusWriterStatus:
         """(writer, state, message) of each writer: "stable" or "failed-at-<event>"."""
-        return [[s.writer, s.state, s.message] for s in self.session.writer_status()]
+        # In the worker: a step of the session may be changing it there.
+        status = await self.daemon.call(lambda _: self.session.writer_status(),
+                                        mutating=False)
+        return [[s.writer, s.state, s.message] for s in status]
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Close(self) -> DBusNothing:
         """Forget the session (a running job goes on)."""
-        await self.daemon.check_caller(owner=self.owner)
         self.daemon.close_session(self)
 
 
@@ -505,6 +532,11 @@ class WriterObject(ServiceInterface):
         self.daemon = daemon
         self.writer = writer
         self.path = path
+
+    @property
+    def owner(self) -> str:
+        """Only the client that registered may answer and unregister."""
+        return self.writer.owner
 
     @dbus_property(access=READ)
     def Name(self) -> DBusStr:
@@ -527,19 +559,17 @@ class WriterObject(ServiceInterface):
         return [token, event, description]
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Reply(self, token: DBusStr, success: DBusBool,
                     message: DBusStr) -> DBusNothing:
-        await self.daemon.check_caller(owner=self.writer.owner)
         try:
             self.writer.answer(token, success, message)
         except InvalidArgument as exc:
             raise api.to_dbus_error(exc) from None
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Unregister(self) -> DBusNothing:
-        await self.daemon.check_caller(owner=self.writer.owner)
         self.daemon.unregister_writer(self)
 
 
@@ -604,7 +634,7 @@ class ManagerObject(ServiceInterface):
         return {key: _variant(value) for key, value in caps.to_json().items()}
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def CreateLun(self, name: DBusStr, size_bytes: DBusUInt64,
                         options: DBusDict) -> DBusObjectPath:
         api.options(options, {})
@@ -616,7 +646,7 @@ class ManagerObject(ServiceInterface):
         return api.path_of("lun", lun.id)
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def DeleteLun(self, lun: DBusObjectPath, options: DBusDict) -> DBusNothing:
         """Options: force (b): delete its differential shadow copies too."""
         values = api.options(options, {"force": "b"})
@@ -625,7 +655,7 @@ class ManagerObject(ServiceInterface):
                                                       force=values.get("force", False)))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def CreateSnapshotSet(self, luns: DBusPathList, kind: DBusStr,
                                 options: DBusDict) -> DBusSetResult:
         api.options(options, {})
@@ -641,7 +671,7 @@ class ManagerObject(ServiceInterface):
                 [api.path_of("shadow", s.id) for s in snapshot_set.shadow_copies]]
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Backup(self, luns: DBusPathList, options: DBusDict) -> DBusStr:
         """The VSS-style backup with the writers; returns the backup components document
         (JSON). Options: kind (s), writer_timeout (d)."""
@@ -652,7 +682,7 @@ class ManagerObject(ServiceInterface):
         return await self.daemon.backup(ids, shadow_kind, timeout)
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def BeginRestore(self, document: DBusStr, options: DBusDict) -> DBusObjectPath:
         """A restore session on a backup components document (its JSON text). Options:
         writer_timeout (d)."""
@@ -662,7 +692,7 @@ class ManagerObject(ServiceInterface):
         return session.path
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Resync(self, pairs: DBusPairs, options: DBusDict) -> DBusObjectPath:
         """Restore shadow copies online: (shadow copy, destination LUN) pairs, "/" as the
         destination for the shadow copy's own LUN. Returns once every destination is online.
@@ -686,14 +716,14 @@ class ManagerObject(ServiceInterface):
         return api.path_of("job", job.id)
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def RegisterWriter(self, name: DBusStr,
                              components: DBusStrList) -> DBusObjectPath:
         """Become a writer: events arrive as Writer.Event signals on the returned object."""
         return await self.daemon.register_writer(name, list(components))
 
     @dbus_method()
-    @api.mapped
+    @changes
     async def Activate(self, options: DBusDict) -> DBusStrList:
         """Rebuild every device from the catalog (as ``lunresync activate``); returns what
         was created."""
@@ -706,3 +736,7 @@ def _timeout(value: float | None) -> float | None:
         raise api.to_dbus_error(InvalidArgument(
             f"writer_timeout {value} is not between 0 and 3600 seconds"))
     return value
+
+
+name_signal_args(JobObject.Completed, ["success", "message"])
+name_signal_args(WriterObject.Event, ["token", "event", "description"])

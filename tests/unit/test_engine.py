@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lunresync.cli.resync import parse_pairs
-from lunresync.engine.clone import CloneEngine
+from lunresync.engine.clone import CloneEngine, regions_of, unchanged_runs
 from lunresync.engine.cowfile import SNAP_MAGIC, copy_tail, read_store
 from lunresync.engine.merge import MergeEngine
 from lunresync.engine.mirror import MirrorEngine
@@ -21,6 +21,7 @@ from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
 from lunresync.kernel.kmsg import messages, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
+from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
 from lunresync.provider.catalog import MIGRATIONS, Catalog
 from lunresync.provider.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
@@ -42,8 +43,13 @@ ALL = {"snapshot-merge": True, "mirror": True, "clone": True}
 # -- engine choice ---------------------------------------------------------------------------
 
 
-def test_auto_choice_merges_in_place_and_clones_elsewhere() -> None:
-    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.MERGE
+def test_auto_choice_clones_sparsely_in_place_else_merges() -> None:
+    """In place, dm-clone copies the changed chunks only (and many at once); without it,
+    snapshot-merge does (one by one)."""
+    no_clone = {**ALL, "clone": False}
+    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.CLONE
+    assert _choose_engine(shadow(), LUN_A, None, no_clone) is EngineKind.MERGE
+    assert _choose_engine(shadow(), LUN_A, None, {"mirror": True}) is EngineKind.MIRROR
     assert _choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
     assert _choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
     assert _choose_engine(shadow(), None, None, ALL) is EngineKind.CLONE
@@ -302,3 +308,29 @@ def test_kernel_log_records_are_parsed(tmp_path: Path) -> None:
                                                       " failed")
     assert parse_record(b"garbage") is None
     assert messages(tmp_path / "missing") == []
+
+
+# -- sparse hydration (clone in place) ------------------------------------------------------
+
+
+def test_regions_of_changed_chunks() -> None:
+    assert regions_of([0, 5, 5, 9], 16, 16) == {0, 5, 9}
+    assert regions_of([0, 1, 2, 3, 9], 16, 64) == {0, 2}  # 4 chunks a region
+
+
+def test_unchanged_runs_cover_every_other_region() -> None:
+    assert unchanged_runs(set(), 10) == [(0, 10)]
+    assert unchanged_runs({0, 9}, 10) == [(1, 8)]
+    assert unchanged_runs({3, 4, 7}, 10) == [(0, 3), (5, 2), (8, 2)]
+    assert unchanged_runs(set(range(10)), 10) == []
+
+
+def test_sparse_progress_counts_the_changed_regions_only() -> None:
+    plan = PairPlan(top="lunresync-a", top_uuid="LUNRESYNC-a", own_top=False, leg="/dev/x",
+                    leg_helper=None, leg_helper_uuid=None, source="/dev/y", source_store=None,
+                    sectors=16 * 1000, dest_sectors=16 * 1000, region_sectors=16,
+                    exceptions_at_start=10, sparse=True)
+    status = (StatusLine(0, 16000, "clone", CloneStatus(
+        CloneMode.READ_WRITE, region_sectors=16, regions_hydrated=996, regions_total=1000)),)
+    progress = CloneEngine().progress(plan, status, "LUN a")
+    assert (progress.done, progress.total, progress.complete) == (6 * 8192, 10 * 8192, False)
