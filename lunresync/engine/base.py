@@ -8,10 +8,11 @@ and removing the files and helper devices the plan names is common work, done by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
 
 from .model import EngineKind, PairPlan
@@ -65,5 +66,7 @@ class Engine(Protocol):
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table: ...
 
-    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str) -> Progress:
+    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
+                 kernel_log: Sequence[KernelMessage]) -> Progress:
+        """From the table's status (and the kernel log records new since the last poll)."""
         ...

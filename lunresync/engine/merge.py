@@ -16,11 +16,12 @@ go through the origin's copy-on-write, so it keeps its content and can be used a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
 from lunresync.kernel.targets.snapshot import SnapshotState, SnapshotStatus
 from lunresync.kernel.targets.snapshot_merge import SnapshotMergeTable
@@ -70,7 +71,8 @@ class MergeEngine:
         return Table.single(SnapshotMergeTable(_real(plan), devices["cow"],
                                                chunk_sectors=chunk), plan.sectors)
 
-    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str) -> Progress:
+    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
+                 kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail
         snap = line.status
         total = plan.exceptions_at_start * plan.region_sectors * 512

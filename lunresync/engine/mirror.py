@@ -14,9 +14,10 @@ fails.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
 from lunresync.kernel.targets.mirror import (
     LogKind,
@@ -74,7 +75,8 @@ class MirrorEngine:
         legs = (MirrorLeg(f"/dev/mapper/{plan.overlay}"), MirrorLeg(plan.leg))
         return Table.single(MirrorTable(log, legs, handle_errors=True), plan.sectors)
 
-    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str) -> Progress:
+    def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
+                 kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail
         mirror = line.status
         if not isinstance(mirror, MirrorStatus):

@@ -45,6 +45,7 @@ from lunresync.errors import (
 from lunresync.kernel import udev
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.dm import DmInfo
+from lunresync.kernel.kmsg import KernelLog, KernelMessage
 from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
@@ -159,6 +160,7 @@ class Resyncer:
     def __init__(self, provider: Provider) -> None:
         self.p = provider
         self.store = JobStore(provider.catalog)
+        self.kernel_log = KernelLog()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -477,12 +479,13 @@ class Resyncer:
         active = self.store.jobs(active_only=True)
         if not active:
             return []
-        present = {d.name for d in self.p.dm.devices()}
+        present = self.p.dm.names()
+        kernel_log = self.kernel_log.new()  # what the kernel logged since the last poll
         for job in active:
             if job.state is JobState.PENDING:
                 self._recover_pending(job, present)
             else:
-                self._advance(job, present)
+                self._advance(job, present, kernel_log)
         return self.store.jobs(active_only=True)
 
     def fail_lost_destinations(self) -> list[Job]:
@@ -510,7 +513,8 @@ class Resyncer:
                 return f"the destination {pair.plan.leg} disappeared"
         return None
 
-    def _advance(self, job: Job, present: set[str]) -> None:
+    def _advance(self, job: Job, present: set[str],
+                 kernel_log: Sequence[KernelMessage]) -> None:
         lost = self._lost_destination(job)
         if lost is not None:
             self._end(job, JobState.FAILED, lost)
@@ -521,7 +525,8 @@ class Resyncer:
             if pair.plan.top not in present:
                 continue  # deactivated: activate rebuilds it, then the copy goes on
             status = self.p.dm.status(pair.plan.top)
-            progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest)
+            progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest,
+                                                     kernel_log)
             if progress.error is not None:
                 self._end(job, JobState.FAILED,
                           f"{pair.dest} (from shadow copy {pair.shadow_id[:12]}):"
@@ -615,7 +620,7 @@ class Resyncer:
 
     def _end(self, job: Job, state: JobState, error: str) -> None:
         """Cancel or fail: fence every unfinished destination, remove the helpers."""
-        present = {d.name for d in self.p.dm.devices()}
+        present = self.p.dm.names()
         for pair in job.pairs:
             if pair.state.finished:
                 continue
@@ -723,7 +728,7 @@ class Resyncer:
 
     def recover_pending(self) -> None:
         """Before activation: settle jobs a crash left pending."""
-        present = {d.name for d in self.p.dm.devices()}
+        present = self.p.dm.names()
         for job in self.store.jobs(active_only=True):
             if job.state is JobState.PENDING:
                 self._recover_pending(job, present)
@@ -781,9 +786,11 @@ def _choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | 
                                f" {requested.target} target, which this kernel lacks (see"
                                " lunresync doctor)")
         return requested
-    # In place, dm-clone copies only the changed chunks too (sparse hydration), many at a
-    # time, where snapshot-merge copies them one by one: several times faster.
-    preferred = (EngineKind.CLONE, EngineKind.MERGE, EngineKind.MIRROR) if in_place \
+    # In place, merge goes online fastest (the freeze copies only the COW's tail) and, for
+    # the few changes a revert usually has, ends first too. dm-clone copies only the
+    # changed chunks as well (sparse hydration) and, many at a time, ends sooner when
+    # there are very many (bench/resync.py): --engine clone asks for it.
+    preferred = (EngineKind.MERGE, EngineKind.CLONE, EngineKind.MIRROR) if in_place \
         else (EngineKind.CLONE, EngineKind.MIRROR)
     for kind in preferred:
         if usable.get(kind.target, False):

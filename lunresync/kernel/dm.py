@@ -192,6 +192,11 @@ class DeviceMapper:
                 found.append(info)
         return found
 
+    def names(self) -> set[str]:
+        """The names of every mapped device (one request, whatever their number)."""
+        listed = decode_name_list(self._call(Command.LIST_DEVICES).data)
+        return {entry.name for entry in listed}
+
     def info(self, name: str) -> DmInfo:
         """Info for one device; NotFound if there is none of that name."""
         return DmInfo.from_reply(self._call(Command.DEV_STATUS, dm_name(name)))

@@ -58,3 +58,39 @@ def messages(path: Path = KMSG) -> list[KernelMessage]:
 
 def find(needle: str, path: Path = KMSG) -> list[KernelMessage]:
     return [m for m in messages(path) if needle in m.text]
+
+
+class KernelLog:
+    """Follows the kernel log: :meth:`new` returns the records logged since its last call
+    (all that the kernel holds, the first time). Reading the whole log on every poll of
+    a job cost 0.08 s in the TCG VM; this reads each record once."""
+
+    def __init__(self, path: Path = KMSG) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def new(self) -> list[KernelMessage]:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return []
+        found: list[KernelMessage] = []
+        while True:
+            try:
+                record = os.read(self._fd, 8192)
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # records overwritten while away: go on
+                    continue
+                break  # EAGAIN: nothing more for now
+            if not record:
+                break
+            message = parse_record(record)
+            if message is not None:
+                found.append(message)
+        return found
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

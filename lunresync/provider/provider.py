@@ -530,7 +530,7 @@ class Provider:
             if duplicates:
                 raise InvalidArgument(
                     f"LUN named twice in one snapshot set: {', '.join(duplicates)}")
-            present = {d.name for d in self.dm.devices()}
+            present = self.dm.names()
             for lun in luns:
                 if lun.dm_name not in present:
                     raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")

@@ -3,6 +3,7 @@ format, job records in a real SQLite catalog, the CLI's pair syntax, verify's co
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lunresync.cli.resync import parse_pairs
-from lunresync.engine.clone import CloneEngine, regions_of, unchanged_runs
+from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
 from lunresync.engine.cowfile import SNAP_MAGIC, copy_tail, read_store
 from lunresync.engine.merge import MergeEngine
 from lunresync.engine.mirror import MirrorEngine
@@ -19,7 +20,7 @@ from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
-from lunresync.kernel.kmsg import messages, parse_record
+from lunresync.kernel.kmsg import KernelMessage, messages, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
@@ -43,12 +44,10 @@ ALL = {"snapshot-merge": True, "mirror": True, "clone": True}
 # -- engine choice ---------------------------------------------------------------------------
 
 
-def test_auto_choice_clones_sparsely_in_place_else_merges() -> None:
-    """In place, dm-clone copies the changed chunks only (and many at once); without it,
-    snapshot-merge does (one by one)."""
+def test_auto_choice_merges_in_place_and_clones_elsewhere() -> None:
     no_clone = {**ALL, "clone": False}
-    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.CLONE
-    assert _choose_engine(shadow(), LUN_A, None, no_clone) is EngineKind.MERGE
+    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.MERGE
+    assert _choose_engine(shadow(), LUN_A, None, {"clone": True}) is EngineKind.CLONE
     assert _choose_engine(shadow(), LUN_A, None, {"mirror": True}) is EngineKind.MIRROR
     assert _choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
     assert _choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
@@ -124,13 +123,13 @@ def test_mirror_progress_and_failed_leg() -> None:
     engine = MirrorEngine()
     p = plan(sectors=131072, region_sectors=1024)
     half = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 64/128 1 AA 3 disk 7:4 A"),
-                           "LUN b")
+                           "LUN b", ())
     assert (half.done, half.total, half.complete, half.error) == (32 << 20, 64 << 20, False,
                                                                   None)
-    done = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 128/128 1 AA 1 core"), "x")
+    done = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 128/128 1 AA 1 core"), "x", ())
     assert done.complete
     failed = engine.progress(p, status("0 131072 mirror 2 254:2 254:3 0/128 1 AS 1 core"),
-                             "LUN b")
+                             "LUN b", ())
     assert failed.error is not None
     assert "LUN b (254:3): sync failed" in failed.error
 
@@ -139,19 +138,30 @@ def test_clone_progress_and_metadata_failure() -> None:
     engine = CloneEngine()
     p = plan(top="lunresync-no-such-device", sectors=2048, region_sectors=8)
     line = "0 2048 clone 8 72/2048 8 128/256 0 0 4 hydration_threshold 1 hydration_batch_size 1 rw"
-    half = engine.progress(p, status(line), "LUN b")
+    half = engine.progress(p, status(line), "LUN b", ())
     assert (half.done, half.total, half.complete) == (512 * 1024, 1 << 20, False)
-    assert engine.progress(p, status("0 2048 clone Fail"), "LUN b").error is not None
+    assert engine.progress(p, status("0 2048 clone Fail"), "LUN b", ()).error is not None
+
+
+def test_clone_failure_comes_from_the_kernel_log() -> None:
+    """dm-clone says nothing in its status when a copy fails: the job reads the log
+    (records older than the mapping are another mapping's)."""
+    rdev = os.stat("/dev/null").st_rdev  # any device node: the message names MAJ:MIN
+    needle = f"clone: {os.major(rdev)}:{os.minor(rdev)}: hydration failed"
+    old, new = KernelMessage(100, needle), KernelMessage(900, needle)
+    assert hydration_failures("/dev/null", 500, [old]) == []
+    assert hydration_failures("/dev/null", 500, [old, new]) == [needle]
+    assert hydration_failures("/dev/no-such-device", 0, [new]) == []
 
 
 def test_merge_progress_counts_down_the_duplicate() -> None:
     engine = MergeEngine()
     p = plan(region_sectors=16, exceptions_at_start=100)
-    mid = engine.progress(p, status("0 2048 snapshot-merge 816/4096 16"), "LUN a")
+    mid = engine.progress(p, status("0 2048 snapshot-merge 816/4096 16"), "LUN a", ())
     assert (mid.done, mid.total, mid.complete) == (50 * 8192, 100 * 8192, False)
-    end = engine.progress(p, status("0 2048 snapshot-merge 16/4096 16"), "LUN a")
+    end = engine.progress(p, status("0 2048 snapshot-merge 16/4096 16"), "LUN a", ())
     assert end.complete
-    broken = engine.progress(p, status("0 2048 snapshot-merge Merge failed"), "LUN a")
+    broken = engine.progress(p, status("0 2048 snapshot-merge Merge failed"), "LUN a", ())
     assert broken.error is not None
     assert "Merge failed" in broken.error
 
@@ -332,5 +342,5 @@ def test_sparse_progress_counts_the_changed_regions_only() -> None:
                     exceptions_at_start=10, sparse=True)
     status = (StatusLine(0, 16000, "clone", CloneStatus(
         CloneMode.READ_WRITE, region_sectors=16, regions_hydrated=996, regions_total=1000)),)
-    progress = CloneEngine().progress(plan, status, "LUN a")
+    progress = CloneEngine().progress(plan, status, "LUN a", ())
     assert (progress.done, progress.total, progress.complete) == (6 * 8192, 10 * 8192, False)
