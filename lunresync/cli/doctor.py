@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -46,3 +48,19 @@ def render(caps: Capabilities, console: Console | None = None) -> None:
         console.print(f"note: {note}")
     style = "green" if caps.ready else "bold red"
     console.print(f"[{style}]{caps.verdict}[/]")
+
+
+def capabilities_from_json(report: dict[str, Any]) -> Capabilities:
+    """Capabilities again from ``Capabilities.to_json()`` (``ready`` and ``verdict`` follow
+    from the rest): what ``doctor`` shows of a report that came from the service."""
+    return Capabilities(
+        kernel=str(report["kernel"]),
+        device_mapper=bool(report["device_mapper"]),
+        targets={str(name): Availability(state) for name, state in report["targets"].items()},
+        loop=Availability(report["loop"]),
+        udev_running=bool(report["udev_running"]),
+        root=bool(report["root"]),
+        missing_tools=tuple(report["missing_tools"]),
+        problems=tuple(report["problems"]),
+        notes=tuple(report["notes"]),
+    )

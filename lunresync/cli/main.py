@@ -11,10 +11,14 @@ from typing import Any
 import click
 
 from lunresync import __version__
+from lunresync.cli.base import CommandGroup, through_service
 from lunresync.errors import ExitCode, LunresyncError
 
+#: The environment variable click's shell completion answers to (see ``completion``).
+COMPLETE_VAR = "_LUNRESYNC_COMPLETE"
 
-class LunresyncGroup(click.Group):
+
+class LunresyncGroup(CommandGroup):
     """Turns every LunresyncError into one line on stderr and its documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -30,7 +34,13 @@ class LunresyncGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: every command run).")
 @click.option("--pool", type=click.Path(file_okay=False), envvar="LUNRESYNC_POOL",
               help="Pool directory (default /var/lib/lunresync; env LUNRESYNC_POOL).")
-def cli(verbose: int, pool: str | None) -> None:
+@click.option("--via-dbus", is_flag=True, envvar="LUNRESYNC_VIA_DBUS",
+              help="Act through the D-Bus service (lunresync daemon) instead of on the pool"
+                   " directly; same output (env LUNRESYNC_VIA_DBUS=1). See docs/cli.md.")
+@click.option("--bus", metavar="ADDRESS", envvar="LUNRESYNC_BUS_ADDRESS",
+              help="With --via-dbus: the bus of the service (default: the system bus;"
+                   " env LUNRESYNC_BUS_ADDRESS).")
+def cli(verbose: int, pool: str | None, via_dbus: bool, bus: str | None) -> None:
     """Restore LUNs from shadow copies while they stay online."""
     # Pool files and directories are private to root (0600/0700), SQLite's WAL included.
     os.umask(0o077)
@@ -40,22 +50,47 @@ def cli(verbose: int, pool: str | None) -> None:
     logging.getLogger("sh").setLevel(logging.WARNING)
 
 
+@through_service
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-def doctor(as_json: bool) -> None:
-    """Report what this kernel offers lunresync; exit 0 when ready, 3 when not."""
-    from lunresync.cli.doctor import render
-    from lunresync.kernel.capabilities import probe
-    from lunresync.kernel.dm import DeviceMapper
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Report what this kernel offers lunresync; exit 0 when ready, 3 when not.
 
-    caps = probe(DeviceMapper())
+    With --via-dbus: what the service finds, on the machine it runs on.
+    """
+    from lunresync.cli.backend import backend_for
+
+    with backend_for(ctx) as backend:
+        report = backend.capabilities()
     if as_json:
-        json.dump(caps.to_json(), sys.stdout, indent=2)
+        json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render(caps)
-    if not caps.ready:
+        from lunresync.cli.doctor import capabilities_from_json, render
+
+        render(capabilities_from_json(report))
+    if not report["ready"]:
         sys.exit(int(ExitCode.UNSUPPORTED))
+
+
+@through_service  # it acts on nothing: the same with --via-dbus
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  lunresync completion bash > /etc/bash_completion.d/lunresync
+    zsh:   lunresync completion zsh > "${fpath[1]}/_lunresync"
+    fish:  lunresync completion fish > ~/.config/fish/completions/lunresync.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # the choice offers only shells click knows
+    text = complete(cli, {}, "lunresync", COMPLETE_VAR).source()
+    click.echo(text, nl=not text.endswith("\n"))
 
 
 @cli.command()
@@ -98,7 +133,8 @@ def daemon(ctx: click.Context, bus_address: str | None, writers_dir: str | None,
     from lunresync.provider.pool import pool_path
     from lunresync.service.daemon import serve
 
-    asyncio.run(serve(pool_path(ctx.find_root().params.get("pool")), bus_address=bus_address,
+    root = ctx.find_root().params
+    asyncio.run(serve(pool_path(root.get("pool")), bus_address=bus_address or root.get("bus"),
                       writers_dir=Path(writers_dir) if writers_dir else None,
                       writer_timeout=writer_timeout, watch_udev=not no_udev_watch))
 
@@ -129,13 +165,21 @@ def _add_requester_commands() -> None:
     cli.add_command(requester.script)
 
 
+def _add_install_command() -> None:
+    from lunresync.cli.install import install
+
+    cli.add_command(install)
+
+
 _add_storage_commands()
 _add_resync_commands()
 _add_requester_commands()
+_add_install_command()
 
 
 def main() -> None:
-    cli()
+    # A fixed variable, whatever the program is called (python -m lunresync.cli.main too).
+    cli(complete_var=COMPLETE_VAR)
 
 
 if __name__ == "__main__":

@@ -4,34 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.provider.model import ShadowKind
-from lunresync.requester import workflow
-from lunresync.requester.workflow import RestoreSession, WriterFailed, WriterStatus, load_writers
-from lunresync.views import job_json, lun_json
+from lunresync.requester.workflow import WriterFailed
+from lunresync.views import lun_json
 
+from .backend import BackupOutcome, JobStatus, backend_for, opened
+from .base import given, through_service
 from .resync import ENGINE_CHOICE, follow_job
-from .storage import _table, emit_json, opened
+from .storage import _table, emit_json
 
 WRITERS_DIR = click.option(
     "--writers-dir", type=click.Path(file_okay=False), envvar="LUNRESYNC_WRITERS_DIR",
     help="Directory of writer executables (default /etc/lunresync/writers.d;"
-         " env LUNRESYNC_WRITERS_DIR).")
+         " env LUNRESYNC_WRITERS_DIR). Not with --via-dbus: the service runs the writers"
+         " of its own directory (lunresync daemon --writers-dir).")
 WRITER_TIMEOUT = click.option(
     "--writer-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
-    show_default=True, help="Seconds each writer may take per event.")
+    show_default=True, help="Seconds each writer may take per event (with --via-dbus:"
+                            " default the service's own).")
 
 
-def writer_status_json(status: Sequence[WriterStatus]) -> list[dict[str, object]]:
-    return [s.to_json() for s in status]
+def _writer_timeout(ctx: click.Context, value: float, via_service: bool) -> float | None:
+    """The timeout to ask for: through the service, only one the user gave (else the
+    service's own applies)."""
+    return value if not via_service or given(ctx, "writer_timeout") else None
 
 
-def show_writer_status(status: Sequence[WriterStatus]) -> None:
+def show_writer_status(status: Sequence[dict[str, Any]]) -> None:
     _table("writers", ["writer", "state", "last event", "message"],
-           [[s.writer, s.state, s.last_event or "", s.message] for s in status])
+           [[s["writer"], s["state"], s["last_event"] or "", s["message"]] for s in status])
 
 
 def parse_additions(items: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -47,6 +53,21 @@ def parse_additions(items: Sequence[str]) -> list[tuple[str, str | None]]:
     return pairs
 
 
+def backup_json(outcome: BackupOutcome) -> dict[str, Any]:
+    """What ``backup --json`` prints: the document's content, where it is, and how the
+    backup went."""
+    return {"document": str(outcome.path), **outcome.document.to_json(),
+            "freeze_seconds": outcome.freeze_seconds,
+            "writer_status": outcome.writer_status}
+
+
+def restore_json(session: str, job: JobStatus,
+                 writer_status: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``restore --json`` prints."""
+    return {"session": session, "job": job.record, "writer_status": writer_status}
+
+
+@through_service
 @click.command()
 @click.option("--lun", "luns", multiple=True, required=True, help="A LUN to back up (repeat).")
 @click.option("--kind", type=click.Choice([k.value for k in ShadowKind]),
@@ -61,22 +82,23 @@ def parse_additions(items: Sequence[str]) -> list[tuple[str, str | None]]:
 def backup(ctx: click.Context, luns: tuple[str, ...], kind: str, document: str,
            writers_dir: str | None, writer_timeout: float, as_json: bool) -> None:
     """Take one snapshot set of the LUNs with the writers' help and write the document."""
-    with opened(ctx) as provider:
-        writers = load_writers(provider.runner, writers_dir, timeout=writer_timeout)
-        result = workflow.backup(provider, list(luns), document, writers, kind=ShadowKind(kind))
+    with backend_for(ctx) as backend:
+        outcome = backend.backup(
+            list(luns), kind=kind, document=document, writers_dir=writers_dir,
+            writer_timeout=_writer_timeout(ctx, writer_timeout, backend.via_service))
     if as_json:
-        emit_json({"document": str(result.path), **result.document.to_json(),
-                   "freeze_seconds": result.freeze_seconds,
-                   "writer_status": writer_status_json(result.writer_status)})
+        emit_json(backup_json(outcome))
         return
-    doc = result.document
+    doc = outcome.document
     for lun in doc.luns:
         click.echo(f"LUN {lun.name}: shadow copy {lun.shadow_copy_id}"
                    f" ({lun.shadow_copy_kind.value})")
-    click.echo(f"snapshot set {doc.snapshot_set_id}, I/O frozen {result.freeze_seconds:.2f} s;"
-               f" document {result.path}")
+    frozen = "?" if outcome.freeze_seconds is None else f"{outcome.freeze_seconds:.2f}"
+    click.echo(f"snapshot set {doc.snapshot_set_id}, I/O frozen {frozen} s;"
+               f" document {outcome.path}")
 
 
+@through_service
 @click.command()
 @click.option("--document", required=True, type=click.Path(dir_okay=False),
               help="The backup components document written by lunresync backup.")
@@ -106,43 +128,44 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
     Without --wait, post-restore runs as soon as every destination is online (the copy
     goes on in the kernel; lunresync job wait follows it).
     """
-    from lunresync.engine.model import EngineKind
     from lunresync.requester.document import load_document
 
     pairs = parse_additions(additions)
     doc = load_document(document)
-    with opened(ctx) as provider:
-        session = RestoreSession(provider, doc, load_writers(provider.runner, writers_dir,
-                                                             timeout=writer_timeout))
+    with backend_for(ctx) as backend, backend.begin_restore(
+            doc, writers_dir=writers_dir,
+            writer_timeout=_writer_timeout(ctx, writer_timeout, backend.via_service)
+    ) as session:
         if components:
             session.select_components(components)
         for shadow, destination in pairs:
             session.add(shadow, destination)
         session.pre_restore()
-        handle = session.recover_set(engine=None if engine == "auto" else EngineKind(engine),
-                                     volume_check=not no_volume_check,
-                                     revert_identity=revert_identity)
+        started = session.recover_set(engine=engine, volume_check=not no_volume_check,
+                                      revert_identity=revert_identity)
         if not as_json:
-            click.echo(f"job {handle.id}: every destination online after"
-                       f" {handle.online_seconds or 0:.2f} s")
+            click.echo(f"job {started.job.id}: every destination online after"
+                       f" {started.online_seconds or 0:.2f} s")
         if wait_:
-            job = (handle.wait() if as_json
-                   else follow_job(lambda show: handle.wait(on_progress=show)))
+            if as_json:
+                session.wait()
+            else:
+                follow_job(lambda show: session.wait(on_progress=show))
         status = session.post_restore()
-        job = handle.status()
+        job = session.status()
+        session_id = session.id
     if as_json:
-        emit_json({"session": session.id, "job": job_json(job),
-                   "writer_status": writer_status_json(status)})
+        emit_json(restore_json(session_id, job, status))
     else:
         for pair in job.pairs:
-            click.echo(f"{pair.dest}: {pair.state.value}")
+            click.echo(f"{pair['destination']}: {pair['state']}")
         show_writer_status(status)
-    if wait_ and job.state.value != "done":
-        raise JobFailed(f"job {job.id} ended {job.state.value}: {job.error or ''}".rstrip(": "))
-    failed = [s for s in status if s.state != "stable"]
+    if wait_ and job.state != "done":
+        raise JobFailed(f"job {job.id} ended {job.state}: {job.error or ''}".rstrip(": "))
+    failed = [s for s in status if s["state"] != "stable"]
     if failed:
         raise WriterFailed("the data is restored, but " + "; ".join(
-            f"writer {s.writer} {s.state}: {s.message}" for s in failed))
+            f"writer {s['writer']} {s['state']}: {s['message']}" for s in failed))
 
 
 @click.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -12,11 +13,19 @@ from lunresync.engine.model import EngineKind, Job
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InvalidArgument
 from lunresync.provider.units import format_size
-from lunresync.views import job_json
 
-from .storage import _show, _table, emit_json, opened
+from .backend import JobStatus, backend_for
+from .base import (
+    DIRECT_HINT,
+    CommandGroup,
+    refuse_through_service,
+    through_service,
+)
+from .storage import _show, _table, emit_json
 
 ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
+#: follow_job follows a job of the catalog (the demo) or of a backend.
+J = TypeVar("J", Job, JobStatus)
 
 
 def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
@@ -49,14 +58,21 @@ def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
     return pairs
 
 
-def _line(job: Job) -> str:
-    rate = f"{format_size(int(job.rate))}/s" if job.rate else "-"
-    eta = f", {max(0, int(job.eta - time.time()))} s left" if job.eta else ""
-    return (f"job {job.id[:12]} {job.state.value} {job.progress:6.1%}"
-            f" {format_size(job.bytes_done)}/{format_size(job.bytes_total)} {rate}{eta}")
+def _status(job: Job | JobStatus) -> JobStatus:
+    return job if isinstance(job, JobStatus) else JobStatus.of(job)
 
 
-def follow_job(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
+def _line(job: Job | JobStatus) -> str:
+    status = _status(job)
+    record = status.record
+    rate = f"{format_size(int(record['rate']))}/s" if record["rate"] else "-"
+    eta = f", {max(0, int(status.eta - time.time()))} s left" if status.eta else ""
+    return (f"job {status.id[:12]} {status.state} {status.progress:6.1%}"
+            f" {format_size(record['bytes_done'])}/{format_size(record['bytes_total'])}"
+            f" {rate}{eta}")
+
+
+def follow_job(wait: Callable[[Callable[[J], None]], J]) -> J:
     """Wait for a job with a progress bar on a terminal, plain lines otherwise."""
     if sys.stdout.isatty():
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
@@ -65,21 +81,34 @@ def follow_job(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
                       TaskProgressColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task("restoring", total=1.0)
 
-            def show_bar(job: Job) -> None:
-                bar.update(task, completed=job.progress, description=f"job {job.id[:12]}")
+            def show_bar(job: J) -> None:
+                status = _status(job)
+                bar.update(task, completed=status.progress, description=f"job {status.id[:12]}")
 
             return wait(show_bar)
     last = [-1.0, 0.0]
 
-    def show_line(job: Job) -> None:
+    def show_line(job: J) -> None:
         # A line per percent, or every 5 s: readable in a log, not a flood.
-        if job.progress - last[0] >= 0.01 or time.monotonic() - last[1] >= 5:
+        progress = _status(job).progress
+        if progress - last[0] >= 0.01 or time.monotonic() - last[1] >= 5:
             click.echo(_line(job))
-            last[:] = [job.progress, time.monotonic()]
+            last[:] = [progress, time.monotonic()]
 
     return wait(show_line)
 
 
+def resync_json(job: JobStatus, online_seconds: float | None,
+                report: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``resync --json`` prints: the job's record, the time to online, the report."""
+    data = dict(job.record)
+    data["online_seconds"] = online_seconds
+    if report is not None:
+        data["verify"] = report
+    return data
+
+
+@through_service
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("items", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True,
@@ -88,47 +117,45 @@ def follow_job(wait: Callable[[Callable[[Job], None]], Job]) -> Job:
               help="Restore even onto a destination that is mounted or open.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the copy to complete.")
 @click.option("--verify", is_flag=True,
-              help="Wait, then compare each destination with its shadow copy.")
+              help="Wait, then compare each destination with its shadow copy"
+                   " (not through the service).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_check: bool,
            wait_: bool, verify: bool, as_json: bool) -> None:
     """Restore shadow copies online: SHADOW_COPY [--to DEST] ...
 
-    DEST is a LUN name or a block device; without --to, the shadow copy's own LUN. All
-    pairs form one recovery set and one job. Each destination serves the shadow copy's
-    content when this returns; the kernel copies the rest in the background.
+    DEST is a LUN name or a block device (not through the service); without --to, the
+    shadow copy's own LUN. All pairs form one recovery set and one job. Each destination
+    serves the shadow copy's content when this returns; the kernel copies the rest in the
+    background.
     """
     pairs = parse_pairs(items)
-    with opened(ctx) as provider:
-        handle = provider.resync_luns(
-            pairs, engine=None if engine == "auto" else EngineKind(engine),
-            volume_check=not no_volume_check)
-        job = provider.resyncer.job(handle.id)
+    if verify:  # refused before anything starts
+        refuse_through_service(ctx, "resync --verify", DIRECT_HINT)
+    with backend_for(ctx) as backend:
+        started = backend.resync(pairs, engine=engine, volume_check=not no_volume_check)
+        job = started.job
         if not as_json:
             for pair in job.pairs:
-                click.echo(f"{pair.dest}: online from shadow copy {pair.shadow_id[:12]}"
-                           f" ({pair.engine.value}) at /dev/mapper/{pair.plan.top}")
-            click.echo(f"job {job.id} running; online after {handle.online_seconds:.2f} s")
+                click.echo(f"{pair['destination']}: online from shadow copy"
+                           f" {pair['shadow_copy'][:12]} ({pair['engine']}) at {pair['device']}")
+            click.echo(f"job {job.id} running; online after {started.online_seconds or 0:.2f} s")
         if wait_ or verify:
-            job = (provider.resyncer.wait(job.id) if as_json else
-                   follow_job(lambda show: provider.resyncer.wait(job.id, on_progress=show)))
+            job = (backend.wait(job.id) if as_json else
+                   follow_job(lambda show: backend.wait(job.id, on_progress=show)))
             if not as_json:
                 click.echo(f"job {job.id} done in {(job.finished or 0) - (job.started or 0):.1f} s")
-        report = provider.resyncer.verify(job.id) if verify else None
+        report = backend.verify(job.id) if verify else None
     if as_json:
-        data = job_json(job)
-        data["online_seconds"] = handle.online_seconds
-        if report is not None:
-            data["verify"] = report.to_json()
-        emit_json(data)
+        emit_json(resync_json(job, started.online_seconds, report))
     elif report is not None:
-        _print_report(report.to_json())
-    if report is not None and not report.ok:
+        _print_report(report)
+    if report is not None and not report["ok"]:
         ctx.exit(1)
 
 
-def _print_report(data: dict[str, object]) -> None:
+def _print_report(data: dict[str, Any]) -> None:
     mismatches = data["mismatches"]
     assert isinstance(mismatches, list)
     click.echo(f"verify: {'OK' if data['ok'] else 'MISMATCH'}: compared"
@@ -137,51 +164,58 @@ def _print_report(data: dict[str, object]) -> None:
                f" {len(mismatches)}")
     for m in mismatches[:20]:
         click.echo(f"  {m['destination']}: {m['length']} bytes at offset {m['offset']}")
-    for dest in data["writes_not_recorded"]:  # type: ignore[attr-defined]
+    for dest in data["writes_not_recorded"]:
         click.echo(f"  {dest}: its engine does not record writes made during the restore;"
                    " differences there may be such writes")
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def job() -> None:
     """List, show, wait for, cancel and verify resync jobs."""
 
 
+@through_service
 @job.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include ended jobs.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def job_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List running jobs (with --all, ended ones too)."""
-    with opened(ctx) as provider:
-        jobs = [j for j in provider.resyncer.jobs() if show_all or not j.state.finished]
+    with backend_for(ctx) as backend:
+        jobs = [j for j in backend.jobs() if show_all or not j.finished_state]
     if as_json:
-        emit_json([job_json(j) for j in jobs])
+        emit_json([j.record for j in jobs])
         return
     _table("jobs", ["id", "state", "engine", "progress", "pairs", "error"],
-           [[j.id, j.state.value, j.engines, f"{j.progress:.1%}",
-             ", ".join(f"{p.shadow_id[:12]} -> {p.dest}" for p in j.pairs), j.error or ""]
+           [[j.id, j.state, j.record["engines"], f"{j.progress:.1%}",
+             ", ".join(f"{p['shadow_copy'][:12]} -> {p['destination']}" for p in j.pairs),
+             j.error or ""]
             for j in jobs])
 
 
+JOB_SHOW_KEYS = ["id", "state", "engines", "progress", "bytes_done", "bytes_total", "rate",
+                 "eta", "created", "started", "finished", "error", "pairs"]
+
+
+@through_service
 @job.command("show")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def job_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job."""
-    with opened(ctx) as provider:
-        found = provider.resyncer.job(job_id)
-    data = job_json(found)
+    with backend_for(ctx) as backend:
+        found = backend.job(job_id)
+    data = dict(found.record)
     if not as_json:
         data["pairs"] = "; ".join(
             f"{p['shadow_copy'][:12]} -> {p['destination']} ({p['engine']}, {p['state']})"
-            for p in found.to_json()["pairs"])
+            for p in found.pairs)
         data["progress"] = f"{found.progress:.1%}"
-    _show(data, as_json, ["id", "state", "engines", "progress", "bytes_done", "bytes_total",
-                          "rate", "eta", "created", "started", "finished", "error", "pairs"])
+    _show(data, as_json, JOB_SHOW_KEYS)
 
 
+@through_service
 @job.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
@@ -189,27 +223,29 @@ def job_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def job_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to end; exit 1 if it failed or was cancelled, 7 on timeout."""
-    with opened(ctx) as provider:
+    with backend_for(ctx) as backend:
         if as_json:
-            ended = provider.resyncer.wait(job_id, timeout=timeout)
+            ended = backend.wait(job_id, timeout=timeout)
         else:
-            ended = follow_job(lambda show: provider.resyncer.wait(job_id, timeout=timeout,
-                                                                on_progress=show))
+            ended = follow_job(lambda show: backend.wait(job_id, timeout=timeout,
+                                                         on_progress=show))
     if as_json:
-        emit_json(job_json(ended))
+        emit_json(ended.record)
     else:
         click.echo(_line(ended))
 
 
+@through_service
 @job.command("cancel")
 @click.argument("job_id")
 @click.pass_context
 def job_cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: its unfinished destinations fail all I/O until restored again."""
-    with opened(ctx) as provider:
-        cancelled = provider.resyncer.cancel(job_id)
+    with backend_for(ctx) as backend:
+        cancelled = backend.cancel(job_id)
     click.echo(f"job {cancelled.id} cancelled; incomplete: "
-               + ", ".join(p.dest for p in cancelled.pairs if p.state.value == "cancelled"))
+               + ", ".join(p["destination"] for p in cancelled.pairs
+                           if p["state"] == "cancelled"))
 
 
 @job.command("verify")
@@ -218,11 +254,11 @@ def job_cancel(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def job_verify(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Compare a completed job's destinations with their shadow copies."""
-    with opened(ctx) as provider:
-        report = provider.resyncer.verify(job_id)
+    with backend_for(ctx) as backend:
+        report = backend.verify(job_id)
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report)
     else:
-        _print_report(report.to_json())
-    if not report.ok:
+        _print_report(report)
+    if not report["ok"]:
         ctx.exit(1)

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from lunresync.errors import LunresyncError
-from lunresync.kernel.capabilities import has_device_mapper
-from lunresync.provider.model import Lun, ShadowKind
-from lunresync.provider.pool import pool_path
-from lunresync.provider.provider import Provider, ShadowCopyUse
+from lunresync.provider.model import ShadowKind
 from lunresync.provider.units import format_size
-from lunresync.views import lun_json, shadow_json, when
 
-log = logging.getLogger(__name__)
-
-
-@contextmanager
-def opened(ctx: click.Context) -> Iterator[Provider]:
-    """The pool's provider, after finishing whatever restore the kernel has completed:
-    no lunresync process needs to stay alive while a copy runs."""
-    provider = Provider.open(pool_path(ctx.find_root().params.get("pool")))
-    try:
-        if has_device_mapper():
-            try:
-                for lun in provider.notice_missing_backings():
-                    log.warning("LUN %s went offline: %s is gone", lun.name, lun.backing)
-                provider.resyncer.poll()
-            except LunresyncError as exc:
-                log.warning("could not update resync jobs: %s", exc)
-        yield provider
-    finally:
-        provider.close()
+from .backend import backend_for, opened
+from .base import CommandGroup, through_service
 
 
 def emit_json(value: Any) -> None:
@@ -70,11 +45,12 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # -- LUNs ------------------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def lun() -> None:
     """Create, adopt, list, show and delete LUNs."""
 
 
+@through_service
 @lun.command("create")
 @click.argument("name")
 @click.option("--size", required=True, help="Size, e.g. 4G, 512M (binary units).")
@@ -82,13 +58,13 @@ def lun() -> None:
 @click.pass_context
 def lun_create(ctx: click.Context, name: str, size: str, as_json: bool) -> None:
     """Create LUN NAME over a sparse image in the pool."""
-    with opened(ctx) as provider:
-        created = provider.create_lun(name, size)
+    with backend_for(ctx) as backend:
+        created = backend.create_lun(name, size)
     if as_json:
-        emit_json(lun_json(created))
+        emit_json(created)
     else:
-        click.echo(f"created LUN {created.name} ({format_size(created.size)}) at {created.path},"
-                   f" id {created.id}")
+        click.echo(f"created LUN {created['name']} ({format_size(created['size'])}) at"
+                   f" {created['path']}, id {created['id']}")
 
 
 @lun.command("adopt")
@@ -102,43 +78,47 @@ def lun_adopt(ctx: click.Context, name: str, device: str) -> None:
     click.echo(f"adopted {adopted.backing} as LUN {adopted.name} at {adopted.path}")
 
 
+@through_service
 @lun.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def lun_list(ctx: click.Context, as_json: bool) -> None:
     """List LUNs."""
-    with opened(ctx) as provider:
-        luns = provider.luns()
+    with backend_for(ctx) as backend:
+        luns = backend.luns()
     if as_json:
-        emit_json([lun_json(x) for x in luns])
+        emit_json(luns)
         return
     _table("LUNs", ["name", "size", "kind", "id", "path", "notes"],
-           [[x.name, format_size(x.size), x.kind.value, x.id, x.path, _notes(x)]
+           [[x["name"], format_size(x["size"]), x["kind"], x["id"], x["path"], _notes(x)]
             for x in luns])
 
 
-def _notes(lun: Lun) -> str:
-    notes = [lun.state.value] if lun.state.value != "ok" else []
-    if lun.read_only:
+def _notes(lun: dict[str, Any]) -> str:
+    notes = [lun["state"]] if lun["state"] != "ok" else []
+    if lun["read_only"]:
         notes.append("read-only")
-    if lun.masked:
+    if lun["masked"]:
         notes.append("masked")
-    if lun.offline:
+    if lun["offline"]:
         notes.append("offline")
     return ", ".join(notes)
 
 
+LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "path", "created", "state",
+                 "read_only", "masked", "offline"]
+
+
+@through_service
 @lun.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one LUN (its 128-bit id is the analogue of a SCSI page-83 identifier)."""
-    with opened(ctx) as provider:
-        found = provider.lun(name)
-    _show(lun_json(found), as_json,
-          ["name", "id", "size", "kind", "backing", "path", "created", "state", "read_only",
-           "masked", "offline"])
+    with backend_for(ctx) as backend:
+        found = backend.lun(name)
+    _show(found, as_json, LUN_SHOW_KEYS)
 
 
 @click.command()
@@ -171,26 +151,28 @@ def lun_unmask(ctx: click.Context, name: str) -> None:
     click.echo(f"LUN {lun.name} is exposed again at {lun.path}")
 
 
+@through_service
 @lun.command("delete")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Delete its shadow copies too.")
 @click.pass_context
 def lun_delete(ctx: click.Context, name: str, force: bool) -> None:
     """Delete LUN NAME, its devices and its image (an adopted device is left as is)."""
-    with opened(ctx) as provider:
-        provider.delete_lun(name, force=force)
+    with backend_for(ctx) as backend:
+        backend.delete_lun(name, force=force)
     click.echo(f"deleted LUN {name}")
 
 
 # -- activation ------------------------------------------------------------------------------
 
 
+@through_service
 @click.command()
 @click.pass_context
 def activate(ctx: click.Context) -> None:
     """Re-create every loop and dm device from the catalog (after a reboot). Idempotent."""
-    with opened(ctx) as provider:
-        created = provider.activate()
+    with backend_for(ctx) as backend:
+        created = backend.activate()
     click.echo(f"activated: {len(created)} devices created" +
                (f" ({', '.join(created)})" if created else ""))
 
@@ -207,11 +189,24 @@ def deactivate(ctx: click.Context) -> None:
 # -- shadow copies ---------------------------------------------------------------------------
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def snapshot() -> None:
     """Snapshot sets and shadow copies."""
 
 
+def snapshot_create_json(snapshot_set: str, freeze_seconds: float | None,
+                         shadow_copies: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``snapshot create --json`` prints."""
+    return {"snapshot_set": snapshot_set,
+            "freeze_seconds": None if freeze_seconds is None else round(freeze_seconds, 4),
+            "shadow_copies": shadow_copies}
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+@through_service
 @snapshot.command("create")
 @click.argument("luns", nargs=-1, required=True)
 @click.option("--kind", type=click.Choice([k.value for k in ShadowKind]),
@@ -220,63 +215,64 @@ def snapshot() -> None:
 @click.pass_context
 def snapshot_create(ctx: click.Context, luns: tuple[str, ...], kind: str, as_json: bool) -> None:
     """Take one snapshot set of all LUNS at one instant."""
-    with opened(ctx) as provider:
-        result = provider.create_snapshot_set(list(luns), ShadowKind(kind))
-        uses = [provider.shadow_copy_use(s) for s in result.snapshot_set.shadow_copies]
+    with backend_for(ctx) as backend:
+        taken = backend.create_snapshot_set(list(luns), kind)
     if as_json:
-        emit_json({"snapshot_set": result.snapshot_set.id,
-                   "freeze_seconds": round(result.freeze_seconds, 4),
-                   "shadow_copies": [shadow_json(u) for u in uses]})
+        emit_json(snapshot_create_json(taken.snapshot_set, taken.freeze_seconds,
+                                       taken.shadow_copies))
         return
-    click.echo(f"snapshot set {result.snapshot_set.id} (I/O frozen"
-               f" {result.freeze_seconds * 1000:.0f} ms)")
-    for use in uses:
-        click.echo(f"  {use.shadow.kind.value} shadow copy {use.shadow.id} of"
-                   f" {use.shadow.lun_name} at {use.shadow.path}")
+    click.echo(f"snapshot set {taken.snapshot_set} (I/O frozen"
+               f" {_ms(taken.freeze_seconds)} ms)")
+    for shadow in taken.shadow_copies:
+        click.echo(f"  {shadow['kind']} shadow copy {shadow['id']} of"
+                   f" {shadow['lun_name']} at {shadow['path']}")
 
 
+def _cow(shadow: dict[str, Any]) -> str:
+    used, size = shadow["cow_used"], shadow["cow_size"]
+    if used is None or not size:
+        return "-"
+    return f"{format_size(used)} ({100 * used / size:.1f}%)"
+
+
+@through_service
 @snapshot.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def snapshot_list(ctx: click.Context, as_json: bool) -> None:
     """List shadow copies with their COW use."""
-    with opened(ctx) as provider:
-        uses = provider.shadow_copies()
+    with backend_for(ctx) as backend:
+        shadows = backend.shadow_copies()
     if as_json:
-        emit_json([shadow_json(u) for u in uses])
+        emit_json(shadows)
         return
-
-    def cow(use: ShadowCopyUse) -> str:
-        if use.cow_used is None or not use.cow_size:
-            return "-"
-        return f"{format_size(use.cow_used)} ({100 * use.cow_used / use.cow_size:.1f}%)"
-
     _table("shadow copies",
            ["id", "set", "kind", "LUN", "created", "size", "COW used", "state"],
-           [[u.shadow.id[:12], u.shadow.set_id[:12], u.shadow.kind.value, u.shadow.lun_name,
-             when(u.shadow.created), format_size(u.shadow.size), cow(u),
-             ("usable" if u.usable else "INVALID")] for u in uses])
+           [[s["id"][:12], s["snapshot_set"][:12], s["kind"], s["lun_name"], s["created"],
+             format_size(s["size"]), _cow(s), ("usable" if s["usable"] else "INVALID")]
+            for s in shadows])
 
 
+@through_service
 @snapshot.command("show")
 @click.argument("shadow_copy")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def snapshot_show(ctx: click.Context, shadow_copy: str, as_json: bool) -> None:
     """Show one shadow copy (id or a unique prefix of 8+ hex digits)."""
-    with opened(ctx) as provider:
-        use = provider.shadow_copy_use(provider.shadow_copy(shadow_copy))
-    data = shadow_json(use)
+    with backend_for(ctx) as backend:
+        data = backend.shadow_copy(shadow_copy)
     _show(data, as_json, sorted(data))
 
 
+@through_service
 @snapshot.command("delete")
 @click.argument("shadow_copy")
 @click.pass_context
 def snapshot_delete(ctx: click.Context, shadow_copy: str) -> None:
     """Delete a shadow copy and its store."""
-    with opened(ctx) as provider:
-        provider.delete_shadow_copy(shadow_copy)
+    with backend_for(ctx) as backend:
+        backend.delete_shadow_copy(shadow_copy)
     click.echo(f"deleted shadow copy {shadow_copy}")
 
 

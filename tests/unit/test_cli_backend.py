@@ -1,0 +1,476 @@
+"""The CLI's backends as logic: the DbusBackend against a fake ServiceClient (names to
+object paths with the catalog's rules and messages, the calls it makes, waiting for a
+job), the records' round trips, and the DirectBackend's lazy pool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Variant
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lunresync.cli.backend import JobStatus, epoch
+from lunresync.cli.dbus_backend import (
+    DbusBackend,
+    by_created,
+    find_job,
+    find_lun,
+    find_shadow_copy,
+)
+from lunresync.cli.doctor import capabilities_from_json
+from lunresync.engine.model import JobState
+from lunresync.engine.resync import ResyncPair
+from lunresync.errors import (
+    InvalidArgument,
+    JobFailed,
+    JobTimeout,
+    LunresyncError,
+    NotFound,
+    NotSupported,
+)
+from lunresync.kernel.capabilities import Availability, Capabilities
+from lunresync.provider.model import ShadowKind
+from lunresync.requester.document import BackupDocument, DocumentLun, WriterComponents
+from lunresync.requester.writers import Component
+from lunresync.service import api
+from lunresync.views import job_json, lun_json, shadow_json
+
+from .cli_samples import (
+    JOB_DONE,
+    JOB_RUNNING,
+    LUN_A,
+    LUN_B,
+    LUN_C,
+    SHADOW_1,
+    SHADOW_2,
+    T0,
+    CatalogProvider,
+    FakeClient,
+    Pool,
+    cancel,
+    job,
+    job_object,
+    shadow,
+)
+from .hypothesis_settings import PROPERTY
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    """time.monotonic and time.sleep for a backend: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def backend(client: FakeClient, clock: Clock | None = None, **kwargs: Any) -> DbusBackend:
+    clock = clock or Clock()
+    return DbusBackend(client, sleep=clock.sleep, clock=clock, **kwargs)
+
+
+def lun_objects() -> dict[str, dict[str, Any]]:
+    client = FakeClient(Pool())
+    return {p: i[api.LUN] for p, i in client.objects.items() if api.LUN in i}
+
+
+# -- names and ids to object paths, as the catalog finds them ------------------------------------
+
+
+def test_a_lun_is_found_by_name_first_then_by_id() -> None:
+    luns = lun_objects()
+    assert find_lun(luns, "alpha")[0] == api.path_of("lun", LUN_A.id)
+    assert find_lun(luns, LUN_B.id)[0] == api.path_of("lun", LUN_B.id)
+    # LUN_C is named like an id: the name wins, as in the catalog.
+    assert find_lun(luns, "1" * 32)[0] == api.path_of("lun", LUN_C.id)
+    with pytest.raises(NotFound) as caught:
+        find_lun(luns, "nosuch")
+    assert str(caught.value) == "no LUN named 'nosuch'"
+
+
+def test_a_shadow_copy_is_found_as_the_catalogs_sql_like_finds_it() -> None:
+    shadows = {api.path_of("shadow", u.shadow.id): {"Id": u.shadow.id}
+               for u in (SHADOW_1, SHADOW_2)}
+    assert find_shadow_copy(shadows, SHADOW_1.shadow.id)[0].endswith(SHADOW_1.shadow.id)
+    assert find_shadow_copy(shadows, "1234ABCE")[0].endswith(SHADOW_2.shadow.id)  # LIKE
+    for ident, message in [
+            ("1234abc", "no shadow copy '1234abc' (give at least 8 hex digits of its id)"),
+            ("1234abc%", "no shadow copy '1234abc%'"),  # % is taken literally
+            ("1234ab", "no shadow copy '1234ab' (give at least 8 hex digits of its id)"),
+            ("ffffffff", "no shadow copy 'ffffffff'")]:
+        with pytest.raises(NotFound) as caught:
+            find_shadow_copy(shadows, ident)
+        assert str(caught.value) == message
+    shadows["/x"] = {"Id": "1234abcd" + "1" * 24}
+    with pytest.raises(NotFound, match="shadow copy id '1234abcd' is ambiguous"):
+        find_shadow_copy(shadows, "1234abcd")
+
+
+def test_a_job_is_found_as_the_job_store_finds_it() -> None:
+    jobs = {api.path_of("job", j.id): {"Id": j.id} for j in (JOB_DONE, JOB_RUNNING)}
+    assert find_job(jobs, "99999999")[0].endswith(JOB_RUNNING.id)
+    for ident, message in [
+            ("9999999", "no job '9999999' (give at least 8 hex digits of its id)"),
+            ("9999999Z", "no job '9999999Z' (give at least 8 hex digits of its id)"),
+            ("AAAAAAAA", "no job 'AAAAAAAA' (give at least 8 hex digits of its id)"),
+            ("77777777", "no job '77777777'")]:
+        with pytest.raises(NotFound) as caught:
+            find_job(jobs, ident)
+        assert str(caught.value) == message
+    jobs["/y"] = {"Id": "9" * 31 + "0"}
+    with pytest.raises(NotFound, match="job id '99999999' is ambiguous"):
+        find_job(jobs, "99999999")
+
+
+def test_records_come_in_the_catalogs_order() -> None:
+    client = FakeClient(Pool())
+    # The service's order within a second is kept; seconds order the rest.
+    late = shadow("0" * 32, LUN_A, created=T0 + 59)
+    client.put(api.path_of("shadow", late.shadow.id), api.SHADOW_COPY,
+               {"Id": late.shadow.id, "Record": json.dumps(shadow_json(late))})
+    got = backend(client)
+    assert [r["name"] for r in got.luns()] == sorted([LUN_A.name, LUN_B.name, LUN_C.name])
+    assert [r["id"] for r in got.shadow_copies()] == [
+        late.shadow.id, SHADOW_1.shadow.id, SHADOW_2.shadow.id]
+    assert [j.id for j in got.jobs()] == [JOB_DONE.id, JOB_RUNNING.id]
+    same_second = [{"created": "b", "id": "2"}, {"created": "a", "id": "9"},
+                   {"created": "b", "id": "1"}]
+    assert [r["id"] for r in by_created(same_second)] == ["9", "2", "1"]
+
+
+def test_a_record_is_the_services_record_property_as_is() -> None:
+    client = FakeClient(Pool())
+    got = backend(client)
+    assert got.lun("alpha") == lun_json(LUN_A)
+    assert got.shadow_copy("1234abcd") == shadow_json(SHADOW_1)
+    assert got.job("88888888").record == job_json(JOB_DONE)
+    client.put("/broken", api.LUN, {"Id": "x", "Name": "broken", "Record": "{"})
+    with pytest.raises(LunresyncError, match="without a usable record"):
+        got.lun("broken")
+
+
+# -- the calls -------------------------------------------------------------------------------
+
+
+def test_create_lun_checks_like_the_provider_then_sends_bytes() -> None:
+    client = FakeClient(Pool())
+    got = backend(client)
+    with pytest.raises(InvalidArgument, match="invalid LUN name 'bad/name'"):
+        got.create_lun("bad/name", "nonsense")  # the name first, as the provider
+    with pytest.raises(InvalidArgument, match="invalid size 'nonsense'"):
+        got.create_lun("good", "nonsense")
+    assert client.calls == []
+    made = lun_json(LUN_A)
+
+    def create(path: str, name: str, size: int, options: dict[str, Variant]) -> list[Any]:
+        assert (name, size, options) == ("alpha", 4 << 20, {})
+        return [api.path_of("lun", LUN_A.id)]
+
+    client.handlers["CreateLun"] = create
+    assert got.create_lun("alpha", "4M") == made
+
+
+def test_delete_lun_snapshot_and_activate_call_the_service() -> None:
+    client = FakeClient(Pool())
+    got = backend(client)
+    client.handlers.update({
+        "DeleteLun": lambda path, lun, options: [],
+        "Activate": lambda path, options: [["lunresync-alpha"]],
+        "CreateSnapshotSet": lambda path, luns, kind, options: [
+            api.path_of("set", "5" * 32), [api.path_of("shadow", SHADOW_1.shadow.id)]],
+        "Delete": lambda path, options: []})
+    got.delete_lun("alpha", force=True)
+    (_, _, _, (path, options)) = client.calls[-1]
+    assert path == api.path_of("lun", LUN_A.id)
+    assert options["force"].value is True
+    assert got.activate() == ["lunresync-alpha"]
+    taken = got.create_snapshot_set(["alpha"], "differential")
+    assert (taken.snapshot_set, taken.freeze_seconds) == ("5" * 32, None)
+    assert taken.shadow_copies == [shadow_json(SHADOW_1)]
+    assert client.calls[-1][3][:2] == ([api.path_of("lun", LUN_A.id)], "differential")
+    got.delete_shadow_copy("1234ABCD")
+    assert client.calls[-1][:3] == (api.path_of("shadow", SHADOW_1.shadow.id),
+                                    api.SHADOW_COPY, "Delete")
+    with pytest.raises(NotFound, match="no LUN named 'nosuch'"):
+        got.create_snapshot_set(["alpha", "nosuch"], "clone")
+
+
+def test_resync_resolves_every_pair_first_and_measures_the_time_to_online() -> None:
+    client = FakeClient(Pool())
+    clock = Clock()
+    got = backend(client, clock)
+    sent: list[Any] = []
+
+    def resync(path: str, pairs: list[list[str]], options: dict[str, Variant]) -> list[Any]:
+        sent.append((pairs, {k: v.value for k, v in options.items()}))
+        clock.now += 1.25  # the service brings the destinations online
+        return [api.path_of("job", JOB_RUNNING.id)]
+
+    client.handlers["Resync"] = resync
+    started = got.resync([ResyncPair("1234abcd", "beta"), ResyncPair("1234abce")],
+                         engine="mirror", volume_check=False)
+    assert sent == [([[api.path_of("shadow", SHADOW_1.shadow.id), api.path_of("lun", LUN_B.id)],
+                      [api.path_of("shadow", SHADOW_2.shadow.id), api.NO_OBJECT]],
+                     {"engine": "mirror", "volume_check": False})]
+    assert started.online_seconds == 1.25
+    assert started.job.record == job_json(JOB_RUNNING)
+    # A block device is refused before anything is asked of the service.
+    client.calls.clear()
+    with pytest.raises(NotSupported, match="block device /dev/sdx is not available"):
+        got.resync([ResyncPair("1234abcd", "/dev/sdx")], engine="auto", volume_check=True)
+    with pytest.raises(NotFound, match="no LUN named 'gone'"):
+        got.resync([ResyncPair("1234abcd", "gone")], engine="auto", volume_check=True)
+    assert "Resync" not in client.members()
+
+
+def test_wait_polls_the_record_every_half_second_with_the_engines_messages() -> None:
+    client = FakeClient(Pool())
+    clock = Clock()
+    got = backend(client, clock)
+    path = api.path_of("job", JOB_RUNNING.id)
+    states = [job(JOB_RUNNING.id, SHADOW_1, LUN_B, done=d) for d in (4 << 20, 8 << 20)]
+    states.append(job(JOB_RUNNING.id, SHADOW_1, LUN_B, state=JobState.DONE, done=16 << 20))
+    seen: list[float] = []
+
+    def advance(seconds: float) -> None:
+        clock.sleep(seconds)
+        client.put(path, api.JOB, job_object(states[len(clock.slept)]))
+
+    got.sleep = advance
+    ended = got.wait("99999999", on_progress=lambda s: seen.append(s.progress))
+    assert ended.state == "done"
+    assert seen == [0.25, 0.5, 1.0]
+    assert clock.slept == [0.5, 0.5]
+    # Timeout: the engine's message, the job goes on.
+    client.put(path, api.JOB, job_object(JOB_RUNNING))
+    got.sleep = clock.sleep
+    with pytest.raises(JobTimeout) as late:
+        got.wait("99999999", timeout=1.0)
+    assert str(late.value) == (f"job {JOB_RUNNING.id} is still running after 1 s (25%);"
+                               " it goes on")
+    # Failed or cancelled: JobFailed, after the last progress report.
+    client.put(path, api.JOB, job_object(cancel(JOB_RUNNING)))
+    reports: list[str] = []
+    with pytest.raises(JobFailed) as failed:
+        got.wait("99999999", on_progress=lambda s: reports.append(s.state))
+    assert str(failed.value) == f"job {JOB_RUNNING.id} cancelled: cancelled"
+    assert reports == ["cancelled"]
+
+
+def test_cancel_and_verify() -> None:
+    client = FakeClient(Pool())
+    got = backend(client)
+    path = api.path_of("job", JOB_RUNNING.id)
+
+    def do_cancel(at: str, options: dict[str, Variant]) -> list[Any]:
+        client.put(at, api.JOB, job_object(cancel(JOB_RUNNING)))
+        return []
+
+    client.handlers["Cancel"] = do_cancel
+    assert got.cancel("99999999").state == "cancelled"
+    assert client.calls[-1][:3] == (path, api.JOB, "Cancel")
+    with pytest.raises(NotSupported, match="verifying a job is not available"):
+        got.verify("99999999")
+
+
+def test_the_pool_named_must_be_the_services(tmp_path: Path) -> None:
+    client = FakeClient(Pool(), service_pool=str(tmp_path / "pool"))
+    with backend(client, pool=str(tmp_path / "pool" / ".." / "pool")) as got:
+        assert got.luns()
+    assert client.closed
+    other = FakeClient(Pool(), service_pool=str(tmp_path / "pool"))
+    with pytest.raises(InvalidArgument, match=r"serves the pool .*/pool, not /elsewhere"), \
+            backend(other, pool="/elsewhere"):
+        pass
+    assert other.closed
+
+
+def test_capabilities_come_back_as_the_doctors_report() -> None:
+    caps = Capabilities("6.1.0", True, {"linear": Availability.LOADED,
+                                        "clone": Availability.MISSING},
+                        Availability.LOADABLE, True, False, ("dmsetup",), ("a problem",),
+                        ("a note",))
+    report = caps.to_json()
+    client = FakeClient()
+    client.handlers["GetCapabilities"] = lambda path: [
+        {k: Variant("as", v) if isinstance(v, list) else
+         Variant("a{ss}", v) if isinstance(v, dict) else
+         Variant("b", v) if isinstance(v, bool) else Variant("s", v)
+         for k, v in report.items()}]
+    got = backend(client).capabilities()
+    assert got == report
+    assert list(got) == list(report)  # doctor --json keeps the order
+    assert capabilities_from_json(got) == caps
+
+
+# -- backup and restore ------------------------------------------------------------------------
+
+
+def document() -> BackupDocument:
+    return BackupDocument(
+        "d" * 32, "5" * 32, T0 + 60, ShadowKind.DIFFERENTIAL,
+        (DocumentLun(LUN_A.id, LUN_A.name, LUN_A.size, SHADOW_1.shadow.id,
+                     ShadowKind.DIFFERENTIAL),),
+        (WriterComponents("50-app", (Component("db", ("alpha",), "a database"),)),))
+
+
+def test_backup_writes_the_services_document_never_over_a_file(tmp_path: Path) -> None:
+    client = FakeClient(Pool())
+    got = backend(client)
+    text = json.dumps(document().to_json())
+    target = tmp_path / "doc.json"
+    client.handlers["Backup"] = lambda path, luns, options: [text]
+    with pytest.raises(NotSupported, match="--writers-dir"):
+        got.backup(["alpha"], kind="clone", document=str(target), writers_dir="/w",
+                   writer_timeout=None)
+    target.write_text("mine")
+    with pytest.raises(InvalidArgument, match="exists: the backup will not overwrite it"):
+        got.backup(["alpha"], kind="clone", document=str(target), writers_dir=None,
+                   writer_timeout=None)
+    assert client.calls == []  # refused before the service made anything
+    target.unlink()
+    outcome = got.backup(["alpha"], kind="clone", document=str(target), writers_dir=None,
+                         writer_timeout=5.0)
+    (_, _, _, (luns, options)) = client.calls[-1]
+    assert luns == [api.path_of("lun", LUN_A.id)]
+    assert {k: v.value for k, v in options.items()} == {"kind": "clone", "writer_timeout": 5.0}
+    assert outcome.document == document()
+    assert (outcome.path, outcome.freeze_seconds, outcome.writer_status) == (target, None, None)
+    assert json.loads(target.read_text()) == document().to_json()
+
+
+def test_a_backup_whose_document_cannot_be_written_leaves_no_shadow_copy(
+        tmp_path: Path) -> None:
+    client = FakeClient(Pool())
+    target = tmp_path / "doc.json"
+
+    def backup(path: str, luns: list[str], options: dict[str, Variant]) -> list[Any]:
+        target.write_text("someone else's")  # appears while the backup runs
+        return [json.dumps(document().to_json())]
+
+    client.handlers.update({"Backup": backup, "Delete": lambda path, options: []})
+    with pytest.raises(InvalidArgument, match="exists"):
+        backend(client).backup(["alpha"], kind="differential", document=str(target),
+                               writers_dir=None, writer_timeout=None)
+    assert client.calls[-1][:3] == (api.path_of("shadow", SHADOW_1.shadow.id),
+                                    api.SHADOW_COPY, "Delete")
+    assert target.read_text() == "someone else's"
+
+
+def test_restore_drives_a_session_in_vss_order_and_closes_it() -> None:
+    client = FakeClient(Pool())
+    session = api.path_of("session", "e" * 32)
+    client.put(session, api.RESTORE_SESSION, {"Id": "e" * 32})
+    job_path = api.path_of("job", JOB_RUNNING.id)
+    client.handlers.update({
+        "BeginRestore": lambda path, text, options: [session],
+        "SelectComponents": lambda path, names: [],
+        "AddSnapshotToRecoverySet": lambda path, shadow_path, dest: [],
+        "PreRestore": lambda path: [],
+        "RecoverSet": lambda path, options: [job_path],
+        "PostRestore": lambda path: [],
+        "GetWriterStatus": lambda path: [[["50-app", "stable", "started"]]],
+        "Close": lambda path: []})
+    got = backend(client)
+    with got.begin_restore(document(), writers_dir=None, writer_timeout=None) as restore:
+        restore.select_components(["db"])
+        restore.add("1234abcd", None)  # a prefix, resolved in the document
+        restore.pre_restore()
+        started = restore.recover_set(engine="auto", volume_check=True,
+                                      revert_identity=False)
+        status = restore.post_restore()
+        assert restore.status().id == JOB_RUNNING.id
+        assert restore.id == "e" * 32
+    assert started.job.id == JOB_RUNNING.id
+    assert status == [{"writer": "50-app", "state": "stable", "message": "started",
+                       "last_event": None}]
+    assert client.members() == ["BeginRestore", "SelectComponents",
+                                "AddSnapshotToRecoverySet", "PreRestore", "RecoverSet",
+                                "PostRestore", "GetWriterStatus", "Close"]
+    begin = client.calls[0][3]
+    assert json.loads(begin[0]) == document().to_json()
+    assert client.calls[2][3] == (api.path_of("shadow", SHADOW_1.shadow.id), "")
+    # A failing step still closes the session; a shadow copy not in the document is
+    # refused with the session's own message.
+    client.calls.clear()
+    with pytest.raises(NotFound, match="is not in the backup document"), \
+            got.begin_restore(document(), writers_dir=None, writer_timeout=None) as restore:
+        restore.add("ffffffff", "beta")
+    assert client.members() == ["BeginRestore", "Close"]
+
+
+# -- records and jobs ----------------------------------------------------------------------------
+
+
+def test_a_job_status_from_the_record_equals_the_catalogs_for_whole_seconds() -> None:
+    for j in (JOB_DONE, JOB_RUNNING, cancel(JOB_RUNNING)):
+        assert JobStatus.from_record(job_json(j)) == JobStatus.of(j)
+    assert epoch("2027-01-15T08:00:00Z") == T0
+    assert epoch(None) is None
+
+
+# -- the same answers as the catalog, for any text ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CatalogProvider]:
+    """One real catalog with the sample objects, for every example."""
+    provider = CatalogProvider(tmp_path_factory.mktemp("catalog"), Pool())
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+def outcome(find: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        return "found", str(find())
+    except NotFound as exc:
+        return "not found", str(exc)
+
+
+def same_as_catalog(known: CatalogProvider, ident: str) -> None:
+    objects = FakeClient(Pool()).managed_objects()
+    luns = {p: i[api.LUN] for p, i in objects.items() if api.LUN in i}
+    shadows = {p: i[api.SHADOW_COPY] for p, i in objects.items() if api.SHADOW_COPY in i}
+    jobs = {p: i[api.JOB] for p, i in objects.items() if api.JOB in i}
+    assert outcome(lambda: find_lun(luns, ident)[1]["Id"]) == outcome(
+        lambda: known.lun(ident).id)
+    assert outcome(lambda: find_shadow_copy(shadows, ident)[1]["Id"]) == outcome(
+        lambda: known.shadow_copy(ident).id)
+    assert outcome(lambda: find_job(jobs, ident)[1]["Id"]) == outcome(
+        lambda: known.resyncer.job(ident).id)
+
+
+@pytest.mark.parametrize("ident", [
+    "alpha", "ALPHA", "beta", "1" * 32, LUN_A.id, LUN_A.id.upper(), "1234abcd", "1234ABCD",
+    "1234abc", "1234abc_", "1234abc%", "1234ab%%", "12\\4abcd", "99999999", "9999999",
+    "9999999A", "88888888" + "8" * 24, "8888888888888888888888888888888888", "",
+    "\u01301234abcd",
+    "\x00\x00\x00\x00\x00\x00\x00\x00"])
+def test_names_and_ids_are_found_as_the_catalog_finds_them(known: CatalogProvider,
+                                                          ident: str) -> None:
+    same_as_catalog(known, ident)
+
+
+@PROPERTY
+# Letters whose lower case is not ASCII's: dotted I, dotless i, the Kelvin sign.
+@given(st.text(alphabet="0123456789abcdefABCDEF%_\\\u0130\u0131\u212a", max_size=12)
+       | st.sampled_from(["1234abc", "99999999", "88888888", "1234abce"]).flatmap(
+           lambda p: st.text(alphabet="0123456789abcdefABCDEF", max_size=4).map(
+               lambda s: p + s)))
+def test_any_text_is_found_or_refused_as_the_catalog_does(known: CatalogProvider,
+                                                         ident: str) -> None:
+    same_as_catalog(known, ident)
