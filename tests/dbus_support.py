@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -68,7 +69,10 @@ class PrivateBus:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)  # other users (the non-root tests) reach the socket
-        self.socket = directory / "bus.sock"
+        # A socket path has at most 107 bytes; a test's scratch directory can be longer.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="lunresync-bus-", dir="/tmp"))
+        self._socket_dir.chmod(0o755)
+        self.socket = self._socket_dir / "bus.sock"
         include = f"<include>{policy}</include>" if policy is not None else ""
         self.config = directory / "bus.conf"
         self.config.write_text(BUS_CONFIG.format(socket=self.socket, include=include))
@@ -80,6 +84,7 @@ class PrivateBus:
         line = self.process.stdout.readline().strip()
         if not line:
             _, err = self.process.communicate(timeout=10)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
             raise RuntimeError(f"dbus-daemon did not start: {err.strip()}")
         self.address = line
 
@@ -91,6 +96,7 @@ class PrivateBus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> PrivateBus:
         return self

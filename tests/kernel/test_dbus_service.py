@@ -10,6 +10,9 @@ reads the pool directly only to set up and to check.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -297,3 +300,82 @@ def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: 
         assert error_of("Resync", "a(oo)a{sv}", [[shadow_path("1" * 32), "/"]], {}) == \
             api.NOT_FOUND
         assert sorted(client.managed_objects()) == before
+
+
+# -- the command line through the service, and the introspection data ------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lunresync.cli.main", *args],
+                          capture_output=True, text=True, timeout=600, check=False,
+                          cwd=Path(__file__).resolve().parents[2],
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"})
+
+
+def test_cli_says_the_same_directly_and_through_the_service(
+        devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
+    _, shadow, content = source_lun(provider, devices)
+    slow = provider.adopt_lun("slow", slow_device(devices, 2000)[0])
+    pool = str(provider.pool.root)
+    with service(scratch_pool, provider) as (bus, _):
+        through = ("--via-dbus", "--bus", bus.address)
+        direct = ("--pool", pool)
+
+        def same(*args: str) -> subprocess.CompletedProcess[str]:
+            mine, theirs = cli(*direct, *args), cli(*through, *args)
+            assert (theirs.returncode, theirs.stdout, theirs.stderr) == \
+                (mine.returncode, mine.stdout, mine.stderr), args
+            return mine
+
+        for args in (["lun", "list", "--json"], ["lun", "show", "src", "--json"],
+                     ["lun", "show", "src"], ["snapshot", "list", "--json"],
+                     ["snapshot", "show", shadow.id, "--json"], ["lun", "show", "nosuch"]):
+            same(*args)
+        # A restore started through the service, followed and shown both ways.
+        started = cli(*through, "resync", shadow.id, "--to", "slow", "--json")
+        assert started.returncode == 0, started.stderr
+        job = json.loads(started.stdout)["id"]
+        timed_out = cli(*through, "job", "wait", job, "--timeout", "1")
+        assert timed_out.returncode == 7, timed_out.stderr
+        cancelled = cli(*through, "job", "cancel", job)
+        assert (cancelled.returncode, cancelled.stdout) == (
+            0, f"job {job} cancelled; incomplete: LUN slow\n")
+        failed = same("job", "wait", job, "--json")
+        assert failed.returncode == 1
+        same("job", "show", job, "--json")
+        same("job", "list", "--all", "--json")
+        # A block device through the service: refused, nothing made.
+        raw = devices.loop("raw", SIZE).path
+        refused = cli(*through, "resync", shadow.id, "--to", raw)
+        assert refused.returncode == 3, refused.stderr
+        # In place, through the service, to the end.
+        restored = cli(*through, "resync", shadow.id, "--wait", "--json")
+        assert restored.returncode == 0, restored.stderr
+        assert json.loads(restored.stdout)["state"] == "done"
+        same("job", "show", json.loads(restored.stdout)["id"], "--json")
+    assert read_at(provider.lun("src").path, 0, SIZE) == content
+    assert provider.lun("slow").state.value == "incomplete"
+    assert slow.name == "slow"
+
+
+def test_every_object_introspects_as_the_published_xml(
+        devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
+    from lunresync.service import introspection
+
+    provider.create_lun("one", SIZE)
+    (shadow,) = provider.create_snapshot_set(["one"]).snapshot_set.shadow_copies
+    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+        (job,) = client.manager("Resync", "a(oo)a{sv}", [[shadow_path(shadow.id), "/"]], {})
+        document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "one")], {})[0]
+        (session,) = client.manager("BeginRestore", "sa{sv}", document, {})
+        (writer,) = client.manager("RegisterWriter", "sas", "probe", [])
+        paths = {api.LUN: lun_path(provider, "one"), api.SHADOW_COPY: shadow_path(shadow.id),
+                 api.SNAPSHOT_SET: api.path_of("set", shadow.set_id), api.JOB: job,
+                 api.RESTORE_SESSION: session, api.WRITER: writer,
+                 api.MANAGER: api.MANAGER_PATH}
+        for interface, path in paths.items():
+            (xml,) = client.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
+            assert list(introspection.lunresync_interfaces(xml)) == [interface], path
+            assert introspection.mismatches(xml) == [], path
+        client.call(session, api.RESTORE_SESSION, "Close")
