@@ -316,7 +316,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_says_the_same_directly_and_through_the_service(
         devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
     _, shadow, content = source_lun(provider, devices)
-    slow = provider.adopt_lun("slow", slow_device(devices, 2000)[0])
+    # Writes wait 20 s: the copy is surely running when it is cancelled.
+    slow = provider.adopt_lun("slow", slow_device(devices, 20000)[0])
     pool = str(provider.pool.root)
     with service(scratch_pool, provider) as (bus, _):
         through = ("--via-dbus", "--bus", bus.address)
