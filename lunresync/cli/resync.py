@@ -112,7 +112,7 @@ def resync_json(job: JobStatus, online_seconds: float | None,
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("items", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True,
-              help="How the kernel copies (auto: merge in place, else clone, else mirror).")
+              help="How the kernel copies (auto: clone, else merge in place, else mirror).")
 @click.option("--no-volume-check", is_flag=True,
               help="Restore even onto a destination that is mounted or open.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the copy to complete.")

@@ -786,11 +786,11 @@ def _choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | 
                                f" {requested.target} target, which this kernel lacks (see"
                                " lunresync doctor)")
         return requested
-    # In place, merge goes online fastest (the freeze copies only the COW's tail) and, for
-    # the few changes a revert usually has, ends first too. dm-clone copies only the
-    # changed chunks as well (sparse hydration) and, many at a time, ends sooner when
-    # there are very many (bench/resync.py): --engine clone asks for it.
-    preferred = (EngineKind.MERGE, EngineKind.CLONE, EngineKind.MIRROR) if in_place \
+    # In place, dm-clone copies only the changed chunks too (sparse hydration), many at a
+    # time, where snapshot-merge copies them one after the other: with 1% of 2 GiB
+    # changed it ended in 0.89 s against 1.53 s, with 10% in 4.3 s against 15 s
+    # (bench/resync.py). Both are online within half a second for a few changes.
+    preferred = (EngineKind.CLONE, EngineKind.MERGE, EngineKind.MIRROR) if in_place \
         else (EngineKind.CLONE, EngineKind.MIRROR)
     for kind in preferred:
         if usable.get(kind.target, False):

@@ -230,7 +230,9 @@ def test_full_cycle_ext4_and_xfs_databases(provider: Provider, scratch_pool: Pat
         session.pre_restore()
         assert all(app.pid() is None and not is_mounted(app.mount) for app in apps)
         job = session.recover_set()
-        assert {p.engine for p in job.status().pairs} == {EngineKind.MERGE}
+        # In place with dm-clone: sparse hydration, only the changed chunks are copied.
+        assert {p.engine for p in job.status().pairs} == {EngineKind.CLONE}
+        assert all(p.plan.sparse for p in job.status().pairs)
         status = session.post_restore()  # online: the applications start on restored data
         assert [(s.writer, s.state) for s in status] == [("50-sqlite-app", "stable"),
                                                          ("filesystem", "stable")]

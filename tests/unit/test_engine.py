@@ -44,10 +44,12 @@ ALL = {"snapshot-merge": True, "mirror": True, "clone": True}
 # -- engine choice ---------------------------------------------------------------------------
 
 
-def test_auto_choice_merges_in_place_and_clones_elsewhere() -> None:
+def test_auto_choice_clones_sparsely_in_place_else_merges() -> None:
+    """In place, dm-clone copies the changed chunks only (many at once); without it,
+    snapshot-merge does (one after the other)."""
     no_clone = {**ALL, "clone": False}
-    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.MERGE
-    assert _choose_engine(shadow(), LUN_A, None, {"clone": True}) is EngineKind.CLONE
+    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.CLONE
+    assert _choose_engine(shadow(), LUN_A, None, no_clone) is EngineKind.MERGE
     assert _choose_engine(shadow(), LUN_A, None, {"mirror": True}) is EngineKind.MIRROR
     assert _choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
     assert _choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
