@@ -264,8 +264,8 @@ class Provider:
 
     @contextlib.contextmanager
     def _device_list(self) -> Iterator[None]:
-        """Read the device list once for a whole operation (one dmsetup call, not one per
-        device: each costs about 0.3 s in a TCG VM); creations and removals keep it."""
+        """Read the device list once for a whole operation (the device-mapper answers one
+        request per device); creations and removals keep it."""
         self._present = {d.name: d for d in self.dm.devices()}
         try:
             yield

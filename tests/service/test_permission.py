@@ -68,8 +68,8 @@ def test_the_service_refuses_changes_from_others(
 
 def test_the_service_lets_others_read(open_bus: PrivateBus,
                                       open_service: ServiceProcess) -> None:
-    """GetCapabilities changes nothing: the service answers anybody (the system bus's
-    policy keeps it for root and the group, see test_policy)."""
+    """GetCapabilities changes nothing: the service answers anybody (and so does the
+    project's bus policy, see test_policy)."""
     (capabilities,) = call_all_as_nobody(open_bus.address, [manager("GetCapabilities")])
     assert capabilities.error is None, capabilities.value
     assert capabilities.value[0]["root"] is True  # the service's view: it runs as root
