@@ -9,6 +9,7 @@ lower-case hex digits.
 
 from __future__ import annotations
 
+import calendar
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,19 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def when(timestamp: float) -> str:
     """A unix time as the records show it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    return time.strftime(TIME_FORMAT, time.gmtime(timestamp))
+
+
+def epoch(text: str | None) -> float | None:
+    """A record's time back as unix seconds (whole seconds); None stays None."""
+    if not text:
+        return None
+    return float(calendar.timegm(time.strptime(text, TIME_FORMAT)))
 
 
 def lun_json(lun: Lun) -> dict[str, Any]:

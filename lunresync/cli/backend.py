@@ -12,9 +12,7 @@ the pool's catalog has fractions, the service's objects do not).
 
 from __future__ import annotations
 
-import calendar
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
+from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import LunresyncError
 from lunresync.kernel.capabilities import has_device_mapper
 from lunresync.provider.pool import pool_path
 from lunresync.provider.provider import Provider
-from lunresync.views import job_json, lun_json, shadow_json
+from lunresync.views import epoch, job_json, lun_json, shadow_json
 
 from .base import root_params, via_dbus
 
@@ -40,17 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINISHED_STATES = ("done", "failed", "cancelled")
-
-
 # -- results ------------------------------------------------------------------------------
-
-
-def epoch(text: str | None) -> float | None:
-    """A record's time (ISO 8601, UTC, whole seconds) as unix seconds; None stays None."""
-    if not text:
-        return None
-    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 @dataclass(frozen=True)
@@ -85,7 +74,7 @@ class JobStatus:
 
     @property
     def finished_state(self) -> bool:
-        return self.state in FINISHED_STATES
+        return JobState(self.state).finished
 
     @property
     def error(self) -> str | None:
@@ -224,12 +213,6 @@ def backend_for(ctx: click.Context) -> Backend:
     return connect(root.params.get("bus"), pool=pool if explicit and pool else None)
 
 
-def _engine(engine: str) -> Any:
-    from lunresync.engine.model import EngineKind
-
-    return None if engine == "auto" else EngineKind(engine)
-
-
 # -- directly on the pool -----------------------------------------------------------------
 
 
@@ -324,7 +307,8 @@ class DirectBackend:
     def resync(self, pairs: Sequence[ResyncPair], *, engine: str,
                volume_check: bool) -> Started:
         provider = self.provider
-        handle = provider.resync_luns(pairs, engine=_engine(engine), volume_check=volume_check)
+        handle = provider.resync_luns(pairs, engine=EngineKind.choice(engine),
+                                      volume_check=volume_check)
         return Started(JobStatus.of(provider.resyncer.job(handle.id)), handle.online_seconds)
 
     def jobs(self) -> list[JobStatus]:
@@ -401,7 +385,7 @@ class DirectRestore:
 
     def recover_set(self, *, engine: str, volume_check: bool,
                     revert_identity: bool) -> Started:
-        self.handle = self.session.recover_set(engine=_engine(engine),
+        self.handle = self.session.recover_set(engine=EngineKind.choice(engine),
                                                volume_check=volume_check,
                                                revert_identity=revert_identity)
         # A catalog read, not handle.status(): that would also poll the kernel.

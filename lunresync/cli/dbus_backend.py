@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -31,7 +30,6 @@ from lunresync.errors import (
     JobFailed,
     JobTimeout,
     LunresyncError,
-    NotFound,
     NotSupported,
 )
 from lunresync.provider.model import check_lun_name
@@ -51,8 +49,6 @@ if TYPE_CHECKING:
 #: the command early while the service goes on.
 CALL_TIMEOUT = 24 * 3600.0
 POLL_INTERVAL = 0.5  # seconds between looks at a job being waited for (as direct)
-_HEX = frozenset("0123456789abcdef")
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class ServiceCalls(Protocol):
@@ -147,8 +143,14 @@ class DbusBackend:
         records = [_parse_record(p) for p in self._objects(api.LUN).values()]
         return sorted(records, key=lambda r: str(r["name"]))
 
+    def _find(self, kind: str, name: str) -> str:
+        """The object path of a LUN, shadow copy or job, found by the service as the
+        catalog finds it (same rules, same errors)."""
+        (path,) = self.client.manager("Lookup", "ss", kind, name)
+        return str(path)
+
     def lun(self, name: str) -> dict[str, Any]:
-        return _parse_record(find_lun(self._objects(api.LUN), name)[1])
+        return self._record(self._find("lun", name), api.LUN)
 
     def create_lun(self, name: str, size: str) -> dict[str, Any]:
         # The same checks, in the same order, as the provider's create_lun: the service
@@ -159,7 +161,7 @@ class DbusBackend:
         return self._record(path, api.LUN)
 
     def delete_lun(self, name: str, *, force: bool) -> None:
-        path, _ = find_lun(self._objects(api.LUN), name)
+        path = self._find("lun", name)
         self.client.manager("DeleteLun", "oa{sv}", path, {"force": _b(force)})
 
     def activate(self) -> list[str]:
@@ -169,8 +171,7 @@ class DbusBackend:
     # -- shadow copies -------------------------------------------------------------------
 
     def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken:
-        objects = self._objects(api.LUN)
-        paths = [find_lun(objects, name)[0] for name in luns]
+        paths = [self._find("lun", name) for name in luns]
         set_path, shadow_paths = self.client.manager("CreateSnapshotSet", "aosa{sv}", paths,
                                                      kind, {})
         return SetTaken(api.id_of(set_path, "set"), None,
@@ -180,22 +181,19 @@ class DbusBackend:
         return by_created([_parse_record(p) for p in self._objects(api.SHADOW_COPY).values()])
 
     def shadow_copy(self, shadow_copy: str) -> dict[str, Any]:
-        return _parse_record(find_shadow_copy(self._objects(api.SHADOW_COPY), shadow_copy)[1])
+        return self._record(self._find("shadow", shadow_copy), api.SHADOW_COPY)
 
     def delete_shadow_copy(self, shadow_copy: str) -> None:
-        path, _ = find_shadow_copy(self._objects(api.SHADOW_COPY), shadow_copy)
-        self.client.call(path, api.SHADOW_COPY, "Delete", "a{sv}", [{}])
+        self.client.call(self._find("shadow", shadow_copy), api.SHADOW_COPY, "Delete",
+                         "a{sv}", [{}])
 
     # -- jobs ----------------------------------------------------------------------------
 
     def resync(self, pairs: Sequence[ResyncPair], *, engine: str,
                volume_check: bool) -> Started:
-        objects = self.client.managed_objects()
-        luns = _with(objects, api.LUN)
-        shadows = _with(objects, api.SHADOW_COPY)
         wanted: list[list[str]] = []
         for pair in pairs:  # checked in the order the engine checks them
-            shadow, _ = find_shadow_copy(shadows, pair.shadow_copy)
+            shadow = self._find("shadow", pair.shadow_copy)
             if pair.destination is None:
                 destination = api.NO_OBJECT  # the shadow copy's own LUN
             elif pair.destination.startswith("/"):
@@ -203,7 +201,7 @@ class DbusBackend:
                     f"restoring into the block device {pair.destination} is not available"
                     " through the service", hint="restore into a LUN, or " + DIRECT_HINT)
             else:
-                destination, _ = find_lun(luns, pair.destination)
+                destination = self._find("lun", pair.destination)
             wanted.append([shadow, destination])
         began = self.clock()
         (path,) = self.client.manager("Resync", "a(oo)a{sv}", wanted,
@@ -215,16 +213,13 @@ class DbusBackend:
         records = by_created([_parse_record(p) for p in self._objects(api.JOB).values()])
         return [JobStatus.from_record(r) for r in records]
 
-    def _job_path(self, job_id: str) -> str:
-        return find_job(self._objects(api.JOB), job_id)[0]
-
     def job(self, job_id: str) -> JobStatus:
-        return JobStatus.from_record(_parse_record(find_job(self._objects(api.JOB),
-                                                            job_id)[1]))
+        return self._job_status(self._find("job", job_id))
 
     def wait(self, job_id: str, *, timeout: float | None = None,
              on_progress: ProgressCallback | None = None) -> JobStatus:
-        return self.follow(self._job_path(job_id), timeout=timeout, on_progress=on_progress)
+        return self.follow(self._find("job", job_id), timeout=timeout,
+                           on_progress=on_progress)
 
     def follow(self, path: str, *, timeout: float | None = None,
                on_progress: ProgressCallback | None = None) -> JobStatus:
@@ -246,7 +241,7 @@ class DbusBackend:
         return status
 
     def cancel(self, job_id: str) -> JobStatus:
-        path = self._job_path(job_id)
+        path = self._find("job", job_id)
         self.client.call(path, api.JOB, "Cancel", "a{sv}", [{}])
         return self._job_status(path)
 
@@ -270,8 +265,7 @@ class DbusBackend:
         # Before anything is made, as the direct backup: a document that cannot be
         # written would leave a snapshot set nobody knows of.
         target = check_new_document_path(document)
-        objects = self._objects(api.LUN)
-        paths = [find_lun(objects, name)[0] for name in luns]
+        paths = [self._find("lun", name) for name in luns]
         options = {"kind": _s(kind)}
         if writer_timeout is not None:
             options["writer_timeout"] = Variant("d", float(writer_timeout))
@@ -371,13 +365,7 @@ class DbusRestore:
         return self.backend._job_status(self.job_path)
 
 
-# -- names and ids to object paths ----------------------------------------------------------
-
-
-def _with(objects: Mapping[str, Mapping[str, dict[str, Any]]],
-          interface: str) -> dict[str, dict[str, Any]]:
-    return {path: dict(ifaces[interface]) for path, ifaces in objects.items()
-            if interface in ifaces}
+# -- records ----------------------------------------------------------------------------------
 
 
 def _parse_record(properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,41 +384,3 @@ def by_created(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seconds; within one second the service's order is kept, which is the order it
     found (the catalog's) or made them in."""
     return sorted(records, key=lambda r: str(r["created"]))
-
-
-def find_lun(luns: Mapping[str, Mapping[str, Any]], name: str) -> tuple[str, Mapping[str, Any]]:
-    """(path, properties) of a LUN by name, else by id: the catalog's rule."""
-    for key in ("Name", "Id"):
-        for path, props in luns.items():
-            if props.get(key) == name:
-                return path, props
-    raise NotFound(f"no LUN named {name!r}")
-
-
-def _prefixed(objects: Mapping[str, Mapping[str, Any]],
-              prefix: str) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(path, props) for path, props in objects.items()
-            if str(props.get("Id", "")).startswith(prefix)]
-
-
-def find_shadow_copy(shadows: Mapping[str, Mapping[str, Any]],
-                     ident: str) -> tuple[str, Mapping[str, Any]]:
-    """By id or a unique prefix of 8+ characters, as the catalog: its SQL LIKE ignores
-    the case of ASCII letters and takes ``%`` and ``_`` literally."""
-    if len(ident) < 8:
-        raise NotFound(f"no shadow copy {ident!r} (give at least 8 hex digits of its id)")
-    found = _prefixed(shadows, ident.translate(_ASCII_LOWER))
-    if len(found) != 1:
-        raise NotFound(f"no shadow copy {ident!r}" if not found
-                       else f"shadow copy id {ident!r} is ambiguous")
-    return found[0]
-
-
-def find_job(jobs: Mapping[str, Mapping[str, Any]], ident: str) -> tuple[str, Mapping[str, Any]]:
-    """By id or a unique prefix of 8+ lower-case hex digits, as the job store."""
-    if len(ident) < 8 or not set(ident) <= _HEX:
-        raise NotFound(f"no job {ident!r} (give at least 8 hex digits of its id)")
-    found = _prefixed(jobs, ident)
-    if len(found) != 1:
-        raise NotFound(f"no job {ident!r}" if not found else f"job id {ident!r} is ambiguous")
-    return found[0]

@@ -83,7 +83,7 @@ class CloneEngine:
             hydration=False, discard_passdown=False), plan.sectors)
         marker = provider.create_device(plan.marker, table, plan.marker_uuid, undo,
                                         udev_sync=False, private=True)
-        mark_hydrated(f"/dev/dm-{marker.minor}",
+        mark_hydrated(node(marker.devno),
                       unchanged_runs(changed, plan.sectors // plan.region_sectors),
                       plan.region_sectors * 512)
         devices["marked_exceptions"] = str(len(store.exceptions))
@@ -97,9 +97,9 @@ class CloneEngine:
             return plan
         assert plan.marker is not None
         assert plan.source_store is not None
-        store = read_store(plan.source_store)
-        seen = int(devices["marked_exceptions"])
-        late = regions_of((old for old, _ in store.exceptions[seen:]), store.chunk_sectors,
+        # Only the exceptions added since the marking: the store's tail.
+        store = read_store(plan.source_store, since=int(devices["marked_exceptions"]))
+        late = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
                           plan.region_sectors)
         if late:
             copy_regions(plan.source, node(devices.get(plan.leg, plan.leg)), late,

@@ -35,6 +35,11 @@ class EngineKind(Enum):
         return {"merge": "snapshot-merge", "mirror": "mirror", "clone": "clone"}[self.value]
 
     @classmethod
+    def choice(cls, value: str) -> EngineKind | None:
+        """An engine as users name it: ``auto`` (None: lunresync chooses) or an engine."""
+        return None if value == "auto" else cls.parse(value)
+
+    @classmethod
     def parse(cls, value: str) -> EngineKind:
         try:
             return cls(value)
@@ -80,10 +85,13 @@ class PairPlan:
     def from_json(cls, data: dict[str, Any]) -> PairPlan:
         return cls(**data)
 
+    def helpers(self) -> list[str]:
+        """The pair's helper dm devices (not its top), in removal order (users first)."""
+        return [n for n in (self.marker, self.overlay, self.leg_helper) if n is not None]
+
     def helper_devices(self) -> list[str]:
-        """The job's own dm devices, in removal order (users first)."""
-        own = [self.top] if self.own_top else []
-        return own + [n for n in (self.marker, self.overlay, self.leg_helper) if n is not None]
+        """The job's own dm devices, its own top included, in removal order."""
+        return ([self.top] if self.own_top else []) + self.helpers()
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ class JobPair:
     bytes_done: int
     bytes_total: int
     plan: PairPlan
+
+    @property
+    def copies_changed_chunks(self) -> bool:
+        """In place: only the chunks the shadow copy's COW store lists are copied (merge,
+        sparse clone), and the store tells what was written during the restore."""
+        return self.engine is EngineKind.MERGE or self.plan.sparse
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from lunresync.errors import (
 from lunresync.kernel import udev
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.dm import DmInfo
-from lunresync.kernel.kmsg import KernelLog, KernelMessage
+from lunresync.kernel.kmsg import KernelLog, KernelMessage, now_usec
 from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
@@ -215,7 +215,7 @@ class Resyncer:
     def _check(self, pairs: Sequence[ResyncPair], requested: EngineKind | None,
                volume_check: bool) -> list[_Checked]:
         catalog = self.p.catalog
-        present = {d.name: d for d in self.p.dm.devices()}
+        present = self.p.dm.names()  # one request; the info of the destinations alone
         usable = usable_targets()
         busy = {}
         for job_id, active in self.store.active_pairs():
@@ -252,7 +252,7 @@ class Resyncer:
                 if lun.dm_name not in present:
                     raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
                 if volume_check:
-                    self._refuse_lun_in_use(lun, present[lun.dm_name])
+                    self._refuse_lun_in_use(lun, self.p.dm.info(lun.dm_name))
             elif volume_check:
                 assert device is not None
                 _refuse_busy_device(device)
@@ -384,15 +384,15 @@ class Resyncer:
             self.p.dm.load(pair.plan.top, self._online_table(pair, plans[pair.index],
                                                              devices[pair.index]))
         # Back-to-back resumes switch every destination (and end any freeze). Nothing
-        # waits for udev here; the caller settles it, after the destinations are online.
+        # waits for udev here; the caller waits for the links of its own devices, after
+        # the destinations are online.
         self.p.dm.resume(*tops, udev_sync=False)
-        since = _kernel_usec()
+        since = now_usec()
         with self.p.catalog.transaction():
             for pair in job.pairs:
                 plan = replace(plans[pair.index], log_since_usec=since)
                 total = (plan.exceptions_at_start * plan.region_sectors * 512
-                         if pair.engine is EngineKind.MERGE or plan.sparse
-                         else pair.bytes_total)
+                         if pair.copies_changed_chunks else pair.bytes_total)
                 self.store.update_pair(job.id, pair.index, state=JobState.RUNNING, plan=plan,
                                        bytes_total=total)
             job = self.store.job(job.id)
@@ -592,8 +592,7 @@ class Resyncer:
             if pair.engine is EngineKind.MIRROR:
                 overlay = read_store(plan.files["overlay"])
                 chunks, chunk_sectors = overlay.origin_chunks(), overlay.chunk_sectors
-            elif (pair.engine is EngineKind.MERGE or plan.sparse) \
-                    and plan.source_store is not None:
+            elif pair.copies_changed_chunks and plan.source_store is not None:
                 # A chunk first written during the restore was copied into the shadow copy's
                 # COW store. A chunk that had changed before the restore (the ones copied)
                 # and was written during it leaves no trace: all of those count as
@@ -611,9 +610,8 @@ class Resyncer:
 
     def _teardown(self, plan: PairPlan) -> None:
         """Remove the pair's helper devices, loop devices and files (not its top)."""
-        for name in (plan.marker, plan.overlay, plan.leg_helper):
-            if name is not None:
-                self.p.dm.remove(name, missing_ok=True, udev_sync=False)
+        for name in plan.helpers():
+            self.p.dm.remove(name, missing_ok=True, udev_sync=False)
         for path in plan.files.values():
             self.p.detach_file(path)
             Path(path).unlink(missing_ok=True)
@@ -736,7 +734,7 @@ class Resyncer:
     def reactivate(self, undo: Undo) -> list[str]:
         """Rebuild the restore mapping of every running pair whose device is missing."""
         created: list[str] = []
-        since = _kernel_usec()
+        since = now_usec()
         for job_id, pair in self.store.active_pairs():
             if pair.state is JobState.PENDING or self.p.device_exists(pair.plan.top):
                 continue
@@ -806,11 +804,6 @@ def _with_tail(table: Table, plan: PairPlan) -> Table:
     tail = TableLine(plan.sectors, plan.dest_sectors - plan.sectors,
                      LinearTable(plan.leg, plan.sectors))
     return Table((*table.lines, tail))
-
-
-def _kernel_usec() -> int:
-    """Now, on the kernel log's clock (monotonic, since boot)."""
-    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
 
 
 def _refuse_busy_device(path: str) -> None:

@@ -23,7 +23,6 @@ import errno
 import logging
 import os
 import stat
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +48,7 @@ from .dmioctl import (
     encode_message,
     encode_targets,
 )
+from .kmsg import now_usec
 from .names import dm_name, dm_uuid
 from .runner import Runner
 from .targets import ErrorTable, StatusLine, Table, parse_status_line, parse_table
@@ -129,7 +129,7 @@ class DeviceMapper:
     def _call(self, command: Command, name: str = "", *, flags: Flag = Flag.NONE,
               event_nr: int = 0, payload: bytes = b"", target_count: int = 0,
               uuid: str = "", verb: str | None = None) -> Reply:
-        since = _kernel_usec()
+        since = now_usec()
         what = ("dm-ioctl", verb or command.verb, *((name,) if name else ()))
         try:
             return self.runner.kernel_call(what, lambda: self.control.call(
@@ -417,11 +417,6 @@ def _names(names: Sequence[str]) -> list[str]:
     if not checked:
         raise InvalidArgument("no device named")
     return checked
-
-
-def _kernel_usec() -> int:
-    """Now, on the kernel log's clock (monotonic, since boot)."""
-    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
 
 
 def _error(command: Command, name: str, exc: OSError, since_usec: int) -> LunresyncError:

@@ -24,7 +24,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -325,14 +325,17 @@ class Control:
             os.close(self._fd)
             self._fd = None
 
-    def call(self, command: Command, **fields: object) -> Reply:
+    def call(self, command: Command, *, name: str = "", uuid: str = "",
+             flags: Flag = Flag.NONE, event_nr: int = 0, target_count: int = 0,
+             payload: bytes = b"") -> Reply:
         """Send a request; repeat it with a larger buffer while the reply does not fit.
 
         Raises OSError with the kernel's errno (ENXIO: no such device, EBUSY: in use...).
         """
-        room = int(fields.pop("room", DEFAULT_BUFFER))  # type: ignore[call-overload]
+        room = DEFAULT_BUFFER
         while True:
-            buf = encode(room=room, **fields)  # type: ignore[arg-type]
+            buf = encode(name=name, uuid=uuid, flags=flags, event_nr=event_nr,
+                         target_count=target_count, payload=payload, room=room)
             fcntl.ioctl(self.fileno(), command.request, buf, True)
             reply = decode(buf)
             if not reply.flags & Flag.BUFFER_FULL:
@@ -341,7 +344,3 @@ class Control:
                 raise OSError(errno.EOVERFLOW, "the kernel's reply does not fit in 64 MiB")
             room *= 4
 
-
-def iter_lines(specs: Sequence[TargetSpec]) -> Iterator[str]:
-    for spec in specs:
-        yield spec.line()

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 KMSG = Path("/dev/kmsg")
+
+
+def now_usec() -> int:
+    """Now, on the kernel log's clock (microseconds since boot, CLOCK_MONOTONIC): what a
+    record's time is compared with."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1_000_000)
 
 
 @dataclass(frozen=True)

@@ -790,7 +790,7 @@ class Provider:
 
     def _recreate_top(self, lun: Lun) -> None:
         self.dm.create(lun.dm_name, self.lun_table(lun), uuid=lun.dm_uuid,
-                            read_only=lun.read_only)
+                       read_only=lun.read_only)
 
     def _set_masked(self, lun_id: str, masked: bool) -> None:
         with self.catalog.transaction():

@@ -114,7 +114,7 @@ class ScriptRunner:
         elif verb is Verb.RESYNC:
             engine = command.option("engine")
             self.job = self._need_session().recover_set(
-                engine=None if engine in (None, "auto") else EngineKind(engine),
+                engine=EngineKind.choice(engine or "auto"),
                 volume_check=command.option("novolcheck") is None,
                 revert_identity=command.option("revert-identity") is not None)
             self.say(f"job {self.job.id}: online after {self.job.online_seconds or 0:.2f} s")

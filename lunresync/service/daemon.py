@@ -32,6 +32,7 @@ from dbus_fast import BusType, DBusError, Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
+from lunresync.engine.model import JobState
 from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.provider.model import ShadowKind
 from lunresync.provider.provider import Provider
@@ -202,17 +203,15 @@ class Daemon:
 
     # -- running work ------------------------------------------------------------------
 
-    async def call(self, fn: Callable[[Provider], T], *, mutating: bool = True,
-                   owner: str | None = None) -> T:
-        """Run ``fn(provider)`` in the worker for a caller; refresh the objects after."""
-        if mutating:
-            await self.check_caller(owner=owner)
+    async def call(self, fn: Callable[[Provider], T], *, refresh: bool = True) -> T:
+        """Run ``fn(provider)`` in the worker; refresh the objects after (a change).
+
+        For the methods of the objects, which have checked their caller already (see
+        objects.changes) and turn lunresync's errors into named D-Bus errors."""
         try:
             return await self.worker.run(fn)
-        except LunresyncError as exc:
-            raise api.to_dbus_error(exc) from None
         finally:
-            if mutating:
+            if refresh:
                 await self.refresh()
 
     async def refresh(self) -> None:
@@ -244,8 +243,7 @@ class Daemon:
         self._announce_ends(world["job"])
 
     def _announce_ends(self, jobs: dict[str, dict[str, Any]]) -> None:
-        ended = {ident for ident, r in jobs.items() if r["state"] in
-                 ("done", "failed", "cancelled")}
+        ended = {ident for ident, r in jobs.items() if JobState(r["state"]).finished}
         if self._finished_jobs is None:  # ended before we started: nobody is waiting
             self._finished_jobs = ended
             return
@@ -276,8 +274,8 @@ class Daemon:
 
     async def _poll_forever(self) -> None:
         while True:
-            active = any(isinstance(o, JobObject) and o.record["state"] in
-                         ("pending", "running", "completing") for o in self.objects.values())
+            active = any(isinstance(o, JobObject) and not JobState(o.record["state"]).finished
+                         for o in self.objects.values())
             await asyncio.sleep(POLL_ACTIVE if active else POLL_IDLE)
             try:
                 await self.worker.run(_poll_jobs)
@@ -358,10 +356,10 @@ class Daemon:
 
     async def register_writer(self, name: str, components: Sequence[str]) -> str:
         owner = _caller.get() or ""
-        _checked(lambda: check_writer_name(name))
-        parsed = _checked(lambda: parse_registered_components(components))
+        check_writer_name(name)
+        parsed = parse_registered_components(components)
         if any(w.writer.name == name for w in self.writers.values()):
-            raise api.to_dbus_error(InvalidArgument(f"a writer named {name!r} is registered"))
+            raise InvalidArgument(f"a writer named {name!r} is registered")
         self._writer_serial += 1
         path = api.path_of("writer", str(self._writer_serial))
         loop = asyncio.get_running_loop()
@@ -390,13 +388,6 @@ class Daemon:
 def _poll_jobs(provider: Provider) -> None:
     provider.notice_missing_backings()
     provider.resyncer.poll()
-
-
-def _checked(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except LunresyncError as exc:
-        raise api.to_dbus_error(exc) from None
 
 
 def properties_of(obj: ServiceInterface) -> dict[str, Variant]:

@@ -28,8 +28,10 @@ from dbus_fast.annotations import (
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from lunresync import __version__
+from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import InvalidArgument
 from lunresync.provider.model import check_lun_name
+from lunresync.views import epoch
 
 from . import api
 
@@ -78,13 +80,8 @@ def name_signal_args(signal: Callable[..., Any], names: Sequence[str]) -> None:
 
 
 def _epoch(text: str | None) -> int:
-    """ISO time of a record -> unix seconds (0: none)."""
-    if not text:
-        return 0
-    import calendar
-    import time
-
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    """A record's time as the properties give it: unix seconds, 0 for none."""
+    return int(epoch(text) or 0)
 
 
 class Exported(ServiceInterface):
@@ -317,7 +314,7 @@ class JobObject(Exported):
         "Rate": lambda r: int(r["rate"] or 0),
         "StartTime": lambda r: _usec(r["started"] or r["created"]),
         "ExpectedEndTime": lambda r: _usec(r["eta"]),
-        "Cancelable": lambda r: r["state"] in ("pending", "running", "completing"),
+        "Cancelable": lambda r: not JobState(r["state"]).finished,
         "Objects": lambda r: r["objects"], "Error": lambda r: r["error"] or "",
         "Pairs": lambda r: [[p["shadow_copy"], p["destination"], p["device"], p["engine"],
                              p["state"]] for p in r["pairs"]],
@@ -437,7 +434,7 @@ class RestoreSessionObject(ServiceInterface):
 
     async def _step(self, fn: Callable[[Provider], Any]) -> Any:
         try:
-            return await self.daemon.call(fn, owner=self.owner)
+            return await self.daemon.call(fn)
         finally:
             self._changed()
 
@@ -495,7 +492,7 @@ class RestoreSessionObject(ServiceInterface):
         Options: engine (s), volume_check (b), revert_identity (b)."""
         values = api.options(options, {"engine": "s", "volume_check": "b",
                                        "revert_identity": "b"})
-        engine = _engine(values.get("engine", "auto"))
+        engine = EngineKind.choice(values.get("engine", "auto"))
         handle = await self._step(lambda _: self.session.recover_set(
             engine=engine, volume_check=values.get("volume_check", True),
             revert_identity=values.get("revert_identity", False)))
@@ -512,7 +509,7 @@ class RestoreSessionObject(ServiceInterface):
         """(writer, state, message) of each writer: "stable" or "failed-at-<event>"."""
         # In the worker: a step of the session may be changing it there.
         status = await self.daemon.call(lambda _: self.session.writer_status(),
-                                        mutating=False)
+                                        refresh=False)
         return [[s.writer, s.state, s.message] for s in status]
 
     @dbus_method()
@@ -562,10 +559,7 @@ class WriterObject(ServiceInterface):
     @changes
     async def Reply(self, token: DBusStr, success: DBusBool,
                     message: DBusStr) -> DBusNothing:
-        try:
-            self.writer.answer(token, success, message)
-        except InvalidArgument as exc:
-            raise api.to_dbus_error(exc) from None
+        self.writer.answer(token, success, message)
 
     @dbus_method()
     @changes
@@ -575,12 +569,6 @@ class WriterObject(ServiceInterface):
 
 # -- the Manager ----------------------------------------------------------------------------
 
-def _engine(value: str) -> Any:
-    from lunresync.engine.model import EngineKind
-
-    return None if value == "auto" else EngineKind.parse(value)
-
-
 def _kind(value: str) -> Any:
     from lunresync.provider.model import ShadowKind
 
@@ -588,6 +576,17 @@ def _kind(value: str) -> Any:
         return ShadowKind(value)
     except ValueError:
         raise InvalidArgument(f"unknown kind {value!r}: use differential or clone") from None
+
+
+def lookup(provider: Provider, kind: str, name: str) -> str:
+    """The object path of what ``name`` names, by the catalog's own rules."""
+    if kind == "lun":
+        return api.path_of(kind, provider.lun(name).id)
+    if kind == "shadow":
+        return api.path_of(kind, provider.shadow_copy(name).id)
+    if kind == "job":
+        return api.path_of(kind, provider.resyncer.job(name).id)
+    raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow or job")
 
 
 _SIMPLE_SIGNATURES = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
@@ -630,7 +629,7 @@ class ManagerObject(ServiceInterface):
         """What ``lunresync doctor --json`` reports."""
         from lunresync.kernel.capabilities import probe
 
-        caps = await self.daemon.call(lambda p: probe(p.dm), mutating=False)
+        caps = await self.daemon.call(lambda p: probe(p.dm), refresh=False)
         return {key: _variant(value) for key, value in caps.to_json().items()}
 
     @dbus_method()
@@ -640,8 +639,7 @@ class ManagerObject(ServiceInterface):
         api.options(options, {})
         check_lun_name(name)
         if size_bytes <= 0 or size_bytes % 512:
-            raise api.to_dbus_error(InvalidArgument(
-                f"size {size_bytes} is not a positive multiple of 512 bytes"))
+            raise InvalidArgument(f"size {size_bytes} is not a positive multiple of 512 bytes")
         lun = await self.daemon.call(lambda p: p.create_lun(name, size_bytes))
         return api.path_of("lun", lun.id)
 
@@ -698,9 +696,9 @@ class ManagerObject(ServiceInterface):
         destination for the shadow copy's own LUN. Returns once every destination is online.
         Options: engine (s: auto, merge, mirror, clone), volume_check (b)."""
         values = api.options(options, {"engine": "s", "volume_check": "b"})
-        engine = _engine(values.get("engine", "auto"))
+        engine = EngineKind.choice(values.get("engine", "auto"))
         if not pairs:
-            raise api.to_dbus_error(InvalidArgument("name at least one pair"))
+            raise InvalidArgument("name at least one pair")
         wanted = [(api.id_of(shadow, "shadow"),
                    None if dest == api.NO_OBJECT else api.id_of(dest, "lun"))
                   for shadow, dest in pairs]
@@ -714,6 +712,17 @@ class ManagerObject(ServiceInterface):
 
         job = await self.daemon.call(start)
         return api.path_of("job", job.id)
+
+    @dbus_method()
+    @api.mapped
+    async def Lookup(self, kind: DBusStr, name: DBusStr) -> DBusObjectPath:
+        """The object of a LUN (``kind`` ``lun``: by name, else by id), a shadow copy
+        (``shadow``) or a job (``job``: by id or a unique prefix of 8+ hex digits), found
+        as the command line finds it, with the same errors."""
+        found = await self.daemon.call(lambda p: lookup(p, kind, name), refresh=False)
+        if found not in self.daemon.objects:
+            await self.daemon.refresh()  # made since the last look at the pool
+        return found
 
     @dbus_method()
     @changes
@@ -733,8 +742,7 @@ class ManagerObject(ServiceInterface):
 
 def _timeout(value: float | None) -> float | None:
     if value is not None and not 0 < value <= 3600:
-        raise api.to_dbus_error(InvalidArgument(
-            f"writer_timeout {value} is not between 0 and 3600 seconds"))
+        raise InvalidArgument(f"writer_timeout {value} is not between 0 and 3600 seconds")
     return value
 
 

@@ -5,10 +5,15 @@ DbusBackend, both serving the same objects. Pure logic: for unit tests only."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+import click
 
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.store import JobStore
@@ -17,7 +22,11 @@ from lunresync.provider.catalog import Catalog
 from lunresync.provider.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 from lunresync.provider.provider import ShadowCopyUse
 from lunresync.service import api
+from lunresync.service.objects import lookup
 from lunresync.views import job_json, lun_json, shadow_json
+
+if TYPE_CHECKING:
+    from lunresync.provider.provider import Provider
 
 T0 = 1_800_000_000.0  # whole seconds: a record's times are whole seconds
 
@@ -189,8 +198,11 @@ class FakeClient:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {
             api.MANAGER_PATH: {api.MANAGER: {"Pool": service_pool, "ApiVersion": 1}}}
         self.calls: list[tuple[str, str, str, tuple[Any, ...]]] = []
-        self.handlers: dict[str, Handler] = {}
+        # The service finds names and ids with the catalog's own queries: so does this one.
+        self.handlers: dict[str, Handler] = {"Lookup": self._lookup}
         self.closed = False
+        self.pool = pool or Pool()
+        self._catalog: CatalogProvider | None = None
         if pool is not None:
             # In the order the service exports them: the catalog's.
             for x in sorted(pool.luns, key=lambda x: x.name):
@@ -200,6 +212,13 @@ class FakeClient:
                          shadow_object(u))
             for j in sorted(pool.jobs, key=lambda j: (j.created, j.id)):
                 self.put(api.path_of("job", j.id), api.JOB, job_object(j))
+
+    def _lookup(self, path: str, kind: str, name: str) -> list[Any]:
+        if self._catalog is None:
+            directory = Path(tempfile.mkdtemp(prefix="lunresync-fake-service-"))
+            self._catalog = CatalogProvider(directory, self.pool)
+            weakref.finalize(self, _forget, self._catalog, directory)
+        return [lookup(cast("Provider", self._catalog), kind, name)]
 
     def put(self, path: str, interface: str, properties: dict[str, Any]) -> None:
         self.objects[path] = {interface: properties}
@@ -232,3 +251,17 @@ class FakeClient:
 
     def members(self) -> list[str]:
         return [member for _, _, member, _ in self.calls]
+
+
+def leaves(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    """Every command of a group and its subgroups: ("lun create", command)..."""
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from leaves(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
+def _forget(catalog: CatalogProvider, directory: Path) -> None:
+    catalog.close()
+    shutil.rmtree(directory, ignore_errors=True)

@@ -7,21 +7,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from dbus_fast import Variant
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lunresync.cli.backend import JobStatus, epoch
-from lunresync.cli.dbus_backend import (
-    DbusBackend,
-    by_created,
-    find_job,
-    find_lun,
-    find_shadow_copy,
-)
+from lunresync.cli.backend import JobStatus
+from lunresync.cli.dbus_backend import DbusBackend, by_created
 from lunresync.cli.doctor import capabilities_from_json
 from lunresync.engine.model import JobState
 from lunresync.engine.resync import ResyncPair
@@ -38,7 +32,8 @@ from lunresync.provider.model import ShadowKind
 from lunresync.requester.document import BackupDocument, DocumentLun, WriterComponents
 from lunresync.requester.writers import Component
 from lunresync.service import api
-from lunresync.views import job_json, lun_json, shadow_json
+from lunresync.service.objects import lookup
+from lunresync.views import epoch, job_json, lun_json, shadow_json
 
 from .cli_samples import (
     JOB_DONE,
@@ -58,6 +53,9 @@ from .cli_samples import (
     shadow,
 )
 from .hypothesis_settings import PROPERTY
+
+if TYPE_CHECKING:
+    from lunresync.provider.provider import Provider
 
 pytestmark = pytest.mark.unit
 
@@ -87,52 +85,52 @@ def lun_objects() -> dict[str, dict[str, Any]]:
     return {p: i[api.LUN] for p, i in client.objects.items() if api.LUN in i}
 
 
-# -- names and ids to object paths, as the catalog finds them ------------------------------------
+# -- names and ids to object paths: the service finds them, as the catalog does ------------------
 
 
 def test_a_lun_is_found_by_name_first_then_by_id() -> None:
-    luns = lun_objects()
-    assert find_lun(luns, "alpha")[0] == api.path_of("lun", LUN_A.id)
-    assert find_lun(luns, LUN_B.id)[0] == api.path_of("lun", LUN_B.id)
+    client = FakeClient(Pool())
+    found = backend(client)
+    assert found.lun("alpha")["id"] == LUN_A.id
+    assert found.lun(LUN_B.id)["id"] == LUN_B.id
     # LUN_C is named like an id: the name wins, as in the catalog.
-    assert find_lun(luns, "1" * 32)[0] == api.path_of("lun", LUN_C.id)
+    assert found.lun("1" * 32)["id"] == LUN_C.id
     with pytest.raises(NotFound) as caught:
-        find_lun(luns, "nosuch")
+        found.lun("nosuch")
     assert str(caught.value) == "no LUN named 'nosuch'"
+    assert "Lookup" in client.members()
 
 
 def test_a_shadow_copy_is_found_as_the_catalogs_sql_like_finds_it() -> None:
-    shadows = {api.path_of("shadow", u.shadow.id): {"Id": u.shadow.id}
-               for u in (SHADOW_1, SHADOW_2)}
-    assert find_shadow_copy(shadows, SHADOW_1.shadow.id)[0].endswith(SHADOW_1.shadow.id)
-    assert find_shadow_copy(shadows, "1234ABCE")[0].endswith(SHADOW_2.shadow.id)  # LIKE
+    found = backend(FakeClient(Pool()))
+    assert found.shadow_copy(SHADOW_1.shadow.id)["id"] == SHADOW_1.shadow.id
+    assert found.shadow_copy("1234ABCE")["id"] == SHADOW_2.shadow.id  # LIKE
     for ident, message in [
             ("1234abc", "no shadow copy '1234abc' (give at least 8 hex digits of its id)"),
             ("1234abc%", "no shadow copy '1234abc%'"),  # % is taken literally
             ("1234ab", "no shadow copy '1234ab' (give at least 8 hex digits of its id)"),
             ("ffffffff", "no shadow copy 'ffffffff'")]:
         with pytest.raises(NotFound) as caught:
-            find_shadow_copy(shadows, ident)
+            found.shadow_copy(ident)
         assert str(caught.value) == message
-    shadows["/x"] = {"Id": "1234abcd" + "1" * 24}
-    with pytest.raises(NotFound, match="shadow copy id '1234abcd' is ambiguous"):
-        find_shadow_copy(shadows, "1234abcd")
 
 
 def test_a_job_is_found_as_the_job_store_finds_it() -> None:
-    jobs = {api.path_of("job", j.id): {"Id": j.id} for j in (JOB_DONE, JOB_RUNNING)}
-    assert find_job(jobs, "99999999")[0].endswith(JOB_RUNNING.id)
+    found = backend(FakeClient(Pool()))
+    assert found.job("99999999").id == JOB_RUNNING.id
     for ident, message in [
             ("9999999", "no job '9999999' (give at least 8 hex digits of its id)"),
             ("9999999Z", "no job '9999999Z' (give at least 8 hex digits of its id)"),
             ("AAAAAAAA", "no job 'AAAAAAAA' (give at least 8 hex digits of its id)"),
             ("77777777", "no job '77777777'")]:
         with pytest.raises(NotFound) as caught:
-            find_job(jobs, ident)
+            found.job(ident)
         assert str(caught.value) == message
-    jobs["/y"] = {"Id": "9" * 31 + "0"}
-    with pytest.raises(NotFound, match="job id '99999999' is ambiguous"):
-        find_job(jobs, "99999999")
+
+
+def test_lookup_refuses_an_unknown_kind(known: CatalogProvider) -> None:
+    with pytest.raises(InvalidArgument, match="use lun, shadow or job"):
+        lookup(cast("Provider", known), "set", "x")
 
 
 def test_records_come_in_the_catalogs_order() -> None:
@@ -157,9 +155,10 @@ def test_a_record_is_the_services_record_property_as_is() -> None:
     assert got.lun("alpha") == lun_json(LUN_A)
     assert got.shadow_copy("1234abcd") == shadow_json(SHADOW_1)
     assert got.job("88888888").record == job_json(JOB_DONE)
-    client.put("/broken", api.LUN, {"Id": "x", "Name": "broken", "Record": "{"})
+    broken = api.path_of("lun", LUN_B.id)
+    client.put(broken, api.LUN, {**client.objects[broken][api.LUN], "Record": "{"})
     with pytest.raises(LunresyncError, match="without a usable record"):
-        got.lun("broken")
+        got.lun(LUN_B.name)
 
 
 # -- the calls -------------------------------------------------------------------------------
@@ -442,15 +441,11 @@ def outcome(find: Callable[[], Any]) -> tuple[str, str]:
 
 
 def same_as_catalog(known: CatalogProvider, ident: str) -> None:
-    objects = FakeClient(Pool()).managed_objects()
-    luns = {p: i[api.LUN] for p, i in objects.items() if api.LUN in i}
-    shadows = {p: i[api.SHADOW_COPY] for p, i in objects.items() if api.SHADOW_COPY in i}
-    jobs = {p: i[api.JOB] for p, i in objects.items() if api.JOB in i}
-    assert outcome(lambda: find_lun(luns, ident)[1]["Id"]) == outcome(
-        lambda: known.lun(ident).id)
-    assert outcome(lambda: find_shadow_copy(shadows, ident)[1]["Id"]) == outcome(
+    found = backend(FakeClient(Pool()))
+    assert outcome(lambda: found.lun(ident)["id"]) == outcome(lambda: known.lun(ident).id)
+    assert outcome(lambda: found.shadow_copy(ident)["id"]) == outcome(
         lambda: known.shadow_copy(ident).id)
-    assert outcome(lambda: find_job(jobs, ident)[1]["Id"]) == outcome(
+    assert outcome(lambda: found.job(ident).id) == outcome(
         lambda: known.resyncer.job(ident).id)
 
 

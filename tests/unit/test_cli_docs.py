@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
 from lunresync.cli import main as cli_main
@@ -31,7 +30,17 @@ from lunresync.requester.workflow import WriterStatus
 from lunresync.requester.writers import Component
 from lunresync.views import SCHEMA_VERSION, job_json, lun_json, shadow_json
 
-from .cli_samples import JOB_DONE, JOB_RUNNING, LUN_A, LUN_B, SHADOW_1, SHADOW_2, T0, cancel
+from .cli_samples import (
+    JOB_DONE,
+    JOB_RUNNING,
+    LUN_A,
+    LUN_B,
+    SHADOW_1,
+    SHADOW_2,
+    T0,
+    cancel,
+    leaves,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -187,14 +196,6 @@ def test_every_exit_code_is_in_the_table() -> None:
     rows = table(DOCUMENT["Exit codes"], "code")
     assert [(int(r[0]), _unquote(r[1])) for r in rows] == [(c.value, c.name) for c in ExitCode]
     assert all(r[2] for r in rows)
-
-
-def leaves(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
-        if isinstance(command, click.Group):
-            yield from leaves(command, f"{prefix}{name} ")
-        else:
-            yield f"{prefix}{name}", command
 
 
 def test_the_commands_table_says_what_works_through_the_service() -> None:

@@ -34,6 +34,7 @@ from .cli_samples import (
     Pool,
     cancel,
     job_object,
+    leaves,
 )
 
 pytestmark = pytest.mark.unit
@@ -220,14 +221,6 @@ def test_the_environment_chooses_the_service_too(both: Both) -> None:
     direct = CliRunner().invoke(cli_main.cli, ["--pool", "/pool", "lun", "list", "--json"],
                                 env={"LUNRESYNC_VIA_DBUS": "0"})
     assert direct.stdout == listed.stdout
-
-
-def leaves(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
-        if isinstance(command, click.Group):
-            yield from leaves(command, f"{prefix}{name} ")
-        else:
-            yield f"{prefix}{name}", command
 
 
 def test_every_command_is_guarded() -> None:
