@@ -66,6 +66,11 @@ class Engine(Protocol):
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table: ...
 
+    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+        """Once the destination is online, when ``plan.copy_started`` is False: what the
+        kernel's copy waits for (sparse clone: marking). Returns the plan to record."""
+        ...
+
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         """From the table's status (and the kernel log records new since the last poll)."""

@@ -12,19 +12,25 @@ reboot hydration continues. dm-clone reports a failed copy only in the kernel lo
 **Sparse hydration** (a differential shadow copy restored into its own LUN): a chunk of
 the LUN that was not written since the shadow copy was taken is the same on both sides,
 and the shadow copy's COW store lists every chunk that was written. So only those are
-copied: with regions of one chunk, every other region is marked hydrated before the
-switch, by a discard sent to a temporary clone device over the same metadata (the
-*marker*; dm-clone marks discarded regions hydrated and, with ``no_discard_passdown``,
-leaves the data alone). That happens before the freeze, whatever the number of regions;
-inside it, the chunks first written since then (a few, if any) are copied from the shadow
-copy before the marker goes and the LUN switches. A 2 GiB LUN with 1% of its chunks
-changed is back in well under a second, where a merge of the same chunks takes several.
+copied. The LUN switches to a clone mapping with regions of one chunk, hydration off and
+no discard passdown: it is online at once, every region read from the shadow copy. Then
+every region not in the COW store is marked hydrated, by a discard sent through the LUN
+itself (dm-clone marks discarded regions hydrated and, without passdown, leaves the data
+alone), and hydration is switched on: the kernel copies only the changed chunks. Nothing
+of this runs in a freeze, and the time to online does not grow with the changes.
+
+Marking after the switch is safe while the LUN is in use: a region written since the
+switch was hydrated first (marking it again changes nothing), and a region not in the
+store is the same on both sides. A crash before the marking ends leaves hydration off:
+the next poll, or ``activate``, marks again (``PairPlan.copy_started``).
+
+Marking through a second device whose table maps the unchanged runs (one discard for
+all) was measured slower: 47,000 table lines took 5.4 s against 1.0 s for 23,600 discards.
 """
 
 from __future__ import annotations
 
 import fcntl
-import mmap
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,8 +61,7 @@ class CloneEngine:
     kind: ClassVar[EngineKind] = EngineKind.CLONE
 
     def needs_freeze(self, plan: PairPlan) -> bool:
-        # Sparse: the chunks written up to the switch are known only once it is frozen.
-        return plan.sparse
+        return False  # the table swap is the only pause
 
     def default_region(self, spec: PairSpec) -> int:
         # Sparse: one region per chunk, so that exactly the changed chunks are copied.
@@ -69,49 +74,34 @@ class CloneEngine:
 
     def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
                 undo: Undo) -> None:
-        """Sparse: mark every region not written since the shadow copy hydrated."""
-        if not plan.sparse:
-            return
-        assert plan.marker is not None
-        assert plan.marker_uuid is not None
+        pass  # the metadata file is all it needs, and the resyncer makes it
+
+    def in_freeze(self, provider: Provider, plan: PairPlan,
+                  devices: Mapping[str, str]) -> PairPlan:
+        return plan
+
+    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
+        # Sparse: no discard passdown, so that the marking discards never reach the data
+        # (a user's discard during the restore is not passed down either); hydration off
+        # until the marking is done.
+        return Table.single(CloneTable(
+            devices["meta"], plan.leg, plan.source, plan.region_sectors,
+            hydration=plan.copy_started, discard_passdown=not plan.sparse,
+            hydration_threshold=HYDRATION_THRESHOLD, hydration_batch_size=HYDRATION_BATCH),
+            plan.sectors)
+
+    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+        """Sparse, once the LUN is online: mark every region not written since the shadow
+        copy hydrated, then switch hydration on. Running it again is harmless."""
         assert plan.source_store is not None
         store = read_store(plan.source_store)
         changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
                              plan.region_sectors)
-        table = Table.single(CloneTable(
-            devices["meta"], devices.get(plan.leg, plan.leg), plan.source, plan.region_sectors,
-            hydration=False, discard_passdown=False), plan.sectors)
-        marker = provider.create_device(plan.marker, table, plan.marker_uuid, undo,
-                                        udev_sync=False, private=True)
-        mark_hydrated(node(marker.devno),
-                      unchanged_runs(changed, plan.sectors // plan.region_sectors),
+        top = provider.dm.info(plan.top)
+        mark_hydrated(node(top.devno), unchanged_runs(changed, plan.sectors // plan.region_sectors),
                       plan.region_sectors * 512)
-        devices["marked_exceptions"] = str(len(store.exceptions))
-        devices["changed_regions"] = str(len(changed))
-
-    def in_freeze(self, provider: Provider, plan: PairPlan,
-                  devices: Mapping[str, str]) -> PairPlan:
-        """Sparse, with the LUN suspended: copy the chunks first written since the marking
-        (they were marked hydrated), then remove the marker (which commits the metadata)."""
-        if not plan.sparse:
-            return plan
-        assert plan.marker is not None
-        assert plan.source_store is not None
-        # Only the exceptions added since the marking: the store's tail.
-        store = read_store(plan.source_store, since=int(devices["marked_exceptions"]))
-        late = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
-                          plan.region_sectors)
-        if late:
-            copy_regions(plan.source, node(devices.get(plan.leg, plan.leg)), late,
-                         plan.region_sectors * 512)
-        provider.dm.remove(plan.marker, udev_sync=False)
-        return replace(plan, exceptions_at_start=int(devices["changed_regions"]) + len(late))
-
-    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
-        return Table.single(CloneTable(
-            devices["meta"], plan.leg, plan.source, plan.region_sectors,
-            hydration_threshold=HYDRATION_THRESHOLD, hydration_batch_size=HYDRATION_BATCH),
-            plan.sectors)
+        provider.dm.message(plan.top, "enable_hydration")
+        return replace(plan, copy_started=True, exceptions_at_start=len(changed))
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
@@ -172,28 +162,6 @@ def mark_hydrated(device: str, runs: Iterable[tuple[int, int]], region_bytes: in
                                                     count * region_bytes))
     finally:
         os.close(fd)
-
-
-def copy_regions(source: str, target: str, regions: Iterable[int], region_bytes: int) -> None:
-    """Copy whole regions from ``source`` to ``target`` with direct I/O (no page cache
-    between them and device-mapper)."""
-    buffer = mmap.mmap(-1, region_bytes)  # page-aligned, as O_DIRECT wants
-    src = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    try:
-        dst = os.open(target, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        try:
-            for region in sorted(regions):
-                offset = region * region_bytes
-                if os.preadv(src, [buffer], offset) != region_bytes:
-                    raise OSError(f"short read of {source} at {offset}")
-                if os.pwritev(dst, [buffer], offset) != region_bytes:
-                    raise OSError(f"short write to {target} at {offset}")
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-        buffer.close()
 
 
 def hydration_failures(device: str, since_usec: int,

@@ -71,6 +71,9 @@ class MergeEngine:
         return Table.single(SnapshotMergeTable(_real(plan), devices["cow"],
                                                chunk_sectors=chunk), plan.sectors)
 
+    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+        return plan  # the kernel copies from the switch on
+
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail

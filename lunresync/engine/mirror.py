@@ -75,6 +75,9 @@ class MirrorEngine:
         legs = (MirrorLeg(f"/dev/mapper/{plan.overlay}"), MirrorLeg(plan.leg))
         return Table.single(MirrorTable(log, legs, handle_errors=True), plan.sectors)
 
+    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+        return plan  # the kernel copies from the switch on
+
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail

@@ -69,11 +69,11 @@ class PairPlan:
     overlay_uuid: str | None = None
     exceptions_at_start: int = 0  # merge, sparse clone: chunks to copy at the start
     # clone in place from a differential: only the chunks changed since the shadow copy are
-    # copied; the others are marked hydrated beforehand, through ``marker``, a temporary
-    # clone device over the same metadata (engine/clone.py)
+    # copied; the others are marked hydrated once the LUN is online (engine/clone.py)
     sparse: bool = False
-    marker: str | None = None
-    marker_uuid: str | None = None
+    # False until the kernel copies: a sparse clone goes online with hydration off, and
+    # the engine's start_copy() marks, then switches it on (again after a crash).
+    copy_started: bool = True
     # Kernel log records older than this (usec since boot) are not this mapping's: set when
     # the mapping is made, again after a reboot.
     log_since_usec: int = 0
@@ -83,11 +83,15 @@ class PairPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PairPlan:
+        data = dict(data)
+        # Recorded before 2026-11-30: a marker device, gone before the job was running.
+        data.pop("marker", None)
+        data.pop("marker_uuid", None)
         return cls(**data)
 
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
-        return [n for n in (self.marker, self.overlay, self.leg_helper) if n is not None]
+        return [n for n in (self.overlay, self.leg_helper) if n is not None]
 
     def helper_devices(self) -> list[str]:
         """The job's own dm devices, its own top included, in removal order."""

@@ -198,7 +198,10 @@ class Resyncer:
                 undo.push(f"forget job {job.id}", self._forget, job.id)
                 job = self._go_online(job, sizes, undo)
                 online = time.monotonic() - started
+                for pair in job.pairs:  # sparse clone: mark what it need not copy
+                    self._start_copy(job.id, pair)
                 undo.commit()
+            job = self.store.job(job.id)
             for pair in job.pairs:
                 if not pair.plan.own_top:
                     continue
@@ -344,8 +347,7 @@ class Resyncer:
                 dest_sectors=c.size // 512, region_sectors=region, files=files,
                 overlay=f"{helper}-ovl" if mirror else None,
                 overlay_uuid=f"{helper_uuid}-ovl" if mirror else None, sparse=sparse,
-                marker=f"{helper}-mark" if sparse else None,
-                marker_uuid=f"{helper_uuid}-mark" if sparse else None)
+                copy_started=not sparse)
             pairs.append(JobPair(index, c.engine, c.shadow.id,
                                  c.lun.id if c.lun else None, c.dest, JobState.PENDING, 0,
                                  c.shadow.size, plan))
@@ -519,11 +521,12 @@ class Resyncer:
         if lost is not None:
             self._end(job, JobState.FAILED, lost)
             return
-        for pair in job.pairs:
-            if pair.state.finished:
+        for recorded in job.pairs:
+            if recorded.state.finished:
                 continue
-            if pair.plan.top not in present:
+            if recorded.plan.top not in present:
                 continue  # deactivated: activate rebuilds it, then the copy goes on
+            pair = self._start_copy(job.id, recorded)  # a process died before it had
             status = self.p.dm.status(pair.plan.top)
             progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest,
                                                      kernel_log)
@@ -538,6 +541,18 @@ class Resyncer:
             if progress.complete:
                 self._complete_pair(job, pair)
         self._update_totals(job.id)
+
+    def _start_copy(self, job_id: str, pair: JobPair) -> JobPair:
+        """Work the kernel's copy waits for, once the destination is online (sparse clone:
+        the marking); recorded, so it runs once. Returns the pair as recorded."""
+        if pair.plan.copy_started:
+            return pair
+        plan = ENGINES[pair.engine].start_copy(self.p, pair.plan)
+        total = plan.exceptions_at_start * plan.region_sectors * 512
+        with self.p.catalog.transaction():
+            self.store.update_pair(job_id, pair.index, plan=plan, bytes_total=total)
+        self._update_totals(job_id)
+        return replace(pair, plan=plan, bytes_total=total)
 
     def _update_totals(self, job_id: str) -> None:
         job = self.store.job(job_id)
@@ -746,6 +761,7 @@ class Resyncer:
                                  plan.top_uuid, undo)
             with self.p.catalog.transaction():
                 self.store.update_pair(job_id, pair.index, plan=plan)
+            self._start_copy(job_id, replace(pair, plan=plan))
             self._announce(pair, job_id)
             created.append(plan.top)
         return created

@@ -13,13 +13,21 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
-from lunresync.kernel.targets import DelayTable, ErrorTable, LinearTable, Table, TableLine
+from lunresync.kernel.targets import (
+    CloneStatus,
+    DelayTable,
+    ErrorTable,
+    LinearTable,
+    Table,
+    TableLine,
+)
 from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
 from lunresync.provider.provider import Provider
 
@@ -194,6 +202,44 @@ def test_crash_then_activate_resumes_the_copy(
     assert after.bytes_done >= before, (before, after, status)
     wait(provider, handle.id)
     assert read_at(dest.path, 0, SIZE) == expected
+
+
+def test_a_sparse_restore_cut_before_its_marking_marks_on_activate(
+        devices: DeviceStack, provider: Provider) -> None:
+    """Sparse clone in place goes online with hydration off and marks afterwards: a crash
+    in between (simulated: the catalog says not marked) is finished by activate."""
+    lun, shadow, content = source_lun(provider, devices, write_ms=1)
+    # Copies land 3 s late from now on: the job is still running when the "crash" comes.
+    lower = devices.name("src")
+    delay = provider.dm.table(lower).lines[0].params
+    assert isinstance(delay, DelayTable)
+    provider.dm.load(lower, Table.single(replace(delay, write_ms=3000), SIZE // 512))
+    provider.dm.resume(lower)
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.CLONE)
+    (pair,) = provider.resyncer.job(handle.id).pairs
+    assert pair.plan.sparse
+    assert pair.plan.copy_started
+    assert pair.bytes_total == 3 * MiB + 8192  # the changed chunks only
+    # The clone mapping passes no discard down (the marking's discards must not reach
+    # the data) and copies in the background.
+    running = provider.dm.status(lun.dm_name)[0].status
+    assert isinstance(running, CloneStatus)
+    assert "no_discard_passdown" in running.features
+    assert running.hydration_enabled  # the table says no_hydration: switched on after it
+    provider.deactivate()
+    with provider.catalog.transaction():
+        provider.resyncer.store.update_pair(
+            handle.id, pair.index, plan=replace(pair.plan, copy_started=False))
+    provider.activate()
+    assert read_at(lun.path, 0, SIZE) == content  # online again, right content
+    (resumed,) = provider.resyncer.job(handle.id).pairs
+    assert resumed.plan.copy_started, "activate did not mark and start the copy"
+    status = provider.dm.status(lun.dm_name)[0].status
+    assert isinstance(status, CloneStatus)
+    assert status.hydration_enabled, status
+    wait(provider, handle.id)
+    assert read_at(lun.path, 0, SIZE) == content
+    assert provider.resyncer.verify(handle.id).ok
 
 
 def _progress_once_started(provider: Provider, job_id: str) -> int:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -338,6 +339,30 @@ def test_unchanged_runs_cover_every_other_region() -> None:
     assert unchanged_runs({0, 9}, 10) == [(1, 8)]
     assert unchanged_runs({3, 4, 7}, 10) == [(0, 3), (5, 2), (8, 2)]
     assert unchanged_runs(set(range(10)), 10) == []
+
+
+def test_sparse_clone_goes_online_without_hydration_or_discard_passdown() -> None:
+    sparse = plan(region_sectors=16, sparse=True, copy_started=False)
+    assert CloneEngine().online_table(sparse, {"meta": "/dev/loop4"}).format() == (
+        "0 2048 clone /dev/loop4 /dev/mapper/lunresync-b-real"
+        " /dev/mapper/lunresync-sc-cccccccccccc 16 2 no_hydration no_discard_passdown"
+        " 4 hydration_threshold 512 hydration_batch_size 64\n")
+    # Marked (or rebuilt after a reboot once marked): hydration on, still no passdown.
+    marked = replace(sparse, copy_started=True)
+    assert CloneEngine().online_table(marked, {"meta": "/dev/loop4"}).format() == (
+        "0 2048 clone /dev/loop4 /dev/mapper/lunresync-b-real"
+        " /dev/mapper/lunresync-sc-cccccccccccc 16 1 no_discard_passdown"
+        " 4 hydration_threshold 512 hydration_batch_size 64\n")
+    assert not CloneEngine().needs_freeze(sparse)
+
+
+def test_a_plan_recorded_with_a_marker_still_loads() -> None:
+    recorded = {**plan(sparse=True, overlay=None, overlay_uuid=None).to_json(),
+                "marker": "lunresync-job-x-0-mark", "marker_uuid": "LUNRESYNC-job-x-0-mark"}
+    del recorded["copy_started"]
+    loaded = PairPlan.from_json(recorded)
+    assert loaded.copy_started
+    assert loaded.helpers() == []
 
 
 def test_sparse_progress_counts_the_changed_regions_only() -> None:
