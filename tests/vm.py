@@ -269,6 +269,8 @@ def host_main(args: argparse.Namespace) -> int:
         "--memory", args.memory, "--cpus", str(args.cpus),
         "--rwdir", str(results),
     ]
+    if args.append:
+        argv += ["--append", " ".join(args.append)]
     for rwdir in args.rwdir:
         argv += ["--rwdir", str(Path(rwdir).resolve())]
     for disk in args.disk:
@@ -433,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="another host directory the guest may write (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds before the VM is killed (default 1800)")
+    parser.add_argument("--append", action="append", default=[], metavar="ARG",
+                        help="add ARG to the guest kernel's command line (repeatable), for"
+                        " example init_on_alloc=0 (docs/engine.md)")
     parser.add_argument("--no-dm-clone", action="store_true",
                         help="do not build dm-clone when the kernel lacks it")
     parser.add_argument("--allow-leftovers", action="store_true",
