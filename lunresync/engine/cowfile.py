@@ -55,11 +55,8 @@ class CowStore:
         return {old for old, _ in self.exceptions[first:]}
 
 
-def read_store(path: str | os.PathLike[str], *, since: int = 0) -> CowStore:
-    """The header and the committed exceptions of a persistent COW store; with ``since``,
-    only the exceptions from that index on, reading only the metadata areas that hold
-    them (the format is append-only: what a freeze needs stays small however large the
-    store has grown)."""
+def read_store(path: str | os.PathLike[str]) -> CowStore:
+    """The header and the committed exceptions of a persistent COW store."""
     with open(path, "rb") as f:
         header = f.read(_HEADER.size)
         if len(header) < _HEADER.size:
@@ -68,7 +65,7 @@ def read_store(path: str | os.PathLike[str], *, since: int = 0) -> CowStore:
         if magic != SNAP_MAGIC or not chunk_sectors:
             raise InvalidArgument(f"{path} is not a persistent dm-snapshot COW store")
         store = CowStore(chunk_sectors, bool(valid), ())
-        area, skip = divmod(since, store.per_area)
+        area = 0
         exceptions: list[tuple[int, int]] = []
         while True:
             f.seek(store.area_offset(area))
@@ -84,7 +81,7 @@ def read_store(path: str | os.PathLike[str], *, since: int = 0) -> CowStore:
             if ended:
                 break
             area += 1
-    return CowStore(chunk_sectors, bool(valid), tuple(exceptions[skip:]))
+    return CowStore(chunk_sectors, bool(valid), tuple(exceptions))
 
 
 def copy_tail(source: str | os.PathLike[str], target: str | os.PathLike[str],
