@@ -316,8 +316,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_says_the_same_directly_and_through_the_service(
         devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
     _, shadow, content = source_lun(provider, devices)
-    # Writes wait 20 s: the copy is surely running when it is cancelled.
-    slow = provider.adopt_lun("slow", slow_device(devices, 20000)[0])
+    # Writes wait 60 s. The whole copy is in flight at once, so it ends one delay after
+    # the start; two CLI starts in the TCG VM took up to 20 s, and a 20 s delay let the
+    # copy end before the cancel came. The cancel waits for the writes in flight.
+    slow = provider.adopt_lun("slow", slow_device(devices, 60000)[0])
     pool = str(provider.pool.root)
     with service(scratch_pool, provider) as (bus, _):
         through = ("--via-dbus", "--bus", bus.address)
