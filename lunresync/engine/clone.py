@@ -108,8 +108,7 @@ class CloneEngine:
         line = status[0]  # the engine's line; a larger destination has a linear tail
         clone = line.status
         region = plan.region_sectors * 512
-        total = (plan.exceptions_at_start * region if plan.sparse
-                 else plan.sectors * 512)
+        total = plan.changed_bytes if plan.sparse else plan.sectors * 512
         if not isinstance(clone, CloneStatus):
             return Progress(0, total, error=f"{plan.top} is not a clone mapping any more")
         left = (clone.regions_total - clone.regions_hydrated) * region

@@ -78,7 +78,7 @@ class MergeEngine:
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail
         snap = line.status
-        total = plan.exceptions_at_start * plan.region_sectors * 512
+        total = plan.changed_bytes
         if not isinstance(snap, SnapshotStatus):
             return Progress(0, total, error=f"{plan.top} is not merging any more")
         if snap.state is not SnapshotState.VALID:

@@ -89,6 +89,11 @@ class PairPlan:
         data.pop("marker_uuid", None)
         return cls(**data)
 
+    @property
+    def changed_bytes(self) -> int:
+        """merge, sparse clone: what the copy covers, the changed chunks (or regions)."""
+        return self.exceptions_at_start * self.region_sectors * 512
+
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
         return [n for n in (self.overlay, self.leg_helper) if n is not None]

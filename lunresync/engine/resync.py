@@ -393,8 +393,7 @@ class Resyncer:
         with self.p.catalog.transaction():
             for pair in job.pairs:
                 plan = replace(plans[pair.index], log_since_usec=since)
-                total = (plan.exceptions_at_start * plan.region_sectors * 512
-                         if pair.copies_changed_chunks else pair.bytes_total)
+                total = plan.changed_bytes if pair.copies_changed_chunks else pair.bytes_total
                 self.store.update_pair(job.id, pair.index, state=JobState.RUNNING, plan=plan,
                                        bytes_total=total)
             job = self.store.job(job.id)
@@ -548,11 +547,11 @@ class Resyncer:
         if pair.plan.copy_started:
             return pair
         plan = ENGINES[pair.engine].start_copy(self.p, pair.plan)
-        total = plan.exceptions_at_start * plan.region_sectors * 512
         with self.p.catalog.transaction():
-            self.store.update_pair(job_id, pair.index, plan=plan, bytes_total=total)
+            self.store.update_pair(job_id, pair.index, plan=plan,
+                                   bytes_total=plan.changed_bytes)
         self._update_totals(job_id)
-        return replace(pair, plan=plan, bytes_total=total)
+        return replace(pair, plan=plan, bytes_total=plan.changed_bytes)
 
     def _update_totals(self, job_id: str) -> None:
         job = self.store.job(job_id)
