@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import pytest
 
+from lunresync.engine.mirror import PARTS, REGION_SECTORS
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
@@ -81,6 +82,9 @@ def test_restore_in_place_online_with_writes_then_again(
     job = provider.resyncer.job(handle.id)
     assert job.state is JobState.RUNNING
     assert job.pairs[0].engine is engine
+    if engine is EngineKind.MIRROR:  # two regions: two mirror targets copy side by side
+        assert [line.target for line in provider.dm.table(lun.dm_name).lines] == [
+            "mirror"] * min(PARTS, SIZE // (REGION_SECTORS * 512))
     # Online at once: the LUN's usual path shows the shadow copy (regions not copied yet
     # are read from it). A production write lands during the copy.
     assert read_at(lun.path, 0, 4 * MiB) == content[: 4 * MiB]

@@ -3,6 +3,7 @@ format, job records in a real SQLite catalog, the CLI's pair syntax, verify's co
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import struct
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from lunresync.cli.resync import parse_pairs
+from lunresync.engine.base import PairSpec
 from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
 from lunresync.engine.cowfile import SNAP_MAGIC, copy_tail, read_store
 from lunresync.engine.merge import MergeEngine
-from lunresync.engine.mirror import MirrorEngine
+from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
 from lunresync.engine.store import JobStore
@@ -89,10 +91,41 @@ def plan(**changes: object) -> PairPlan:
 
 
 def test_mirror_table_has_the_overlay_first_a_disk_log_and_handle_errors() -> None:
+    """A job recorded with one log (before 2026-11-30) keeps its one mirror target."""
     table = MirrorEngine().online_table(plan(), {"log": "/dev/loop3"})
     assert table.format() == (
         "0 2048 mirror disk 2 /dev/loop3 8192 2 /dev/mapper/lunresync-job-x-0-ovl 0"
         " /dev/mapper/lunresync-b-real 0 1 handle_errors\n")
+
+
+def test_mirror_parts_are_whole_regions_spread_evenly() -> None:
+    assert parts(2048, 8192, 8) == [(0, 2048)]  # fewer regions than parts
+    assert parts(16 * 64, 64, 8) == [(i * 128, 128) for i in range(8)]
+    # 11 regions, the last one short: 2+2+2 then 1 each, the last ending the device
+    spans = parts(10 * 64 + 16, 64, 8)
+    assert [length for _, length in spans] == [128, 128, 128, 64, 64, 64, 64, 16]
+    assert spans[-1][0] + spans[-1][1] == 10 * 64 + 16
+    assert all(start == prev[0] + prev[1] for prev, (start, _) in itertools.pairwise(spans))
+
+
+def test_mirror_splits_the_copy_over_targets_each_with_its_own_log() -> None:
+    """One region at a time per mirror target: several targets copy at once."""
+    engine = MirrorEngine()
+    sizes = engine.file_sizes(PairSpec(1 << 30, "/p/cow/c.cow", 16), 32768)
+    roles = log_roles(PARTS)
+    assert sorted(sizes) == sorted(["overlay", *roles])
+    regions = 64 // PARTS  # per part; the log: a header (1 MiB) and a bit per region
+    assert all(sizes[role] == (1 << 20) + -(-regions // 8) for role in roles)
+    files = {"overlay": "/p/jobs/j/0.overlay"} | {r: f"/p/jobs/j/0.{r}" for r in roles}
+    devices = {role: f"/dev/loop{10 + i}" for i, role in enumerate(roles)}
+    table = engine.online_table(plan(sectors=1 << 21, dest_sectors=1 << 21,
+                                     region_sectors=32768, files=files), devices)
+    part = (1 << 21) // PARTS
+    assert [line.format() for line in table.lines] == [
+        f"{i * part} {part} mirror disk 2 /dev/loop{10 + i} 32768 2"
+        f" /dev/mapper/lunresync-job-x-0-ovl {i * part} /dev/mapper/lunresync-b-real {i * part}"
+        " 1 handle_errors" for i in range(PARTS)]
+    assert table.length == 1 << 21
 
 
 def test_clone_table_reads_the_shadow_copy_and_tunes_hydration() -> None:
@@ -135,6 +168,26 @@ def test_mirror_progress_and_failed_leg() -> None:
                              "LUN b", ())
     assert failed.error is not None
     assert "LUN b (254:3): sync failed" in failed.error
+
+
+def test_mirror_progress_adds_up_the_parts() -> None:
+    engine = MirrorEngine()
+    files = {"overlay": "o", "log": "l", "log1": "l1"}
+    p = plan(sectors=4096 + 512, region_sectors=1024, files=files)  # 5 regions: 3 + 2
+    def line(start: int, length: int, in_sync: int, total: int, health: str = "AA") -> str:
+        return f"{start} {length} mirror 2 254:2 254:3 {in_sync}/{total} 1 {health} 3 disk 7:4 A"
+    tail = "4608 100 linear"
+    half = engine.progress(p, tuple(parse_status_line(x) for x in (
+        line(0, 3072, 3, 3), line(3072, 1536, 1, 2), tail)), "LUN b", ())
+    assert (half.done, half.total, half.complete) == (4096 * 512, 4608 * 512, False)
+    done = engine.progress(p, tuple(parse_status_line(x) for x in (
+        line(0, 3072, 3, 3), line(3072, 1536, 2, 2), tail)), "LUN b", ())
+    assert (done.done, done.complete) == (4608 * 512, True)
+    failed = engine.progress(p, tuple(parse_status_line(x) for x in (
+        line(0, 3072, 1, 3, "AS"), line(3072, 1536, 0, 2, "AS"))), "LUN b", ())
+    assert failed.error == "I/O error during the copy: LUN b (254:3): sync failed"
+    gone = engine.progress(p, (parse_status_line("0 4608 linear"),), "LUN b", ())
+    assert gone.error == "lunresync-b is not a mirror any more"
 
 
 def test_clone_progress_and_metadata_failure() -> None:
