@@ -193,6 +193,8 @@ def line(params: TargetParams, length: int = 2048, start: int = 0) -> str:
         pytest.param(ThinTable(DEV_A, 7, DEV_B), f"thin {DEV_A} 7 {DEV_B}", id="thin-origin"),
         pytest.param(FlakeyTable(DEV_A, 0, 5, 0), f"flakey {DEV_A} 0 5 0", id="flakey"),
         pytest.param(DelayTable(DEV_A, 0, 200), f"delay {DEV_A} 0 0 {DEV_A} 0 200", id="delay"),
+        pytest.param(DelayTable(DEV_A, 0, 200, flush_ms=0),
+                     f"delay {DEV_A} 0 0 {DEV_A} 0 200 {DEV_A} 0 0", id="delay-no-flush-delay"),
         pytest.param(
             FlakeyTable(DEV_A, 8, 0, 10, drop_writes=True),
             f"flakey {DEV_A} 8 0 10 1 drop_writes",
@@ -798,7 +800,8 @@ VALID_PARAMS: dict[str, st.SearchStrategy[TargetParams]] = {
     "thin-pool": thin_pool_tables,
     "thin": thin_tables,
     "flakey": flakey_tables(),
-    "delay": st.builds(DelayTable, devices, sectors, sectors, sectors),
+    "delay": st.builds(DelayTable, devices, sectors, sectors, sectors,
+                       st.none() | sectors),
 }
 
 

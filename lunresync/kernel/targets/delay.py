@@ -19,7 +19,8 @@ from .base import check_count, check_device, parse_int
 
 @dataclass(frozen=True)
 class DelayTable:
-    """Reads held ``read_ms``, writes (and flushes) ``write_ms``, on the same device."""
+    """Reads held ``read_ms``, writes ``write_ms``, flushes ``flush_ms`` (None: as writes),
+    on the same device."""
 
     TARGET: ClassVar[str] = "delay"
 
@@ -27,27 +28,32 @@ class DelayTable:
     read_ms: int = 0
     write_ms: int = 0
     offset: int = 0
+    flush_ms: int | None = None
 
     def __post_init__(self) -> None:
         check_device(self.device)
         for value, what in ((self.read_ms, "read delay"), (self.write_ms, "write delay"),
-                            (self.offset, "delay offset")):
+                            (self.offset, "delay offset"), (self.flush_ms or 0, "flush delay")):
             check_count(value, what)
 
     def args(self) -> tuple[str, ...]:
         one = (self.device, str(self.offset))
-        return (*one, str(self.read_ms), *one, str(self.write_ms))
+        flush = () if self.flush_ms is None else (*one, str(self.flush_ms))
+        return (*one, str(self.read_ms), *one, str(self.write_ms), *flush)
 
     @classmethod
     def from_args(cls, args: Sequence[str]) -> Self:
         text = " ".join(args)
         if len(args) not in (3, 6, 9):
             raise ParseError("delay table", text, "expected 1, 2 or 3 <dev> <offset> <ms>")
-        if len(args) >= 6 and (args[3], args[4]) != (args[0], args[1]):
-            raise ParseError("delay table", text, "a separate write device is not supported")
+        for at, what in ((3, "write"), (6, "flush")):
+            if len(args) > at and (args[at], args[at + 1]) != (args[0], args[1]):
+                raise ParseError("delay table", text, f"a separate {what} device is not"
+                                 " supported")
         read_ms = parse_int(args[2], "read delay")
         write_ms = parse_int(args[5], "write delay") if len(args) >= 6 else read_ms
-        return cls(args[0], read_ms, write_ms, parse_int(args[1], "delay offset"))
+        flush_ms = parse_int(args[8], "flush delay") if len(args) == 9 else None
+        return cls(args[0], read_ms, write_ms, parse_int(args[1], "delay offset"), flush_ms)
 
 
 @dataclass(frozen=True)
