@@ -129,13 +129,13 @@ class MirrorEngine:
         # The engine's lines come first; a larger destination has a linear tail.
         spans = parts(plan.sectors, plan.region_sectors, len(_logs(plan.files)))
         total = plan.sectors * 512
-        mirrors = [line.status for line in status[:len(spans)]]
-        if len(mirrors) != len(spans) or not all(isinstance(m, MirrorStatus) for m in mirrors):
+        mirrors = [line.status for line in status[:len(spans)]
+                   if isinstance(line.status, MirrorStatus)]
+        if len(mirrors) != len(spans):
             return Progress(0, total, error=f"{plan.top} is not a mirror any more")
         done = 0
         failures: list[str] = []
         for mirror, (_, length) in zip(mirrors, spans, strict=True):
-            assert isinstance(mirror, MirrorStatus)
             done += min(length, mirror.regions_in_sync * plan.region_sectors) * 512
             failures += [f"{dest if i == 1 else 'the shadow copy overlay'} ({leg}):"
                          f" {health.name.lower().replace('_', ' ')}"
@@ -147,5 +147,4 @@ class MirrorEngine:
         if failures:
             failed = ", ".join(dict.fromkeys(failures))  # a leg fails in every part alike
             return Progress(done, total, error=f"I/O error during the copy: {failed}")
-        complete = all(isinstance(m, MirrorStatus) and m.in_sync for m in mirrors)
-        return Progress(done, total, complete=complete)
+        return Progress(done, total, complete=all(m.in_sync for m in mirrors))

@@ -186,6 +186,9 @@ def test_mirror_progress_adds_up_the_parts() -> None:
     failed = engine.progress(p, tuple(parse_status_line(x) for x in (
         line(0, 3072, 1, 3, "AS"), line(3072, 1536, 0, 2, "AS"))), "LUN b", ())
     assert failed.error == "I/O error during the copy: LUN b (254:3): sync failed"
+    log_failed = engine.progress(p, tuple(parse_status_line(x) for x in (
+        line(0, 3072, 1, 3), line(3072, 1536, 0, 2).replace("7:4 A", "7:5 D"))), "LUN b", ())
+    assert log_failed.error == "I/O error during the copy: the region log (7:5) failed"
     gone = engine.progress(p, (parse_status_line("0 4608 linear"),), "LUN b", ())
     assert gone.error == "lunresync-b is not a mirror any more"
 
