@@ -70,12 +70,15 @@ def log_roles(count: int) -> list[str]:
     return ["log", *(f"log{i}" for i in range(1, count))]
 
 
-def _logs(roles: Mapping[str, str]) -> list[str]:
-    """The log roles present, in part order (``roles``: a plan's files or devices)."""
+def _parts_of(plan: PairPlan) -> list[tuple[str, int, int]]:
+    """(log role, start, length) of each of a plan's mirror targets: as many as it has
+    log files (one for a job recorded before 2026-11-30)."""
     count = 1
-    while f"log{count}" in roles:
+    while f"log{count}" in plan.files:
         count += 1
-    return log_roles(count)
+    spans = parts(plan.sectors, plan.region_sectors, count)
+    return [(role, start, length)
+            for role, (start, length) in zip(log_roles(count), spans, strict=True)]
 
 
 def overlay_store_size(size: int, chunk_sectors: int) -> int:
@@ -95,7 +98,7 @@ class MirrorEngine:
         return REGION_SECTORS
 
     def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int | None]:
-        spans = parts(-(-spec.size // 512), region_sectors, PARTS)
+        spans = parts(spec.size // 512, region_sectors, PARTS)  # as plan.sectors
         sizes: dict[str, int | None] = {
             "overlay": overlay_store_size(spec.size, self.OVERLAY_CHUNK)}
         for role, (_, length) in zip(log_roles(len(spans)), spans, strict=True):
@@ -112,10 +115,8 @@ class MirrorEngine:
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
         assert plan.overlay is not None
-        roles = _logs(plan.files)
         lines = []
-        for role, (start, length) in zip(roles, parts(plan.sectors, plan.region_sectors,
-                                                       len(roles)), strict=True):
+        for role, start, length in _parts_of(plan):
             log = MirrorLog(LogKind.DISK, plan.region_sectors, devices[role])
             legs = (MirrorLeg(f"/dev/mapper/{plan.overlay}", start), MirrorLeg(plan.leg, start))
             lines.append(TableLine(start, length, MirrorTable(log, legs, handle_errors=True)))
@@ -127,7 +128,7 @@ class MirrorEngine:
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         # The engine's lines come first; a larger destination has a linear tail.
-        spans = parts(plan.sectors, plan.region_sectors, len(_logs(plan.files)))
+        spans = _parts_of(plan)
         total = plan.sectors * 512
         mirrors = [line.status for line in status[:len(spans)]
                    if isinstance(line.status, MirrorStatus)]
@@ -135,7 +136,7 @@ class MirrorEngine:
             return Progress(0, total, error=f"{plan.top} is not a mirror any more")
         done = 0
         failures: list[str] = []
-        for mirror, (_, length) in zip(mirrors, spans, strict=True):
+        for mirror, (_, _, length) in zip(mirrors, spans, strict=True):
             done += min(length, mirror.regions_in_sync * plan.region_sectors) * 512
             failures += [f"{dest if i == 1 else 'the shadow copy overlay'} ({leg}):"
                          f" {health.name.lower().replace('_', ' ')}"
