@@ -31,6 +31,16 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class HelperDevice:
+    """A dm device an engine's table reads through, made before the switch (and again by
+    ``activate``), removed with the pair's other helpers."""
+
+    name: str
+    uuid: str
+    table: Table
+
+
+@dataclass(frozen=True)
 class PairSpec:
     """What an engine is told about a pair when planning it."""
 
@@ -43,12 +53,23 @@ class PairSpec:
 class Engine(Protocol):
     kind: ClassVar[EngineKind]
 
-    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int | None]:
+    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
         """Files in the job's directory: role -> bytes (created sparse and attached to a
-        loop device by the resyncer) or None (made by :meth:`prepare`)."""
+        loop device by the resyncer)."""
         ...
 
     def default_region(self, spec: PairSpec) -> int: ...
+
+    def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
+        """The engine's part of a new plan: its helper devices' names (made from ``helper``
+        and ``helper_uuid``) and what they map."""
+        ...
+
+    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+        """The helper devices, in the order they are made (a helper may read an earlier
+        one by its /dev/mapper path). ``devices``: role -> loop device of the plan's files,
+        and ``store`` -> the shadow copy's COW store when the plan has a store view."""
+        ...
 
     def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
                 undo: Undo) -> None:

@@ -41,7 +41,7 @@ from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus, CloneTable
 
-from .base import PairSpec, Progress
+from .base import HelperDevice, PairSpec, Progress
 from .cowfile import read_store
 from .model import EngineKind, PairPlan
 
@@ -67,10 +67,16 @@ class CloneEngine:
         # Sparse: one region per chunk, so that exactly the changed chunks are copied.
         return spec.chunk_sectors if spec.in_place else REGION_SECTORS
 
-    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int | None]:
+    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
         regions = -(-spec.size // (region_sectors * 512))
         # Superblock, space map and a bitset of the regions; generous, and sparse.
         return {"meta": (8 << 20) + regions // 2}
+
+    def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
+        return plan  # no helper device: dm-clone reads the shadow copy itself
+
+    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+        return []
 
     def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
                 undo: Undo) -> None:

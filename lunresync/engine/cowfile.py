@@ -5,17 +5,17 @@
     chunks 2 .. epa+1          data chunks of area 0
     chunk epa+2                metadata area 1, and so on
 
-Exceptions are appended; only the current area's metadata chunk is ever rewritten. So a
-copy of the store taken earlier is brought up to date by copying it again from the
-current area on: that is how the merge engine keeps its I/O freeze short (engine/merge.py).
+Exceptions are appended; only the current area's metadata chunk and the header (when the
+kernel invalidates the snapshot) are ever rewritten. So everything between the header and
+the current metadata area stays as it is: the merge engine reads that part from the store
+itself and copies only the rest (engine/merge.py).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lunresync.errors import InvalidArgument
@@ -23,9 +23,6 @@ from lunresync.errors import InvalidArgument
 SNAP_MAGIC = 0x70416E53
 _HEADER = struct.Struct("<IIII")
 _EXCEPTION = struct.Struct("<QQ")
-FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the blocks of another file
-# The file system cannot share blocks between these two files: copy instead.
-_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 COPY_STEP = 64 << 20
 
 
@@ -84,33 +81,22 @@ def read_store(path: str | os.PathLike[str]) -> CowStore:
     return CowStore(chunk_sectors, bool(valid), tuple(exceptions))
 
 
-def copy_tail(source: str | os.PathLike[str], target: str | os.PathLike[str],
-              offset: int) -> int:
-    """Copy the data of ``source`` from ``offset`` on into ``target`` (holes skipped, the
-    copy made by the kernel); return the bytes copied. Fsyncs ``target``."""
+def copy_ranges(source: str | os.PathLike[str], target: str | os.PathLike[str],
+                ranges: Sequence[tuple[int, int | None]]) -> int:
+    """Copy the data of ``source`` in each (start, end) byte range (end None: to the end of
+    the file) into ``target`` at the same offsets: holes skipped, the copy made by the
+    kernel. ``target`` grows to ``source``'s size if it is smaller. Returns the bytes
+    copied; fsyncs ``target``."""
     copied = 0
     src = os.open(source, os.O_RDONLY)
     try:
         dst = os.open(target, os.O_WRONLY)
         try:
-            end = os.fstat(src).st_size
-            if os.fstat(dst).st_size < end:
-                os.ftruncate(dst, end)
-            position = offset
-            while position < end:
-                try:
-                    start = os.lseek(src, position, os.SEEK_DATA)
-                except OSError:  # ENXIO: only a hole is left
-                    break
-                stop = os.lseek(src, start, os.SEEK_HOLE)
-                while start < stop:
-                    done = os.copy_file_range(src, dst, min(COPY_STEP, stop - start),
-                                              start, start)
-                    if not done:
-                        break
-                    start += done
-                    copied += done
-                position = stop
+            size = os.fstat(src).st_size
+            if os.fstat(dst).st_size < size:
+                os.ftruncate(dst, size)
+            for first, last in ranges:
+                copied += _copy_data(src, dst, first, size if last is None else min(last, size))
             os.fdatasync(dst)
         finally:
             os.close(dst)
@@ -119,22 +105,19 @@ def copy_tail(source: str | os.PathLike[str], target: str | os.PathLike[str],
     return copied
 
 
-def duplicate(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> int:
-    """A new file ``target`` with the content of ``source``: a reflink where the file system
-    shares blocks (xfs, btrfs: instant whatever the size), else a sparse copy made by the
-    kernel. Returns the bytes copied (0 for a reflink). ``target`` must not exist."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        src = os.open(source, os.O_RDONLY)
+def _copy_data(src: int, dst: int, position: int, end: int) -> int:
+    copied = 0
+    while position < end:
         try:
-            fcntl.ioctl(fd, FICLONE, src)
-            os.fdatasync(fd)
-            return 0
-        except OSError as exc:
-            if exc.errno not in _NO_REFLINK:
-                raise
-        finally:
-            os.close(src)
-    finally:
-        os.close(fd)
-    return copy_tail(source, target, 0)
+            start = os.lseek(src, position, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            break
+        stop = min(os.lseek(src, start, os.SEEK_HOLE), end)
+        while start < stop:
+            done = os.copy_file_range(src, dst, min(COPY_STEP, stop - start), start, start)
+            if not done:
+                break
+            start += done
+            copied += done
+        position = stop
+    return copied

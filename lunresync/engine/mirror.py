@@ -18,10 +18,11 @@ fails.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
 from lunresync.kernel.kmsg import KernelMessage
-from lunresync.kernel.targets import StatusLine, Table, TableLine
+from lunresync.kernel.targets import SnapshotTable, StatusLine, Table, TableLine
 from lunresync.kernel.targets.mirror import (
     LogKind,
     MirrorLeg,
@@ -30,7 +31,7 @@ from lunresync.kernel.targets.mirror import (
     MirrorTable,
 )
 
-from .base import PairSpec, Progress
+from .base import HelperDevice, PairSpec, Progress
 from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
@@ -97,17 +98,29 @@ class MirrorEngine:
     def default_region(self, spec: PairSpec) -> int:
         return REGION_SECTORS
 
-    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int | None]:
+    def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
         spans = parts(spec.size // 512, region_sectors, PARTS)  # as plan.sectors
-        sizes: dict[str, int | None] = {
+        sizes: dict[str, int] = {
             "overlay": overlay_store_size(spec.size, self.OVERLAY_CHUNK)}
         for role, (_, length) in zip(log_roles(len(spans)), spans, strict=True):
             sizes[role] = (1 << 20) + -(-length // region_sectors // 8)
         return sizes
 
+    def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
+        return replace(plan, overlay=f"{helper}-ovl", overlay_uuid=f"{helper_uuid}-ovl")
+
+    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+        assert plan.overlay is not None
+        assert plan.overlay_uuid is not None
+        # Production writes land here (and on the destination), never on the shadow copy.
+        overlay = SnapshotTable(plan.source, devices["overlay"],
+                                chunk_sectors=self.OVERLAY_CHUNK)
+        return [HelperDevice(plan.overlay, plan.overlay_uuid,
+                             Table.single(overlay, plan.sectors))]
+
     def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
                 undo: Undo) -> None:
-        pass  # the overlay device is made by the resyncer (it needs the undo log)
+        pass  # the overlay device is made by the resyncer
 
     def in_freeze(self, provider: Provider, plan: PairPlan,
                   devices: Mapping[str, str]) -> PairPlan:

@@ -26,7 +26,7 @@ class JobState(Enum):
 class EngineKind(Enum):
     """How the kernel copies a shadow copy onto its destination."""
 
-    MERGE = "merge"  # dm snapshot-merge of a duplicate COW store: in place, changed chunks
+    MERGE = "merge"  # dm snapshot-merge of an overlay of the COW store: in place, changed chunks
     MIRROR = "mirror"  # dm mirror: throwaway overlay of the shadow copy -> destination
     CLONE = "clone"  # dm clone: copy-on-read hydration from the shadow copy
 
@@ -65,8 +65,16 @@ class PairPlan:
     dest_sectors: int  # of the destination (larger: the rest stays mapped linearly)
     region_sectors: int
     files: dict[str, str] = field(default_factory=dict)  # role -> path under POOL/jobs
-    overlay: str | None = None  # mirror: writable throwaway snapshot of the shadow copy
+    # A writable throwaway snapshot: mirror, of the shadow copy; merge, of store_view
+    overlay: str | None = None
     overlay_uuid: str | None = None
+    # merge: a read-only view of the shadow copy's COW store as it was at the switch, made of
+    # the store itself up to store_prefix_sectors (a part the format never rewrites) and of
+    # the job's copy of the rest (engine/merge.py). None: a plan from before 2026-11-30,
+    # which merges a whole copy of the store.
+    store_view: str | None = None
+    store_view_uuid: str | None = None
+    store_prefix_sectors: int = 0
     exceptions_at_start: int = 0  # merge, sparse clone: chunks to copy at the start
     # clone in place from a differential: only the chunks changed since the shadow copy are
     # copied; the others are marked hydrated once the LUN is online (engine/clone.py)
@@ -96,7 +104,7 @@ class PairPlan:
 
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
-        return [n for n in (self.overlay, self.leg_helper) if n is not None]
+        return [n for n in (self.overlay, self.store_view, self.leg_helper) if n is not None]
 
     def helper_devices(self) -> list[str]:
         """The job's own dm devices, its own top included, in removal order."""

@@ -50,7 +50,6 @@ from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
     SnapshotOriginTable,
-    SnapshotTable,
     Table,
     TableLine,
 )
@@ -73,7 +72,7 @@ from lunresync.provider.undo import Undo
 from .base import Engine, PairSpec
 from .clone import CloneEngine
 from .cowfile import read_store
-from .merge import MergeEngine
+from .merge import MergeEngine, copied_at_most
 from .mirror import MirrorEngine
 from .model import EngineKind, Job, JobPair, JobState, PairPlan
 from .store import JobStore
@@ -88,7 +87,6 @@ ENGINES: Mapping[EngineKind, Engine] = {
     EngineKind.MIRROR: MirrorEngine(),
     EngineKind.CLONE: CloneEngine(),
 }
-OVERLAY_CHUNK = MirrorEngine.OVERLAY_CHUNK
 VERIFY_BLOCK = 1 << 20
 
 
@@ -307,12 +305,12 @@ class Resyncer:
                 raise InUse(exc.message, hint=hint) from None
 
     def _plan(self, checked: Sequence[_Checked], options: dict[str, object]
-              ) -> tuple[Job, dict[int, dict[str, int | None]]]:
+              ) -> tuple[Job, dict[int, dict[str, int]]]:
         job_id = new_id()
         short = job_id[:12]
         directory = self.p.pool.jobs / job_id
         pairs = []
-        sizes: dict[int, dict[str, int | None]] = {}
+        sizes: dict[int, dict[str, int]] = {}
         need = 0
         for index, c in enumerate(checked):
             engine = ENGINES[c.engine]
@@ -320,9 +318,13 @@ class Resyncer:
             spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors, in_place)
             region = engine.default_region(spec)
             sizes[index] = engine.file_sizes(spec, region)
-            need += sum(size or 0 for size in sizes[index].values())
             if c.engine is EngineKind.MERGE:
-                need += Path(c.shadow.store).stat().st_blocks * 512
+                # Its files are sparse: the overlay holds at most what the store holds, the
+                # copy the store's header and its current metadata area.
+                need += (Path(c.shadow.store).stat().st_blocks * 512
+                         + copied_at_most(c.shadow.chunk_sectors))
+            else:
+                need += sum(sizes[index].values())
             files = {role: str(directory / f"{index}.{role}") for role in sizes[index]}
             helper = f"lunresync-job-{short}-{index}"
             helper_uuid = f"LUNRESYNC-job-{job_id}-{index}"
@@ -338,16 +340,14 @@ class Resyncer:
             else:
                 assert c.device is not None
                 top, top_uuid, own, leg = helper, helper_uuid, True, c.device
-            mirror = c.engine is EngineKind.MIRROR
             sparse = c.engine is EngineKind.CLONE and in_place
             plan = PairPlan(
                 top=top, top_uuid=top_uuid, own_top=own, leg=leg, leg_helper=leg_helper,
                 leg_helper_uuid=leg_helper_uuid, source=c.shadow.path,
                 source_store=c.shadow.store, sectors=c.shadow.sectors,
                 dest_sectors=c.size // 512, region_sectors=region, files=files,
-                overlay=f"{helper}-ovl" if mirror else None,
-                overlay_uuid=f"{helper_uuid}-ovl" if mirror else None, sparse=sparse,
-                copy_started=not sparse)
+                sparse=sparse, copy_started=not sparse)
+            plan = engine.planned(plan, helper, helper_uuid)
             pairs.append(JobPair(index, c.engine, c.shadow.id,
                                  c.lun.id if c.lun else None, c.dest, JobState.PENDING, 0,
                                  c.shadow.size, plan))
@@ -356,7 +356,7 @@ class Resyncer:
                   sum(p.bytes_total for p in pairs), None, None, options, tuple(pairs))
         return job, sizes
 
-    def _go_online(self, job: Job, sizes: Mapping[int, Mapping[str, int | None]],
+    def _go_online(self, job: Job, sizes: Mapping[int, Mapping[str, int]],
                    undo: Undo) -> Job:
         directory = self.p.pool.jobs / job.id
         directory.mkdir(mode=0o700)
@@ -404,19 +404,16 @@ class Resyncer:
         return self.store.job(job.id)
 
     def _build_helpers(self, pair: JobPair, undo: Undo,
-                       sizes: Mapping[str, int | None] | None) -> dict[str, str]:
-        """Files, loop devices, leg helper and overlay of a pair; existing ones are reused
-        (``sizes=None``: after a reboot, the files exist). Returns role -> loop device,
-        plus, for each helper dm device made here, its /dev/mapper path -> its number:
-        nothing waits for udev to make the link (see :meth:`_online_table`)."""
+                       sizes: Mapping[str, int] | None) -> dict[str, str]:
+        """Files, loop devices, leg helper and the engine's helpers of a pair; existing ones
+        are reused (``sizes=None``: after a reboot, the files exist). Returns role -> loop
+        device, plus, for each helper dm device made here, its /dev/mapper path -> its
+        number: nothing waits for udev to make the link (see :meth:`_online_table`)."""
         plan = pair.plan
         devices: dict[str, str] = {}
         for role, path in plan.files.items():
-            size = None if sizes is None else sizes.get(role)
-            if sizes is not None and size is None:
-                continue  # the engine makes this one
             if sizes is not None:
-                self.p.pool.new_file(Path(path), size or 0)
+                self.p.pool.new_file(Path(path), sizes[role])
                 undo.push(f"delete {path}", Path(path).unlink, True)
             elif not Path(path).exists():
                 raise NotFound(f"{path} of job pair {pair.index} is gone")
@@ -429,17 +426,23 @@ class Resyncer:
                 SnapshotOriginTable(real), plan.dest_sectors), plan.leg_helper_uuid, undo,
                 udev_sync=False, private=True)
             devices[f"/dev/mapper/{plan.leg_helper}"] = info.devno
-        if plan.overlay is not None and (fresh or not self.p.device_exists(plan.overlay)):
-            assert plan.overlay_uuid is not None
-            info = self.p.create_device(plan.overlay, Table.single(
-                SnapshotTable(plan.source, devices["overlay"], chunk_sectors=OVERLAY_CHUNK),
-                plan.sectors), plan.overlay_uuid, undo, udev_sync=False, private=True)
-            devices[f"/dev/mapper/{plan.overlay}"] = info.devno
+        if plan.store_view is not None:
+            assert plan.source_store is not None  # the shadow copy's store: attached already
+            devices["store"] = self.p.attach_file(plan.source_store, undo)
+        for helper in ENGINES[pair.engine].helpers(plan, devices):
+            if fresh or not self.p.device_exists(helper.name):
+                info = self.p.create_device(helper.name, self._by_number(helper.table, devices),
+                                            helper.uuid, undo, udev_sync=False, private=True)
+                devices[f"/dev/mapper/{helper.name}"] = info.devno
         return devices
 
     def _online_table(self, pair: JobPair, plan: PairPlan, devices: Mapping[str, str]
                       ) -> Table:
-        table = _with_tail(ENGINES[pair.engine].online_table(plan, devices), plan)
+        return self._by_number(_with_tail(ENGINES[pair.engine].online_table(plan, devices),
+                                          plan), devices)
+
+    @staticmethod
+    def _by_number(table: Table, devices: Mapping[str, str]) -> Table:
         # Helpers made a moment ago are named by number: udev may not have linked them yet.
         return table.substitute({path: number for path, number in devices.items()
                                  if path.startswith("/dev/mapper/")})
@@ -753,8 +756,6 @@ class Resyncer:
             if pair.state is JobState.PENDING or self.p.device_exists(pair.plan.top):
                 continue
             devices = self._build_helpers(pair, undo, None)
-            if pair.engine is EngineKind.MERGE:
-                devices["cow"] = self.p.attach_file(pair.plan.files["cow"], undo)
             plan = replace(pair.plan, log_since_usec=since)
             self.p.create_device(plan.top, self._online_table(pair, plan, devices),
                                  plan.top_uuid, undo)

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import pytest
 
+from lunresync.engine.merge import MergeEngine
 from lunresync.engine.mirror import PARTS, REGION_SECTORS
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.resync import ResyncPair
@@ -66,6 +67,47 @@ def damage(path: str) -> None:
     write_pattern(path, 20 * MiB, b"\xee" * 4096)
 
 
+# 160 chunks more, one in three: with the 3 MiB above, more chunks than one metadata area
+# of the COW store lists (512 of 8 KiB), so merge's store view reads a part from the shadow
+# copy's store. Apart, they are merged one by one (merge goes from the last one back): on a
+# slow LUN, for seconds.
+MORE_CHUNKS = 160
+MORE_DAMAGE = MORE_CHUNKS * 8192
+
+
+def damage_more(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for index in range(MORE_CHUNKS):
+            os.pwrite(fd, b"\xcc" * 8192, 24 * MiB + index * 3 * 8192)
+        os.fsync(fd)  # once: the slow LUN takes the writes together
+    finally:
+        os.close(fd)
+
+
+def devno(path: str) -> str:
+    rdev = os.stat(path).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def check_merge_stack(provider: Provider, lun: Lun, shadow: ShadowCopy, job: Job) -> None:
+    """snapshot-merge runs over the overlay, a snapshot of the store view, whose middle
+    part is the shadow copy's own store (never written: the format only appends)."""
+    plan = job.pairs[0].plan
+    assert plan.store_view is not None
+    assert plan.overlay is not None
+    (merge,) = provider.dm.table(lun.dm_name).lines
+    assert merge.target == "snapshot-merge"
+    assert merge.params.cow == provider.dm.info(plan.overlay).devno  # type: ignore[attr-defined]
+    (overlay,) = provider.dm.table(plan.overlay).lines
+    assert overlay.params.origin == provider.dm.info(plan.store_view).devno  # type: ignore[attr-defined]
+    view = provider.dm.table(plan.store_view).lines
+    (store,) = provider.loops.find(shadow.store)
+    assert [line.target for line in view] == ["linear"] * 3
+    assert view[1].params.device == devno(store.path)  # type: ignore[attr-defined]
+    assert view[1].length == plan.store_prefix_sectors - plan.region_sectors > 0
+
+
 def wait(provider: Provider, job_id: str, timeout: float = 300) -> Job:
     return provider.resyncer.wait(job_id, timeout=timeout, interval=0.2)
 
@@ -73,15 +115,36 @@ def wait(provider: Provider, job_id: str, timeout: float = 300) -> Job:
 # -- restores ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)
+def merge_through_store_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge as for a large COW store (a view of it, not a whole copy), on a small one."""
+    monkeypatch.setattr(MergeEngine, "whole_copy_max", 0)
+
+
+@pytest.mark.parametrize(("engine", "view"), [(EngineKind.MERGE, False),
+                                              (EngineKind.MERGE, True),
+                                              (EngineKind.MIRROR, False),
+                                              (EngineKind.CLONE, False)],
+                         ids=["merge", "merge-view", "mirror", "clone"])
 def test_restore_in_place_online_with_writes_then_again(
-        devices: DeviceStack, provider: Provider, engine: EngineKind) -> None:
+        devices: DeviceStack, provider: Provider, engine: EngineKind, view: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if view:
+        merge_through_store_view(monkeypatch)
     lun, shadow, content = source_lun(provider, devices, write_ms=30)
+    damage_more(lun.path)
     shadow_sum = sha256_of(shadow.path)
+    store_sum = sha256_of(shadow.store)
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
     job = provider.resyncer.job(handle.id)
     assert job.state is JobState.RUNNING
     assert job.pairs[0].engine is engine
+    if view:
+        check_merge_stack(provider, lun, shadow, job)
+    elif engine is EngineKind.MERGE:  # a small store: copied whole, merged directly
+        (merge,) = provider.dm.table(lun.dm_name).lines
+        assert job.pairs[0].plan.overlay is None
+        assert merge.params.cow == devno(provider.loops.find(  # type: ignore[attr-defined]
+            job.pairs[0].plan.files["cow"])[0].path)
     if engine is EngineKind.MIRROR:  # two regions: two mirror targets copy side by side
         assert [line.target for line in provider.dm.table(lun.dm_name).lines] == [
             "mirror"] * min(PARTS, SIZE // (REGION_SECTORS * 512))
@@ -97,6 +160,8 @@ def test_restore_in_place_online_with_writes_then_again(
     expected = content[: 2 * MiB] + written + content[2 * MiB + 8192:]
     assert read_at(lun.path, 0, SIZE) == expected
     assert sha256_of(shadow.path) == shadow_sum, "the shadow copy changed"
+    if engine is EngineKind.MERGE:  # the merge wrote into its overlay, never the store
+        assert sha256_of(shadow.store) == store_sum
     # Back to the plain stack: no helper device, loop device or file is left.
     table = provider.dm.table(lun.dm_name)
     assert [line.target for line in table.lines] == ["snapshot-origin"]
@@ -109,7 +174,7 @@ def test_restore_in_place_online_with_writes_then_again(
     assert report.ok, report
     assert report.written_bytes == 8192, report
     # merge and clone copy the changed chunks only: 3 MiB + one 8 KiB chunk of damage.
-    changed = (3 * MiB + 8192) if engine is not EngineKind.MIRROR else SIZE
+    changed = (3 * MiB + MORE_DAMAGE + 8192) if engine is not EngineKind.MIRROR else SIZE
     assert done.bytes_total == changed, done
     assert job.pairs[0].plan.sparse is (engine is EngineKind.CLONE)
     # The same shadow copy restores again, to the same content.
@@ -179,9 +244,11 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) ->
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)
 def test_crash_then_activate_resumes_the_copy(
         devices: DeviceStack, provider: Provider, engine: EngineKind,
-        runner: object) -> None:
-    if engine is EngineKind.MERGE:
+        runner: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine is EngineKind.MERGE:  # the whole copy's rebuild: the reboot tier
+        merge_through_store_view(monkeypatch)
         lun, shadow, content = source_lun(provider, devices, write_ms=150)
+        damage_more(lun.path)  # the rebuilt store view reads a part from the store itself
         dest = lun
         pair = ResyncPair(shadow.id)
     else:
@@ -199,6 +266,9 @@ def test_crash_then_activate_resumes_the_copy(
     provider.activate()
     resumed = provider.resyncer.job(handle.id)
     assert resumed.state in (JobState.RUNNING, JobState.DONE)
+    if engine is EngineKind.MERGE:  # 160 chunks one by one, 150 ms each: still merging
+        assert resumed.state is JobState.RUNNING
+        check_merge_stack(provider, lun, shadow, resumed)
     expected = content[: 9 * MiB] + written + content[9 * MiB + 4096:]
     assert read_at(dest.path, 0, SIZE) == expected  # online again, right content
     status = provider.resyncer.poll()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lunresync.engine.merge import MergeEngine
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.kernel import udev
@@ -256,6 +257,28 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     assert "LUNRESYNC_RESTORING" not in after
     assert after["LUNRESYNC_ROLE"] == "lun"
     assert same_device("/dev/lunresync/slow", dest.path)
+
+
+def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: DeviceStack,
+                                               provider: Provider,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge's store view and overlay read the shadow copy's COW store: internal helpers."""
+    monkeypatch.setattr(MergeEngine, "whole_copy_max", 0)  # as for a large store
+    slow, slow_loop = slow_device(devices, "m", 5000)  # the merge's writes held 5 s
+    lun = provider.adopt_lun("m", f"/dev/mapper/{slow}")
+    (shadow,) = provider.create_snapshot_set(["m"]).snapshot_set.shadow_copies
+    with open(lun.path, "r+b", buffering=0) as f:  # one chunk to merge back
+        f.write(b"\x5a" * 8192)
+        os.fsync(f.fileno())
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
+    plan = provider.resyncer.job(handle.id).pairs[0].plan
+    settle()
+    for name in (plan.overlay, plan.store_view):
+        assert name is not None
+        assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
+    provider.dm.load(slow, Table.single(DelayTable(slow_loop), SIZE // 512))
+    provider.dm.resume(slow)
+    assert provider.resyncer.wait(handle.id, timeout=300, interval=0.2).state is JobState.DONE
 
 
 def test_cancelled_restore_clears_the_job(udev_rules: Path, devices: DeviceStack,

@@ -16,8 +16,8 @@ import pytest
 from lunresync.cli.resync import parse_pairs
 from lunresync.engine.base import PairSpec
 from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
-from lunresync.engine.cowfile import SNAP_MAGIC, copy_tail, read_store
-from lunresync.engine.merge import MergeEngine
+from lunresync.engine.cowfile import SNAP_MAGIC, copy_ranges, read_store
+from lunresync.engine.merge import MergeEngine, copied_at_most
 from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
@@ -29,6 +29,7 @@ from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
 from lunresync.provider.catalog import MIGRATIONS, Catalog
 from lunresync.provider.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+from lunresync.provider.provider import cow_store_size
 
 pytestmark = pytest.mark.unit
 
@@ -136,8 +137,85 @@ def test_clone_table_reads_the_shadow_copy_and_tunes_hydration() -> None:
         " hydration_batch_size 64\n")
 
 
-def test_merge_table_merges_the_duplicate_into_real() -> None:
-    table = MergeEngine().online_table(plan(region_sectors=16), {"cow": "/dev/loop5"})
+def merge_plan(store: Path, copy: Path) -> PairPlan:
+    return MergeEngine().planned(
+        plan(region_sectors=2, source_store=str(store), overlay=None, overlay_uuid=None,
+             files={"cow": str(copy), "overlay": "/p/jobs/j/0.overlay"}),
+        "lunresync-job-x-0", "LUNRESYNC-job-x-0")
+
+
+def test_merge_table_merges_a_writable_snapshot_of_the_store_view(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """snapshot-merge writes into the store it merges: it gets the overlay, never the shadow
+    copy's store, and the view under the overlay copies only the store's header and tail."""
+    store, copy = tmp_path / "s.cow", tmp_path / "0.cow"
+    # 1 KiB chunks, 64 exceptions per area: 100 exceptions, the second area is current.
+    write_cow(store, 2, [(i * 3, 2 + i + i // 64) for i in range(100)])
+    os.truncate(store, 400 * 1024)
+    monkeypatch.setattr(MergeEngine, "whole_copy_max", store.stat().st_blocks * 512 - 1)
+    engine = MergeEngine()
+    sizes = engine.file_sizes(PairSpec(1 << 20, str(store), 2, in_place=True), 2)
+    assert sizes == {"cow": 400 * 1024, "overlay": cow_store_size(400 * 1024, 2)}
+    copy.write_bytes(b"")
+    os.truncate(copy, sizes["cow"])
+    p = merge_plan(store, copy)
+    assert (p.store_view, p.overlay) == ("lunresync-job-x-0-cow", "lunresync-job-x-0-ovl")
+    assert p.store_prefix_sectors == 66 * 2  # the second area's metadata chunk
+    assert p.helpers() == ["lunresync-job-x-0-ovl", "lunresync-job-x-0-cow"]
+    view, overlay = engine.helpers(p, {"store": "/dev/loop1", "cow": "/dev/loop2",
+                                       "overlay": "/dev/loop3"})
+    assert (view.name, view.uuid) == ("lunresync-job-x-0-cow", "LUNRESYNC-job-x-0-cow")
+    assert view.table.format() == ("0 2 linear /dev/loop2 0\n"  # the header
+                                   "2 130 linear /dev/loop1 2\n"  # never rewritten
+                                   "132 668 linear /dev/loop2 132\n")  # current area on
+    assert overlay.table.format() == (
+        "0 800 snapshot /dev/mapper/lunresync-job-x-0-cow /dev/loop3 P 2\n")
+    table = engine.online_table(p, {})
+    assert table.format() == ("0 2048 snapshot-merge /dev/mapper/lunresync-b-real"
+                              " /dev/mapper/lunresync-job-x-0-ovl P 2\n")
+
+
+def test_merge_view_of_a_store_in_its_first_area_is_all_copy(tmp_path: Path) -> None:
+    store, copy = tmp_path / "s.cow", tmp_path / "0.cow"
+    write_cow(store, 2, [(1, 2)])
+    copy.write_bytes(b"")
+    os.truncate(copy, store.stat().st_size)
+    p = merge_plan(store, copy)
+    assert p.store_prefix_sectors == 2
+    view, _ = MergeEngine().helpers(p, {"store": "/dev/loop1", "cow": "/dev/loop2",
+                                        "overlay": "/dev/loop3"})
+    assert [line.format() for line in view.table.lines] == [
+        "0 2 linear /dev/loop2 0", "2 2 linear /dev/loop2 2"]
+
+
+def test_merge_copies_a_small_store_whole_and_merges_it_directly(tmp_path: Path) -> None:
+    store, copy = tmp_path / "s.cow", tmp_path / "0.cow"
+    write_cow(store, 2, [(i * 3, 2 + i + i // 64) for i in range(100)])
+    assert store.stat().st_blocks * 512 <= MergeEngine.whole_copy_max
+    engine = MergeEngine()
+    sizes = engine.file_sizes(PairSpec(1 << 20, str(store), 2, in_place=True), 2)
+    assert sizes == {"cow": store.stat().st_size}
+    copy.write_bytes(b"")
+    p = engine.planned(plan(region_sectors=2, source_store=str(store), overlay=None,
+                            overlay_uuid=None, files={"cow": str(copy)}),
+                       "lunresync-job-x-0", "LUNRESYNC-job-x-0")
+    assert (p.overlay, p.store_view, p.store_prefix_sectors) == (None, None, 66 * 2)
+    assert engine.helpers(p, {}) == []
+    engine.prepare(None, p, {}, None)  # type: ignore[arg-type]  # uses neither
+    assert copy.read_bytes() == store.read_bytes()
+    write_cow(store, 2, [(i * 3, 2 + i + i // 64) for i in range(120)])  # appended since
+    assert engine.in_freeze(None, p, {}).exceptions_at_start == 120  # type: ignore[arg-type]
+    assert copy.read_bytes() == store.read_bytes()
+    table = engine.online_table(p, {"cow": "/dev/loop5"})
+    assert table.format() == "0 2048 snapshot-merge /dev/mapper/lunresync-b-real /dev/loop5 P 2\n"
+
+
+def test_merge_plan_from_before_the_store_view_merges_its_whole_copy() -> None:
+    """Recorded before 2026-11-30: no overlay, the job's file is a whole copy of the store."""
+    engine = MergeEngine()
+    old = plan(region_sectors=16, overlay=None, overlay_uuid=None)
+    assert engine.helpers(old, {}) == []
+    table = engine.online_table(old, {"cow": "/dev/loop5"})
     assert table.format() == "0 2048 snapshot-merge /dev/mapper/lunresync-b-real /dev/loop5 P 16\n"
 
 
@@ -263,17 +341,34 @@ def test_read_store_refuses_what_is_not_a_cow_store(tmp_path: Path) -> None:
         read_store(bad)
 
 
-def test_copy_tail_brings_an_earlier_copy_up_to_date(tmp_path: Path) -> None:
-    source, copy = tmp_path / "s", tmp_path / "c"
-    write_cow(source, 2, [(1, 2)])
-    copy.write_bytes(source.read_bytes())
-    before = read_store(source)
-    write_cow(source, 2, [(1, 2), (5, 3), (9, 4)])  # appended since the copy
-    with source.open("r+b") as f:  # and a data chunk written after them
-        f.seek(4 * 1024)
-        f.write(b"\x99" * 1024)
-    copy_tail(source, copy, before.tail_offset())
-    assert copy.read_bytes() == source.read_bytes()
+def test_merge_copies_header_and_tail_and_the_view_is_the_store(tmp_path: Path) -> None:
+    """The store view (the store up to the prefix, the job's copy elsewhere) equals the store
+    after the copy made in the freeze, however the store changed since it was planned."""
+    store, copy = tmp_path / "s.cow", tmp_path / "0.cow"
+    write_cow(store, 2, [(i, 2 + i + i // 64) for i in range(70)])
+    with store.open("r+b") as f:  # data chunks of the first area
+        f.seek(2 * 1024)
+        f.write(b"\x11" * 10 * 1024)
+    copy.write_bytes(b"")
+    p = merge_plan(store, copy)
+    MergeEngine().prepare(None, p, {}, None)  # type: ignore[arg-type]  # uses neither
+    write_cow(store, 2, [(i, 2 + i + i // 64) for i in range(90)])  # appended since
+    with store.open("r+b") as f:
+        f.seek(70 * 1024)
+        f.write(b"\x99" * 1024)  # and a data chunk written after them
+        f.seek(0)
+        f.write(struct.pack("<IIII", SNAP_MAGIC, 0, 1, 2))  # invalidated: a new header
+    done = MergeEngine().in_freeze(None, p, {})  # type: ignore[arg-type]
+    assert done.exceptions_at_start == 90
+    prefix = p.store_prefix_sectors * 512
+    data, copy_data = store.read_bytes(), copy.read_bytes()
+    assert not read_store(store).valid
+    assert copy_data[:1024] == data[:1024]
+    assert copy_data[1024:prefix] == bytes(prefix - 1024)  # not copied: read from the store
+    assert copy_data[prefix:] == data[prefix:]
+    copied = copy_ranges(store, copy, [(0, 1024), (prefix, None)])
+    assert copied == 1024 + len(data) - prefix
+    assert copied <= copied_at_most(2)  # what the pool's space check counts for it
 
 
 # -- job records -----------------------------------------------------------------------------
