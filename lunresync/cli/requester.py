@@ -10,7 +10,6 @@ import click
 
 from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.provider.model import ShadowKind
-from lunresync.requester.workflow import WriterFailed
 from lunresync.views import lun_json
 
 from .backend import BackupOutcome, JobStatus, backend_for, opened
@@ -164,6 +163,8 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
         raise JobFailed(f"job {job.id} ended {job.state}: {job.error or ''}".rstrip(": "))
     failed = [s for s in status if s["state"] != "stable"]
     if failed:
+        from lunresync.requester.workflow import WriterFailed  # not at start-up
+
         raise WriterFailed("the data is restored, but " + "; ".join(
             f"writer {s['writer']} {s['state']}: {s['message']}" for s in failed))
 
@@ -213,5 +214,7 @@ def script(ctx: click.Context, file: str, writers_dir: str | None,
                               writer_timeout=writer_timeout, say=click.echo)
         runner.run(commands)
     if runner.writer_failures:
+        from lunresync.requester.workflow import WriterFailed  # not at start-up
+
         raise WriterFailed("; ".join(runner.writer_failures))
 

@@ -77,3 +77,12 @@ def test_dbus_fast_is_imported_only_for_via_dbus(tmp_path: Path) -> None:
     # The check itself sees it when it is there.
     assert "dbus_fast" in imported("--via-dbus", "--bus", f"unix:path={tmp_path}/none",
                                    "lun", "list")
+
+
+def test_the_requester_workflow_is_imported_only_by_its_commands(tmp_path: Path) -> None:
+    """Python starts in seconds in the TCG VM: a plain command imports only what it uses."""
+    pool = ["--pool", str(tmp_path / "pool")]
+    for args in (["--help"], [*pool, "lun", "list", "--json"], [*pool, "job", "list"]):
+        seen = imported(*args)
+        assert "lunresync.cli.requester" in seen, args  # the check sees the imports
+        assert "lunresync.requester.workflow" not in seen, args
