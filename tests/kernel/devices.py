@@ -14,15 +14,30 @@ import hashlib
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from lunresync.kernel.dm import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevice, LoopDevices
-from lunresync.kernel.targets import Table
+from lunresync.kernel.targets import DelayTable, Table
 
 TEST_PREFIX = "lrt-"
 MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SlowDevice:
+    """A dm ``delay`` device over a loop device: a destination whose writes take a while,
+    so that a copy is still running when a test acts."""
+
+    name: str  # its dm name
+    loop: str  # the loop device under it
+    sectors: int
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.name}"
 
 
 class DeviceStack:
@@ -57,6 +72,20 @@ class DeviceStack:
         # Remember it before creating: a create that times out may still have made it.
         self._dm_names.append(name)
         return self.dm.create(name, table, uuid=uuid)
+
+    def slow(self, suffix: str, size: int, write_ms: int, *,
+             flush_ms: int | None = None) -> SlowDevice:
+        """Writes held ``write_ms``, flushes ``flush_ms`` (None: as long as writes)."""
+        loop = self.loop(suffix + "-img", size)
+        self.create(suffix, Table.single(
+            DelayTable(loop.path, write_ms=write_ms, flush_ms=flush_ms), size // 512))
+        return SlowDevice(self.name(suffix), loop.path, size // 512)
+
+    def set_delay(self, device: SlowDevice, write_ms: int) -> None:
+        """Reload a slow device's delay (0: a held copy can finish)."""
+        self.dm.load(device.name, Table.single(DelayTable(device.loop, write_ms=write_ms),
+                                               device.sectors))
+        self.dm.resume(device.name)
 
     def close(self) -> None:
         errors: list[str] = []

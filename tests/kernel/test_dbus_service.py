@@ -25,7 +25,6 @@ from dbus_fast import Message, Variant
 from lunresync.engine.model import JobState
 from lunresync.errors import JobTimeout
 from lunresync.kernel.runner import Runner
-from lunresync.kernel.targets import DelayTable, Table
 from lunresync.provider.provider import Provider
 from lunresync.service import api
 from lunresync.service.client import ServiceClient
@@ -106,13 +105,6 @@ def wait_completed(client: ServiceClient, job: str, timeout: float = 300) -> lis
     return list(message.body)
 
 
-def set_write_delay(devices: DeviceStack, suffix: str, loop: str, ms: int) -> None:
-    """Reload a slow device's delay (a stalled copy can then finish)."""
-    name = devices.name(suffix)
-    devices.dm.load(name, Table.single(DelayTable(loop, write_ms=ms), SIZE // 512))
-    devices.dm.resume(name)
-
-
 # -- the workflow --------------------------------------------------------------------------
 
 
@@ -181,7 +173,7 @@ def test_backup_damage_restore_over_dbus(devices: DeviceStack, provider: Provide
 def test_progress_signals_come_about_once_a_second(devices: DeviceStack, provider: Provider,
                                                    scratch_pool: Path) -> None:
     _, shadow, content = source_lun(provider, devices)
-    slow = provider.adopt_lun("slow", slow_device(devices, 300)[0])
+    slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 300).path)
     with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
         client.subscribe(f"type='signal',sender='{api.BUS_NAME}'")
         started = time.monotonic()
@@ -202,16 +194,6 @@ def test_progress_signals_come_about_once_a_second(devices: DeviceStack, provide
     assert read_at(slow.path, 0, SIZE) == content
 
 
-def slow_device(devices: DeviceStack, write_ms: int, flush_ms: int | None = None
-                ) -> tuple[str, str]:
-    """A device whose writes wait ``write_ms`` (flushes ``flush_ms``, None: as long):
-    (its path, the loop device under it)."""
-    loop = devices.loop("slow-img", SIZE)
-    devices.create("slow", Table.single(
-        DelayTable(loop.path, write_ms=write_ms, flush_ms=flush_ms), SIZE // 512))
-    return f"/dev/mapper/{devices.name('slow')}", loop.path
-
-
 # -- robustness ----------------------------------------------------------------------------
 
 
@@ -221,8 +203,8 @@ def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Pro
     restarted service picks the job up and says Completed when it ends."""
     _, shadow, content = source_lun(provider, devices)
     # Every write to the destination waits 5 s: the copy crawls until the test says.
-    device, loop = slow_device(devices, 5000)
-    slow = provider.adopt_lun("slow", device)
+    held = devices.slow("slow", SIZE, 5000)
+    slow = provider.adopt_lun("slow", held.path)
     with PrivateBus(scratch_pool / "bus") as bus:
         with ServiceProcess(bus, provider.pool.root) as first:
             with ServiceClient(bus.address) as starter:
@@ -237,7 +219,7 @@ def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Pro
         with ServiceProcess(bus, provider.pool.root), ServiceClient(bus.address) as watcher:
             watcher.subscribe(JOB_SIGNALS.format(iface=api.JOB, path=job))
             assert watcher.properties(job, api.JOB)["State"] == "running"
-            set_write_delay(devices, "slow", loop, 0)
+            devices.set_delay(held, 0)
             assert wait_completed(watcher, job) == [True, "restored"]
     assert read_at(slow.path, 0, SIZE) == content
 
@@ -324,7 +306,7 @@ def test_cli_says_the_same_directly_and_through_the_service(
     # copy end before the cancel came. The cancel waits for the writes in flight, then
     # for dm-clone's commits, each of which flushes the destination first: flushes are not
     # delayed (they were, and the cancel took three delays).
-    slow = provider.adopt_lun("slow", slow_device(devices, 60000, flush_ms=0)[0])
+    slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 60000, flush_ms=0).path)
     pool = str(provider.pool.root)
     with service(scratch_pool, provider) as (bus, _):
         through = ("--via-dbus", "--bus", bus.address)

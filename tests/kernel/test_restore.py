@@ -38,7 +38,7 @@ from lunresync.requester.writers import Writer
 
 from .devices import DeviceStack, MiB, fill, read_at, write_pattern
 from .test_provider import kernel_state
-from .test_resync import SIZE, slow_device, wait
+from .test_resync import SIZE, wait
 
 pytestmark = pytest.mark.kernel
 
@@ -347,7 +347,7 @@ def test_cancel_and_retry_then_refresh_a_new_lun_twice(
     made = backed_up_lun(provider, scratch_pool, monkeypatch, "golden", 8)
     source, content, writers, document = made.lun, made.content, made.writers, made.document
     shadow = document.luns[0].shadow_copy_id
-    testbed = provider.adopt_lun("testbed", slow_device(devices, "testbed", SIZE, 300))
+    testbed = provider.adopt_lun("testbed", devices.slow("testbed", SIZE, 300).path)
 
     def restore_to_testbed() -> RestoreSession:
         session = RestoreSession(provider, load_document(scratch_pool / "doc.json"), writers)

@@ -42,17 +42,11 @@ SIZE = 32 * MiB
 ENGINES = [EngineKind.MERGE, EngineKind.MIRROR, EngineKind.CLONE]
 
 
-def slow_device(devices: DeviceStack, suffix: str, size: int, write_ms: int) -> str:
-    loop = devices.loop(suffix + "-img", size)
-    devices.create(suffix, Table.single(DelayTable(loop.path, write_ms=write_ms), size // 512))
-    return f"/dev/mapper/{devices.name(suffix)}"
-
-
 def source_lun(provider: Provider, devices: DeviceStack, name: str = "src", *,
                write_ms: int = 0) -> tuple[Lun, ShadowCopy, bytes]:
     """A LUN full of known data, its shadow copy, and that content; then damaged."""
     if write_ms:
-        lun = provider.adopt_lun(name, slow_device(devices, name, SIZE, write_ms))
+        lun = provider.adopt_lun(name, devices.slow(name, SIZE, write_ms).path)
     else:
         lun = provider.create_lun(name, SIZE)
     fill(lun.path, SIZE, seed=7)
@@ -214,7 +208,7 @@ def test_one_set_restores_to_a_larger_lun_and_a_block_device(
 
 def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) -> None:
     _, shadow, content = source_lun(provider, devices)
-    dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 200))
+    dest = provider.adopt_lun("slow", devices.slow("slow", SIZE, 200).path)
     script = (
         "import sys, time\n"
         "from lunresync.engine.resync import ResyncPair\n"
@@ -253,7 +247,7 @@ def test_crash_then_activate_resumes_the_copy(
         pair = ResyncPair(shadow.id)
     else:
         lun, shadow, content = source_lun(provider, devices)
-        dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 150))
+        dest = provider.adopt_lun("slow", devices.slow("slow", SIZE, 150).path)
         pair = ResyncPair(shadow.id, "slow")
     handle = provider.resync_luns([pair], engine=engine)
     written = b"\x17" * 4096
@@ -372,7 +366,7 @@ def test_io_error_on_the_destination_fails_the_job_then_retry_works(
 def test_cancel_fences_the_lun_until_a_new_resync(devices: DeviceStack,
                                                    provider: Provider) -> None:
     _, shadow, content = source_lun(provider, devices)
-    dest = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 300))
+    dest = provider.adopt_lun("slow", devices.slow("slow", SIZE, 300).path)
     handle = provider.resync_luns([ResyncPair(shadow.id, "slow")],
                                   engine=EngineKind.MIRROR)
     cancelled = handle.cancel()
@@ -409,7 +403,7 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
     small = provider.create_lun("small", SIZE // 2)
     other = provider.create_lun("other", SIZE)
     # Writes held 5 s: the copy runs for the whole test.
-    slow = provider.adopt_lun("slow", slow_device(devices, "slow", SIZE, 5000))
+    slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 5000).path)
     running = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
     before = kernel_state(provider)
     cases: list[tuple[list[ResyncPair], type[Exception], str, dict[str, object]]] = [

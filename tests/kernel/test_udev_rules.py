@@ -22,7 +22,6 @@ from lunresync.engine.merge import MergeEngine
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.kernel import udev
-from lunresync.kernel.targets import DelayTable, Table
 from lunresync.provider.model import Lun, ShadowKind
 from lunresync.provider.provider import Provider
 
@@ -190,25 +189,18 @@ def test_suspended_lun_is_not_probed_and_keeps_its_properties(udev_rules: Path,
 # -- a LUN under restore ---------------------------------------------------------------------
 
 
-def slow_device(devices: DeviceStack, suffix: str, write_ms: int) -> tuple[str, str]:
-    """A dm delay device (writes held ``write_ms``): its dm name and its loop device."""
-    loop = devices.loop(suffix + "-img", SIZE)
-    devices.create(suffix, Table.single(DelayTable(loop.path, write_ms=write_ms), SIZE // 512))
-    return devices.name(suffix), loop.path
-
-
 def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStack,
                                            provider: Provider) -> None:
     src = provider.create_lun("src", SIZE)
     make_ext4(src.path)
     (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
     # Writes held 5 s: the copies run until the test speeds them up.
-    slow, slow_loop = slow_device(devices, "slow", 5000)
-    blk, blk_loop = slow_device(devices, "blk", 5000)
-    dest: Lun = provider.adopt_lun("slow", f"/dev/mapper/{slow}")
+    slow = devices.slow("slow", SIZE, 5000)
+    blk = devices.slow("blk", SIZE, 5000)
+    dest: Lun = provider.adopt_lun("slow", slow.path)
     provider.create_snapshot_set(["slow"])  # its own shadow copy: the copy uses a -dst leg
     handle = provider.resync_luns([ResyncPair(shadow.id, "slow"),
-                                   ResyncPair(shadow.id, f"/dev/mapper/{blk}")],
+                                   ResyncPair(shadow.id, blk.path)],
                                   engine=EngineKind.MIRROR)
     job = provider.resyncer.job(handle.id)
     assert job.state is JobState.RUNNING
@@ -248,9 +240,8 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     wait_props(dest.path, restoring, "LUNRESYNC_RESTORE_JOB after activate")
 
     # Let the copies finish: the property goes when the LUN's pair completes.
-    for name, loop in ((slow, slow_loop), (blk, blk_loop)):
-        provider.dm.load(name, Table.single(DelayTable(loop), SIZE // 512))
-        provider.dm.resume(name)
+    for held in (slow, blk):
+        devices.set_delay(held, 0)
     assert provider.resyncer.wait(job.id, timeout=300, interval=0.2).state is JobState.DONE
     after = wait_props(dest.path, lambda p: "LUNRESYNC_RESTORE_JOB" not in p,
                        "LUNRESYNC_RESTORE_JOB gone")
@@ -264,8 +255,8 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """merge's store view and overlay read the shadow copy's COW store: internal helpers."""
     monkeypatch.setattr(MergeEngine, "whole_copy_max", 0)  # as for a large store
-    slow, slow_loop = slow_device(devices, "m", 5000)  # the merge's writes held 5 s
-    lun = provider.adopt_lun("m", f"/dev/mapper/{slow}")
+    slow = devices.slow("m", SIZE, 5000)  # the merge's writes held 5 s
+    lun = provider.adopt_lun("m", slow.path)
     (shadow,) = provider.create_snapshot_set(["m"]).snapshot_set.shadow_copies
     with open(lun.path, "r+b", buffering=0) as f:  # one chunk to merge back
         f.write(b"\x5a" * 8192)
@@ -276,8 +267,7 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
     for name in (plan.overlay, plan.store_view):
         assert name is not None
         assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
-    provider.dm.load(slow, Table.single(DelayTable(slow_loop), SIZE // 512))
-    provider.dm.resume(slow)
+    devices.set_delay(slow, 0)
     assert provider.resyncer.wait(handle.id, timeout=300, interval=0.2).state is JobState.DONE
 
 
@@ -285,8 +275,8 @@ def test_cancelled_restore_clears_the_job(udev_rules: Path, devices: DeviceStack
                                           provider: Provider) -> None:
     src = provider.create_lun("src", SIZE)
     (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
-    slow, _ = slow_device(devices, "slow", 5000)
-    dest = provider.adopt_lun("slow", f"/dev/mapper/{slow}")
+    slow = devices.slow("slow", SIZE, 5000)
+    dest = provider.adopt_lun("slow", slow.path)
     handle = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
     wait_props(dest.path, lambda p: p.get("LUNRESYNC_RESTORE_JOB") == handle.id,
                "LUNRESYNC_RESTORE_JOB")
