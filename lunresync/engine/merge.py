@@ -20,9 +20,10 @@ The copy of the header and of the part from the current metadata area on (a few 
 whatever the store's size) is made before the freeze, then again inside it (the LUN
 suspended, the store does not change), before snapshot-merge is loaded. A small store
 (:attr:`MergeEngine.whole_copy_max`) is copied whole instead, and merged directly: the
-two extra layers slow the merge more than the copy costs. The shadow copy
-stays a snapshot of the LUN's -real: the merge and every write during it go through the
-origin's copy-on-write, so it keeps its content and can be used again.
+two extra layers slow the merge more than the copy costs.
+
+The shadow copy stays a snapshot of the LUN's -real: the merge and every write during it
+go through the origin's copy-on-write, so it keeps its content and can be used again.
 """
 
 from __future__ import annotations
