@@ -33,7 +33,7 @@ from lunresync.kernel.targets import (
 from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
 from lunresync.provider.provider import Provider
 
-from .devices import DeviceStack, MiB, fill, read_at, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 from .test_provider import kernel_state
 
 pytestmark = pytest.mark.kernel
@@ -77,11 +77,6 @@ def damage_more(path: str) -> None:
         os.fsync(fd)  # once: the slow LUN takes the writes together
     finally:
         os.close(fd)
-
-
-def devno(path: str) -> str:
-    rdev = os.stat(path).st_rdev
-    return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
 def check_merge_stack(provider: Provider, lun: Lun, shadow: ShadowCopy, job: Job) -> None:
