@@ -89,7 +89,8 @@ class Engine(Protocol):
 
     def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
         """Once the destination is online, when ``plan.copy_started`` is False: what the
-        kernel's copy waits for (sparse clone: marking). Returns the plan to record."""
+        kernel's copy waits for (sparse clone: marking), or what is left of the switch
+        (merge: removing the handover source). Returns the plan to record."""
         ...
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 from lunresync.errors import InvalidArgument
 
@@ -31,6 +32,7 @@ class CowStore:
     chunk_sectors: int
     valid: bool
     exceptions: tuple[tuple[int, int], ...]  # (origin chunk, COW chunk), in order
+    first_area: int = 0  # the areas before it are full and were not read
 
     @property
     def chunk_bytes(self) -> int:
@@ -40,34 +42,41 @@ class CowStore:
     def per_area(self) -> int:
         return self.chunk_bytes // _EXCEPTION.size
 
+    @property
+    def count(self) -> int:
+        """Committed exceptions, those of the areas not read included."""
+        return self.first_area * self.per_area + len(self.exceptions)
+
     def area_offset(self, area: int) -> int:
         """Byte offset of a metadata area's chunk."""
         return (1 + area * (self.per_area + 1)) * self.chunk_bytes
 
     def tail_offset(self) -> int:
         """Where the store can still change: the current metadata area and after."""
-        return self.area_offset(len(self.exceptions) // self.per_area)
+        return self.area_offset(self.count // self.per_area)
+
+    def since(self, index: int) -> tuple[tuple[int, int], ...]:
+        """The exceptions committed after the first ``index`` (read from their area on)."""
+        skipped = self.first_area * self.per_area
+        if index < skipped:
+            raise ValueError(f"exception {index} is in an area that was not read")
+        return self.exceptions[index - skipped:]
 
     def origin_chunks(self, first: int = 0) -> set[int]:
-        return {old for old, _ in self.exceptions[first:]}
+        return {old for old, _ in self.since(first)}
 
 
-def read_store(path: str | os.PathLike[str]) -> CowStore:
-    """The header and the committed exceptions of a persistent COW store."""
+def read_store(path: str | os.PathLike[str], first_area: int = 0) -> CowStore:
+    """The header and the committed exceptions of a persistent COW store, from metadata
+    area ``first_area`` on (the caller knows the areas before it are full)."""
     with open(path, "rb") as f:
-        header = f.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise InvalidArgument(f"{path} is too short for a COW store")
-        magic, valid, _version, chunk_sectors = _HEADER.unpack(header)
-        if magic != SNAP_MAGIC or not chunk_sectors:
-            raise InvalidArgument(f"{path} is not a persistent dm-snapshot COW store")
-        store = CowStore(chunk_sectors, bool(valid), ())
-        area = 0
+        store = _header(f, path)
+        store = replace(store, first_area=first_area)
+        area = first_area
         exceptions: list[tuple[int, int]] = []
         while True:
-            f.seek(store.area_offset(area))
-            block = f.read(store.chunk_bytes)
-            if len(block) < store.chunk_bytes:
+            block = _area(f, store, area)
+            if block is None:
                 break
             ended = False
             for old, new in _EXCEPTION.iter_unpack(block):
@@ -78,7 +87,41 @@ def read_store(path: str | os.PathLike[str]) -> CowStore:
             if ended:
                 break
             area += 1
-    return CowStore(chunk_sectors, bool(valid), tuple(exceptions))
+    return replace(store, exceptions=tuple(exceptions))
+
+
+def read_tail(path: str | os.PathLike[str]) -> CowStore:
+    """:func:`read_store` from the current metadata area on, found by bisection: a few
+    reads however large the store (an area is full when its last entry is set)."""
+    with open(path, "rb") as f:
+        store = _header(f, path)
+        stride = store.area_offset(1) - store.area_offset(0)
+        low, high = 0, os.fstat(f.fileno()).st_size // stride + 1
+        while low < high:  # the first area that is not full
+            middle = (low + high) // 2
+            block = _area(f, store, middle)
+            if block is not None and _EXCEPTION.unpack_from(block, len(block) - 16)[1]:
+                low = middle + 1
+            else:
+                high = middle
+    return read_store(path, low)
+
+
+def _header(f: BinaryIO, path: str | os.PathLike[str]) -> CowStore:
+    header = f.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise InvalidArgument(f"{path} is too short for a COW store")
+    magic, valid, _version, chunk_sectors = _HEADER.unpack(header)
+    if magic != SNAP_MAGIC or not chunk_sectors:
+        raise InvalidArgument(f"{path} is not a persistent dm-snapshot COW store")
+    return CowStore(chunk_sectors, bool(valid), ())
+
+
+def _area(f: BinaryIO, store: CowStore, area: int) -> bytes | None:
+    """An area's metadata chunk; None past the end of the file."""
+    f.seek(store.area_offset(area))
+    block = f.read(store.chunk_bytes)
+    return block if len(block) == store.chunk_bytes else None
 
 
 def copy_ranges(source: str | os.PathLike[str], target: str | os.PathLike[str],

@@ -4,23 +4,30 @@ dm ``snapshot-merge`` copies a snapshot's COW chunks back into the origin, in th
 and the origin shows the snapshot's content at once. Merging the shadow copy itself would
 consume it, and the merge writes into the store it merges (its metadata as chunks are
 merged; a production write to a chunk not merged yet). So the engine merges a writable
-snapshot of the store as it is at the switch, and copies nothing that grows with it:
+duplicate of the store as it is at the switch, and copies nothing that grows with it:
 
     top (the LUN)    snapshot-merge <lun>-real <overlay>
       overlay        snapshot of the store view, its COW POOL/jobs/<job>/<n>.overlay:
                      takes every write of the merge, so the shadow copy's store is never
                      written (and survives a reboot: persistent)
-      store view     linear, read only: the store as it was when the LUN switched
+      store view     linear, read only: the store as it was before the switch
         chunk 0                    header       POOL/jobs/<job>/<n>.cow (the job's copy)
         chunk 1 .. prefix          the shadow copy's own store: the format only appends
                                    (engine/cowfile.py), so this part never changes
         prefix .. end              POOL/jobs/<job>/<n>.cow: current metadata area and after
 
-The copy of the header and of the part from the current metadata area on (a few MiB,
-whatever the store's size) is made before the freeze, then again inside it (the LUN
-suspended, the store does not change), before snapshot-merge is loaded. A small store
-(:attr:`MergeEngine.whole_copy_max`) is copied whole instead, and merged directly: the
-two extra layers slow the merge more than the copy costs.
+A small store (:attr:`MergeEngine.whole_copy_max`) is copied whole instead, and merged
+directly: the two extra layers slow the merge more than the copy costs.
+
+The freeze does not grow with the store. Loading snapshot-merge would read the store's
+whole exception table while the LUN is suspended, so the engine loads, before the freeze,
+a *handover source*: a plain ``snapshot`` of the LUN's -real over the duplicate (inactive:
+it takes no copy-on-write yet). In the freeze it is resumed, given the chunks the shadow
+copy's store gained since the duplicate was made (written through it, so they land in the
+duplicate's store, never in -real), and suspended; snapshot-merge is then loaded over the
+same COW device and the kernel hands the source's exception table over to it on resume
+(dm-snap's handover, as LVM uses to merge an active snapshot), reading nothing. The source
+is removed once the LUN is online.
 
 The shadow copy stays a snapshot of the LUN's -real: the merge and every write during it
 go through the origin's copy-on-write, so it keeps its content and can be used again.
@@ -28,24 +35,31 @@ go through the origin's copy-on-write, so it keeps its content and can be used a
 
 from __future__ import annotations
 
+import logging
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import LinearTable, SnapshotTable, StatusLine, Table, TableLine
 from lunresync.kernel.targets.snapshot import SnapshotState, SnapshotStatus
 from lunresync.kernel.targets.snapshot_merge import SnapshotMergeTable
 
 from .base import HelperDevice, PairSpec, Progress
-from .cowfile import copy_ranges, read_store
+from .clone import node
+from .cowfile import CowStore, copy_ranges, read_store, read_tail
 from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
     from lunresync.provider.undo import Undo
+
+
+log = logging.getLogger(__name__)
 
 
 class MergeEngine:
@@ -74,13 +88,14 @@ class MergeEngine:
     def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
         assert plan.source_store is not None
         # Everything before the current metadata area stays as it is (the format appends):
-        # the freeze copies the rest again, or the store view reads it from the store.
-        prefix = read_store(plan.source_store).tail_offset() // 512
+        # the view reads it from the store, only the rest is copied.
+        prefix = read_tail(plan.source_store).tail_offset() // 512
+        plan = replace(plan, store_prefix_sectors=prefix, handover=f"{helper}-hnd",
+                       handover_uuid=f"{helper_uuid}-hnd", copy_started=False)
         if "overlay" not in plan.files:
-            return replace(plan, store_prefix_sectors=prefix)
+            return plan
         return replace(plan, overlay=f"{helper}-ovl", overlay_uuid=f"{helper_uuid}-ovl",
-                       store_view=f"{helper}-cow", store_view_uuid=f"{helper_uuid}-cow",
-                       store_prefix_sectors=prefix)
+                       store_view=f"{helper}-cow", store_view_uuid=f"{helper_uuid}-cow")
 
     def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
         if plan.store_view is None:
@@ -98,21 +113,36 @@ class MergeEngine:
 
     def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
                 undo: Undo) -> None:
-        """Copy the store (whole, or its header and tail) now, outside the freeze, so that
-        the copy in the freeze has only what is written in between."""
-        if plan.store_view is None:
-            assert plan.source_store is not None
-            copy_ranges(plan.source_store, plan.files["cow"], [(0, None)])
-        else:
-            _copy_changing_parts(plan)
+        """Copy the store (whole, or its header and tail), then load the handover source
+        over the duplicate: the kernel reads its exception table now, not in the freeze."""
+        assert plan.source_store is not None
+        assert plan.handover is not None
+        assert plan.handover_uuid is not None
+        copy_duplicate(plan)
+        source = provider.create_device(plan.handover, None, plan.handover_uuid, undo,
+                                        udev_sync=False, private=True)
+        provider.dm.load(plan.handover, Table.single(
+            SnapshotTable(_real(plan), _duplicate(plan, devices),
+                          chunk_sectors=plan.region_sectors), plan.sectors))
+        devices[f"/dev/mapper/{plan.handover}"] = source.devno
 
     def in_freeze(self, provider: Provider, plan: PairPlan,
                   devices: Mapping[str, str]) -> PairPlan:
-        """Bring the copy up to date: the origin is suspended, the store does not change.
-        Whole or not, only the header and the part from the prefix on can have changed."""
-        _copy_changing_parts(plan)
+        """The origin is suspended, the shadow copy's store does not change: the handover
+        source gets what the store gained since it was copied, then waits, suspended, for
+        snapshot-merge to take its exceptions. Reads only the stores' current areas."""
         assert plan.source_store is not None
-        return replace(plan, exceptions_at_start=len(read_store(plan.source_store).exceptions))
+        assert plan.handover is not None
+        store, gained = gained_since_copy(plan)
+        # Active from here, so that snapshot-merge can take over from it; the LUN is
+        # suspended, so it sees no copy-on-write before the switch.
+        with provider.dm.udev_batch(False, private=True) as batch:
+            batch.resume(plan.handover)
+        if gained:
+            write_chunks(node(devices[f"/dev/mapper/{plan.handover}"]), plan.source_store,
+                         gained, store.chunk_bytes)
+        provider.dm.suspend(plan.handover)
+        return replace(plan, exceptions_at_start=store.count)
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
         merged = devices["cow"] if plan.overlay is None else f"/dev/mapper/{plan.overlay}"
@@ -120,7 +150,15 @@ class MergeEngine:
                                                chunk_sectors=plan.region_sectors), plan.sectors)
 
     def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
-        return plan  # the kernel copies from the switch on
+        """Remove the handover source: snapshot-merge has its exceptions, it has none left
+        and takes no I/O. If it cannot go now, the pair's teardown removes it."""
+        if plan.handover is not None:
+            try:
+                provider.dm.remove(plan.handover, missing_ok=True, udev_sync=False)
+            except LunresyncError as exc:
+                log.warning("cannot remove %s yet (removed when the restore ends): %s",
+                            plan.handover, exc)
+        return replace(plan, copy_started=True)
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
@@ -155,11 +193,68 @@ def copied_at_most(chunk_sectors: int) -> int:
     return (2 * (per_area + 1) + 1) * chunk
 
 
-def _copy_changing_parts(plan: PairPlan) -> None:
+def copy_duplicate(plan: PairPlan) -> None:
+    """Copy the shadow copy's store into the job's file: whole, or the ranges its view
+    maps to the copy (header, and from the current metadata area on)."""
     assert plan.source_store is not None
-    header = plan.region_sectors * 512
     copy_ranges(plan.source_store, plan.files["cow"],
-                [(0, header), (max(plan.store_prefix_sectors * 512, header), None)])
+                [(0, None)] if plan.store_view is None else _changing_parts(plan))
+
+
+def gained_since_copy(plan: PairPlan) -> tuple[CowStore, tuple[tuple[int, int], ...]]:
+    """The shadow copy's store now (read from the copy's current area on) and the
+    exceptions it committed since :func:`copy_duplicate`."""
+    assert plan.source_store is not None
+    # The copy's areas before the prefix are full (in view mode, holes: not read).
+    copied = read_store(plan.files["cow"], _prefix_area(plan)).count
+    store = read_store(plan.source_store, copied // _per_area(plan))
+    if not store.valid:
+        raise InvalidArgument(f"the COW store {plan.source_store} of the shadow copy was"
+                              " invalidated (it overflowed): it cannot be restored")
+    return store, store.since(copied)
+
+
+def _changing_parts(plan: PairPlan) -> list[tuple[int, int | None]]:
+    """The byte ranges of the store the view maps to the job's copy."""
+    header = plan.region_sectors * 512
+    return [(0, header), (max(plan.store_prefix_sectors * 512, header), None)]
+
+
+def _per_area(plan: PairPlan) -> int:
+    return plan.region_sectors * 512 // 16
+
+
+def _prefix_area(plan: PairPlan) -> int:
+    """The metadata area at the store's prefix: those before it are full."""
+    return max(0, plan.store_prefix_sectors // plan.region_sectors - 1) // (_per_area(plan) + 1)
+
+
+def _duplicate(plan: PairPlan, devices: Mapping[str, str]) -> str:
+    """The COW device snapshot-merge merges: the overlay of the store view, or the loop
+    device of a whole copy."""
+    if plan.overlay is None:
+        return devices["cow"]
+    return devices.get(f"/dev/mapper/{plan.overlay}", f"/dev/mapper/{plan.overlay}")
+
+
+def write_chunks(device: str, store: str, exceptions: Sequence[tuple[int, int]],
+                 chunk: int) -> None:
+    """Write each (origin chunk, COW chunk) of ``store``'s data to ``device`` at the origin
+    chunk: whole chunks, direct, so a snapshot device records each as an exception."""
+    buffer = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT wants
+    src = os.open(store, os.O_RDONLY)
+    try:
+        dst = os.open(device, os.O_WRONLY | os.O_DIRECT)
+        try:
+            for old, new in exceptions:
+                buffer[:] = os.pread(src, chunk, new * chunk).ljust(chunk, b"\0")
+                if os.pwritev(dst, [buffer], old * chunk) != chunk:
+                    raise OSError(f"short write to {device} at chunk {old}")
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+        buffer.close()
 
 
 def _real(plan: PairPlan) -> str:

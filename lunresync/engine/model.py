@@ -75,12 +75,19 @@ class PairPlan:
     store_view: str | None = None
     store_view_uuid: str | None = None
     store_prefix_sectors: int = 0
+    # merge: a snapshot of the LUN's -real over the store being merged, loaded before the
+    # freeze (the kernel reads the store's exception table then, not in the freeze), brought
+    # up to date in the freeze, then handed over to snapshot-merge and removed. None: a plan
+    # from before 2026-12-01.
+    handover: str | None = None
+    handover_uuid: str | None = None
     exceptions_at_start: int = 0  # merge, sparse clone: chunks to copy at the start
     # clone in place from a differential: only the chunks changed since the shadow copy are
     # copied; the others are marked hydrated once the LUN is online (engine/clone.py)
     sparse: bool = False
-    # False until the kernel copies: a sparse clone goes online with hydration off, and
-    # the engine's start_copy() marks, then switches it on (again after a crash).
+    # False while the engine has work left once the destination is online, done by its
+    # start_copy() (again after a crash): a sparse clone goes online with hydration off,
+    # marks, then switches it on; merge removes its handover source.
     copy_started: bool = True
     # Kernel log records older than this (usec since boot) are not this mapping's: set when
     # the mapping is made, again after a reboot.
@@ -104,7 +111,8 @@ class PairPlan:
 
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
-        return [n for n in (self.overlay, self.store_view, self.leg_helper) if n is not None]
+        return [n for n in (self.handover, self.overlay, self.store_view, self.leg_helper)
+                if n is not None]
 
     def helper_devices(self) -> list[str]:
         """The job's own dm devices, its own top included, in removal order."""

@@ -545,8 +545,9 @@ class Resyncer:
         self._update_totals(job.id)
 
     def _start_copy(self, job_id: str, pair: JobPair) -> JobPair:
-        """Work the kernel's copy waits for, once the destination is online (sparse clone:
-        the marking); recorded, so it runs once. Returns the pair as recorded."""
+        """The engine's work once the destination is online (sparse clone: the marking the
+        kernel's copy waits for; merge: removing the handover source); recorded, so it
+        runs once. Returns the pair as recorded."""
         if pair.plan.copy_started:
             return pair
         plan = ENGINES[pair.engine].start_copy(self.p, pair.plan)
@@ -674,9 +675,12 @@ class Resyncer:
             for pair in job.pairs:
                 self._announce(pair, job.id)  # the process that died may not have
             return
-        for pair, is_online in zip(job.pairs, online, strict=True):
+        for pair in job.pairs:
             lun = self.p.catalog.find_lun(pair.dest_lun_id) if pair.dest_lun_id else None
-            if is_online and lun is not None:
+            if lun is not None and pair.plan.top in present:
+                # The LUN's own table, live: whether or not it switched. This also drops a
+                # restore table loaded but not resumed (it holds the helpers) and resumes a
+                # LUN the process left suspended in its freeze.
                 self._reload(pair.plan.top, self.p.lun_table(lun))
             if pair.plan.own_top:
                 self.p.dm.remove(pair.plan.top, missing_ok=True)

@@ -127,6 +127,9 @@ def test_restore_in_place_online_with_writes_then_again(
     job = provider.resyncer.job(handle.id)
     assert job.state is JobState.RUNNING
     assert job.pairs[0].engine is engine
+    if engine is EngineKind.MERGE:  # snapshot-merge took over its exceptions: it is gone
+        assert job.pairs[0].plan.copy_started
+        assert job.pairs[0].plan.handover not in provider.dm.names()
     if view:
         check_merge_stack(provider, lun, shadow, job)
     elif engine is EngineKind.MERGE:  # a small store: copied whole, merged directly
@@ -173,6 +176,39 @@ def test_restore_in_place_online_with_writes_then_again(
     assert read_at(lun.path, 0, SIZE) == content
     assert sha256_of(shadow.path) == shadow_sum
     assert during.state in (JobState.RUNNING, JobState.DONE)
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["whole", "view"])
+def test_merge_takes_the_chunks_written_while_it_prepared(
+        devices: DeviceStack, provider: Provider, view: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks first written after the store was copied, before the freeze, are in the
+    shadow copy's store only: the freeze gives them to the handover source. 200 of them
+    fill the store's first metadata area and start the next one."""
+    if view:
+        merge_through_store_view(monkeypatch)
+    lun, shadow, content = source_lun(provider, devices)
+    prepare = MergeEngine.prepare
+    gap = [26 * MiB + index * 2 * 8192 for index in range(200)]
+
+    def prepare_then_write(self: MergeEngine, *args: object) -> None:
+        prepare(self, *args)  # type: ignore[arg-type]
+        fd = os.open(lun.path, os.O_WRONLY)
+        try:
+            for offset in gap:
+                os.pwrite(fd, b"\x77" * 8192, offset)
+            os.pwrite(fd, b"\x78" * 8192, 1 * MiB)  # a chunk the copy has already
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
+    assert read_at(lun.path, 0, SIZE) == content  # online with the shadow copy's content
+    done = wait(provider, handle.id)
+    assert read_at(lun.path, 0, SIZE) == content
+    assert done.bytes_total == 3 * MiB + 8192 + len(gap) * 8192, done
+    assert read_at(shadow.path, 0, SIZE) == content
 
 
 @pytest.mark.parametrize("engine", [EngineKind.MIRROR, EngineKind.CLONE], ids=lambda e: e.value)
@@ -228,6 +264,47 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) ->
     assert done.state is JobState.DONE
     assert read_at(dest.path, 0, SIZE) == content
     assert provider.dm.table(dest.dm_name).lines[0].target == "linear"
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["whole", "view"])
+def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
+        devices: DeviceStack, provider: Provider, view: bool) -> None:
+    """The process dies with the LUN suspended, snapshot-merge loaded but not resumed and
+    its handover source waiting: the next command puts the LUN back as it was."""
+    lun, shadow, content = source_lun(provider, devices)
+    damaged = read_at(lun.path, 0, SIZE)
+    before = kernel_state(provider)
+    script = (
+        "import os, sys\n"
+        "from lunresync.engine.merge import MergeEngine\n"
+        "from lunresync.engine.model import EngineKind\n"
+        "from lunresync.engine.resync import ResyncPair\n"
+        "from lunresync.kernel.dm import DeviceMapper\n"
+        "from lunresync.provider.provider import Provider\n"
+        f"MergeEngine.whole_copy_max = {0 if view else MergeEngine.whole_copy_max}\n"
+        "load = DeviceMapper.load\n"
+        "def load_then_die(self, name, table, **kw):\n"
+        "    load(self, name, table, **kw)\n"
+        "    if 'snapshot-merge' in table.format():\n"
+        "        os._exit(9)\n"
+        "DeviceMapper.load = load_then_die\n"
+        "p = Provider.open(sys.argv[1])\n"
+        "p.resync_luns([ResyncPair(sys.argv[2])], engine=EngineKind.MERGE)\n")
+    died = subprocess.run([sys.executable, "-c", script, str(provider.pool.root), shadow.id],
+                          check=False)
+    assert died.returncode == 9
+    (job,) = provider.resyncer.jobs()
+    assert job.state is JobState.PENDING
+    info = provider.dm.info(lun.dm_name)
+    assert (info.suspended, info.inactive_table) == (True, True)
+    assert job.pairs[0].plan.handover in provider.dm.names()
+    assert provider.resyncer.poll() == []
+    assert provider.resyncer.jobs() == []
+    assert kernel_state(provider) == before
+    assert read_at(lun.path, 0, SIZE) == damaged
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
+    wait(provider, handle.id)
+    assert read_at(lun.path, 0, SIZE) == content
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.value)

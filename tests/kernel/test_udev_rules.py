@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -253,8 +254,12 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
 def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: DeviceStack,
                                                provider: Provider,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """merge's store view and overlay read the shadow copy's COW store: internal helpers."""
+    """merge's store view and overlay read the shadow copy's COW store, its handover source
+    the view: internal helpers."""
     monkeypatch.setattr(MergeEngine, "whole_copy_max", 0)  # as for a large store
+    # Keep the handover source (removed once the LUN is online) for the pair's teardown.
+    monkeypatch.setattr(MergeEngine, "start_copy",
+                        lambda self, provider, plan: replace(plan, copy_started=True))
     slow = devices.slow("m", SIZE, 5000)  # the merge's writes held 5 s
     lun = provider.adopt_lun("m", slow.path)
     (shadow,) = provider.create_snapshot_set(["m"]).snapshot_set.shadow_copies
@@ -264,11 +269,12 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
     plan = provider.resyncer.job(handle.id).pairs[0].plan
     settle()
-    for name in (plan.overlay, plan.store_view):
+    for name in (plan.overlay, plan.store_view, plan.handover):
         assert name is not None
         assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
     devices.set_delay(slow, 0)
     assert provider.resyncer.wait(handle.id, timeout=300, interval=0.2).state is JobState.DONE
+    assert plan.handover not in provider.dm.names()  # the pair's teardown removed it
 
 
 def test_cancelled_restore_clears_the_job(udev_rules: Path, devices: DeviceStack,

@@ -16,8 +16,13 @@ import pytest
 from lunresync.cli.resync import parse_pairs
 from lunresync.engine.base import PairSpec
 from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
-from lunresync.engine.cowfile import SNAP_MAGIC, copy_ranges, read_store
-from lunresync.engine.merge import MergeEngine, copied_at_most
+from lunresync.engine.cowfile import SNAP_MAGIC, read_store, read_tail
+from lunresync.engine.merge import (
+    MergeEngine,
+    copied_at_most,
+    copy_duplicate,
+    gained_since_copy,
+)
 from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
@@ -161,7 +166,10 @@ def test_merge_table_merges_a_writable_snapshot_of_the_store_view(
     p = merge_plan(store, copy)
     assert (p.store_view, p.overlay) == ("lunresync-job-x-0-cow", "lunresync-job-x-0-ovl")
     assert p.store_prefix_sectors == 66 * 2  # the second area's metadata chunk
-    assert p.helpers() == ["lunresync-job-x-0-ovl", "lunresync-job-x-0-cow"]
+    assert (p.handover, p.handover_uuid) == ("lunresync-job-x-0-hnd", "LUNRESYNC-job-x-0-hnd")
+    assert not p.copy_started  # the handover source goes once the LUN is online
+    assert p.helpers() == ["lunresync-job-x-0-hnd", "lunresync-job-x-0-ovl",
+                           "lunresync-job-x-0-cow"]
     view, overlay = engine.helpers(p, {"store": "/dev/loop1", "cow": "/dev/loop2",
                                        "overlay": "/dev/loop3"})
     assert (view.name, view.uuid) == ("lunresync-job-x-0-cow", "LUNRESYNC-job-x-0-cow")
@@ -200,12 +208,14 @@ def test_merge_copies_a_small_store_whole_and_merges_it_directly(tmp_path: Path)
                             overlay_uuid=None, files={"cow": str(copy)}),
                        "lunresync-job-x-0", "LUNRESYNC-job-x-0")
     assert (p.overlay, p.store_view, p.store_prefix_sectors) == (None, None, 66 * 2)
+    assert p.helpers() == ["lunresync-job-x-0-hnd"]
     assert engine.helpers(p, {}) == []
-    engine.prepare(None, p, {}, None)  # type: ignore[arg-type]  # uses neither
+    copy_duplicate(p)
     assert copy.read_bytes() == store.read_bytes()
-    write_cow(store, 2, [(i * 3, 2 + i + i // 64) for i in range(120)])  # appended since
-    assert engine.in_freeze(None, p, {}).exceptions_at_start == 120  # type: ignore[arg-type]
-    assert copy.read_bytes() == store.read_bytes()
+    appended = [(i * 3, 2 + i + i // 64) for i in range(120)]
+    write_cow(store, 2, appended)  # appended since: the freeze writes them to the source
+    now, gained = gained_since_copy(p)
+    assert (now.count, gained) == (120, tuple(appended[100:]))
     table = engine.online_table(p, {"cow": "/dev/loop5"})
     assert table.format() == "0 2048 snapshot-merge /dev/mapper/lunresync-b-real /dev/loop5 P 2\n"
 
@@ -343,32 +353,47 @@ def test_read_store_refuses_what_is_not_a_cow_store(tmp_path: Path) -> None:
 
 def test_merge_copies_header_and_tail_and_the_view_is_the_store(tmp_path: Path) -> None:
     """The store view (the store up to the prefix, the job's copy elsewhere) equals the store
-    after the copy made in the freeze, however the store changed since it was planned."""
+    as it was copied; what the store gains later is found from its current area alone."""
     store, copy = tmp_path / "s.cow", tmp_path / "0.cow"
-    write_cow(store, 2, [(i, 2 + i + i // 64) for i in range(70)])
+    first = [(i, 2 + i + i // 64) for i in range(70)]
+    write_cow(store, 2, first)
     with store.open("r+b") as f:  # data chunks of the first area
         f.seek(2 * 1024)
         f.write(b"\x11" * 10 * 1024)
     copy.write_bytes(b"")
     p = merge_plan(store, copy)
-    MergeEngine().prepare(None, p, {}, None)  # type: ignore[arg-type]  # uses neither
-    write_cow(store, 2, [(i, 2 + i + i // 64) for i in range(90)])  # appended since
-    with store.open("r+b") as f:
-        f.seek(70 * 1024)
-        f.write(b"\x99" * 1024)  # and a data chunk written after them
-        f.seek(0)
-        f.write(struct.pack("<IIII", SNAP_MAGIC, 0, 1, 2))  # invalidated: a new header
-    done = MergeEngine().in_freeze(None, p, {})  # type: ignore[arg-type]
-    assert done.exceptions_at_start == 90
+    copy_duplicate(p)
     prefix = p.store_prefix_sectors * 512
     data, copy_data = store.read_bytes(), copy.read_bytes()
-    assert not read_store(store).valid
     assert copy_data[:1024] == data[:1024]
     assert copy_data[1024:prefix] == bytes(prefix - 1024)  # not copied: read from the store
     assert copy_data[prefix:] == data[prefix:]
-    copied = copy_ranges(store, copy, [(0, 1024), (prefix, None)])
-    assert copied == 1024 + len(data) - prefix
-    assert copied <= copied_at_most(2)  # what the pool's space check counts for it
+    assert len(data) - prefix + 1024 <= copied_at_most(2)  # what the space check counts
+    later = [(i + 500, 2 + i + i // 64) for i in range(70, 200)]  # two more areas
+    write_cow(store, 2, first + later)
+    now, gained = gained_since_copy(p)
+    assert (now.first_area, now.count, gained) == (1, 200, tuple(later))
+    with store.open("r+b") as f:
+        f.write(struct.pack("<IIII", SNAP_MAGIC, 0, 1, 2))  # invalidated: a new header
+    with pytest.raises(InvalidArgument, match="invalidated"):
+        gained_since_copy(p)
+
+
+def test_read_tail_finds_the_current_area_by_bisection(tmp_path: Path) -> None:
+    cow = tmp_path / "s.cow"
+    for count in (0, 1, 63, 64, 65, 128, 1000):  # 64 exceptions per area
+        exceptions = [(i * 7, 2 + i + i // 64) for i in range(count)]
+        write_cow(cow, 2, exceptions)
+        os.truncate(cow, 2 << 20)  # room for many more areas, as a real store has
+        tail = read_tail(cow)
+        assert (tail.first_area, tail.count) == (count // 64, count)
+        assert tail.exceptions == tuple(exceptions[count // 64 * 64:])
+        assert tail.tail_offset() == read_store(cow).tail_offset()
+        assert tail.since(count - count % 64) == tail.exceptions
+        if count >= 64:
+            with pytest.raises(ValueError, match="not read"):
+                tail.since(0)
+        cow.unlink()
 
 
 # -- job records -----------------------------------------------------------------------------
