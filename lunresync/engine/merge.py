@@ -140,7 +140,7 @@ class MergeEngine:
             batch.resume(plan.handover)
         if gained:
             write_chunks(node(devices[f"/dev/mapper/{plan.handover}"]), plan.source_store,
-                         gained, store.chunk_bytes)
+                         gained, store.chunk_bytes, plan.sectors * 512)
         provider.dm.suspend(plan.handover)
         return replace(plan, exceptions_at_start=store.count)
 
@@ -238,17 +238,19 @@ def _duplicate(plan: PairPlan, devices: Mapping[str, str]) -> str:
 
 
 def write_chunks(device: str, store: str, exceptions: Sequence[tuple[int, int]],
-                 chunk: int) -> None:
-    """Write each (origin chunk, COW chunk) of ``store``'s data to ``device`` at the origin
-    chunk: whole chunks, direct, so a snapshot device records each as an exception."""
+                 chunk: int, size: int) -> None:
+    """Write each (origin chunk, COW chunk) of ``store``'s data to ``device`` (``size``
+    bytes) at the origin chunk, direct: whole chunks, so that a snapshot device records
+    each as an exception without reading its origin (the last one may be short)."""
     buffer = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT wants
     src = os.open(store, os.O_RDONLY)
     try:
         dst = os.open(device, os.O_WRONLY | os.O_DIRECT)
         try:
             for old, new in exceptions:
+                length = min(chunk, size - old * chunk)
                 buffer[:] = os.pread(src, chunk, new * chunk).ljust(chunk, b"\0")
-                if os.pwritev(dst, [buffer], old * chunk) != chunk:
+                if os.pwritev(dst, [memoryview(buffer)[:length]], old * chunk) != length:
                     raise OSError(f"short write to {device} at chunk {old}")
         finally:
             os.close(dst)

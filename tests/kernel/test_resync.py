@@ -43,15 +43,15 @@ ENGINES = [EngineKind.MERGE, EngineKind.MIRROR, EngineKind.CLONE]
 
 
 def source_lun(provider: Provider, devices: DeviceStack, name: str = "src", *,
-               write_ms: int = 0) -> tuple[Lun, ShadowCopy, bytes]:
+               write_ms: int = 0, size: int = SIZE) -> tuple[Lun, ShadowCopy, bytes]:
     """A LUN full of known data, its shadow copy, and that content; then damaged."""
     if write_ms:
-        lun = provider.adopt_lun(name, devices.slow(name, SIZE, write_ms).path)
+        lun = provider.adopt_lun(name, devices.slow(name, size, write_ms).path)
     else:
-        lun = provider.create_lun(name, SIZE)
-    fill(lun.path, SIZE, seed=7)
+        lun = provider.create_lun(name, size)
+    fill(lun.path, size, seed=7)
     (shadow,) = provider.create_snapshot_set([name]).snapshot_set.shadow_copies
-    content = read_at(shadow.path, 0, SIZE)
+    content = read_at(shadow.path, 0, size)
     damage(lun.path)
     return lun, shadow, content
 
@@ -178,25 +178,28 @@ def test_restore_in_place_online_with_writes_then_again(
     assert during.state in (JobState.RUNNING, JobState.DONE)
 
 
-@pytest.mark.parametrize("view", [False, True], ids=["whole", "view"])
+@pytest.mark.parametrize(("view", "size"), [(False, SIZE), (True, SIZE),
+                                             (True, SIZE + 4096)],
+                         ids=["whole", "view", "view-short-last-chunk"])
 def test_merge_takes_the_chunks_written_while_it_prepared(
-        devices: DeviceStack, provider: Provider, view: bool,
+        devices: DeviceStack, provider: Provider, view: bool, size: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks first written after the store was copied, before the freeze, are in the
     shadow copy's store only: the freeze gives them to the handover source. 200 of them
-    fill the store's first metadata area and start the next one."""
+    fill the store's first metadata area and start the next one; one more is the LUN's
+    last chunk, half a chunk when the size is not a multiple of it."""
     if view:
         merge_through_store_view(monkeypatch)
-    lun, shadow, content = source_lun(provider, devices)
+    lun, shadow, content = source_lun(provider, devices, size=size)
     prepare = MergeEngine.prepare
-    gap = [26 * MiB + index * 2 * 8192 for index in range(200)]
+    gap = [26 * MiB + index * 2 * 8192 for index in range(200)] + [size - 4096]
 
     def prepare_then_write(self: MergeEngine, *args: object) -> None:
         prepare(self, *args)  # type: ignore[arg-type]
         fd = os.open(lun.path, os.O_WRONLY)
         try:
             for offset in gap:
-                os.pwrite(fd, b"\x77" * 8192, offset)
+                os.pwrite(fd, b"\x77" * min(8192, size - offset), offset)
             os.pwrite(fd, b"\x78" * 8192, 1 * MiB)  # a chunk the copy has already
             os.fsync(fd)
         finally:
@@ -204,11 +207,11 @@ def test_merge_takes_the_chunks_written_while_it_prepared(
 
     monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
-    assert read_at(lun.path, 0, SIZE) == content  # online with the shadow copy's content
+    assert read_at(lun.path, 0, size) == content  # online with the shadow copy's content
     done = wait(provider, handle.id)
-    assert read_at(lun.path, 0, SIZE) == content
+    assert read_at(lun.path, 0, size) == content
     assert done.bytes_total == 3 * MiB + 8192 + len(gap) * 8192, done
-    assert read_at(shadow.path, 0, SIZE) == content
+    assert read_at(shadow.path, 0, size) == content
 
 
 @pytest.mark.parametrize("engine", [EngineKind.MIRROR, EngineKind.CLONE], ids=lambda e: e.value)
