@@ -190,15 +190,21 @@ class Resyncer:
             checked = self._check(pairs, engine, volume_check)
             job, sizes = self._plan(checked, {"engine": engine.value if engine else "auto",
                                               "volume_check": volume_check})
-            with Undo() as undo:
-                with self.p.catalog.transaction():
-                    self.store.add(job)
-                undo.push(f"forget job {job.id}", self._forget, job.id)
-                job = self._go_online(job, sizes, undo)
-                online = time.monotonic() - started
-                for pair in job.pairs:  # sparse clone: mark what it need not copy
-                    self._start_copy(job.id, pair)
-                undo.commit()
+            try:
+                with Undo() as undo:
+                    with self.p.catalog.transaction():
+                        self.store.add(job)
+                    undo.push(f"forget job {job.id}", self._forget, job.id)
+                    job = self._go_online(job, sizes, undo)
+                    online = time.monotonic() - started
+                    for pair in job.pairs:  # sparse clone: mark what it need not copy
+                        self._start_copy(job.id, pair)
+                    undo.commit()
+            except OSError as exc:
+                # A file or device read or written on the way (a COW store, a helper);
+                # everything made so far was undone.
+                raise LunresyncError(f"the resync did not start, nothing was changed:"
+                                     f" {exc}") from exc
             job = self.store.job(job.id)
             for pair in job.pairs:
                 if not pair.plan.own_top:

@@ -7,6 +7,7 @@ device) so that the copy is really running when the test acts.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -17,11 +18,12 @@ from dataclasses import replace
 
 import pytest
 
+from lunresync.engine import merge
 from lunresync.engine.merge import MergeEngine
 from lunresync.engine.mirror import PARTS, REGION_SECTORS
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.resync import ResyncPair
-from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
+from lunresync.errors import InUse, InvalidArgument, JobFailed, LunresyncError, NotFound
 from lunresync.kernel.targets import (
     CloneStatus,
     DelayTable,
@@ -212,6 +214,38 @@ def test_merge_takes_the_chunks_written_while_it_prepared(
     assert read_at(lun.path, 0, size) == content
     assert done.bytes_total == 3 * MiB + 8192 + len(gap) * 8192, done
     assert read_at(shadow.path, 0, size) == content
+
+
+def test_a_merge_failing_in_its_freeze_changes_nothing(
+        devices: DeviceStack, provider: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error writing to the handover source, in the freeze: the LUN is resumed with
+    its own table, every helper goes, the job is forgotten; a retry works."""
+    merge_through_store_view(monkeypatch)
+    lun, shadow, content = source_lun(provider, devices)
+    prepare = MergeEngine.prepare
+
+    def prepare_then_write(self: MergeEngine, *args: object) -> None:
+        prepare(self, *args)  # type: ignore[arg-type]
+        write_pattern(lun.path, 26 * MiB, b"\x77" * 8192)  # gained after the copy
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
+    write_chunks = merge.write_chunks
+    monkeypatch.setattr(merge, "write_chunks", broken)
+    before = kernel_state(provider)
+    with pytest.raises(LunresyncError, match=r"did not start, nothing was changed.*Input/output"):
+        provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
+    assert kernel_state(provider) == before
+    assert provider.resyncer.jobs() == []
+    assert not any("-job-" in d.name for d in provider.dm.devices())
+    assert read_at(lun.path, 26 * MiB, 8192) == b"\x77" * 8192  # the LUN as it was
+    monkeypatch.setattr(MergeEngine, "prepare", prepare)
+    monkeypatch.setattr(merge, "write_chunks", write_chunks)
+    handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
+    wait(provider, handle.id)
+    assert read_at(lun.path, 0, SIZE) == content
 
 
 @pytest.mark.parametrize("engine", [EngineKind.MIRROR, EngineKind.CLONE], ids=lambda e: e.value)
