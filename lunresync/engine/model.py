@@ -78,7 +78,7 @@ class PairPlan:
     # merge: a snapshot of the LUN's -real over the store being merged, loaded before the
     # freeze (the kernel reads the store's exception table then, not in the freeze), brought
     # up to date in the freeze, then handed over to snapshot-merge and removed. None: a plan
-    # from before 2026-12-01.
+    # recorded before the handover source existed (2026-11-30), already running.
     handover: str | None = None
     handover_uuid: str | None = None
     exceptions_at_start: int = 0  # merge, sparse clone: chunks to copy at the start
