@@ -27,6 +27,11 @@ _EXCEPTION = struct.Struct("<QQ")
 COPY_STEP = 64 << 20
 
 
+def exceptions_per_area(chunk_sectors: int) -> int:
+    """How many exceptions one metadata chunk lists (and data chunks follow it)."""
+    return chunk_sectors * 512 // _EXCEPTION.size
+
+
 @dataclass(frozen=True)
 class CowStore:
     chunk_sectors: int
@@ -40,7 +45,7 @@ class CowStore:
 
     @property
     def per_area(self) -> int:
-        return self.chunk_bytes // _EXCEPTION.size
+        return exceptions_per_area(self.chunk_sectors)
 
     @property
     def count(self) -> int:
@@ -70,8 +75,7 @@ def read_store(path: str | os.PathLike[str], first_area: int = 0) -> CowStore:
     """The header and the committed exceptions of a persistent COW store, from metadata
     area ``first_area`` on (the caller knows the areas before it are full)."""
     with open(path, "rb") as f:
-        store = _header(f, path)
-        store = replace(store, first_area=first_area)
+        store = replace(_header(f, path), first_area=first_area)
         area = first_area
         exceptions: list[tuple[int, int]] = []
         while True:
@@ -100,7 +104,7 @@ def read_tail(path: str | os.PathLike[str]) -> CowStore:
         while low < high:  # the first area that is not full
             middle = (low + high) // 2
             block = _area(f, store, middle)
-            if block is not None and _EXCEPTION.unpack_from(block, len(block) - 16)[1]:
+            if block is not None and _EXCEPTION.unpack_from(block, len(block) - _EXCEPTION.size)[1]:
                 low = middle + 1
             else:
                 high = middle

@@ -51,7 +51,7 @@ from lunresync.kernel.targets.snapshot_merge import SnapshotMergeTable
 
 from .base import HelperDevice, PairSpec, Progress
 from .clone import node
-from .cowfile import CowStore, copy_ranges, read_store, read_tail
+from .cowfile import CowStore, copy_ranges, exceptions_per_area, read_store, read_tail
 from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
@@ -145,8 +145,7 @@ class MergeEngine:
         return replace(plan, exceptions_at_start=store.count)
 
     def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
-        merged = devices["cow"] if plan.overlay is None else f"/dev/mapper/{plan.overlay}"
-        return Table.single(SnapshotMergeTable(_real(plan), merged,
+        return Table.single(SnapshotMergeTable(_real(plan), _duplicate(plan, devices),
                                                chunk_sectors=plan.region_sectors), plan.sectors)
 
     def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
@@ -188,9 +187,7 @@ def store_view_table(plan: PairPlan, sectors: int, store: str, copy: str) -> Tab
 def copied_at_most(chunk_sectors: int) -> int:
     """Bytes of the job's copy of a store: the header and one metadata area's chunks (the
     current one), and a little for what is appended before the freeze."""
-    chunk = chunk_sectors * 512
-    per_area = chunk // 16
-    return (2 * (per_area + 1) + 1) * chunk
+    return (2 * (exceptions_per_area(chunk_sectors) + 1) + 1) * chunk_sectors * 512
 
 
 def copy_duplicate(plan: PairPlan) -> None:
@@ -207,7 +204,7 @@ def gained_since_copy(plan: PairPlan) -> tuple[CowStore, tuple[tuple[int, int], 
     assert plan.source_store is not None
     # The copy's areas before the prefix are full (in view mode, holes: not read).
     copied = read_store(plan.files["cow"], _prefix_area(plan)).count
-    store = read_store(plan.source_store, copied // _per_area(plan))
+    store = read_store(plan.source_store, copied // exceptions_per_area(plan.region_sectors))
     if not store.valid:
         raise InvalidArgument(f"the COW store {plan.source_store} of the shadow copy was"
                               " invalidated (it overflowed): it cannot be restored")
@@ -220,18 +217,16 @@ def _changing_parts(plan: PairPlan) -> list[tuple[int, int | None]]:
     return [(0, header), (max(plan.store_prefix_sectors * 512, header), None)]
 
 
-def _per_area(plan: PairPlan) -> int:
-    return plan.region_sectors * 512 // 16
-
-
 def _prefix_area(plan: PairPlan) -> int:
     """The metadata area at the store's prefix: those before it are full."""
-    return max(0, plan.store_prefix_sectors // plan.region_sectors - 1) // (_per_area(plan) + 1)
+    stride = exceptions_per_area(plan.region_sectors) + 1  # chunks, metadata and data
+    return max(0, plan.store_prefix_sectors // plan.region_sectors - 1) // stride
 
 
 def _duplicate(plan: PairPlan, devices: Mapping[str, str]) -> str:
-    """The COW device snapshot-merge merges: the overlay of the store view, or the loop
-    device of a whole copy."""
+    """The COW device snapshot-merge merges (and the handover source is a snapshot
+    over): the overlay of the store view, by number when it was made a moment ago, or
+    the loop device of a whole copy."""
     if plan.overlay is None:
         return devices["cow"]
     return devices.get(f"/dev/mapper/{plan.overlay}", f"/dev/mapper/{plan.overlay}")

@@ -180,6 +180,25 @@ def test_restore_in_place_online_with_writes_then_again(
     assert during.state in (JobState.RUNNING, JobState.DONE)
 
 
+def write_when_prepared(monkeypatch: pytest.MonkeyPatch, path: str,
+                        writes: list[tuple[int, bytes]]) -> None:
+    """Make the merge engine's next starts write (offset, data) to ``path`` once the store
+    is copied and the handover source loaded: before the freeze."""
+    prepare = MergeEngine.prepare
+
+    def prepare_then_write(self: MergeEngine, *args: object) -> None:
+        prepare(self, *args)  # type: ignore[arg-type]
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for offset, data in writes:
+                os.pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
+
+
 @pytest.mark.parametrize(("view", "size"), [(False, SIZE), (True, SIZE),
                                              (True, SIZE + 4096)],
                          ids=["whole", "view", "view-short-last-chunk"])
@@ -193,21 +212,10 @@ def test_merge_takes_the_chunks_written_while_it_prepared(
     if view:
         merge_through_store_view(monkeypatch)
     lun, shadow, content = source_lun(provider, devices, size=size)
-    prepare = MergeEngine.prepare
     gap = [26 * MiB + index * 2 * 8192 for index in range(200)] + [size - 4096]
-
-    def prepare_then_write(self: MergeEngine, *args: object) -> None:
-        prepare(self, *args)  # type: ignore[arg-type]
-        fd = os.open(lun.path, os.O_WRONLY)
-        try:
-            for offset in gap:
-                os.pwrite(fd, b"\x77" * min(8192, size - offset), offset)
-            os.pwrite(fd, b"\x78" * 8192, 1 * MiB)  # a chunk the copy has already
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
+    write_when_prepared(monkeypatch, lun.path,
+                        [(offset, b"\x77" * min(8192, size - offset)) for offset in gap]
+                        + [(1 * MiB, b"\x78" * 8192)])  # a chunk the copy has already
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=EngineKind.MERGE)
     assert read_at(lun.path, 0, size) == content  # online with the shadow copy's content
     done = wait(provider, handle.id)
@@ -223,15 +231,11 @@ def test_a_merge_failing_in_its_freeze_changes_nothing(
     merge_through_store_view(monkeypatch)
     lun, shadow, content = source_lun(provider, devices)
     prepare = MergeEngine.prepare
-
-    def prepare_then_write(self: MergeEngine, *args: object) -> None:
-        prepare(self, *args)  # type: ignore[arg-type]
-        write_pattern(lun.path, 26 * MiB, b"\x77" * 8192)  # gained after the copy
+    write_when_prepared(monkeypatch, lun.path, [(26 * MiB, b"\x77" * 8192)])  # gained
 
     def broken(*args: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(MergeEngine, "prepare", prepare_then_write)
     write_chunks = merge.write_chunks
     monkeypatch.setattr(merge, "write_chunks", broken)
     before = kernel_state(provider)
