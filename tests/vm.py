@@ -13,12 +13,15 @@ every test that touches device-mapper runs here. What it does, in order:
 2. Builds dm-clone for that kernel out of tree when the kernel lacks it (Debian's do):
    from ``linux-source-<series>`` and ``linux-headers-<release>``, cached in ``.cache/``.
    ``--no-dm-clone`` skips this.
-3. Boots the kernel with virtme-ng, KVM only where KVM really boots a guest (a CPU with
+3. Byte-compiles the checkout's Python: the guest sees the host's files read-only, so it
+   could not cache bytecode and every Python process there would compile every module it
+   imports (about a second of a ``lunresync`` command in the TCG VM).
+4. Boots the kernel with virtme-ng, KVM only where KVM really boots a guest (a CPU with
    vmx/svm and a usable /dev/kvm), TCG otherwise. Inside, ``tests/vm.py --guest``
    loads the modules, checks that device-mapper works, runs COMMAND (argv, never a
    shell string) with ``LUNRESYNC_TEST_VM=1``, then checks that no loop or dm device was
    left behind, and writes the exit status to the results directory.
-4. Exits with COMMAND's status. If the VM did not boot or the command never ran, it
+5. Exits with COMMAND's status. If the VM did not boot or the command never ran, it
    exits 125 and says why: a broken VM is a failure, never a skip.
 
 The results directory (``--results``, default ``test-results/vm``) is the one place the
@@ -152,6 +155,17 @@ def prepare_host(kernel: str | None) -> str:
     return kernels[-1]
 
 
+def compile_checkout() -> None:
+    """Write the bytecode of the checkout's modules beside them (``__pycache__``, as any
+    run on the host does), for the guest to read. Only what is missing or stale is
+    compiled; a file that does not compile is left to fail where it is imported."""
+    import compileall
+
+    for part in ("lunresync", "tests", "bench", "examples"):
+        if (REPO / part).is_dir():
+            compileall.compile_dir(REPO / part, quiet=1)
+
+
 def vng_path() -> Path:
     """virtme-ng's ``vng``, installed in the project's virtual environment (test extra)."""
     candidate = Path(sys.executable).parent / "vng"
@@ -245,6 +259,7 @@ def host_main(args: argparse.Namespace) -> int:
     clone_module: Path | None = None
     if not args.no_dm_clone and not kernel_has_clone(release):
         clone_module = build_dm_clone(release, REPO / ".cache")
+    compile_checkout()
     results = Path(args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     status_file = results / "exit-status"
