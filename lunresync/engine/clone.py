@@ -122,7 +122,7 @@ class CloneEngine:
         if clone.mode is not CloneMode.READ_WRITE:
             return Progress(done, total, error=f"dm-clone metadata of {dest} failed"
                                                 f" (mode {clone.mode.value})")
-        failed = hydration_failures(f"/dev/mapper/{plan.top}", plan.log_since_usec,
+        failed = hydration_failures(f"/dev/mapper/{plan.top}", plan.log_since_seq,
                                     kernel_log)
         if failed:
             return Progress(done, total, error=f"I/O error copying to {dest}: the kernel"
@@ -169,7 +169,7 @@ def mark_hydrated(device: str, runs: Iterable[tuple[int, int]], region_bytes: in
         os.close(fd)
 
 
-def hydration_failures(device: str, since_usec: int,
+def hydration_failures(device: str, since_seq: int,
                        kernel_log: Sequence[KernelMessage]) -> list[str]:
     """What the kernel logged about failed copies to the clone device ``device``."""
     try:
@@ -177,4 +177,4 @@ def hydration_failures(device: str, since_usec: int,
     except OSError:
         return []
     needle = f"clone: {os.major(rdev)}:{os.minor(rdev)}: hydration failed"
-    return [m.text for m in kernel_log if needle in m.text and m.usec >= since_usec]
+    return [m.text for m in kernel_log if needle in m.text and m.seq >= since_seq]

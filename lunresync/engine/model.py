@@ -89,9 +89,10 @@ class PairPlan:
     # start_copy() (again after a crash): a sparse clone goes online with hydration off,
     # marks, then switches it on; merge removes its handover source.
     copy_started: bool = True
-    # Kernel log records older than this (usec since boot) are not this mapping's: set when
-    # the mapping is made, again after a reboot.
-    log_since_usec: int = 0
+    # Kernel log records numbered below this are not this mapping's: the number of
+    # lunresync's own record logged before the mapping is made, again after a reboot
+    # (kernel/kmsg.py: record times cannot be compared with any clock we read).
+    log_since_seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,9 @@ class PairPlan:
         # Recorded before 2026-11-30: a marker device, gone before the job was running.
         data.pop("marker", None)
         data.pop("marker_uuid", None)
+        # Recorded before 2026-11-30 (evening): a time, not a number; every record the
+        # kernel holds counts instead.
+        data.pop("log_since_usec", None)
         return cls(**data)
 
     @property

@@ -42,10 +42,10 @@ from lunresync.errors import (
     NotFound,
     NotSupported,
 )
-from lunresync.kernel import udev
+from lunresync.kernel import kmsg, udev
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.dm import DmInfo
-from lunresync.kernel.kmsg import KernelLog, KernelMessage, now_usec
+from lunresync.kernel.kmsg import KernelLog, KernelMessage
 from lunresync.kernel.targets import (
     ErrorTable,
     LinearTable,
@@ -364,6 +364,9 @@ class Resyncer:
 
     def _go_online(self, job: Job, sizes: Mapping[int, Mapping[str, int]],
                    undo: Undo) -> Job:
+        tops = [pair.plan.top for pair in job.pairs]
+        # Before any mapping exists: what the kernel logs from here on may be this job's.
+        since = kmsg.mark(f"job {job.id} restores {', '.join(tops)}")
         directory = self.p.pool.jobs / job.id
         directory.mkdir(mode=0o700)
         undo.push(f"delete {directory}", shutil.rmtree, directory, True)
@@ -372,7 +375,6 @@ class Resyncer:
             devices[pair.index] = self._build_helpers(pair, undo, sizes[pair.index])
             ENGINES[pair.engine].prepare(self.p, pair.plan, devices[pair.index], undo)
         plans = {pair.index: pair.plan for pair in job.pairs}
-        tops = [pair.plan.top for pair in job.pairs]
         frozen = [pair for pair in job.pairs if ENGINES[pair.engine].needs_freeze(pair.plan)]
         for pair in job.pairs:
             if pair.plan.own_top:
@@ -395,10 +397,9 @@ class Resyncer:
         # waits for udev here; the caller waits for the links of its own devices, after
         # the destinations are online.
         self.p.dm.resume(*tops, udev_sync=False)
-        since = now_usec()
         with self.p.catalog.transaction():
             for pair in job.pairs:
-                plan = replace(plans[pair.index], log_since_usec=since)
+                plan = replace(plans[pair.index], log_since_seq=since)
                 total = plan.changed_bytes if pair.copies_changed_chunks else pair.bytes_total
                 self.store.update_pair(job.id, pair.index, state=JobState.RUNNING, plan=plan,
                                        bytes_total=total)
@@ -761,12 +762,12 @@ class Resyncer:
     def reactivate(self, undo: Undo) -> list[str]:
         """Rebuild the restore mapping of every running pair whose device is missing."""
         created: list[str] = []
-        since = now_usec()
         for job_id, pair in self.store.active_pairs():
             if pair.state is JobState.PENDING or self.p.device_exists(pair.plan.top):
                 continue
+            since = kmsg.mark(f"job {job_id} rebuilds {pair.plan.top}")
             devices = self._build_helpers(pair, undo, None)
-            plan = replace(pair.plan, log_since_usec=since)
+            plan = replace(pair.plan, log_since_seq=since)
             self.p.create_device(plan.top, self._online_table(pair, plan, devices),
                                  plan.top_uuid, undo)
             with self.p.catalog.transaction():

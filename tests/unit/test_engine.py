@@ -28,7 +28,7 @@ from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
-from lunresync.kernel.kmsg import KernelMessage, messages, parse_record
+from lunresync.kernel.kmsg import KernelMessage, mark, messages, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
@@ -493,10 +493,26 @@ def test_kernel_log_records_are_parsed(tmp_path: Path) -> None:
     record = b"3,1234,5678901,-;device-mapper: clone: 254:5: hydration failed\n SUBSYSTEM=x"
     message = parse_record(record)
     assert message is not None
-    assert (message.usec, message.text) == (5678901, "device-mapper: clone: 254:5: hydration"
-                                                      " failed")
+    # Ordered by the record's number (1234), never by its time (kernel/kmsg.py).
+    assert (message.seq, message.text) == (1234, "device-mapper: clone: 254:5: hydration"
+                                                 " failed")
     assert parse_record(b"garbage") is None
+    assert parse_record(b"3,x,5678901,-;no number") is None
     assert messages(tmp_path / "missing") == []
+
+
+def test_kernel_log_mark_without_a_log_counts_every_record(tmp_path: Path) -> None:
+    assert mark("job 1 restores lunresync-a", tmp_path / "missing") == 0
+    with pytest.raises(ValueError, match="one line"):
+        mark("two\nlines", tmp_path / "missing")
+
+
+def test_a_plan_recorded_with_a_log_time_loads_without_it() -> None:
+    """Plans from before record numbers carried a time (log_since_usec): it is dropped."""
+    data = plan().to_json()
+    del data["log_since_seq"]
+    data["log_since_usec"] = 123456
+    assert PairPlan.from_json(data).log_since_seq == 0
 
 
 # -- sparse hydration (clone in place) ------------------------------------------------------
