@@ -61,16 +61,6 @@ def _read_records(fd: int) -> list[KernelMessage]:
     return found
 
 
-def messages(path: Path = KMSG) -> list[KernelMessage]:
-    """Every record the kernel still holds, oldest first; empty if the log cannot be read."""
-    with KernelLog(path) as log:
-        return log.new()
-
-
-def find(needle: str, path: Path = KMSG) -> list[KernelMessage]:
-    return [m for m in messages(path) if needle in m.text]
-
-
 def mark(note: str, path: Path = KMSG) -> int:
     """Write ``note`` to the kernel log as a lunresync record and return its sequence
     number: every record logged from now on has this number or a larger one. (The log

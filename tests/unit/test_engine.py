@@ -28,7 +28,7 @@ from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
-from lunresync.kernel.kmsg import KernelMessage, mark, messages, parse_record
+from lunresync.kernel.kmsg import KernelLog, KernelMessage, mark, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
@@ -498,7 +498,8 @@ def test_kernel_log_records_are_parsed(tmp_path: Path) -> None:
                                                  " failed")
     assert parse_record(b"garbage") is None
     assert parse_record(b"3,x,5678901,-;no number") is None
-    assert messages(tmp_path / "missing") == []
+    with KernelLog(tmp_path / "missing") as log:
+        assert log.new() == []
 
 
 def test_kernel_log_mark_without_a_log_counts_every_record(tmp_path: Path) -> None:
