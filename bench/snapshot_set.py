@@ -21,8 +21,8 @@ from typing import Any
 from common import scratch_root
 
 from lunresync.kernel.runner import KERNEL_CALLS, CommandLog, Runner
-from lunresync.provider.model import ShadowKind
 from lunresync.provider.provider import Provider
+from lunresync.storage.model import ShadowKind
 
 MiB = 1 << 20
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from lunresync.engine.model import Job, JobState
 from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.kernel.runner import Runner
-from lunresync.provider.model import Lun, ShadowKind
 from lunresync.provider.provider import Provider
 from lunresync.requester.document import load_document
 from lunresync.requester.workflow import RestoreSession, backup, load_writers
 from lunresync.requester.writers import Writer
+from lunresync.storage.model import Lun, ShadowKind
 
 MiB = 1 << 20
 READ_BLOCK = 4096

@@ -25,8 +25,8 @@ import click
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import LunresyncError
 from lunresync.kernel.capabilities import has_device_mapper
-from lunresync.provider.pool import pool_path
 from lunresync.provider.provider import Provider
+from lunresync.storage.pool import pool_path
 from lunresync.views import epoch, job_json, lun_json, shadow_json
 
 from .base import root_params, via_dbus
@@ -284,7 +284,7 @@ class DirectBackend:
     # -- shadow copies -------------------------------------------------------------------
 
     def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken:
-        from lunresync.provider.model import ShadowKind
+        from lunresync.storage.model import ShadowKind
 
         provider = self.provider
         result = provider.create_snapshot_set(list(luns), ShadowKind(kind))
@@ -332,8 +332,8 @@ class DirectBackend:
 
     def backup(self, luns: Sequence[str], *, kind: str, document: str,
                writers_dir: str | None, writer_timeout: float | None) -> BackupOutcome:
-        from lunresync.provider.model import ShadowKind
         from lunresync.requester import workflow
+        from lunresync.storage.model import ShadowKind
 
         provider = self.provider
         writers = workflow.load_writers(provider.runner, writers_dir,

@@ -32,10 +32,10 @@ from lunresync.errors import (
     LunresyncError,
     NotSupported,
 )
-from lunresync.provider.model import check_lun_name
-from lunresync.provider.units import parse_size
 from lunresync.service import api
 from lunresync.service.client import unwrap
+from lunresync.storage.model import check_lun_name
+from lunresync.storage.units import parse_size
 
 from .backend import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTaken, Started
 from .base import DIRECT_HINT

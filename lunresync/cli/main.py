@@ -105,7 +105,7 @@ def demo(size: str, data: str) -> None:
     """
     from lunresync.cli.resync import follow_job
     from lunresync.demo import Demo, summary
-    from lunresync.provider.units import parse_size
+    from lunresync.storage.units import parse_size
 
     result = Demo(size=parse_size(size), data=parse_size(data), say=click.echo,
                   follow=follow_job).run()
@@ -130,8 +130,8 @@ def daemon(ctx: click.Context, bus_address: str | None, writers_dir: str | None,
     import asyncio
     from pathlib import Path
 
-    from lunresync.provider.pool import pool_path
     from lunresync.service.daemon import serve
+    from lunresync.storage.pool import pool_path
 
     root = ctx.find_root().params
     asyncio.run(serve(pool_path(root.get("pool")), bus_address=bus_address or root.get("bus"),

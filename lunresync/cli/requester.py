@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from lunresync.errors import InvalidArgument, JobFailed
-from lunresync.provider.model import ShadowKind
+from lunresync.storage.model import ShadowKind
 from lunresync.views import lun_json
 
 from .backend import BackupOutcome, JobStatus, backend_for, opened

@@ -12,7 +12,7 @@ import click
 from lunresync.engine.model import EngineKind, Job
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InvalidArgument
-from lunresync.provider.units import format_size
+from lunresync.storage.units import format_size
 
 from .backend import JobStatus, backend_for
 from .base import (

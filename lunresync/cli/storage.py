@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from lunresync.provider.model import ShadowKind
-from lunresync.provider.units import format_size
+from lunresync.storage.model import ShadowKind
+from lunresync.storage.units import format_size
 
 from .backend import backend_for, opened
 from .base import CommandGroup, through_service

@@ -19,7 +19,7 @@ from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
-    from lunresync.provider.undo import Undo
+    from lunresync.storage.undo import Undo
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
-    from lunresync.provider.undo import Undo
+    from lunresync.storage.undo import Undo
 
 # Hydration tuned in bench/resync.py: 64 KiB regions, copied 64 at a time (4 MiB per
 # kcopyd job), up to 512 regions (32 MiB) in flight.

@@ -36,7 +36,7 @@ from .model import EngineKind, PairPlan
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
-    from lunresync.provider.undo import Undo
+    from lunresync.storage.undo import Undo
 
 # 16 MiB regions: dm-mirror copies one region at a time, so larger regions copy faster
 # (2 GiB in the TCG VM: 0.45 of dd with 4 MiB regions, 0.54 with 16 MiB, no better with

@@ -53,8 +53,13 @@ from lunresync.kernel.targets import (
     Table,
     TableLine,
 )
-from lunresync.provider.catalog import now
-from lunresync.provider.model import (
+from lunresync.provider.provider import (
+    block_device_size,
+    refuse_busy_device,
+    resolve_block_device,
+)
+from lunresync.storage.catalog import now
+from lunresync.storage.model import (
     Lun,
     LunState,
     ShadowCopy,
@@ -62,12 +67,7 @@ from lunresync.provider.model import (
     ShadowState,
     new_id,
 )
-from lunresync.provider.provider import (
-    block_device_size,
-    refuse_busy_device,
-    resolve_block_device,
-)
-from lunresync.provider.undo import Undo
+from lunresync.storage.undo import Undo
 
 from .base import Engine, PairSpec
 from .clone import CloneEngine

@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from lunresync.errors import NotFound
-from lunresync.provider.catalog import Catalog
+from lunresync.storage.catalog import Catalog
 
 from .model import EngineKind, Job, JobPair, JobState, PairPlan
 

@@ -1,7 +1,6 @@
-"""The provider: a software storage array on real kernel devices.
+"""The provider: what a requester talks to (the VSS hardware provider's role).
 
-LUNs are loop devices over sparse images in a pool (or adopted block devices), exposed as
-``/dev/mapper/lunresync-NAME``; shadow copies are dm snapshots (differential) or full
-copies (clone), taken as snapshot sets; the SQLite catalog is the source of truth.
-:class:`~lunresync.provider.provider.Provider` is the API the CLI and the service use.
+:class:`~lunresync.provider.provider.Provider` joins the storage (LUNs, shadow copies,
+snapshot sets, transport: :mod:`lunresync.storage`) and the resync engines and their jobs
+(:mod:`lunresync.engine`), and does the work that needs both.
 """

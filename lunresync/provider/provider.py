@@ -12,7 +12,7 @@ with a persistent COW store (POOL/cow/<id>.cow on a loop device), read-only. A c
 a read-only linear device over a loop device over POOL/clones/<id>.img.
 
 Every operation that changes kernel state holds the pool lock and rolls back what it
-created when it fails (:class:`~lunresync.provider.undo.Undo`).
+created when it fails (:class:`~lunresync.storage.undo.Undo`).
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ from lunresync.kernel.targets import (
     SnapshotTable,
     Table,
 )
-
-from .catalog import Catalog, now
-from .model import (
+from lunresync.storage.catalog import Catalog, now
+from lunresync.storage.model import (
     Lun,
     LunKind,
     LunState,
@@ -58,9 +57,9 @@ from .model import (
     check_lun_name,
     new_id,
 )
-from .pool import Pool
-from .undo import Undo
-from .units import parse_size
+from lunresync.storage.pool import Pool
+from lunresync.storage.undo import Undo
+from lunresync.storage.units import parse_size
 
 if TYPE_CHECKING:
     from lunresync.engine.model import EngineKind

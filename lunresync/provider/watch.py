@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from lunresync.errors import LunresyncError
 from lunresync.kernel.hotplug import RemovalMonitor
+from lunresync.storage.model import Lun
 
-from .model import Lun
 from .provider import Provider
 
 log = logging.getLogger(__name__)

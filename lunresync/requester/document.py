@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lunresync.errors import InvalidArgument, NotFound
-from lunresync.provider.model import ShadowKind, check_id, check_lun_name
+from lunresync.storage.model import ShadowKind, check_id, check_lun_name
 
 from .writers import Component
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lunresync.errors import ExitCode, InvalidArgument, LunresyncError
-from lunresync.provider.model import ShadowKind
+from lunresync.storage.model import ShadowKind
 
 from .document import BackupDocument, load_document
 from .script import ScriptCommand, Verb

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound
-from lunresync.provider.model import Lun, ShadowKind, new_id
 from lunresync.provider.provider import resolve_block_device
-from lunresync.provider.undo import Undo
+from lunresync.storage.model import Lun, ShadowKind, new_id
+from lunresync.storage.undo import Undo
 
 from .document import (
     BackupDocument,

@@ -34,8 +34,8 @@ from dbus_fast.service import ServiceInterface
 
 from lunresync.engine.model import JobState
 from lunresync.errors import InvalidArgument, LunresyncError
-from lunresync.provider.model import ShadowKind
 from lunresync.provider.provider import Provider
+from lunresync.storage.model import ShadowKind
 from lunresync.views import job_json, lun_json, shadow_json
 
 from . import api

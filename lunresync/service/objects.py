@@ -30,7 +30,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 from lunresync import __version__
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import InvalidArgument
-from lunresync.provider.model import check_lun_name
+from lunresync.storage.model import check_lun_name
 from lunresync.views import epoch
 
 from . import api
@@ -570,7 +570,7 @@ class WriterObject(ServiceInterface):
 # -- the Manager ----------------------------------------------------------------------------
 
 def _kind(value: str) -> Any:
-    from lunresync.provider.model import ShadowKind
+    from lunresync.storage.model import ShadowKind
 
     try:
         return ShadowKind(value)

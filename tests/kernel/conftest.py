@@ -14,8 +14,8 @@ from lunresync.errors import NotFound
 from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
-from lunresync.provider.catalog import Catalog
 from lunresync.provider.provider import Provider
+from lunresync.storage.catalog import Catalog
 from tests.cli_views import CliView
 from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
 

@@ -35,10 +35,10 @@ from lunresync.kernel.runner import (
     command_verb,
 )
 from lunresync.kernel.targets import LinearTable, Table
-from lunresync.provider.catalog import Catalog
-from lunresync.provider.model import ShadowKind, ShadowState
-from lunresync.provider.pool import PoolFull
 from lunresync.provider.provider import CorruptBundle, Provider
+from lunresync.storage.catalog import Catalog
+from lunresync.storage.model import ShadowKind, ShadowState
+from lunresync.storage.pool import PoolFull
 
 from .conftest import force_remove_pool_devices
 from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern

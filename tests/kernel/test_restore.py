@@ -25,7 +25,6 @@ import pytest
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel.runner import Runner
-from lunresync.provider.model import Lun, LunState, ShadowKind
 from lunresync.provider.provider import Provider
 from lunresync.requester.document import BackupDocument, BadDocument, load_document
 from lunresync.requester.workflow import (
@@ -35,6 +34,7 @@ from lunresync.requester.workflow import (
     load_writers,
 )
 from lunresync.requester.writers import Writer
+from lunresync.storage.model import Lun, LunState, ShadowKind
 
 from .devices import DeviceStack, MiB, fill, read_at, write_pattern
 from .test_provider import kernel_state

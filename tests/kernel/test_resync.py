@@ -32,8 +32,8 @@ from lunresync.kernel.targets import (
     Table,
     TableLine,
 )
-from lunresync.provider.model import Lun, LunState, ShadowCopy, ShadowState
 from lunresync.provider.provider import Provider
+from lunresync.storage.model import Lun, LunState, ShadowCopy, ShadowState
 
 from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 from .test_provider import kernel_state

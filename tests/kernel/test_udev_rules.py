@@ -23,8 +23,8 @@ from lunresync.engine.merge import MergeEngine
 from lunresync.engine.model import EngineKind, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.kernel import udev
-from lunresync.provider.model import Lun, ShadowKind
 from lunresync.provider.provider import Provider
+from lunresync.storage.model import Lun, ShadowKind
 
 from .devices import DeviceStack, MiB
 

@@ -14,9 +14,9 @@ from lunresync.engine.model import EngineKind, JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.kernel import udev
 from lunresync.kernel.runner import Runner
-from lunresync.provider.model import LunState
 from lunresync.provider.provider import Provider
 from lunresync.provider.watch import watch_backings
+from lunresync.storage.model import LunState
 
 from .devices import MiB, fill
 

@@ -10,9 +10,9 @@ import json
 import pytest
 from dbus_fast import Variant
 
-from lunresync.provider.model import ShadowKind
 from lunresync.requester.document import BackupDocument, DocumentLun
 from lunresync.service import api
+from lunresync.storage.model import ShadowKind
 from tests.dbus_support import PrivateBus, ServiceProcess
 
 from .support import (

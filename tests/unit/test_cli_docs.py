@@ -24,10 +24,10 @@ from lunresync.kernel.capabilities import (
     Availability,
     Capabilities,
 )
-from lunresync.provider.model import ShadowKind
 from lunresync.requester.document import BackupDocument, DocumentLun, WriterComponents
 from lunresync.requester.workflow import WriterStatus
 from lunresync.requester.writers import Component
+from lunresync.storage.model import ShadowKind
 from lunresync.views import SCHEMA_VERSION, job_json, lun_json, shadow_json
 
 from .cli_samples import (

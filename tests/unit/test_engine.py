@@ -32,9 +32,9 @@ from lunresync.kernel.kmsg import KernelLog, KernelMessage, mark, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
-from lunresync.provider.catalog import MIGRATIONS, Catalog
-from lunresync.provider.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 from lunresync.provider.provider import cow_store_size
+from lunresync.storage.catalog import MIGRATIONS, Catalog
+from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 
 pytestmark = pytest.mark.unit
 

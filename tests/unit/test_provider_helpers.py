@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from lunresync.errors import LunresyncError, NotFound
 from lunresync.provider import provider as provider_module
-from lunresync.provider.model import new_id
 from lunresync.provider.provider import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -27,7 +26,8 @@ from lunresync.provider.provider import (
     cow_store_size,
     read_manifest,
 )
-from lunresync.provider.undo import Undo
+from lunresync.storage.model import new_id
+from lunresync.storage.undo import Undo
 
 from .hypothesis_settings import PROPERTY
 
@@ -82,7 +82,7 @@ def test_a_failing_undo_action_is_logged_and_the_others_still_run(
         ran.append("fails")
         raise OSError("device busy")
 
-    caplog.set_level(logging.INFO, logger="lunresync.provider.undo")
+    caplog.set_level(logging.INFO, logger="lunresync.storage.undo")
     with pytest.raises(Boom, match="original"):
         fail_after([("first", ran.append, ("first",)), ("detach /dev/loop7", fails, ()),
                     ("last", ran.append, ("last",))], Boom("original"))

@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from lunresync.errors import InUse, InvalidArgument, NotFound
-from lunresync.provider.catalog import Catalog
-from lunresync.provider.model import Lun, LunKind, ShadowCopy, ShadowKind, new_id
 from lunresync.requester.document import (
     SCHEMA_VERSION,
     BackupDocument,
@@ -25,6 +23,8 @@ from lunresync.requester.document import (
 )
 from lunresync.requester.workflow import RestoreSession, WriterFailed, WriterSet
 from lunresync.requester.writers import Component, WriterEvent, WriterResult
+from lunresync.storage.catalog import Catalog
+from lunresync.storage.model import Lun, LunKind, ShadowCopy, ShadowKind, new_id
 
 pytestmark = pytest.mark.unit
 
@@ -262,7 +262,7 @@ def test_unselected_components_on_a_destination_are_refused(
 def test_catalog_v2_gains_read_only_and_masked(tmp_path: Path) -> None:
     import sqlite3
 
-    from lunresync.provider import catalog as catalog_module
+    from lunresync.storage import catalog as catalog_module
 
     path = tmp_path / "catalog.db"
     db = sqlite3.connect(path)

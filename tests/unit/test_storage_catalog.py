@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from lunresync.errors import LunresyncError, NotFound
-from lunresync.provider import catalog as catalog_module
-from lunresync.provider.catalog import SCHEMA_VERSION, Catalog, CatalogTooNew, now
-from lunresync.provider.model import (
+from lunresync.storage import catalog as catalog_module
+from lunresync.storage.catalog import SCHEMA_VERSION, Catalog, CatalogTooNew, now
+from lunresync.storage.model import (
     Lun,
     LunKind,
     ShadowCopy,
@@ -591,7 +591,7 @@ def test_a_full_catalog_reports_the_real_error(cat: Catalog) -> None:
 
 def test_catalog_uses_the_rollback_journal_where_shared_maps_fail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lunresync.provider.catalog as catalog_module
+    import lunresync.storage.catalog as catalog_module
 
     assert catalog_module.shared_maps_work(tmp_path)
     assert not list(tmp_path.iterdir()), "the probe file stays behind"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import ExitCode, InvalidArgument
-from lunresync.provider.model import (
+from lunresync.storage.model import (
     DM_PREFIX,
     UUID_PREFIX,
     Lun,
@@ -19,7 +19,7 @@ from lunresync.provider.model import (
     check_lun_name,
     new_id,
 )
-from lunresync.provider.units import SECTOR, format_size, parse_size
+from lunresync.storage.units import SECTOR, format_size, parse_size
 
 from .hypothesis_settings import PROPERTY
 

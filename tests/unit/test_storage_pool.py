@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from lunresync.errors import ExitCode, InvalidArgument, LunresyncError, NotSupported
-from lunresync.provider.pool import (
+from lunresync.storage.pool import (
     DEFAULT_POOL,
     POOL_ENV,
     SUBDIRS,
