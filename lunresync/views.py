@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
-    from lunresync.provider.provider import ShadowCopyUse
     from lunresync.storage.model import Lun
+    from lunresync.storage.snapshots import ShadowCopyUse
 
 SCHEMA_VERSION = 1
 

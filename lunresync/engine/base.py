@@ -1,25 +1,24 @@
-"""What every resync engine provides; the orchestration is in :mod:`.resync`.
+"""What every resync engine provides; the jobs that use them are in :mod:`.resync`.
 
 An engine turns a planned pair (shadow copy -> destination) into a device-mapper table
 for the destination's device, and reads that table's status back as progress. Creating
-and removing the files and helper devices the plan names is common work, done by
-:class:`~lunresync.engine.resync.Resyncer`.
+and removing the files and helper devices the plan names is common work
+(:mod:`.online`). An engine touches the kernel only through the narrow
+:class:`~lunresync.storage.devices.Devices` interface it is given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
+from lunresync.storage.devices import Devices
+from lunresync.storage.undo import Undo
 
 from .model import EngineKind, PairPlan
-
-if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
-    from lunresync.storage.undo import Undo
 
 
 @dataclass(frozen=True)
@@ -65,19 +64,19 @@ class Engine(Protocol):
         and ``helper_uuid``) and what they map."""
         ...
 
-    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+    def helpers(self, plan: PairPlan, made: Mapping[str, str]) -> list[HelperDevice]:
         """The helper devices, in the order they are made (a helper may read an earlier
-        one by its /dev/mapper path). ``devices``: role -> loop device of the plan's files,
+        one by its /dev/mapper path). ``made``: role -> loop device of the plan's files,
         and ``store`` -> the shadow copy's COW store when the plan has a store view."""
         ...
 
-    def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
+    def prepare(self, devices: Devices, plan: PairPlan, made: dict[str, str],
                 undo: Undo) -> None:
-        """Before the switch, outside any freeze (``devices``: role -> attached loop)."""
+        """Before the switch, outside any freeze (``made``: role -> attached loop)."""
         ...
 
-    def in_freeze(self, provider: Provider, plan: PairPlan,
-                  devices: Mapping[str, str]) -> PairPlan:
+    def in_freeze(self, devices: Devices, plan: PairPlan,
+                  made: Mapping[str, str]) -> PairPlan:
         """While the destination is suspended, just before its table is loaded."""
         ...
 
@@ -85,9 +84,9 @@ class Engine(Protocol):
         """Whether :meth:`in_freeze` must run while the destination is suspended."""
         ...
 
-    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table: ...
+    def online_table(self, plan: PairPlan, made: Mapping[str, str]) -> Table: ...
 
-    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+    def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
         """Once the destination is online, when ``plan.copy_started`` is False: what the
         kernel's copy waits for (sparse clone: marking), or what is left of the switch
         (merge: removing the handover source). Returns the plan to record."""

@@ -35,19 +35,18 @@ import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import StatusLine, Table
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus, CloneTable
+from lunresync.storage.devices import Devices
+from lunresync.storage.undo import Undo
 
 from .base import HelperDevice, PairSpec, Progress
 from .cowfile import read_store
 from .model import EngineKind, PairPlan
-
-if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
-    from lunresync.storage.undo import Undo
 
 # Hydration tuned in bench/resync.py: 64 KiB regions, copied 64 at a time (4 MiB per
 # kcopyd job), up to 512 regions (32 MiB) in flight.
@@ -68,53 +67,53 @@ class CloneEngine:
         return spec.chunk_sectors if spec.in_place else REGION_SECTORS
 
     def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
-        regions = -(-spec.size // (region_sectors * 512))
+        regions = -(-spec.size // (region_sectors * SECTOR_SIZE))
         # Superblock, space map and a bitset of the regions; generous, and sparse.
         return {"meta": (8 << 20) + regions // 2}
 
     def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
         return plan  # no helper device: dm-clone reads the shadow copy itself
 
-    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+    def helpers(self, plan: PairPlan, made: Mapping[str, str]) -> list[HelperDevice]:
         return []
 
-    def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
+    def prepare(self, devices: Devices, plan: PairPlan, made: dict[str, str],
                 undo: Undo) -> None:
         pass  # the metadata file is all it needs, and the resyncer makes it
 
-    def in_freeze(self, provider: Provider, plan: PairPlan,
-                  devices: Mapping[str, str]) -> PairPlan:
+    def in_freeze(self, devices: Devices, plan: PairPlan,
+                  made: Mapping[str, str]) -> PairPlan:
         return plan
 
-    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
+    def online_table(self, plan: PairPlan, made: Mapping[str, str]) -> Table:
         # Sparse: no discard passdown, so that the marking discards never reach the data
         # (a user's discard during the restore is not passed down either); hydration off
         # until the marking is done.
         return Table.single(CloneTable(
-            devices["meta"], plan.leg, plan.source, plan.region_sectors,
+            made["meta"], plan.leg, plan.source, plan.region_sectors,
             hydration=plan.copy_started, discard_passdown=not plan.sparse,
             hydration_threshold=HYDRATION_THRESHOLD, hydration_batch_size=HYDRATION_BATCH),
             plan.sectors)
 
-    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+    def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
         """Sparse, once the LUN is online: mark every region not written since the shadow
         copy hydrated, then switch hydration on. Running it again is harmless."""
         assert plan.source_store is not None
         store = read_store(plan.source_store)
         changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
                              plan.region_sectors)
-        top = provider.dm.info(plan.top)
+        top = devices.info(plan.top)
         mark_hydrated(node(top.devno), unchanged_runs(changed, plan.sectors // plan.region_sectors),
-                      plan.region_sectors * 512)
-        provider.dm.message(plan.top, "enable_hydration")
+                      plan.region_sectors * SECTOR_SIZE)
+        devices.message(plan.top, "enable_hydration")
         return replace(plan, copy_started=True, exceptions_at_start=len(changed))
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         line = status[0]  # the engine's line; a larger destination has a linear tail
         clone = line.status
-        region = plan.region_sectors * 512
-        total = plan.changed_bytes if plan.sparse else plan.sectors * 512
+        region = plan.region_sectors * SECTOR_SIZE
+        total = plan.changed_bytes if plan.sparse else plan.sectors * SECTOR_SIZE
         if not isinstance(clone, CloneStatus):
             return Progress(0, total, error=f"{plan.top} is not a clone mapping any more")
         left = (clone.regions_total - clone.regions_hydrated) * region

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE
 
 SNAP_MAGIC = 0x70416E53
 _HEADER = struct.Struct("<IIII")
@@ -29,7 +30,7 @@ COPY_STEP = 64 << 20
 
 def exceptions_per_area(chunk_sectors: int) -> int:
     """How many exceptions one metadata chunk lists (and data chunks follow it)."""
-    return chunk_sectors * 512 // _EXCEPTION.size
+    return chunk_sectors * SECTOR_SIZE // _EXCEPTION.size
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class CowStore:
 
     @property
     def chunk_bytes(self) -> int:
-        return self.chunk_sectors * 512
+        return self.chunk_sectors * SECTOR_SIZE
 
     @property
     def per_area(self) -> int:

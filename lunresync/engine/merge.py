@@ -41,23 +41,21 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from lunresync.errors import InvalidArgument, LunresyncError
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import LinearTable, SnapshotTable, StatusLine, Table, TableLine
-from lunresync.kernel.targets.snapshot import SnapshotState, SnapshotStatus
+from lunresync.kernel.targets.snapshot import SnapshotState, SnapshotStatus, cow_store_size
 from lunresync.kernel.targets.snapshot_merge import SnapshotMergeTable
+from lunresync.storage.devices import Devices
+from lunresync.storage.undo import Undo
 
 from .base import HelperDevice, PairSpec, Progress
 from .clone import node
 from .cowfile import CowStore, copy_ranges, exceptions_per_area, read_store, read_tail
 from .model import EngineKind, PairPlan
-
-if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
-    from lunresync.storage.undo import Undo
-
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +75,8 @@ class MergeEngine:
     whole_copy_max: ClassVar[int] = 32 << 20
 
     def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
-        from lunresync.provider.provider import cow_store_size
-
         store = os.stat(spec.source_store)
-        if store.st_blocks * 512 <= self.whole_copy_max:
+        if store.st_blocks * SECTOR_SIZE <= self.whole_copy_max:
             return {"cow": store.st_size}  # sparse, a whole copy of the store
         # Both sparse. The overlay holds at most every chunk of the store once.
         return {"cow": store.st_size, "overlay": cow_store_size(store.st_size, region_sectors)}
@@ -89,7 +85,7 @@ class MergeEngine:
         assert plan.source_store is not None
         # Everything before the current metadata area stays as it is (the format appends):
         # the view reads it from the store, only the rest is copied.
-        prefix = read_tail(plan.source_store).tail_offset() // 512
+        prefix = read_tail(plan.source_store).tail_offset() // SECTOR_SIZE
         plan = replace(plan, store_prefix_sectors=prefix, handover=f"{helper}-hnd",
                        handover_uuid=f"{helper_uuid}-hnd", copy_started=False)
         if "overlay" not in plan.files:
@@ -97,21 +93,21 @@ class MergeEngine:
         return replace(plan, overlay=f"{helper}-ovl", overlay_uuid=f"{helper_uuid}-ovl",
                        store_view=f"{helper}-cow", store_view_uuid=f"{helper_uuid}-cow")
 
-    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+    def helpers(self, plan: PairPlan, made: Mapping[str, str]) -> list[HelperDevice]:
         if plan.store_view is None:
             return []  # it merges a whole copy of the store
         assert plan.store_view_uuid is not None
         assert plan.overlay is not None
         assert plan.overlay_uuid is not None
-        view = store_view_table(plan, Path(plan.files["cow"]).stat().st_size // 512,
-                                devices["store"], devices["cow"])
-        overlay = SnapshotTable(f"/dev/mapper/{plan.store_view}", devices["overlay"],
+        view = store_view_table(plan, Path(plan.files["cow"]).stat().st_size // SECTOR_SIZE,
+                                made["store"], made["cow"])
+        overlay = SnapshotTable(f"/dev/mapper/{plan.store_view}", made["overlay"],
                                 chunk_sectors=plan.region_sectors)
         return [HelperDevice(plan.store_view, plan.store_view_uuid, view),
                 HelperDevice(plan.overlay, plan.overlay_uuid,
                              Table.single(overlay, view.length))]
 
-    def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
+    def prepare(self, devices: Devices, plan: PairPlan, made: dict[str, str],
                 undo: Undo) -> None:
         """Copy the store (whole, or its header and tail), then load the handover source
         over the duplicate: the kernel reads its exception table now, not in the freeze."""
@@ -119,15 +115,15 @@ class MergeEngine:
         assert plan.handover is not None
         assert plan.handover_uuid is not None
         copy_duplicate(plan)
-        source = provider.create_device(plan.handover, None, plan.handover_uuid, undo,
+        source = devices.create(plan.handover, None, plan.handover_uuid, undo,
                                         udev_sync=False, private=True)
-        provider.dm.load(plan.handover, Table.single(
-            SnapshotTable(_real(plan), _duplicate(plan, devices),
+        devices.load(plan.handover, Table.single(
+            SnapshotTable(_real(plan), _duplicate(plan, made),
                           chunk_sectors=plan.region_sectors), plan.sectors))
-        devices[f"/dev/mapper/{plan.handover}"] = source.devno
+        made[f"/dev/mapper/{plan.handover}"] = source.devno
 
-    def in_freeze(self, provider: Provider, plan: PairPlan,
-                  devices: Mapping[str, str]) -> PairPlan:
+    def in_freeze(self, devices: Devices, plan: PairPlan,
+                  made: Mapping[str, str]) -> PairPlan:
         """The origin is suspended, the shadow copy's store does not change: the handover
         source gets what the store gained since it was copied, then waits, suspended, for
         snapshot-merge to take its exceptions. Reads only the stores' current areas."""
@@ -136,24 +132,24 @@ class MergeEngine:
         store, gained = gained_since_copy(plan)
         # Active from here, so that snapshot-merge can take over from it; the LUN is
         # suspended, so it sees no copy-on-write before the switch.
-        with provider.dm.udev_batch(False, private=True) as batch:
+        with devices.udev_batch(False, private=True) as batch:
             batch.resume(plan.handover)
         if gained:
-            write_chunks(node(devices[f"/dev/mapper/{plan.handover}"]), plan.source_store,
-                         gained, store.chunk_bytes, plan.sectors * 512)
-        provider.dm.suspend(plan.handover)
+            write_chunks(node(made[f"/dev/mapper/{plan.handover}"]), plan.source_store,
+                         gained, store.chunk_bytes, plan.sectors * SECTOR_SIZE)
+        devices.suspend(plan.handover)
         return replace(plan, exceptions_at_start=store.count)
 
-    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
-        return Table.single(SnapshotMergeTable(_real(plan), _duplicate(plan, devices),
+    def online_table(self, plan: PairPlan, made: Mapping[str, str]) -> Table:
+        return Table.single(SnapshotMergeTable(_real(plan), _duplicate(plan, made),
                                                chunk_sectors=plan.region_sectors), plan.sectors)
 
-    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+    def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
         """Remove the handover source: snapshot-merge has its exceptions, it has none left
         and takes no I/O. If it cannot go now, the pair's teardown removes it."""
         if plan.handover is not None:
             try:
-                provider.dm.remove(plan.handover, missing_ok=True, udev_sync=False)
+                devices.remove(plan.handover, missing_ok=True, udev_sync=False)
             except LunresyncError as exc:
                 log.warning("cannot remove %s yet (removed when the restore ends): %s",
                             plan.handover, exc)
@@ -169,7 +165,7 @@ class MergeEngine:
         if snap.state is not SnapshotState.VALID:
             return Progress(0, total, error=f"the merge into {dest} failed"
                                             f" (the kernel says {snap.state.value!r})")
-        left = snap.data_sectors * 512
+        left = snap.data_sectors * SECTOR_SIZE
         return Progress(max(0, total - left), total, complete=snap.merge_complete)
 
 
@@ -187,7 +183,7 @@ def store_view_table(plan: PairPlan, sectors: int, store: str, copy: str) -> Tab
 def copied_at_most(chunk_sectors: int) -> int:
     """Bytes of the job's copy of a store: the header and one metadata area's chunks (the
     current one), and a little for what is appended before the freeze."""
-    return (2 * (exceptions_per_area(chunk_sectors) + 1) + 1) * chunk_sectors * 512
+    return (2 * (exceptions_per_area(chunk_sectors) + 1) + 1) * chunk_sectors * SECTOR_SIZE
 
 
 def copy_duplicate(plan: PairPlan) -> None:
@@ -213,8 +209,8 @@ def gained_since_copy(plan: PairPlan) -> tuple[CowStore, tuple[tuple[int, int], 
 
 def _changing_parts(plan: PairPlan) -> list[tuple[int, int | None]]:
     """The byte ranges of the store the view maps to the job's copy."""
-    header = plan.region_sectors * 512
-    return [(0, header), (max(plan.store_prefix_sectors * 512, header), None)]
+    header = plan.region_sectors * SECTOR_SIZE
+    return [(0, header), (max(plan.store_prefix_sectors * SECTOR_SIZE, header), None)]
 
 
 def _prefix_area(plan: PairPlan) -> int:
@@ -223,13 +219,13 @@ def _prefix_area(plan: PairPlan) -> int:
     return max(0, plan.store_prefix_sectors // plan.region_sectors - 1) // stride
 
 
-def _duplicate(plan: PairPlan, devices: Mapping[str, str]) -> str:
+def _duplicate(plan: PairPlan, made: Mapping[str, str]) -> str:
     """The COW device snapshot-merge merges (and the handover source is a snapshot
     over): the overlay of the store view, by number when it was made a moment ago, or
     the loop device of a whole copy."""
     if plan.overlay is None:
-        return devices["cow"]
-    return devices.get(f"/dev/mapper/{plan.overlay}", f"/dev/mapper/{plan.overlay}")
+        return made["cow"]
+    return made.get(f"/dev/mapper/{plan.overlay}", f"/dev/mapper/{plan.overlay}")
 
 
 def write_chunks(device: str, store: str, exceptions: Sequence[tuple[int, int]],

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import SnapshotTable, StatusLine, Table, TableLine
 from lunresync.kernel.targets.mirror import (
@@ -30,13 +31,12 @@ from lunresync.kernel.targets.mirror import (
     MirrorStatus,
     MirrorTable,
 )
+from lunresync.kernel.targets.snapshot import cow_store_size
+from lunresync.storage.devices import Devices
+from lunresync.storage.undo import Undo
 
 from .base import HelperDevice, PairSpec, Progress
 from .model import EngineKind, PairPlan
-
-if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
-    from lunresync.storage.undo import Undo
 
 # 16 MiB regions: dm-mirror copies one region at a time, so larger regions copy faster
 # (2 GiB in the TCG VM: 0.45 of dd with 4 MiB regions, 0.54 with 16 MiB, no better with
@@ -83,8 +83,6 @@ def _parts_of(plan: PairPlan) -> list[tuple[str, int, int]]:
 
 
 def overlay_store_size(size: int, chunk_sectors: int) -> int:
-    from lunresync.provider.provider import cow_store_size
-
     return cow_store_size(size, chunk_sectors)
 
 
@@ -99,7 +97,7 @@ class MirrorEngine:
         return REGION_SECTORS
 
     def file_sizes(self, spec: PairSpec, region_sectors: int) -> dict[str, int]:
-        spans = parts(spec.size // 512, region_sectors, PARTS)  # as plan.sectors
+        spans = parts(spec.size // SECTOR_SIZE, region_sectors, PARTS)  # as plan.sectors
         sizes: dict[str, int] = {
             "overlay": overlay_store_size(spec.size, self.OVERLAY_CHUNK)}
         for role, (_, length) in zip(log_roles(len(spans)), spans, strict=True):
@@ -109,40 +107,40 @@ class MirrorEngine:
     def planned(self, plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
         return replace(plan, overlay=f"{helper}-ovl", overlay_uuid=f"{helper_uuid}-ovl")
 
-    def helpers(self, plan: PairPlan, devices: Mapping[str, str]) -> list[HelperDevice]:
+    def helpers(self, plan: PairPlan, made: Mapping[str, str]) -> list[HelperDevice]:
         assert plan.overlay is not None
         assert plan.overlay_uuid is not None
         # Production writes land here (and on the destination), never on the shadow copy.
-        overlay = SnapshotTable(plan.source, devices["overlay"],
+        overlay = SnapshotTable(plan.source, made["overlay"],
                                 chunk_sectors=self.OVERLAY_CHUNK)
         return [HelperDevice(plan.overlay, plan.overlay_uuid,
                              Table.single(overlay, plan.sectors))]
 
-    def prepare(self, provider: Provider, plan: PairPlan, devices: dict[str, str],
+    def prepare(self, devices: Devices, plan: PairPlan, made: dict[str, str],
                 undo: Undo) -> None:
         pass  # the overlay device is made by the resyncer
 
-    def in_freeze(self, provider: Provider, plan: PairPlan,
-                  devices: Mapping[str, str]) -> PairPlan:
+    def in_freeze(self, devices: Devices, plan: PairPlan,
+                  made: Mapping[str, str]) -> PairPlan:
         return plan
 
-    def online_table(self, plan: PairPlan, devices: Mapping[str, str]) -> Table:
+    def online_table(self, plan: PairPlan, made: Mapping[str, str]) -> Table:
         assert plan.overlay is not None
         lines = []
         for role, start, length in _parts_of(plan):
-            log = MirrorLog(LogKind.DISK, plan.region_sectors, devices[role])
+            log = MirrorLog(LogKind.DISK, plan.region_sectors, made[role])
             legs = (MirrorLeg(f"/dev/mapper/{plan.overlay}", start), MirrorLeg(plan.leg, start))
             lines.append(TableLine(start, length, MirrorTable(log, legs, handle_errors=True)))
         return Table(tuple(lines))
 
-    def start_copy(self, provider: Provider, plan: PairPlan) -> PairPlan:
+    def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
         return plan  # the kernel copies from the switch on
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
         # The engine's lines come first; a larger destination has a linear tail.
         spans = _parts_of(plan)
-        total = plan.sectors * 512
+        total = plan.sectors * SECTOR_SIZE
         mirrors = [line.status for line in status[:len(spans)]
                    if isinstance(line.status, MirrorStatus)]
         if len(mirrors) != len(spans):
@@ -150,7 +148,7 @@ class MirrorEngine:
         done = 0
         failures: list[str] = []
         for mirror, (_, _, length) in zip(mirrors, spans, strict=True):
-            done += min(length, mirror.regions_in_sync * plan.region_sectors) * 512
+            done += min(length, mirror.regions_in_sync * plan.region_sectors) * SECTOR_SIZE
             failures += [f"{dest if i == 1 else 'the shadow copy overlay'} ({leg}):"
                          f" {health.name.lower().replace('_', ' ')}"
                          for i, (leg, health) in enumerate(zip(mirror.legs, mirror.health,

@@ -8,6 +8,8 @@ from enum import Enum
 from typing import Any
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.storage.model import Lun, ShadowCopy, ShadowKind
 
 
 class JobState(Enum):
@@ -111,7 +113,7 @@ class PairPlan:
     @property
     def changed_bytes(self) -> int:
         """merge, sparse clone: what the copy covers, the changed chunks (or regions)."""
-        return self.exceptions_at_start * self.region_sectors * 512
+        return self.exceptions_at_start * self.region_sectors * SECTOR_SIZE
 
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
@@ -186,3 +188,35 @@ class Job:
                        "bytes_done": p.bytes_done, "bytes_total": p.bytes_total}
                       for p in self.pairs],
         }
+
+
+@dataclass(frozen=True)
+class ResyncPair:
+    """One (shadow copy, destination) pair of a recovery set, as a requester names it."""
+
+    shadow_copy: str  # id, or a unique prefix of 8+ hex digits
+    destination: str | None = None  # LUN name or id, or a block device; None: in place
+
+
+@dataclass(frozen=True)
+class CheckedPair:
+    """A pair of a recovery set once checked (lunresync/provider/recovery.py): what the
+    planning of a job starts from."""
+
+    shadow: ShadowCopy
+    lun: Lun | None  # destination LUN, or None for a block device
+    device: str | None  # destination block device (resolved)
+    dest: str  # as shown to the user
+    size: int  # bytes of the destination
+    engine: EngineKind
+
+    @property
+    def in_place(self) -> bool:
+        """A differential shadow copy restored into its own LUN: only changed chunks
+        differ."""
+        return in_place(self.shadow, self.lun)
+
+
+def in_place(shadow: ShadowCopy, lun: Lun | None) -> bool:
+    return (lun is not None and shadow.kind is ShadowKind.DIFFERENTIAL
+            and shadow.lun_id == lun.id)

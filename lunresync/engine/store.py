@@ -37,6 +37,10 @@ class JobStore:
                  pair.dest, pair.state.value, pair.bytes_done, pair.bytes_total,
                  json.dumps(pair.plan.to_json())))
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job that never went online (its pairs go with it)."""
+        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def update(self, job_id: str, **values: Any) -> None:
         self._update("jobs", "id = ?", (job_id,), _JOB_FIELDS, values)
 

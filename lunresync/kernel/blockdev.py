@@ -78,10 +78,12 @@ def size(path: str | os.PathLike[str]) -> int:
         os.close(fd)
 
 
-def holders(path: str | os.PathLike[str]) -> list[str]:
-    """Kernel names of the devices stacked on ``path`` (dm devices, md arrays...)."""
-    directory = DevNo.of(path).sysfs / "holders"
+def holders(device: str | os.PathLike[str] | DevNo) -> list[str]:
+    """Kernel names of the devices stacked on ``device`` (a path or a number): dm
+    devices, md arrays..."""
     try:
+        number = device if isinstance(device, DevNo) else DevNo.of(device)
+        directory = number.sysfs / "holders"
         return sorted(entry.name for entry in directory.iterdir())
     except OSError:
         return []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound
-from lunresync.provider.provider import resolve_block_device
+from lunresync.kernel import blockdev
 from lunresync.storage.model import Lun, ShadowKind, new_id
 from lunresync.storage.undo import Undo
 
@@ -286,7 +286,7 @@ class RestoreSession:
                                f" {lun.shadow_copy_id} is gone: name a destination")
         elif destination.startswith("/"):
             target = None
-            device = resolve_block_device(destination)
+            device = blockdev.resolve(destination)
         else:
             target = catalog.find_lun(destination)
             if target is None:

@@ -215,7 +215,17 @@ class Catalog:
         except NotFound:
             return None
 
+    def lun_by_id(self, lun_id: str) -> Lun | None:
+        """By id only: where the caller holds an id (a shadow copy's LUN, a job's
+        destination), a LUN whose name happens to be that id must not answer."""
+        row = self.db.execute("SELECT * FROM luns WHERE id = ?", (lun_id,)).fetchone()
+        return None if row is None else _lun(row)
+
     # -- shadow copies ---------------------------------------------------------------------
+
+    def has_snapshot_set(self, set_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM snapshot_sets WHERE id = ?",
+                               (set_id,)).fetchone() is not None
 
     def add_snapshot_set(self, set_id: str, created: float) -> None:
         self.db.execute("INSERT INTO snapshot_sets (id, created) VALUES (?, ?)",

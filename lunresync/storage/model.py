@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE
 
 # LUN names reach dm names, file names and udev symlinks.
 _LUN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -100,7 +101,7 @@ class Lun:
 
     @property
     def sectors(self) -> int:
-        return self.size // 512
+        return self.size // SECTOR_SIZE
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class ShadowCopy:
 
     @property
     def sectors(self) -> int:
-        return self.size // 512
+        return self.size // SECTOR_SIZE
 
 
 @dataclass(frozen=True)

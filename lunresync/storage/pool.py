@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lunresync.errors import InvalidArgument, LunresyncError, NotSupported
+from lunresync.kernel.blockdev import SECTOR_SIZE
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
@@ -78,7 +79,7 @@ class Pool:
         try:
             with probe.open("wb") as f:
                 f.truncate(64 << 20)
-            allocated = probe.stat().st_blocks * 512
+            allocated = probe.stat().st_blocks * SECTOR_SIZE
         finally:
             probe.unlink(missing_ok=True)
         if allocated >= 1 << 20:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 # "4G", "4GiB", "4gb", "4096", "4096B"; ASCII digits only.
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(?:([kmgtp])(?:i?b)?|b)?\s*", re.IGNORECASE | re.ASCII)
-SECTOR = 512
 
 
 def parse_size(text: str | int) -> int:
@@ -28,8 +28,8 @@ def parse_size(text: str | int) -> int:
         size = int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
     if size <= 0:
         raise InvalidArgument(f"size must be positive, not {size}")
-    if size % SECTOR:
-        raise InvalidArgument(f"size must be a multiple of {SECTOR} bytes, not {size}")
+    if size % SECTOR_SIZE:
+        raise InvalidArgument(f"size must be a multiple of {SECTOR_SIZE} bytes, not {size}")
     return size
 
 

@@ -35,10 +35,11 @@ from lunresync.kernel.runner import (
     command_verb,
 )
 from lunresync.kernel.targets import LinearTable, Table
-from lunresync.provider.provider import CorruptBundle, Provider
+from lunresync.provider.provider import Provider
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.model import ShadowKind, ShadowState
 from lunresync.storage.pool import PoolFull
+from lunresync.storage.transport import CorruptBundle
 
 from .conftest import force_remove_pool_devices
 from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern

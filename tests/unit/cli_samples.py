@@ -18,11 +18,11 @@ import click
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, JobFailed, NotFound
-from lunresync.provider.provider import ShadowCopyUse
 from lunresync.service import api
 from lunresync.service.objects import lookup
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+from lunresync.storage.snapshots import ShadowCopyUse
 from lunresync.views import job_json, lun_json, shadow_json
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from lunresync.cli import dbus_backend
 from lunresync.cli import main as cli_main
 from lunresync.cli.base import through_service
 from lunresync.errors import ExitCode, InvalidArgument
-from lunresync.provider.provider import SnapshotSetResult
 from lunresync.service import api
 from lunresync.storage.model import SnapshotSet, check_lun_name
+from lunresync.storage.snapshots import SnapshotSetResult
 from lunresync.storage.units import parse_size
 
 from .cli_samples import (

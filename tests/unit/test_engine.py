@@ -24,15 +24,16 @@ from lunresync.engine.merge import (
     gained_since_copy,
 )
 from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
-from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
-from lunresync.engine.resync import ResyncPair, _choose_engine, _compare, _with_tail
+from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan, ResyncPair
+from lunresync.engine.plan import choose_engine, with_tail
 from lunresync.engine.store import JobStore
+from lunresync.engine.verify import compare
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
 from lunresync.kernel.kmsg import KernelLog, KernelMessage, mark, parse_record
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.targets.clone import CloneMode, CloneStatus
 from lunresync.kernel.targets.error import ErrorTable
-from lunresync.provider.provider import cow_store_size
+from lunresync.kernel.targets.snapshot import cow_store_size
 from lunresync.storage.catalog import MIGRATIONS, Catalog
 from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 
@@ -57,26 +58,26 @@ def test_auto_choice_clones_sparsely_in_place_else_merges() -> None:
     """In place, dm-clone copies the changed chunks only (many at once); without it,
     snapshot-merge does (one after the other)."""
     no_clone = {**ALL, "clone": False}
-    assert _choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.CLONE
-    assert _choose_engine(shadow(), LUN_A, None, no_clone) is EngineKind.MERGE
-    assert _choose_engine(shadow(), LUN_A, None, {"mirror": True}) is EngineKind.MIRROR
-    assert _choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
-    assert _choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
-    assert _choose_engine(shadow(), None, None, ALL) is EngineKind.CLONE
+    assert choose_engine(shadow(), LUN_A, None, ALL) is EngineKind.CLONE
+    assert choose_engine(shadow(), LUN_A, None, no_clone) is EngineKind.MERGE
+    assert choose_engine(shadow(), LUN_A, None, {"mirror": True}) is EngineKind.MIRROR
+    assert choose_engine(shadow(), LUN_B, None, ALL) is EngineKind.CLONE
+    assert choose_engine(shadow(ShadowKind.CLONE), LUN_A, None, ALL) is EngineKind.CLONE
+    assert choose_engine(shadow(), None, None, ALL) is EngineKind.CLONE
     no_clone = {**ALL, "clone": False}
-    assert _choose_engine(shadow(), LUN_B, None, no_clone) is EngineKind.MIRROR
+    assert choose_engine(shadow(), LUN_B, None, no_clone) is EngineKind.MIRROR
 
 
 def test_requested_engine_must_exist_and_fit_the_pair() -> None:
     with pytest.raises(NotSupported, match="clone target"):
-        _choose_engine(shadow(), LUN_B, EngineKind.CLONE, {**ALL, "clone": False})
+        choose_engine(shadow(), LUN_B, EngineKind.CLONE, {**ALL, "clone": False})
     with pytest.raises(InvalidArgument, match="own LUN only"):
-        _choose_engine(shadow(), LUN_B, EngineKind.MERGE, ALL)
+        choose_engine(shadow(), LUN_B, EngineKind.MERGE, ALL)
     with pytest.raises(InvalidArgument, match="own LUN only"):
-        _choose_engine(shadow(ShadowKind.CLONE), LUN_A, EngineKind.MERGE, ALL)
+        choose_engine(shadow(ShadowKind.CLONE), LUN_A, EngineKind.MERGE, ALL)
     with pytest.raises(NotSupported, match="neither"):
-        _choose_engine(shadow(), LUN_B, None, {})
-    assert _choose_engine(shadow(), LUN_A, EngineKind.MIRROR, ALL) is EngineKind.MIRROR
+        choose_engine(shadow(), LUN_B, None, {})
+    assert choose_engine(shadow(), LUN_A, EngineKind.MIRROR, ALL) is EngineKind.MIRROR
     with pytest.raises(InvalidArgument, match="unknown engine"):
         EngineKind.parse("rsync")
 
@@ -231,8 +232,8 @@ def test_merge_plan_from_before_the_store_view_merges_its_whole_copy() -> None:
 
 def test_a_larger_destination_keeps_its_tail_mapped_linearly() -> None:
     base = Table.single(ErrorTable(), 2048)
-    assert _with_tail(base, plan()) is base
-    grown = _with_tail(base, plan(dest_sectors=4096))
+    assert with_tail(base, plan()) is base
+    grown = with_tail(base, plan(dest_sectors=4096))
     assert grown.format() == "0 2048 error\n2048 2048 linear /dev/mapper/lunresync-b-real 2048\n"
 
 
@@ -484,7 +485,7 @@ def test_compare_separates_recorded_writes_from_real_mismatches(tmp_path: Path) 
     data[8192:8192 + 100] = b"\x02" * 100  # in chunk 1 (8 KiB chunks): recorded as written
     data[(2 << 20) + 5] = 9  # a real mismatch
     b.write_bytes(bytes(data))
-    explained, mismatches = _compare(str(a), str(b), size, 8192, {1})
+    explained, mismatches = compare(str(a), str(b), size, 8192, {1})
     assert explained == 8192
     assert mismatches == [((2 << 20), 8192)]
 

@@ -15,18 +15,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import LunresyncError, NotFound
-from lunresync.provider import provider as provider_module
-from lunresync.provider.provider import (
+from lunresync.kernel.targets.snapshot import cow_store_size
+from lunresync.storage import transport as transport_module
+from lunresync.storage.model import new_id
+from lunresync.storage.snapshots import DEFAULT_CHUNK_SECTORS
+from lunresync.storage.transport import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     COPY_BLOCK,
-    DEFAULT_CHUNK_SECTORS,
     CorruptBundle,
     copy_device,
-    cow_store_size,
     read_manifest,
 )
-from lunresync.storage.model import new_id
 from lunresync.storage.undo import Undo
 
 from .hypothesis_settings import PROPERTY
@@ -271,7 +271,7 @@ def test_an_all_zero_copy_allocates_nothing(tmp_path: Path) -> None:
 
 
 def test_holes_with_small_copy_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provider_module, "COPY_BLOCK", 64 * KiB)
+    monkeypatch.setattr(transport_module, "COPY_BLOCK", 64 * KiB)
     size = 8 * MiB
     data = {i * MiB: os.urandom(4096) for i in range(8)}
     source = sparse_file(tmp_path / "source", size, data)

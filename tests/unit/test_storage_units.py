@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import ExitCode, InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE as SECTOR
 from lunresync.storage.model import (
     DM_PREFIX,
     UUID_PREFIX,
@@ -19,7 +20,7 @@ from lunresync.storage.model import (
     check_lun_name,
     new_id,
 )
-from lunresync.storage.units import SECTOR, format_size, parse_size
+from lunresync.storage.units import format_size, parse_size
 
 from .hypothesis_settings import PROPERTY
 

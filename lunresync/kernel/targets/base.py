@@ -15,8 +15,6 @@ from typing import ClassVar, Protocol, Self
 
 from lunresync.errors import InvalidArgument, ParseError
 
-SECTOR_SIZE = 512
-
 # A device argument is a path under /dev or MAJOR:MINOR (how the kernel prints it back).
 # fullmatch: with match() and "$", a trailing newline would slip through into the table.
 _DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9._+:@/-]+|\d+:\d+")

@@ -15,10 +15,34 @@ from enum import Enum
 from typing import ClassVar, Self
 
 from lunresync.errors import InvalidArgument, ParseError
+from lunresync.kernel.blockdev import SECTOR_SIZE
 
-from .base import check_device, check_power_of_two, counted, parse_fraction, parse_int, take_counted
+from .base import (
+    check_device,
+    check_power_of_two,
+    counted,
+    parse_fraction,
+    parse_int,
+    take_counted,
+)
 
 _FEATURES = ("discard_zeroes_cow", "discard_passdown_origin")
+#: Bytes of one exception (old chunk, new chunk) in a persistent COW store's metadata.
+EXCEPTION_BYTES = 16
+
+
+def cow_store_size(origin_size: int, chunk_sectors: int) -> int:
+    """Bytes of a persistent COW store that can hold every chunk of the origin: it
+    cannot overflow.
+
+    Data chunks plus the header chunk plus one metadata chunk per chunk_bytes/16
+    exceptions, plus one chunk of slack. Sparse: only what is used is allocated.
+    """
+    chunk = chunk_sectors * SECTOR_SIZE
+    chunks = -(-origin_size // chunk)
+    per_metadata_chunk = chunk // EXCEPTION_BYTES
+    metadata = -(-chunks // per_metadata_chunk)
+    return (chunks + metadata + 2) * chunk
 
 
 class Persistence(Enum):

@@ -1,0 +1,147 @@
+"""Following the kernel's copy: record progress, finish each pair the kernel completed
+(swap its table to the destination alone, remove the helpers), fence what failed or was
+cancelled.
+
+Nothing here needs a process to stay alive: every lunresync command and the service
+poll, and each poll finishes what the kernel has completed since the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from lunresync.kernel.kmsg import KernelMessage
+from lunresync.kernel.targets import ErrorTable, LinearTable, Table
+from lunresync.storage.catalog import now
+from lunresync.storage.model import LunState
+from lunresync.storage.stack import lun_table
+
+from .context import JobContext
+from .engines import ENGINES
+from .model import Job, JobPair, JobState
+from .online import announce, remove_own_top, start_copy, teardown, update_totals
+from .recovery import recover_pending
+from .verify import record_writes
+
+log = logging.getLogger(__name__)
+
+
+def poll_locked(ctx: JobContext, kernel_log: Sequence[KernelMessage]) -> list[Job]:
+    """Advance every active job (the caller holds the lock); return those still active.
+    ``kernel_log``: what the kernel logged since the last poll."""
+    active = ctx.store.jobs(active_only=True)
+    if not active:
+        return []
+    present = ctx.devices.names()
+    for job in active:
+        if job.state is JobState.PENDING:
+            recover_pending(ctx, job, present)
+        else:
+            advance(ctx, job, present, kernel_log)
+    return ctx.store.jobs(active_only=True)
+
+
+def advance(ctx: JobContext, job: Job, present: set[str],
+            kernel_log: Sequence[KernelMessage]) -> None:
+    lost = lost_destination(ctx, job)
+    if lost is not None:
+        end(ctx, job, JobState.FAILED, lost)
+        return
+    for recorded in job.pairs:
+        if recorded.state.finished:
+            continue
+        if recorded.plan.top not in present:
+            continue  # deactivated: activate rebuilds it, then the copy goes on
+        pair = start_copy(ctx, job.id, recorded)  # a process died before it had
+        status = ctx.devices.status(pair.plan.top)
+        progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest, kernel_log)
+        if progress.error is not None:
+            end(ctx, job, JobState.FAILED,
+                f"{pair.dest} (from shadow copy {pair.shadow_id[:12]}): {progress.error}")
+            return
+        with ctx.catalog.transaction():
+            ctx.store.update_pair(job.id, pair.index, bytes_done=progress.done,
+                                  bytes_total=progress.total)
+        if progress.complete:
+            complete_pair(ctx, job, pair)
+    update_totals(ctx, job.id)
+
+
+def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
+    """The kernel's copy of a pair is complete: swap to the destination alone."""
+    plan = pair.plan
+    with ctx.catalog.transaction():
+        ctx.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)
+    record_writes(ctx, job, pair)
+    lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
+    if lun is not None:
+        final = lun_table(ctx.catalog, replace(lun, state=LunState.OK))
+    else:
+        final = Table.single(LinearTable(plan.leg), plan.dest_sectors)
+    # The atomic swap: from here the destination alone serves every read. (No wait for
+    # udev: the device and its link exist; udev's probe of it goes on by itself.)
+    ctx.devices.reload(plan.top, final, udev_sync=False)
+    teardown(ctx, plan)
+    if plan.own_top:
+        remove_own_top(ctx, plan.top)
+    with ctx.catalog.transaction():
+        ctx.store.update_pair(job.id, pair.index, state=JobState.DONE,
+                              bytes_done=pair.bytes_total)
+        if lun is not None:
+            ctx.catalog.set_lun_state(lun.id, LunState.OK)
+    announce(pair, "none")
+    log.info("job %s: %s restored", job.id, pair.dest)
+
+
+def end(ctx: JobContext, job: Job, state: JobState, error: str) -> None:
+    """Cancel or fail: fence every unfinished destination, remove the helpers."""
+    present = ctx.devices.names()
+    for pair in job.pairs:
+        if pair.state.finished:
+            continue
+        plan = pair.plan
+        if plan.top in present:
+            ctx.devices.reload(plan.top, Table.single(ErrorTable(), plan.dest_sectors))
+        teardown(ctx, plan)
+        if plan.own_top and plan.top in present:
+            remove_own_top(ctx, plan.top)
+        with ctx.catalog.transaction():
+            ctx.store.update_pair(job.id, pair.index, state=state)
+            if pair.dest_lun_id is not None:
+                ctx.catalog.set_lun_state(pair.dest_lun_id, LunState.INCOMPLETE)
+        if plan.top in present:
+            announce(pair, "none")
+    with ctx.catalog.transaction():
+        ctx.store.update(job.id, state=state, finished=now(), error=error)
+    log.warning("job %s %s: %s", job.id, state.value, error)
+
+
+def lost_destination(ctx: JobContext, job: Job) -> str | None:
+    """Why a running job's destination is gone (an offline LUN, a block device that no
+    longer exists), or None."""
+    for pair in job.pairs:
+        if pair.state.finished:
+            continue
+        if pair.dest_lun_id is not None:
+            lun = ctx.catalog.lun_by_id(pair.dest_lun_id)
+            if lun is not None and lun.offline:
+                return (f"LUN {lun.name} went offline: its backing device {lun.backing}"
+                        " disappeared")
+        elif pair.plan.leg is not None and not Path(pair.plan.leg).exists():
+            return f"the destination {pair.plan.leg} disappeared"
+    return None
+
+
+def fail_lost_destinations(ctx: JobContext) -> list[Job]:
+    """Fail every running job with a destination that is gone. The caller holds the pool
+    lock. Returns the jobs failed."""
+    failed = []
+    for job in ctx.store.jobs(active_only=True):
+        lost = lost_destination(ctx, job)
+        if lost is not None:
+            end(ctx, job, JobState.FAILED, lost)
+            failed.append(ctx.store.job(job.id))
+    return failed

@@ -1,0 +1,94 @@
+"""A job after a crash or a reboot: a pending job is finished or undone, a running one's
+mapping is rebuilt by ``activate`` and torn down by ``deactivate``; the copy goes on
+from the persistent logs and metadata in the pool."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+from lunresync.kernel import kmsg
+from lunresync.storage.stack import lun_table
+from lunresync.storage.undo import Undo
+
+from .context import JobContext
+from .model import Job, JobState
+from .online import announce, build_helpers, online_table, start_copy, teardown
+
+
+def recover_pending(ctx: JobContext, job: Job, present: set[str]) -> None:
+    """A job left pending by a process that died while switching (we hold the lock, so
+    nobody is switching now): if every destination went online it is running; otherwise
+    undo it."""
+    online = []
+    for pair in job.pairs:
+        if pair.plan.top in present:
+            (line, *_) = ctx.devices.table(pair.plan.top).lines
+            online.append(line.target == pair.engine.target)
+        else:
+            online.append(False)
+    if all(online):
+        with ctx.catalog.transaction():
+            for pair in job.pairs:
+                ctx.store.update_pair(job.id, pair.index, state=JobState.RUNNING)
+            ctx.store.update(job.id, state=JobState.RUNNING, started=job.created)
+        for pair in job.pairs:
+            announce(pair, job.id)  # the process that died may not have
+        return
+    for pair in job.pairs:
+        lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
+        if lun is not None and pair.plan.top in present:
+            # The LUN's own table, live: whether or not it switched. This also drops a
+            # restore table loaded but not resumed (it holds the helpers) and resumes a
+            # LUN the process left suspended in its freeze.
+            ctx.devices.reload(pair.plan.top, lun_table(ctx.catalog, lun))
+        if pair.plan.own_top:
+            ctx.devices.remove(pair.plan.top, missing_ok=True)
+        teardown(ctx, pair.plan)
+    shutil.rmtree(ctx.pool.jobs / job.id, ignore_errors=True)
+    with ctx.catalog.transaction():
+        ctx.store.forget(job.id)
+
+
+def recover_all_pending(ctx: JobContext) -> None:
+    """Before activation: settle jobs a crash left pending."""
+    present = ctx.devices.names()
+    for job in ctx.store.jobs(active_only=True):
+        if job.state is JobState.PENDING:
+            recover_pending(ctx, job, present)
+
+
+def reactivate(ctx: JobContext, undo: Undo) -> list[str]:
+    """Rebuild the restore mapping of every running pair whose device is missing."""
+    created: list[str] = []
+    for job_id, pair in ctx.store.active_pairs():
+        if pair.state is JobState.PENDING or ctx.devices.exists(pair.plan.top):
+            continue
+        since = kmsg.mark(f"job {job_id} rebuilds {pair.plan.top}")
+        made = build_helpers(ctx, pair, undo, None)
+        plan = replace(pair.plan, log_since_seq=since)
+        ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
+        with ctx.catalog.transaction():
+            ctx.store.update_pair(job_id, pair.index, plan=plan)
+        start_copy(ctx, job_id, replace(pair, plan=plan))
+        announce(pair, job_id)
+        created.append(plan.top)
+    return created
+
+
+def deactivate(ctx: JobContext) -> list[str]:
+    """Remove every job's own devices and loop devices (LUN tops are already gone)."""
+    removed: list[str] = []
+    for _job_id, pair in ctx.store.active_pairs():
+        for name in pair.plan.helper_devices():
+            if ctx.devices.exists(name):
+                ctx.devices.remove(name)
+                removed.append(name)
+        for path in pair.plan.files.values():
+            removed += ctx.devices.detach_file(path)
+    return removed
+
+
+def open_devices(ctx: JobContext) -> list[str]:
+    """The job's own restore devices (block-device destinations), which users may open."""
+    return [pair.plan.top for _, pair in ctx.store.active_pairs() if pair.plan.own_top]

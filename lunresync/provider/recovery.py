@@ -1,0 +1,122 @@
+"""Checking a recovery set before a resync starts: every shadow copy restorable, every
+destination right (size, state, not busy, not in use), the engine for each pair.
+
+Nothing here changes anything: a recovery set is refused whole, with the reason, before
+a byte is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from lunresync.engine.model import CheckedPair, EngineKind, ResyncPair
+from lunresync.engine.plan import choose_engine
+from lunresync.errors import InUse, InvalidArgument, NotFound
+from lunresync.kernel import blockdev
+from lunresync.kernel.capabilities import usable_targets
+from lunresync.kernel.dm import DmInfo
+from lunresync.storage.model import UUID_PREFIX, Lun, ShadowCopy, ShadowKind, ShadowState
+from lunresync.storage.snapshots import Snapshots
+from lunresync.storage.storage import Storage
+
+VOLUME_CHECK_HINT = "unmount it or close it, or use --no-volume-check"
+
+
+@dataclass(frozen=True)
+class _Destination:
+    lun: Lun | None
+    device: str | None
+    shown: str  # as the user sees it
+    size: int
+    key: str  # identity: a LUN's id or a device's path
+
+
+def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
+                       requested: EngineKind | None, volume_check: bool,
+                       busy: Mapping[str, str]) -> list[CheckedPair]:
+    """The checked pairs, or the first reason the set cannot be restored. ``busy``:
+    destinations of unfinished jobs (LUN id or device) -> job id. The caller holds the
+    pool lock."""
+    catalog = storage.catalog
+    present = storage.devices.names()  # one request; the info of the destinations alone
+    usable = usable_targets()
+    snapshots = Snapshots(storage)
+    seen: dict[str, str] = {}
+    checked = []
+    for pair in pairs:
+        shadow = catalog.shadow_copy(pair.shadow_copy)
+        if shadow.state is not ShadowState.VALID:
+            raise InvalidArgument(f"shadow copy {shadow.id} is invalid (its COW store"
+                                  " overflowed): it cannot be restored")
+        if shadow.dm_name not in present:
+            raise NotFound(f"shadow copy {shadow.id} is not active (run lunresync"
+                           " activate)")
+        if shadow.kind is ShadowKind.DIFFERENTIAL and not snapshots.use(shadow).usable:
+            raise InvalidArgument(f"shadow copy {shadow.id} is invalid (its COW store"
+                                  " overflowed): it cannot be restored")
+        dest = _destination(storage, shadow, pair.destination)
+        if dest.key in seen:
+            raise InvalidArgument(f"destination {dest.shown} appears twice in one recovery"
+                                  " set")
+        seen[dest.key] = dest.shown
+        if dest.key in busy:
+            raise InUse(f"{dest.shown} is already the destination of job {busy[dest.key]}")
+        if dest.size < shadow.size:
+            raise InvalidArgument(f"destination {dest.shown} ({dest.size} bytes) is smaller"
+                                  f" than shadow copy {shadow.id} ({shadow.size} bytes)")
+        lun = dest.lun
+        if lun is not None:
+            if lun.masked:
+                raise InvalidArgument(f"LUN {lun.name} is masked: run lunresync lun unmask"
+                                      f" {lun.name} first")
+            if lun.read_only:
+                raise InvalidArgument(f"LUN {lun.name} is read-only")
+            if lun.dm_name not in present:
+                raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
+            if volume_check:
+                _refuse_lun_in_use(storage, lun, storage.devices.info(lun.dm_name))
+        elif volume_check:
+            assert dest.device is not None
+            blockdev.refuse_busy(dest.device, hint="use --no-volume-check to restore anyway")
+        kind = choose_engine(shadow, lun, requested, usable)
+        checked.append(CheckedPair(shadow, lun, dest.device, dest.shown, dest.size, kind))
+    return checked
+
+
+def _destination(storage: Storage, shadow: ShadowCopy, destination: str | None
+                 ) -> _Destination:
+    catalog = storage.catalog
+    if destination is None:
+        lun = catalog.lun_by_id(shadow.lun_id)
+        if lun is None:
+            raise NotFound(f"the LUN of shadow copy {shadow.id} ({shadow.lun_name}) is"
+                           " gone: name a destination")
+        return _Destination(lun, None, f"LUN {lun.name}", lun.size, lun.id)
+    if not destination.startswith("/"):
+        lun = catalog.lun(destination)
+        return _Destination(lun, None, f"LUN {lun.name}", lun.size, lun.id)
+    device = blockdev.resolve(destination)
+    if (blockdev.dm_uuid(device) or "").startswith(UUID_PREFIX):
+        raise InvalidArgument(f"{destination} is one of lunresync's own devices (a LUN,"
+                              " a shadow copy or a helper): name a LUN instead")
+    backing = blockdev.loop_backing_file(device)
+    if backing is not None and backing.startswith(str(storage.pool.root) + "/"):
+        raise InvalidArgument(f"{destination} is a loop device over the pool's file"
+                              f" {backing}: name a LUN instead")
+    for lun in catalog.luns():
+        if lun.backing == device:
+            raise InvalidArgument(f"{destination} backs LUN {lun.name}: name the LUN"
+                                  " instead")
+    return _Destination(None, device, device, blockdev.size(device), device)
+
+
+def _refuse_lun_in_use(storage: Storage, lun: Lun, info: DmInfo) -> None:
+    held_by = blockdev.holders(blockdev.DevNo(info.major, info.minor))
+    if held_by:
+        raise InUse(f"LUN {lun.name} is held by {', '.join(held_by)}", hint=VOLUME_CHECK_HINT)
+    if info.open_count:
+        try:  # settles udev (a probe is a brief opener) and asks again
+            storage.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        except InUse as exc:
+            raise InUse(exc.message, hint=VOLUME_CHECK_HINT) from None

@@ -1,0 +1,254 @@
+"""LUNs: create, adopt, delete, activate, mask, change identity, and notice a lost disk.
+
+Every operation that changes kernel state holds the pool lock and rolls back what it
+created when it fails (:class:`~lunresync.storage.undo.Undo`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lunresync.errors import InUse, InvalidArgument
+from lunresync.kernel import blockdev
+
+from .catalog import now
+from .model import Lun, LunKind, ShadowKind, check_id, check_lun_name, new_id
+from .stack import DeviceStacks
+from .storage import Storage
+from .undo import Undo
+from .units import parse_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Luns:
+    storage: Storage
+
+    @property
+    def _stacks(self) -> DeviceStacks:
+        return self.storage.stacks
+
+    def all(self) -> list[Lun]:
+        return self.storage.catalog.luns()
+
+    def get(self, name_or_id: str) -> Lun:
+        return self.storage.catalog.lun(name_or_id)
+
+    # -- create and delete -----------------------------------------------------------------
+
+    def create(self, name: str, size: str | int) -> Lun:
+        """A new LUN over a sparse image in the pool, active when this returns."""
+        check_lun_name(name)
+        size_bytes = parse_size(size)
+        s = self.storage
+        with s.changing_kernel():
+            self._refuse_existing(name)
+            s.pool.check_space(size_bytes, f"LUN {name}")
+            lun_id = new_id()
+            image = s.pool.images / f"{lun_id}.img"
+            lun = Lun(lun_id, name, size_bytes, LunKind.IMAGE, str(image), now())
+            with Undo() as undo:
+                s.pool.new_file(image, size_bytes)
+                undo.push(f"delete {image}", image.unlink, True)
+                self._stacks.activate_lun(lun, undo)
+                with s.catalog.transaction():
+                    s.catalog.add_lun(lun)
+                undo.commit()
+        return lun
+
+    def adopt(self, name: str, device: str) -> Lun:
+        """Use an existing block device (not mounted, not held) as a LUN."""
+        check_lun_name(name)
+        device_path = blockdev.resolve(device)
+        s = self.storage
+        with s.changing_kernel():
+            self._refuse_existing(name)
+            if any(lun.backing == device_path for lun in s.catalog.luns()):
+                raise InUse(f"{device} already backs a LUN")
+            blockdev.refuse_busy(device_path)
+            size = blockdev.size(device_path)
+            lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now())
+            with Undo() as undo:
+                self._stacks.activate_lun(lun, undo)
+                with s.catalog.transaction():
+                    s.catalog.add_lun(lun)
+                undo.commit()
+        return lun
+
+    def delete(self, name: str, *, force: bool = False) -> None:
+        """Remove a LUN's devices, its image (adopted devices are left alone) and its row.
+
+        Refused while it has shadow copies, unless ``force``: then its differential shadow
+        copies (which cannot outlive it) are deleted, and its clones are kept: they are
+        independent copies, restorable without it.
+        """
+        s = self.storage
+        with s.changing_kernel(), s.devices.listed():
+            lun = s.catalog.lun(name)
+            every = s.catalog.shadow_copies(lun_id=lun.id)
+            if every and not force:
+                raise InUse(f"LUN {name} has {len(every)} shadow copies: delete them first,"
+                            " or use --force")
+            shadows = [sc for sc in every if sc.kind is ShadowKind.DIFFERENTIAL]
+            s.refuse_restoring(lun, "delete it")
+            for shadow in shadows:
+                s.refuse_source(shadow, f"delete LUN {name}")
+            s.devices.refuse_open(lun.dm_name, f"LUN {name}")
+            for shadow in shadows:
+                self._stacks.remove_shadow(shadow)
+            self._stacks.deactivate_lun(lun)
+            with s.catalog.transaction():
+                for shadow in shadows:
+                    s.catalog.remove_shadow_copy(shadow.id)
+                s.catalog.remove_lun(lun.id)
+            for shadow in shadows:
+                Path(shadow.store).unlink(missing_ok=True)
+            if lun.kind is LunKind.IMAGE:
+                Path(lun.backing).unlink(missing_ok=True)
+
+    def _refuse_existing(self, name: str) -> None:
+        if self.storage.catalog.find_lun(name) is not None:
+            raise InvalidArgument(f"a LUN named {name!r} exists already")
+        for dm_name in (f"lunresync-{name}", f"lunresync-{name}-real"):
+            if self.storage.devices.exists(dm_name):
+                raise InUse(f"a device-mapper device {dm_name} exists outside the catalog")
+
+    # -- activation ------------------------------------------------------------------------
+
+    def activate(self, *, restoring: frozenset[str] = frozenset()) -> list[str]:
+        """Bring up every LUN's stack; a LUN whose disk is gone stays offline, the others
+        come up. ``restoring``: ids of LUNs whose top device a restore's mapping takes
+        (rebuilt by the resync engine). The caller holds the lock."""
+        created: list[str] = []
+        s = self.storage
+        for lun in s.catalog.luns():
+            device = self.missing_backing(lun)
+            if device is not None:
+                # One LUN whose disk is gone must not keep the others down.
+                if not lun.offline:
+                    self._set_offline(lun, device)
+                log.warning("LUN %s stays offline: %s is missing", lun.name, device)
+                continue
+            if lun.offline:
+                with s.catalog.transaction():
+                    s.catalog.set_lun_offline(lun.id, False)
+                log.info("LUN %s is back online", lun.name)
+            with Undo() as undo:
+                created += self._stacks.activate_lun(lun, undo,
+                                                     with_top=lun.id not in restoring)
+                undo.commit()
+        return created
+
+    def remove_tops(self) -> list[str]:
+        """Remove every LUN's top device (writes stop, so none can miss a snapshot)."""
+        removed = []
+        for lun in self.storage.catalog.luns():
+            if self.storage.devices.exists(lun.dm_name):
+                self.storage.devices.remove(lun.dm_name)
+                removed.append(lun.dm_name)
+        return removed
+
+    # -- backing devices that disappear ----------------------------------------------------
+
+    def missing_backing(self, lun: Lun) -> str | None:
+        """The backing device of an adopted LUN when it is gone (disk removed, loop device
+        cleared), else None. No process is run: this is called on every udev removal.
+        (An image LUN's loop device is held open by its -real device: it cannot go.)"""
+        if lun.kind is not LunKind.ADOPTED:
+            return None
+        return lun.backing if blockdev.is_gone(lun.backing) else None
+
+    def mark_missing_backings(self) -> list[Lun]:
+        """Mark offline every LUN whose backing device disappeared; return them. The
+        caller holds the lock."""
+        gone: list[Lun] = []
+        for lun in self.storage.catalog.luns():
+            device = self.missing_backing(lun)
+            if device is None or lun.offline:
+                continue
+            self._set_offline(lun, device)
+            gone.append(dataclasses.replace(lun, offline=True))
+        return gone
+
+    def any_newly_missing(self) -> bool:
+        """Whether a LUN lost its backing device and is not marked yet (no lock)."""
+        return any(self.missing_backing(lun) is not None and not lun.offline
+                   for lun in self.storage.catalog.luns())
+
+    def _set_offline(self, lun: Lun, device: str) -> None:
+        log.warning("LUN %s is offline: its backing device %s disappeared", lun.name, device)
+        with self.storage.catalog.transaction():
+            self.storage.catalog.set_lun_offline(lun.id, True)
+
+    # -- identity and masking --------------------------------------------------------------
+
+    def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
+        """Give LUN ``name`` the id ``new_lun_id`` (restore or swap --revert-identity).
+
+        Refused while a LUN with that id is in the catalog, while the LUN has shadow copies
+        (they name it by id) or is open: its devices are made again with the new UUID.
+        The caller holds the pool lock and commits ``undo``.
+        """
+        s = self.storage
+        lun = s.catalog.lun(name)
+        check_id(new_lun_id, "LUN id")
+        holder = s.catalog.lun_by_id(new_lun_id)
+        if holder is not None:
+            raise InUse(f"the original LUN {holder.name} (id {new_lun_id}) is present: its"
+                        " identity can only be taken over once it is deleted")
+        if s.catalog.shadow_copies(lun_id=lun.id):
+            raise InvalidArgument(f"LUN {lun.name} has shadow copies, which name it by its id:"
+                                  " delete them before it takes another identity")
+        s.refuse_restoring(lun, "change its identity")
+        s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        renamed = dataclasses.replace(lun, id=new_lun_id)
+        self._stacks.deactivate_lun(lun)
+        undo.push(f"bring LUN {lun.name} back with id {lun.id}", self._swap_back_identity,
+                  renamed, lun)
+        with s.catalog.transaction():
+            s.catalog.set_lun_id(lun.id, new_lun_id)
+        self._stacks.activate_lun(renamed, undo)
+        return renamed
+
+    def _swap_back_identity(self, current: Lun, previous: Lun) -> None:
+        self._stacks.deactivate_lun(current)
+        with self.storage.catalog.transaction():
+            self.storage.catalog.set_lun_id(current.id, previous.id)
+        with Undo() as undo:
+            self._stacks.activate_lun(previous, undo)
+            undo.commit()
+
+    def mask(self, lun: Lun, undo: Undo) -> None:
+        """Hide a LUN (no top device; its data, -real and shadow copies stay)."""
+        s = self.storage
+        s.refuse_restoring(lun, "mask it")
+        s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
+        if s.devices.exists(lun.dm_name):
+            s.devices.remove(lun.dm_name)
+            undo.push(f"recreate {lun.dm_name}", self._stacks.recreate_top, lun)
+        with s.catalog.transaction():
+            s.catalog.set_lun_masked(lun.id, True)
+        undo.push(f"unmask LUN {lun.name} in the catalog", self._set_masked, lun.id, False)
+
+    def _set_masked(self, lun_id: str, masked: bool) -> None:
+        with self.storage.catalog.transaction():
+            self.storage.catalog.set_lun_masked(lun_id, masked)
+
+    def unmask(self, name: str) -> Lun:
+        """Expose a masked LUN again."""
+        s = self.storage
+        with s.changing_kernel(), s.devices.listed():
+            lun = s.catalog.lun(name)
+            if not lun.masked:
+                raise InvalidArgument(f"LUN {lun.name} is not masked")
+            unmasked = dataclasses.replace(lun, masked=False)
+            with Undo() as undo:
+                self._stacks.activate_lun(unmasked, undo)
+                with s.catalog.transaction():
+                    s.catalog.set_lun_masked(lun.id, False)
+                undo.commit()
+        return unmasked

@@ -1,0 +1,178 @@
+"""The device stack of each LUN and shadow copy, built from the catalog and torn down.
+
+Device stack of a LUN (names for LUN ``db``)::
+
+    /dev/mapper/lunresync-db          linear over -real; snapshot-origin while it has
+                                      differential shadow copies (UUID LUNRESYNC-<id>)
+    /dev/mapper/lunresync-db-real     linear over the backing device
+    backing                           loop device over POOL/images/<id>.img, or adopted
+
+A differential shadow copy is ``/dev/mapper/lunresync-sc-<id12>``: dm snapshot of -real
+with a persistent COW store (POOL/cow/<id>.cow on a loop device), read-only. A clone is
+a read-only linear device over a loop device over POOL/clones/<id>.img.
+
+Everything here is idempotent (what exists is kept) and pushes the undo of what it makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lunresync.errors import NotFound
+from lunresync.kernel import blockdev
+from lunresync.kernel.targets import (
+    ErrorTable,
+    LinearTable,
+    SnapshotOriginTable,
+    SnapshotTable,
+    Table,
+)
+
+from .catalog import Catalog
+from .devices import PoolDevices
+from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+from .undo import Undo
+
+
+def top_table(lun: Lun, *, has_snapshots: bool) -> Table:
+    """A LUN's top table: snapshot-origin while it has differential shadow copies."""
+    params = (SnapshotOriginTable(lun.real_path) if has_snapshots
+              else LinearTable(lun.real_path))
+    return Table.single(params, lun.sectors)
+
+
+def has_differentials(catalog: Catalog, lun: Lun, exclude: Iterable[str] = ()) -> bool:
+    """Whether the LUN has differential shadow copies (other than ``exclude``)."""
+    skip = set(exclude)
+    return any(s.kind is ShadowKind.DIFFERENTIAL and s.id not in skip
+               for s in catalog.shadow_copies(lun_id=lun.id))
+
+
+def lun_table(catalog: Catalog, lun: Lun) -> Table:
+    """The table a LUN's device has when no restore runs (fenced while incomplete)."""
+    if lun.state is LunState.INCOMPLETE:
+        return Table.single(ErrorTable(), lun.sectors)
+    return top_table(lun, has_snapshots=has_differentials(catalog, lun))
+
+
+@dataclass
+class DeviceStacks:
+    """Builds and removes the devices of LUNs and shadow copies."""
+
+    catalog: Catalog
+    devices: PoolDevices
+
+    # -- LUNs ------------------------------------------------------------------------------
+
+    def backing_device(self, lun: Lun, undo: Undo) -> tuple[str, list[str]]:
+        """(the LUN's backing block device, the loop devices attached for it here)."""
+        if lun.kind is LunKind.ADOPTED:
+            if not blockdev.is_block_device(lun.backing):
+                raise NotFound(f"the device {lun.backing} of LUN {lun.name} is gone")
+            return lun.backing, []
+        loop = self.devices.attached(lun.backing)
+        if loop is not None:
+            return loop, []
+        loop = self.devices.attach_file(lun.backing, undo, fresh=True)
+        return loop, [loop]
+
+    def activate_lun(self, lun: Lun, undo: Undo, *, with_top: bool = True) -> list[str]:
+        """Create what is missing of the LUN's stack, snapshots before the origin.
+        ``with_top=False``: not the top device (a restore's mapping takes its place)."""
+        devices = self.devices
+        backing, created = self.backing_device(lun, undo)
+        real = lun.real_dm_name
+        if not devices.exists_as(real, f"{lun.dm_uuid}-real"):
+            devices.create(real, Table.single(LinearTable(backing), lun.sectors),
+                           f"{lun.dm_uuid}-real", undo)
+            created.append(real)
+        differentials = [s for s in self.catalog.shadow_copies(lun_id=lun.id)
+                         if s.kind is ShadowKind.DIFFERENTIAL]
+        missing = [s for s in differentials if not devices.exists_as(s.dm_name, s.dm_uuid)]
+        top_exists = devices.exists_as(lun.dm_name, lun.dm_uuid)
+        for shadow in missing:
+            cow = self._cow_device(shadow, undo, created)
+            devices.create(shadow.dm_name, None, shadow.dm_uuid, undo)
+            devices.load(shadow.dm_name, Table.single(
+                SnapshotTable(lun.real_path, cow, shadow.chunk_sectors), shadow.sectors),
+                read_only=True)
+            created.append(shadow.dm_name)
+        if missing and top_exists:
+            # The origin must be suspended while snapshots appear, and resumed after them.
+            devices.suspend(lun.dm_name)
+            try:
+                devices.resume(*(s.dm_name for s in missing))
+            finally:
+                devices.resume(lun.dm_name)
+        elif missing:
+            devices.resume(*(s.dm_name for s in missing))
+        if not top_exists and with_top and not lun.masked:
+            devices.create(lun.dm_name, lun_table(self.catalog, lun), lun.dm_uuid, undo,
+                           read_only=lun.read_only)
+            created.append(lun.dm_name)
+        return created
+
+    def _cow_device(self, shadow: ShadowCopy, undo: Undo, created: list[str]) -> str:
+        loop = self.devices.attached(shadow.store)
+        if loop is not None:
+            return loop
+        if not Path(shadow.store).exists():
+            raise NotFound(f"the COW store {shadow.store} of shadow copy {shadow.id} is gone")
+        loop = self.devices.attach_file(shadow.store, undo, fresh=True)
+        created.append(loop)
+        return loop
+
+    def deactivate_lun(self, lun: Lun) -> list[str]:
+        """Remove the LUN's top and -real devices and detach its image."""
+        removed = []
+        for name in (lun.dm_name, lun.real_dm_name):
+            if self.devices.exists(name):
+                self.devices.remove(name)
+                removed.append(name)
+        if lun.kind is LunKind.IMAGE:
+            removed += self.devices.detach_file(lun.backing)
+        return removed
+
+    def recreate_top(self, lun: Lun) -> None:
+        with Undo() as undo:
+            self.devices.create(lun.dm_name, lun_table(self.catalog, lun), lun.dm_uuid, undo,
+                                read_only=lun.read_only)
+            undo.commit()
+
+    def reload_top(self, lun: Lun, has_snapshots: bool) -> None:
+        """Switch the LUN's top between linear and snapshot-origin."""
+        self.devices.swap(lun.dm_name, top_table(lun, has_snapshots=has_snapshots))
+
+    # -- shadow copies ---------------------------------------------------------------------
+
+    def activate_clone(self, shadow: ShadowCopy, undo: Undo) -> list[str]:
+        """The read-only device of a clone shadow copy (nothing for a differential one,
+        whose devices are part of its LUN's stack)."""
+        created: list[str] = []
+        if shadow.kind is not ShadowKind.CLONE:
+            return created  # a differential whose LUN is gone cannot be activated
+        loop = self.devices.attached(shadow.store, read_only=True)
+        if loop is None:
+            loop = self.devices.attach_file(shadow.store, undo, fresh=True, read_only=True)
+            created.append(loop)
+        if not self.devices.exists_as(shadow.dm_name, shadow.dm_uuid):
+            self.devices.create(shadow.dm_name, Table.single(LinearTable(loop), shadow.sectors),
+                                shadow.dm_uuid, undo, read_only=True)
+            created.append(shadow.dm_name)
+        return created
+
+    def reactivate_clone(self, shadow: ShadowCopy) -> None:
+        with Undo() as undo:
+            self.activate_clone(shadow, undo)
+            undo.commit()
+
+    def remove_shadow(self, shadow: ShadowCopy) -> list[str]:
+        """Remove a shadow copy's device and detach its store or image."""
+        removed = []
+        if self.devices.exists(shadow.dm_name):
+            self.devices.remove(shadow.dm_name)
+            removed.append(shadow.dm_name)
+        removed += self.devices.detach_file(shadow.store)
+        return removed

@@ -1,0 +1,112 @@
+"""LUN swap: the shadow copies of a clone set become ordinary LUNs, without a copy (the
+analogue of VSS BreakSnapshotSetEx)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lunresync.errors import InUse, InvalidArgument
+
+from .catalog import now
+from .luns import Luns
+from .model import (
+    Lun,
+    LunKind,
+    ShadowCopy,
+    ShadowKind,
+    ShadowState,
+    check_id,
+    check_lun_name,
+    new_id,
+)
+from .storage import Storage
+from .undo import Undo
+
+
+@dataclass(frozen=True)
+class _SwapPlan:
+    shadow: ShadowCopy
+    lun: Lun  # the LUN the shadow copy becomes
+    mask: Lun | None  # the original LUN, to hide
+
+
+def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
+                      mask_original: bool = False, read_write: bool = False,
+                      revert_identity: bool = False) -> list[Lun]:
+    """Turn the shadow copies of a set into ordinary LUNs, irreversibly. No data is copied:
+    each clone's image becomes the LUN's image, and the shadow copies are gone afterwards.
+
+    ``revert_identity``: each new LUN takes its original LUN's id and name, refused while
+    the original is present. Otherwise a new id and the name ``<original name>-<first 8
+    digits of the set id>``. ``mask_original`` hides the original LUNs (``lun unmask``
+    exposes them again). New LUNs are read-only unless ``read_write``.
+    """
+    s = storage
+    with s.changing_kernel(), s.devices.listed():
+        snapshot_set = s.catalog.snapshot_set(check_id(set_id, "snapshot set id"))
+        plans: list[_SwapPlan] = []
+        for shadow in snapshot_set.shadow_copies:
+            plan = _plan(s, shadow, snapshot_set.id, revert_identity, read_write,
+                         mask_original)
+            if any(p.lun.name == plan.lun.name for p in plans):
+                raise InvalidArgument(f"a LUN named {plan.lun.name!r} exists already: rename"
+                                      " or delete it first")
+            plans.append(plan)
+        for plan in plans:
+            if plan.mask is not None and not plan.mask.masked:
+                s.refuse_restoring(plan.mask, "mask it")
+                s.devices.refuse_open(plan.mask.dm_name, f"LUN {plan.mask.name}")
+        stacks = s.stacks
+        swapped: list[Lun] = []
+        with Undo() as undo:
+            for plan in plans:
+                shadow, lun = plan.shadow, plan.lun
+                if plan.mask is not None and not plan.mask.masked:
+                    luns.mask(plan.mask, undo)
+                stacks.remove_shadow(shadow)
+                undo.push(f"bring shadow copy {shadow.id} back", stacks.reactivate_clone,
+                          shadow)
+                Path(shadow.store).rename(lun.backing)
+                undo.push(f"move {lun.backing} back", Path(lun.backing).rename, shadow.store)
+                stacks.activate_lun(lun, undo)
+                swapped.append(lun)
+            with s.catalog.transaction():
+                for plan in plans:
+                    s.catalog.add_lun(plan.lun)
+                    s.catalog.remove_shadow_copy(plan.shadow.id)
+            undo.commit()
+    return swapped
+
+
+def _plan(s: Storage, shadow: ShadowCopy, set_id: str, revert_identity: bool,
+          read_write: bool, mask_original: bool) -> _SwapPlan:
+    """What one shadow copy becomes; refused (before anything changes) if it cannot."""
+    if shadow.kind is not ShadowKind.CLONE:
+        raise InvalidArgument(
+            f"shadow copy {shadow.id} of LUN {shadow.lun_name} is differential: it"
+            " depends on its LUN's storage, so only clone sets can be swapped (take"
+            " the backup with --kind clone, or restore it with resync)")
+    if shadow.state is not ShadowState.VALID:
+        raise InvalidArgument(f"shadow copy {shadow.id} is invalid")
+    s.refuse_source(shadow, "swap it")
+    s.devices.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
+    original = s.catalog.lun_by_id(shadow.lun_id)
+    if revert_identity:
+        if original is not None:
+            raise InUse(f"the original LUN {original.name} is present: delete it"
+                        " before its shadow copy takes its identity (or swap with"
+                        " --keep-identity)")
+        lun_id, name = shadow.lun_id, shadow.lun_name
+    else:
+        lun_id, name = new_id(), f"{shadow.lun_name[:55]}-{set_id[:8]}"
+    check_lun_name(name)
+    if s.catalog.find_lun(name) is not None:
+        raise InvalidArgument(f"a LUN named {name!r} exists already: rename or"
+                              " delete it first")
+    image = s.pool.images / f"{lun_id}.img"
+    if image.exists():
+        raise InUse(f"{image} exists already")
+    lun = Lun(lun_id, name, shadow.size, LunKind.IMAGE, str(image), now(),
+              read_only=not read_write)
+    return _SwapPlan(shadow, lun, original if mask_original else None)
