@@ -52,9 +52,10 @@ setup() {
 }
 
 lint() {
-    say "ruff and mypy"
+    say "ruff, mypy and the layer check (import-linter)"
     "$VENV/bin/ruff" check lunresync tests bench examples
     "$VENV/bin/mypy" --cache-dir "$REPO/.cache/mypy"
+    "$VENV/bin/lint-imports" --no-cache
 }
 
 unit_tests() {
