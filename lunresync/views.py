@@ -1,8 +1,8 @@
 """What lunresync shows of its objects: the records of the CLI's ``--json`` output and of
 the D-Bus service's objects, made in one place so that both say the same.
 
-The records are a stable, documented schema (``docs/json.md``), version 1: keys are only
-added, never renamed or removed, and a value keeps its type. Times are ISO 8601 in UTC
+The records are a stable, documented schema (``docs/cli.md``, "JSON output"), version 1:
+keys are only added, never renamed or removed, and a value keeps its type. Times are ISO 8601 in UTC
 (``2026-11-30T01:02:03Z``); sizes and byte counts are integers in bytes; ids are 32
 lower-case hex digits.
 """

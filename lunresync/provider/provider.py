@@ -139,9 +139,6 @@ class Provider:
     def unmask_lun(self, name: str) -> Lun:
         return self._luns.unmask(name)
 
-    def mask_lun(self, lun: Lun, undo: Undo) -> None:
-        self._luns.mask(lun, undo)
-
     def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
         """Give LUN ``name`` the id ``new_lun_id`` (the caller holds the lock, commits
         ``undo``)."""

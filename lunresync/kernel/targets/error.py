@@ -8,10 +8,6 @@ from typing import ClassVar, Self
 
 from lunresync.errors import ParseError
 
-from .base import NoStatus
-
-ErrorStatus = NoStatus
-
 
 @dataclass(frozen=True)
 class ErrorTable:

@@ -13,9 +13,7 @@ from typing import ClassVar, Literal, Self
 
 from lunresync.errors import InvalidArgument, ParseError
 
-from .base import NoStatus, check_count, check_device, counted, parse_int, take_counted
-
-FlakeyStatus = NoStatus
+from .base import check_count, check_device, counted, parse_int, take_counted
 
 
 @dataclass(frozen=True)

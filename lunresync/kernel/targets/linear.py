@@ -8,9 +8,7 @@ from typing import ClassVar, Self
 
 from lunresync.errors import ParseError
 
-from .base import NoStatus, check_count, check_device, parse_int
-
-LinearStatus = NoStatus
+from .base import check_count, check_device, parse_int
 
 
 @dataclass(frozen=True)

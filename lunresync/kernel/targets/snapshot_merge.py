@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .snapshot import SnapshotStatus, SnapshotTable
-
-SnapshotMergeStatus = SnapshotStatus
+from .snapshot import SnapshotTable
 
 
 @dataclass(frozen=True)

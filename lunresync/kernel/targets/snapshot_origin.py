@@ -13,9 +13,7 @@ from typing import ClassVar, Self
 
 from lunresync.errors import ParseError
 
-from .base import NoStatus, check_device
-
-SnapshotOriginStatus = NoStatus
+from .base import check_device
 
 
 @dataclass(frozen=True)
