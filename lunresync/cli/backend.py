@@ -1,35 +1,27 @@
-"""Where a command acts: on the pool directly (:class:`DirectBackend`), or through the
-D-Bus service (``--via-dbus``: :class:`lunresync.cli.dbus_backend.DbusBackend`).
+"""The direct backend: a command acts on the pool in this process, through its
+:class:`lunresync.provider.provider.Provider` (the pool of ``--pool``).
 
-Both return the same things: the records of :mod:`lunresync.views` (what ``--json``
-prints), and small results for what a record does not hold. The commands present them
-without knowing which backend made them, so a command prints the same either way.
-
-A job comes back as a :class:`JobStatus`: its record, plus the numbers the text output
-computes with, as precise as the backend knows them (the record's times are whole seconds;
-the pool's catalog has fractions, the service's objects do not).
+This module brings the provider, the engines and the kernel layer with it: the CLI
+imports it only when a command acts on the pool (:mod:`lunresync.cli.backend_choice`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import click
-
-from lunresync.engine.model import EngineKind, JobState
+from lunresync.engine.model import EngineKind
 from lunresync.errors import LunresyncError
 from lunresync.kernel.capabilities import has_device_mapper
 from lunresync.provider.provider import Provider
+from lunresync.storage.model import ShadowKind
 from lunresync.storage.pool import pool_path
-from lunresync.views import epoch, job_json, lun_json, shadow_json
+from lunresync.views import lun_json, shadow_json
 
-from .base import root_params, via_dbus
+from .results import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTaken, Started
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
@@ -39,188 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# -- results ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A job as the commands show it: ``record`` is :func:`lunresync.views.job_json` (what
-    ``--json`` prints); the numbers are what the text output computes with."""
-
-    record: dict[str, Any]
-    progress: float  # 0..1
-    started: float | None  # unix seconds
-    finished: float | None
-    eta: float | None  # expected end, unix seconds; None when unknown
-
-    @classmethod
-    def of(cls, job: Job) -> JobStatus:
-        """From the catalog's job: to the microsecond."""
-        return cls(job_json(job), job.progress, job.started, job.finished, job.eta)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> JobStatus:
-        """From a record alone (the service's): times to the second."""
-        return cls(record, float(record["progress"]), epoch(record["started"]),
-                   epoch(record["finished"]), epoch(record["eta"]))
-
-    @property
-    def id(self) -> str:
-        return str(self.record["id"])
-
-    @property
-    def state(self) -> str:
-        return str(self.record["state"])
-
-    @property
-    def finished_state(self) -> bool:
-        return JobState(self.state).finished
-
-    @property
-    def error(self) -> str | None:
-        error = self.record["error"]
-        return None if error is None else str(error)
-
-    @property
-    def pairs(self) -> list[dict[str, Any]]:
-        return list(self.record["pairs"])
-
-
-@dataclass(frozen=True)
-class Started:
-    """A resync that has brought every destination online."""
-
-    job: JobStatus
-    online_seconds: float | None  # from the request to every destination online
-
-
-@dataclass(frozen=True)
-class SetTaken:
-    """A snapshot set just made."""
-
-    snapshot_set: str  # its id
-    freeze_seconds: float | None  # None: the backend does not know (the service, today)
-    shadow_copies: list[dict[str, Any]]  # views.shadow_json records, in the set's order
-
-
-@dataclass(frozen=True)
-class BackupOutcome:
-    document: BackupDocument
-    path: Path  # where the document was written
-    freeze_seconds: float | None  # None: not known (through the service, today)
-    writer_status: list[dict[str, Any]] | None  # WriterStatus.to_json records; None: not known
-
-
-ProgressCallback = Callable[[JobStatus], None]
-
-
-class Restore(Protocol):
-    """One restore session, step by step in VSS order (the requester's RestoreSession)."""
-
-    @property
-    def id(self) -> str: ...
-
-    def select_components(self, names: Sequence[str]) -> None: ...
-
-    def add(self, shadow_copy: str, destination: str | None) -> None: ...
-
-    def pre_restore(self) -> None: ...
-
-    def recover_set(self, *, engine: str, volume_check: bool,
-                    revert_identity: bool) -> Started: ...
-
-    def wait(self, on_progress: ProgressCallback | None = None) -> JobStatus: ...
-
-    def post_restore(self) -> list[dict[str, Any]]: ...
-
-    def status(self) -> JobStatus: ...
-
-
-class Backend(Protocol):
-    """What the commands can ask, wherever the pool is.
-
-    LUNs are named by name (or id), shadow copies and jobs by id or a unique prefix of 8+
-    hex digits, exactly as on the command line; errors are lunresync's errors.
-    """
-
-    #: True when acting through the service (a command may refuse an option then).
-    via_service: bool
-
-    def __enter__(self) -> Backend: ...
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
-
-    def capabilities(self) -> dict[str, Any]:
-        """``doctor --json``: :meth:`lunresync.kernel.capabilities.Capabilities.to_json`."""
-        ...
-
-    def luns(self) -> list[dict[str, Any]]: ...
-
-    def lun(self, name: str) -> dict[str, Any]: ...
-
-    def create_lun(self, name: str, size: str) -> dict[str, Any]: ...
-
-    def delete_lun(self, name: str, *, force: bool) -> None: ...
-
-    def activate(self) -> list[str]: ...
-
-    def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken: ...
-
-    def shadow_copies(self) -> list[dict[str, Any]]: ...
-
-    def shadow_copy(self, shadow_copy: str) -> dict[str, Any]: ...
-
-    def delete_shadow_copy(self, shadow_copy: str) -> None: ...
-
-    def resync(self, pairs: Sequence[ResyncPair], *, engine: str,
-               volume_check: bool) -> Started: ...
-
-    def jobs(self) -> list[JobStatus]: ...
-
-    def job(self, job_id: str) -> JobStatus: ...
-
-    def wait(self, job_id: str, *, timeout: float | None = None,
-             on_progress: ProgressCallback | None = None) -> JobStatus:
-        """Follow a job to its end: JobFailed when it failed or was cancelled, JobTimeout
-        after ``timeout`` seconds (the job goes on)."""
-        ...
-
-    def cancel(self, job_id: str) -> JobStatus: ...
-
-    def verify(self, job_id: str) -> dict[str, Any]:
-        """:meth:`lunresync.engine.resync.VerifyReport.to_json`."""
-        ...
-
-    def backup(self, luns: Sequence[str], *, kind: str, document: str,
-               writers_dir: str | None, writer_timeout: float | None) -> BackupOutcome: ...
-
-    def begin_restore(self, document: BackupDocument, *, writers_dir: str | None,
-                      writer_timeout: float | None) -> AbstractContextManager[Restore]: ...
-
-
-def backend_for(ctx: click.Context) -> Backend:
-    """The backend the root options ask for (``--via-dbus``, ``--bus``, ``--pool``)."""
-    if not via_dbus(ctx):
-        return DirectBackend(ctx)
-    from .dbus_backend import connect  # dbus-fast is imported only here
-
-    root = ctx.find_root()
-    pool = root.params.get("pool")
-    source = root.get_parameter_source("pool")
-    explicit = source in (click.core.ParameterSource.COMMANDLINE,
-                          click.core.ParameterSource.ENVIRONMENT)
-    return connect(root.params.get("bus"), pool=pool if explicit and pool else None)
-
-
-# -- directly on the pool -----------------------------------------------------------------
-
 
 @contextmanager
-def opened(ctx: click.Context) -> Iterator[Provider]:
-    """The pool's provider, after finishing whatever restore the kernel has completed:
-    no lunresync process needs to stay alive while a copy runs."""
-    provider = Provider.open(pool_path(root_params(ctx).get("pool")))
+def open_pool(pool: str | None) -> Iterator[Provider]:
+    """The provider of ``pool`` (None: the default pool), after finishing whatever restore
+    the kernel has completed: no lunresync process needs to stay alive while a copy runs."""
+    provider = Provider.open(pool_path(pool))
     try:
         if has_device_mapper():
             try:
@@ -235,13 +51,14 @@ def opened(ctx: click.Context) -> Iterator[Provider]:
 
 
 class DirectBackend:
-    """The pool's provider, in this process. The pool is opened at the first request
-    (``doctor`` needs none) and closed when the ``with`` block ends."""
+    """The pool's provider, in this process: a :class:`lunresync.cli.results.Backend`.
+    The pool is opened at the first request (``doctor`` needs none) and closed when the
+    ``with`` block ends."""
 
     via_service = False
 
-    def __init__(self, ctx: click.Context) -> None:
-        self.ctx = ctx
+    def __init__(self, pool: str | None) -> None:
+        self.pool = pool  # as --pool or $LUNRESYNC_POOL gave it; None: the default
         self._stack = ExitStack()
         self._provider: Provider | None = None
 
@@ -255,10 +72,11 @@ class DirectBackend:
     @property
     def provider(self) -> Provider:
         if self._provider is None:
-            self._provider = self._stack.enter_context(opened(self.ctx))
+            self._provider = self._stack.enter_context(open_pool(self.pool))
         return self._provider
 
     def capabilities(self) -> dict[str, Any]:
+        # Looked up when called (the unit tests replace the probe).
         from lunresync.kernel.capabilities import probe
         from lunresync.kernel.dm import DeviceMapper
 
@@ -284,8 +102,6 @@ class DirectBackend:
     # -- shadow copies -------------------------------------------------------------------
 
     def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken:
-        from lunresync.storage.model import ShadowKind
-
         provider = self.provider
         result = provider.create_snapshot_set(list(luns), ShadowKind(kind))
         uses = [provider.shadow_copy_use(s) for s in result.snapshot_set.shadow_copies]
@@ -333,7 +149,6 @@ class DirectBackend:
     def backup(self, luns: Sequence[str], *, kind: str, document: str,
                writers_dir: str | None, writer_timeout: float | None) -> BackupOutcome:
         from lunresync.requester import workflow
-        from lunresync.storage.model import ShadowKind
 
         provider = self.provider
         writers = workflow.load_writers(provider.runner, writers_dir,
@@ -353,7 +168,9 @@ class DirectBackend:
 
 
 def _writer_timeout(value: float | None) -> float:
-    return 60.0 if value is None else value
+    from lunresync.requester.writers import DEFAULT_TIMEOUT
+
+    return DEFAULT_TIMEOUT if value is None else value
 
 
 def _each_job(on_progress: ProgressCallback | None) -> Callable[[Job], None] | None:

@@ -1,5 +1,6 @@
 """What every ``lunresync`` command shares: the groups that refuse, with ``--via-dbus``, a
-command the service cannot run, and the root options' values.
+command the service cannot run, the root options' values, and the choices of an option
+more than one command takes.
 
 A command runs through the service only when it says so (:func:`through_service`): a
 command added later, by anyone, is refused with ``--via-dbus`` until someone makes it
@@ -13,12 +14,16 @@ from typing import Any, TypeVar
 
 import click
 
+from lunresync.engine.model import EngineKind
 from lunresync.errors import NotSupported
 
 C = TypeVar("C", bound=click.Command)
 
 #: What a refusal suggests instead.
 DIRECT_HINT = "run it without --via-dbus, as root on the machine of the pool"
+
+#: ``--engine`` of resync and restore.
+ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
 
 
 class LunresyncCommand(click.Command):

@@ -10,7 +10,8 @@ digits), and the service's errors come back as the lunresync errors they were ma
 What the service does not report (yet) is None here: the I/O freeze of a snapshot set and
 the writer status of a backup. The time to online is measured around the call.
 
-This module imports dbus-fast: the CLI imports it only for ``--via-dbus``.
+This module imports dbus-fast: the CLI imports it only for ``--via-dbus``
+(:mod:`lunresync.cli.backend_choice`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from lunresync.service.client import unwrap
 from lunresync.storage.model import check_lun_name
 from lunresync.storage.units import parse_size
 
-from .backend import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTaken, Started
 from .base import DIRECT_HINT
+from .results import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTaken, Started
 
 if TYPE_CHECKING:
     from lunresync.engine.resync import ResyncPair
@@ -84,7 +85,7 @@ def _s(value: str) -> Variant:
 
 
 class DbusBackend:
-    """The service ``org.lunresync1`` as a :class:`lunresync.cli.backend.Backend`."""
+    """The service ``org.lunresync1`` as a :class:`lunresync.cli.results.Backend`."""
 
     via_service = True
 

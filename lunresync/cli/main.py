@@ -59,7 +59,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
     With --via-dbus: what the service finds, on the machine it runs on.
     """
-    from lunresync.cli.backend import backend_for
+    from lunresync.cli.backend_choice import backend_for
 
     with backend_for(ctx) as backend:
         report = backend.capabilities()
@@ -103,7 +103,7 @@ def demo(size: str, data: str) -> None:
 
     Everything lives in a scratch pool under /dev/shm and is removed at the end.
     """
-    from lunresync.cli.resync import follow_job
+    from lunresync.cli.output import follow_job
     from lunresync.demo import Demo, summary
     from lunresync.storage.units import parse_size
 

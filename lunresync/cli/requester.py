@@ -12,10 +12,10 @@ from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.storage.model import ShadowKind
 from lunresync.views import lun_json
 
-from .backend import BackupOutcome, JobStatus, backend_for, opened
-from .base import given, through_service
-from .resync import ENGINE_CHOICE, follow_job
-from .storage import _table, emit_json
+from .backend_choice import backend_for, opened
+from .base import ENGINE_CHOICE, given, through_service
+from .output import emit_json, follow_job, print_table
+from .results import BackupOutcome, JobStatus
 
 WRITERS_DIR = click.option(
     "--writers-dir", type=click.Path(file_okay=False), envvar="LUNRESYNC_WRITERS_DIR",
@@ -35,8 +35,8 @@ def _writer_timeout(ctx: click.Context, value: float, via_service: bool) -> floa
 
 
 def show_writer_status(status: Sequence[dict[str, Any]]) -> None:
-    _table("writers", ["writer", "state", "last event", "message"],
-           [[s["writer"], s["state"], s["last_event"] or "", s["message"]] for s in status])
+    print_table("writers", ["writer", "state", "last event", "message"],
+                [[s["writer"], s["state"], s["last_event"] or "", s["message"]] for s in status])
 
 
 def parse_additions(items: Sequence[str]) -> list[tuple[str, str | None]]:

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from lunresync.engine.model import EngineKind, Job
-from lunresync.engine.resync import ResyncPair
 from lunresync.errors import InvalidArgument
 from lunresync.storage.units import format_size
 
-from .backend import JobStatus, backend_for
+from .backend_choice import backend_for
 from .base import (
     DIRECT_HINT,
+    ENGINE_CHOICE,
     CommandGroup,
     refuse_through_service,
     through_service,
 )
-from .storage import _show, _table, emit_json
+from .output import emit_json, follow_job, job_line, print_table, show_record
 
-ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
-#: follow_job follows a job of the catalog (the demo) or of a backend.
-J = TypeVar("J", Job, JobStatus)
+if TYPE_CHECKING:
+    from lunresync.engine.resync import ResyncPair
+
+    from .results import JobStatus
 
 
 def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
     """``A [--to X] B [--to Y] ...``: each --to names the destination of the shadow copy
     before it; a shadow copy without one is restored into its own LUN."""
+    from lunresync.engine.resync import ResyncPair  # the engine: not at start-up
+
     pairs: list[ResyncPair] = []
     index = 0
     while index < len(items):
@@ -56,46 +56,6 @@ def parse_pairs(items: Sequence[str]) -> list[ResyncPair]:
     if not pairs:
         raise InvalidArgument("name at least one shadow copy")
     return pairs
-
-
-def _status(job: Job | JobStatus) -> JobStatus:
-    return job if isinstance(job, JobStatus) else JobStatus.of(job)
-
-
-def _line(job: Job | JobStatus) -> str:
-    status = _status(job)
-    record = status.record
-    rate = f"{format_size(int(record['rate']))}/s" if record["rate"] else "-"
-    eta = f", {max(0, int(status.eta - time.time()))} s left" if status.eta else ""
-    return (f"job {status.id[:12]} {status.state} {status.progress:6.1%}"
-            f" {format_size(record['bytes_done'])}/{format_size(record['bytes_total'])}"
-            f" {rate}{eta}")
-
-
-def follow_job(wait: Callable[[Callable[[J], None]], J]) -> J:
-    """Wait for a job with a progress bar on a terminal, plain lines otherwise."""
-    if sys.stdout.isatty():
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
-
-        with Progress("[progress.description]{task.description}", BarColumn(),
-                      TaskProgressColumn(), TimeRemainingColumn()) as bar:
-            task = bar.add_task("restoring", total=1.0)
-
-            def show_bar(job: J) -> None:
-                status = _status(job)
-                bar.update(task, completed=status.progress, description=f"job {status.id[:12]}")
-
-            return wait(show_bar)
-    last = [-1.0, 0.0]
-
-    def show_line(job: J) -> None:
-        # A line per percent, or every 5 s: readable in a log, not a flood.
-        progress = _status(job).progress
-        if progress - last[0] >= 0.01 or time.monotonic() - last[1] >= 5:
-            click.echo(_line(job))
-            last[:] = [progress, time.monotonic()]
-
-    return wait(show_line)
 
 
 def resync_json(job: JobStatus, online_seconds: float | None,
@@ -186,11 +146,11 @@ def job_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     if as_json:
         emit_json([j.record for j in jobs])
         return
-    _table("jobs", ["id", "state", "engine", "progress", "pairs", "error"],
-           [[j.id, j.state, j.record["engines"], f"{j.progress:.1%}",
-             ", ".join(f"{p['shadow_copy'][:12]} -> {p['destination']}" for p in j.pairs),
-             j.error or ""]
-            for j in jobs])
+    print_table("jobs", ["id", "state", "engine", "progress", "pairs", "error"],
+                [[j.id, j.state, j.record["engines"], f"{j.progress:.1%}",
+                  ", ".join(f"{p['shadow_copy'][:12]} -> {p['destination']}" for p in j.pairs),
+                  j.error or ""]
+                 for j in jobs])
 
 
 JOB_SHOW_KEYS = ["id", "state", "engines", "progress", "bytes_done", "bytes_total", "rate",
@@ -212,7 +172,7 @@ def job_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             f"{p['shadow_copy'][:12]} -> {p['destination']} ({p['engine']}, {p['state']})"
             for p in found.pairs)
         data["progress"] = f"{found.progress:.1%}"
-    _show(data, as_json, JOB_SHOW_KEYS)
+    show_record(data, as_json, JOB_SHOW_KEYS)
 
 
 @through_service
@@ -232,7 +192,7 @@ def job_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bo
     if as_json:
         emit_json(ended.record)
     else:
-        click.echo(_line(ended))
+        click.echo(job_line(ended))
 
 
 @through_service

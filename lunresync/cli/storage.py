@@ -1,9 +1,9 @@
-"""``lunresync lun ...``, ``snapshot ...``, ``activate``, ``deactivate``: the provider."""
+"""``lunresync lun ...``, ``snapshot ...``, ``activate``, ``deactivate``, ``watch``: LUNs
+and shadow copies, through the chosen backend, or on the pool directly for what the
+service does not offer."""
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import click
@@ -11,36 +11,9 @@ import click
 from lunresync.storage.model import ShadowKind
 from lunresync.storage.units import format_size
 
-from .backend import backend_for, opened
+from .backend_choice import backend_for, opened
 from .base import CommandGroup, through_service
-
-
-def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
-def _show(data: dict[str, Any], as_json: bool, keys: list[str]) -> None:
-    """One record: JSON, or one "key value" line per key."""
-    if as_json:
-        emit_json(data)
-        return
-    width = max(len(k) for k in keys) + 1
-    for key in keys:
-        click.echo(f"{key:{width}} {data[key]}")
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
+from .output import emit_json, print_table, show_record
 
 # -- LUNs ------------------------------------------------------------------------------------
 
@@ -89,9 +62,9 @@ def lun_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(luns)
         return
-    _table("LUNs", ["name", "size", "kind", "id", "path", "notes"],
-           [[x["name"], format_size(x["size"]), x["kind"], x["id"], x["path"], _notes(x)]
-            for x in luns])
+    print_table("LUNs", ["name", "size", "kind", "id", "path", "notes"],
+                [[x["name"], format_size(x["size"]), x["kind"], x["id"], x["path"], _notes(x)]
+                 for x in luns])
 
 
 def _notes(lun: dict[str, Any]) -> str:
@@ -118,7 +91,7 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one LUN (its 128-bit id is the analogue of a SCSI page-83 identifier)."""
     with backend_for(ctx) as backend:
         found = backend.lun(name)
-    _show(found, as_json, LUN_SHOW_KEYS)
+    show_record(found, as_json, LUN_SHOW_KEYS)
 
 
 @click.command()
@@ -246,11 +219,11 @@ def snapshot_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(shadows)
         return
-    _table("shadow copies",
-           ["id", "set", "kind", "LUN", "created", "size", "COW used", "state"],
-           [[s["id"][:12], s["snapshot_set"][:12], s["kind"], s["lun_name"], s["created"],
-             format_size(s["size"]), _cow(s), ("usable" if s["usable"] else "INVALID")]
-            for s in shadows])
+    print_table("shadow copies",
+                ["id", "set", "kind", "LUN", "created", "size", "COW used", "state"],
+                [[s["id"][:12], s["snapshot_set"][:12], s["kind"], s["lun_name"], s["created"],
+                  format_size(s["size"]), _cow(s), ("usable" if s["usable"] else "INVALID")]
+                 for s in shadows])
 
 
 @through_service
@@ -262,7 +235,7 @@ def snapshot_show(ctx: click.Context, shadow_copy: str, as_json: bool) -> None:
     """Show one shadow copy (id or a unique prefix of 8+ hex digits)."""
     with backend_for(ctx) as backend:
         data = backend.shadow_copy(shadow_copy)
-    _show(data, as_json, sorted(data))
+    show_record(data, as_json, sorted(data))
 
 
 @through_service

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -14,9 +16,11 @@ from dbus_fast import Variant
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lunresync.cli.backend import JobStatus
+from lunresync.cli import backend as backend_module
+from lunresync.cli.backend import DirectBackend
 from lunresync.cli.dbus_backend import DbusBackend, by_created
 from lunresync.cli.doctor import capabilities_from_json
+from lunresync.cli.results import JobStatus
 from lunresync.engine.model import JobState
 from lunresync.engine.resync import ResyncPair
 from lunresync.errors import (
@@ -313,6 +317,26 @@ def test_capabilities_come_back_as_the_doctors_report() -> None:
     assert got == report
     assert list(got) == list(report)  # doctor --json keeps the order
     assert capabilities_from_json(got) == caps
+
+
+def test_the_direct_backend_opens_the_pool_at_the_first_request_and_closes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    @contextmanager
+    def open_pool(pool: str | None) -> Iterator[Any]:
+        events.append(f"open {pool}")
+        try:
+            yield SimpleNamespace(luns=lambda: [LUN_A], activate=lambda: ["lunresync-alpha"])
+        finally:
+            events.append("close")
+
+    monkeypatch.setattr(backend_module, "open_pool", open_pool)
+    with DirectBackend("/pool") as direct:
+        assert events == []  # doctor, say, needs no pool
+        assert direct.luns() == [lun_json(LUN_A)]
+        assert direct.activate() == ["lunresync-alpha"]
+    assert events == ["open /pool", "close"]  # once, however many requests
 
 
 # -- backup and restore ------------------------------------------------------------------------

@@ -79,6 +79,23 @@ def test_dbus_fast_is_imported_only_for_via_dbus(tmp_path: Path) -> None:
                                    "lun", "list")
 
 
+def modules(importtime: str) -> set[str]:
+    """The modules ``python -X importtime`` reports (the last column of its lines)."""
+    return {line.rsplit("|", 1)[1].strip() for line in importtime.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_the_pool_is_imported_only_by_a_command_that_acts_on_it(tmp_path: Path) -> None:
+    """The direct backend brings the provider, the engines and the kernel layer: not for
+    help, nor for completion."""
+    pool = ["--pool", str(tmp_path / "pool")]
+    for args in (["--help"], ["completion", "bash"], ["lun", "--help"], ["resync", "--help"]):
+        seen = modules(imported(*args))
+        assert "lunresync.cli.storage" in seen, args  # the check sees the imports
+        assert not seen & {"lunresync.cli.backend", "lunresync.provider.provider"}, args
+    assert "lunresync.cli.backend" in modules(imported(*pool, "lun", "list", "--json"))
+
+
 def test_the_requester_workflow_is_imported_only_by_its_commands(tmp_path: Path) -> None:
     """Python starts in seconds in the TCG VM: a plain command imports only what it uses."""
     pool = ["--pool", str(tmp_path / "pool")]

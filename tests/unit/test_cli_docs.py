@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from lunresync.cli import main as cli_main
-from lunresync.cli.backend import BackupOutcome, JobStatus
 from lunresync.cli.requester import backup_json, restore_json
+from lunresync.cli.results import BackupOutcome, JobStatus
 from lunresync.cli.resync import resync_json
 from lunresync.cli.storage import snapshot_create_json
 from lunresync.engine.resync import VerifyReport

@@ -78,7 +78,7 @@ def both(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Both]:
     clock = [0.0]
 
     @contextmanager
-    def opened(ctx: click.Context) -> Iterator[Provider]:
+    def open_pool(pool: str | None) -> Iterator[Provider]:
         yield direct
 
     def connect(address: str | None, *, pool: str | None = None) -> dbus_backend.DbusBackend:
@@ -98,7 +98,7 @@ def both(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Both]:
         return []
 
     client.handlers.update({"Resync": resync, "Cancel": do_cancel})
-    monkeypatch.setattr(backend_module, "opened", opened)
+    monkeypatch.setattr(backend_module, "open_pool", open_pool)
     monkeypatch.setattr(dbus_backend, "connect", connect)
     try:
         yield Both(direct, client)
