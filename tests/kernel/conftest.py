@@ -18,6 +18,7 @@ from lunresync.provider.provider import Provider
 from lunresync.storage.catalog import Catalog
 from tests.cli_views import CliView
 from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
+from tests.forkserver import ForkServer
 
 from .devices import TEST_PREFIX, DeviceStack, removal_order
 
@@ -44,6 +45,15 @@ def loops(runner: Runner) -> LoopDevices:
 def cli(runner: Runner) -> CliView:
     """dmsetup's and losetup's view of the devices: an independent check of ours."""
     return CliView(runner)
+
+
+@pytest.fixture(scope="session")
+def forks() -> Iterator[ForkServer]:
+    """``lunresync`` commands (and short Python programs) run as real processes forked
+    from one that has imported lunresync: Python's start-up is paid once per session,
+    not 6-8 s per command (tests/forkserver.py)."""
+    with ForkServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -1,46 +1,51 @@
-"""The storage commands as a user types them (test VM). Few runs: Python starts slowly."""
+"""The storage commands as a user types them (test VM), each a process of its own, forked
+from one that has imported lunresync (tests/forkserver.py): Python starts slowly here."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lunresync.errors import ExitCode
 from lunresync.kernel.runner import Runner
+from tests.forkserver import ForkServer
 
 from .conftest import force_remove_pool_devices
 
 pytestmark = pytest.mark.kernel
 
 
-def lunresync(pool: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lunresync.cli.main", "--pool", str(pool), *args],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
+def lunresync_in(forks: ForkServer, pool: Path
+                 ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``lunresync --pool POOL ARGS...``, as a user runs it."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return forks.run_cli(["--pool", str(pool), *args], timeout=600)
+    return run
 
 
-def test_lun_and_snapshot_commands(scratch_pool: Path, runner: Runner) -> None:
+def test_lun_and_snapshot_commands(scratch_pool: Path, runner: Runner,
+                                   forks: ForkServer) -> None:
     pool = scratch_pool / "pool"
+    lunresync = lunresync_in(forks, pool)
     try:
-        created = lunresync(pool, "lun", "create", "web", "--size", "16M", "--json")
+        created = lunresync("lun", "create", "web", "--size", "16M", "--json")
         assert created.returncode == 0, created.stderr
         lun = json.loads(created.stdout)
         assert lun["name"] == "web"
         assert lun["size"] == 16 << 20
         assert Path(lun["path"]).is_block_device()
 
-        bad = lunresync(pool, "lun", "create", "Bad/Name", "--size", "16M")
+        bad = lunresync("lun", "create", "Bad/Name", "--size", "16M")
         assert bad.returncode == ExitCode.INVALID
         assert bad.stderr.startswith("lunresync: error: invalid LUN name")
         assert bad.stdout == ""
 
-        taken = lunresync(pool, "snapshot", "create", "web", "--json")
+        taken = lunresync("snapshot", "create", "web", "--json")
         assert taken.returncode == 0, taken.stderr
         snapshot_set = json.loads(taken.stdout)
         (shadow,) = snapshot_set["shadow_copies"]
@@ -48,19 +53,19 @@ def test_lun_and_snapshot_commands(scratch_pool: Path, runner: Runner) -> None:
         assert shadow["kind"] == "differential"
         assert shadow["usable"] is True
 
-        listed = lunresync(pool, "snapshot", "list", "--json")
+        listed = lunresync("snapshot", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [s["id"] for s in json.loads(listed.stdout)] == [shadow["id"]]
 
-        down = lunresync(pool, "deactivate")
+        down = lunresync("deactivate")
         assert down.returncode == 0, down.stderr
         assert not Path(lun["path"]).exists()
-        up = lunresync(pool, "activate")
+        up = lunresync("activate")
         assert up.returncode == 0, up.stderr
         assert Path(lun["path"]).is_block_device()
         assert stat_mode(pool / "catalog.db") == 0o600
     finally:
-        lunresync(pool, "deactivate")
+        lunresync("deactivate")
         force_remove_pool_devices(pool, runner)
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from lunresync.provider.provider import Provider
 from lunresync.service import api
 from lunresync.service.client import ServiceClient
 from tests.dbus_support import PrivateBus, ServiceProcess
+from tests.forkserver import ForkServer
 
 from .devices import DeviceStack, MiB, fill, read_at
 from .test_resync import SIZE, damage, source_lun
@@ -290,16 +290,22 @@ def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: 
 # -- the command line through the service, and the introspection data ------------------------
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lunresync.cli.main", *args],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          cwd=Path(__file__).resolve().parents[2],
-                          env={k: v for k, v in os.environ.items()
-                               if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"})
+def cli_in(forks: ForkServer) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``lunresync ARGS...`` as a user runs it (a process forked from one that has
+    imported lunresync: tests/forkserver.py), without the tests' LUNRESYNC_ settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return forks.run_cli(args, timeout=600, env=env,
+                             cwd=Path(__file__).resolve().parents[2])
+    return run
 
 
 def test_cli_says_the_same_directly_and_through_the_service(
-        devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
+        devices: DeviceStack, provider: Provider, scratch_pool: Path,
+        forks: ForkServer) -> None:
+    cli = cli_in(forks)
     _, shadow, content = source_lun(provider, devices)
     # Writes wait 60 s. The whole copy is in flight at once, so it ends one delay after
     # the start; two CLI starts in the TCG VM took up to 20 s, and a 20 s delay let the

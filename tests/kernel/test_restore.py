@@ -35,6 +35,7 @@ from lunresync.requester.workflow import (
 )
 from lunresync.requester.writers import Writer
 from lunresync.storage.model import Lun, LunState, ShadowKind
+from tests.forkserver import ForkServer
 
 from .devices import DeviceStack, MiB, fill, read_at, write_pattern
 from .test_provider import kernel_state
@@ -505,19 +506,19 @@ def test_bad_restore_input_is_refused_without_change(
 
 
 def test_backup_and_restore_scripts_and_bad_input_on_the_command_line(
-        provider: Provider, scratch_pool: Path) -> None:
-    from .test_cli_storage import lunresync
+        provider: Provider, scratch_pool: Path, forks: ForkServer) -> None:
+    from .test_cli_storage import lunresync_in
 
     lun = provider.create_lun("scripted", SIZE)
     fill(lun.path, SIZE, seed=9)
     content = read_at(lun.path, 0, SIZE)
-    pool = provider.pool.root
+    lunresync = lunresync_in(forks, provider.pool.root)
     empty = scratch_pool / "no-writers"
     empty.mkdir()
     (scratch_pool / "backup.txt").write_text(
         "# nightly\nset metadata doc.json\nset kind clone\nset writers no-writers\n"
         "add lun scripted\ncreate\n")
-    made = lunresync(pool, "script", str(scratch_pool / "backup.txt"))
+    made = lunresync("script", str(scratch_pool / "backup.txt"))
     assert made.returncode == 0, made.stderr
     document = load_document(scratch_pool / "doc.json")
     shadow = document.luns[0].shadow_copy_id
@@ -531,24 +532,24 @@ def test_backup_and_restore_scripts_and_bad_input_on_the_command_line(
     ]
     for name, text, where in bad_cases:
         (scratch_pool / name).write_text(text)
-        refused = lunresync(pool, "script", str(scratch_pool / name), "--writers-dir",
+        refused = lunresync("script", str(scratch_pool / name), "--writers-dir",
                             str(empty))
         assert refused.returncode in (4, 6), refused.stderr
         assert where in refused.stderr, refused.stderr
     (scratch_pool / "corrupt.json").write_text('{"format": "lunresync-backup')
-    corrupt = lunresync(pool, "restore", "--document", str(scratch_pool / "corrupt.json"),
+    corrupt = lunresync("restore", "--document", str(scratch_pool / "corrupt.json"),
                         "--add", shadow, "--writers-dir", str(empty))
     assert corrupt.returncode == 6, corrupt.stderr
     assert "corrupt or truncated" in corrupt.stderr
     assert kernel_state(provider) == before
     differential = provider.create_snapshot_set([lun.name]).snapshot_set
     before = kernel_state(provider)
-    swap = lunresync(pool, "swap", differential.id, "--read-write")
+    swap = lunresync("swap", differential.id, "--read-write")
     assert swap.returncode == 6, swap.stderr
     assert "only clone sets can be swapped" in swap.stderr
     assert kernel_state(provider) == before
     provider.delete_shadow_copy(differential.shadow_copies[0].id)
-    restored = lunresync(pool, "restore", "--document", str(scratch_pool / "doc.json"),
+    restored = lunresync("restore", "--document", str(scratch_pool / "doc.json"),
                          "--add", shadow, "--wait", "--json", "--writers-dir", str(empty))
     assert restored.returncode == 0, restored.stderr
     result = json.loads(restored.stdout)

@@ -11,8 +11,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -34,6 +32,7 @@ from lunresync.kernel.targets import (
 )
 from lunresync.provider.provider import Provider
 from lunresync.storage.model import Lun, LunState, ShadowCopy, ShadowState
+from tests.forkserver import ForkServer
 
 from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 from .test_provider import kernel_state
@@ -278,7 +277,8 @@ def test_one_set_restores_to_a_larger_lun_and_a_block_device(
 # -- nobody watching, crashes ----------------------------------------------------------------
 
 
-def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) -> None:
+def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider,
+                                   forks: ForkServer) -> None:
     _, shadow, content = source_lun(provider, devices)
     dest = provider.adopt_lun("slow", devices.slow("slow", SIZE, 200).path)
     script = (
@@ -289,14 +289,12 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) ->
         "job = p.resync_luns([ResyncPair(sys.argv[2], 'slow')], engine=None)\n"
         "print(job.id, flush=True)\n"
         "time.sleep(600)\n")
-    child = subprocess.Popen([sys.executable, "-c", script, str(provider.pool.root), shadow.id],
-                             stdout=subprocess.PIPE, text=True)
+    child = forks.spawn_python(script, str(provider.pool.root), shadow.id)
     try:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        assert job_id, "the resync process printed no job id"
+        job_id = child.readline(timeout=600).strip()
+        assert job_id, f"the resync process printed no job id: {child.output()}"
     finally:
-        child.send_signal(signal.SIGKILL)
+        child.kill(signal.SIGKILL)
         child.wait()
     job = provider.resyncer.job(job_id)
     assert job.state is JobState.RUNNING, job
@@ -309,7 +307,7 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider) ->
 
 @pytest.mark.parametrize("view", [False, True], ids=["whole", "view"])
 def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
-        devices: DeviceStack, provider: Provider, view: bool) -> None:
+        devices: DeviceStack, provider: Provider, view: bool, forks: ForkServer) -> None:
     """The process dies with the LUN suspended, snapshot-merge loaded but not resumed and
     its handover source waiting: the next command puts the LUN back as it was."""
     lun, shadow, content = source_lun(provider, devices)
@@ -331,8 +329,7 @@ def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
         "DeviceMapper.load = load_then_die\n"
         "p = Provider.open(sys.argv[1])\n"
         "p.resync_luns([ResyncPair(sys.argv[2])], engine=EngineKind.MERGE)\n")
-    died = subprocess.run([sys.executable, "-c", script, str(provider.pool.root), shadow.id],
-                          check=False)
+    died = forks.run_python(script, str(provider.pool.root), shadow.id, timeout=600)
     assert died.returncode == 9
     (job,) = provider.resyncer.jobs()
     assert job.state is JobState.PENDING
@@ -560,23 +557,24 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
 # -- the command line ----------------------------------------------------------------------------
 
 
-def test_resync_and_job_commands(devices: DeviceStack, provider: Provider) -> None:
-    from .test_cli_storage import lunresync
+def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
+                                 forks: ForkServer) -> None:
+    from .test_cli_storage import lunresync_in
 
     _, shadow, content = source_lun(provider, devices)
     provider.create_lun("copy", SIZE)
-    pool = provider.pool.root
-    bad = lunresync(pool, "resync", shadow.id, "--to", "copy", "--to", "x")
+    lunresync = lunresync_in(forks, provider.pool.root)
+    bad = lunresync("resync", shadow.id, "--to", "copy", "--to", "x")
     assert bad.returncode == 6, bad.stderr  # a value refused: exit code INVALID
     assert "unknown option" in bad.stderr or "must follow" in bad.stderr
     # Not a terminal: plain progress lines, then the verify report.
-    done = lunresync(pool, "resync", shadow.id, "--to", "copy", "--engine", "mirror",
+    done = lunresync("resync", shadow.id, "--to", "copy", "--engine", "mirror",
                      "--verify")
     assert done.returncode == 0, done.stderr
     assert "LUN copy: online from shadow copy" in done.stdout
     assert " done in " in done.stdout
     assert "verify: OK" in done.stdout
-    listed = lunresync(pool, "job", "list", "--all", "--json")
+    listed = lunresync("job", "list", "--all", "--json")
     assert listed.returncode == 0, listed.stderr
     (job,) = json.loads(listed.stdout)
     assert job["state"] == "done"
