@@ -1,15 +1,22 @@
 """The one way lunresync runs a program.
 
-Built on ``sh``: argv lists only (never a shell, never a command line assembled from
-strings), a timeout on every call, stdout and stderr captured separately, ``LC_ALL=C`` so
-that what we parse does not depend on the user's locale. Every failure raises a
-:class:`~lunresync.errors.CommandError` carrying the command line, the exit status and
-stderr (logged at debug level too: `lunresync -vv`).
+Argv lists only (never a shell, never a command line assembled from strings), a timeout
+on every call, stdout and stderr captured separately, every command line logged at debug
+level (`lunresync -vv`) and told to the runner's observer. Two kinds of program:
+
+* Our tools (:meth:`Runner.run`: dmsetup, fsfreeze, losetup...), built on ``sh``, with
+  ``LC_ALL=C`` so that what we parse does not depend on the user's locale. Every failure
+  raises a :class:`~lunresync.errors.CommandError` carrying the command line, the exit
+  status and stderr.
+* Programs that are not ours (:meth:`Runner.run_program`: writers), run in a session of
+  their own by :mod:`lunresync.kernel.process`. Their failure is an answer, not an error:
+  it is returned as a :class:`~lunresync.kernel.process.ProgramResult`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import time
@@ -18,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lunresync.errors import CommandError, CommandNotFound, CommandTimeout, InvalidArgument
+
+from .process import DEFAULT_KILL_GRACE, DEFAULT_OUTPUT_LIMIT, ProgramResult, run_in_session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,10 +61,10 @@ KERNEL_CALLS = frozenset({"dm-ioctl", "loop-ioctl"})
 class Runner:
     """Runs commands; one instance is passed to everything that needs to run one.
 
-    ``env`` adds to (or overrides) the inherited environment. ``timeout`` is the default
-    for :meth:`run`. ``observer`` sees every command (benchmarks and tests count what runs
-    inside an I/O freeze with it). Tests pass a Runner with a shorter timeout; nothing is
-    global.
+    ``env`` adds to (or overrides) the inherited environment of :meth:`run`. ``timeout``
+    is the default for :meth:`run` and :meth:`run_program`. ``observer`` sees every
+    command and program (benchmarks and tests count what runs inside an I/O freeze with
+    it). Tests pass a Runner with a shorter timeout; nothing is global.
     """
 
     timeout: float = DEFAULT_TIMEOUT
@@ -66,8 +75,8 @@ class Runner:
         """Make a request to the kernel without a process (an ioctl), named ``argv`` for
         logs and the observer: ("dm-ioctl", "resume", NAME), ("loop-ioctl", "attach", ...).
 
-        The one place every kernel request passes, as :meth:`run` is for processes: tests
-        inject failures here.
+        The one place every kernel request passes, as :meth:`run` and :meth:`run_program`
+        are for processes: tests inject failures here.
         """
         log.debug("%s", " ".join(argv))
         started = time.monotonic()
@@ -105,6 +114,47 @@ class Runner:
         finally:
             if self.observer is not None:
                 self.observer(args, started, time.monotonic())
+
+    def run_program(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+        timeout: float | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+    ) -> ProgramResult:
+        """Run a program that is not one of our tools to its end and say how it went.
+
+        It runs in a session of its own with ``input`` on stdin (closed at once when
+        None); at ``timeout`` its whole process group gets SIGTERM, then SIGKILL after
+        ``kill_grace`` seconds. It is done when it has exited and its stdout and stderr are
+        closed: a child still holding them counts as the program running on. The first
+        ``output_limit`` bytes of stdout and the last of stderr are kept. ``env`` is its
+        whole environment (None: lunresync's own, unchanged). Unlike :meth:`run`, neither
+        ``LC_ALL=C`` nor the runner's ``env`` is added: we do not parse what it prints, and
+        the caller decides what it sees. Failing, crashing, timing out or
+        not starting is returned, never raised; only bad arguments raise.
+        """
+        args = _checked_argv(argv)
+        limit = self.timeout if timeout is None else timeout
+        if not (math.isfinite(limit) and limit > 0):
+            raise InvalidArgument(f"timeout must be positive, not {limit}")
+        if output_limit < 0 or not kill_grace >= 0:
+            raise InvalidArgument(f"bad output limit {output_limit} or kill grace {kill_grace}")
+        data = input.encode() if isinstance(input, str) else input or b""
+        log.debug("running %s", shlex.join(args))
+        started = time.monotonic()
+        try:
+            result = run_in_session(args, input=data, timeout=limit, cwd=cwd, env=env,
+                                    output_limit=output_limit, kill_grace=kill_grace)
+        finally:
+            if self.observer is not None:
+                self.observer(args, started, time.monotonic())
+        log.debug("%s: %s", shlex.join(args), result.outcome)
+        return result
 
     def _execute(self, program: Any, args: tuple[str, ...], input: str | bytes | None,  # noqa: A002
              limit: float, ok_codes: Iterable[int], env: dict[str, str],

@@ -13,7 +13,8 @@ from lunresync.storage.model import ShadowKind
 from .document import BackupDocument, load_document
 from .script import ScriptCommand, Verb
 from .workflow import RestoreSession, backup, load_writers
-from .writers import Writer
+from .writer_set import STABLE
+from .writers import DEFAULT_TIMEOUT, Writer
 
 if TYPE_CHECKING:
     from lunresync.engine.resync import ResyncJob
@@ -34,7 +35,7 @@ class ScriptRunner:
     """Holds what a script builds up: backup settings, the document, the session, the job."""
 
     def __init__(self, provider: Provider, source: str | os.PathLike[str], *,
-                 writers_dir: str | None = None, writer_timeout: float = 60.0,
+                 writers_dir: str | None = None, writer_timeout: float = DEFAULT_TIMEOUT,
                  say: Callable[[str], None] = print) -> None:
         self.provider = provider
         self.source = str(source)
@@ -128,7 +129,7 @@ class ScriptRunner:
         elif verb is Verb.END_RESTORE:
             for status in self._need_session().post_restore():
                 self.say(f"writer {status.writer}: {status.state} {status.message}".rstrip())
-                if status.state != "stable":
+                if status.state != STABLE:
                     self.writer_failures.append(
                         f"writer {status.writer} {status.state}: {status.message}")
         elif verb is Verb.SWAP:

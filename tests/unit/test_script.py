@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lunresync.errors import ExitCode, InvalidArgument, NotFound
+from lunresync.requester import script
 from lunresync.requester.script import (
     COMMANDS,
     MAX_SCRIPT_BYTES,
@@ -310,6 +313,17 @@ def test_synopsis_lists_every_command_and_option() -> None:
     assert "add shadow SHADOW_ID [DESTINATION]" in text
     assert "engine=merge|mirror|clone|auto" in text
     assert "revert-identity and keep-identity exclude each other" in text
+
+
+def test_the_reference_example_is_a_valid_script() -> None:
+    """The example at the top of script.py parses, and names shadow copies by full id."""
+    doc = script.__doc__ or ""
+    block = doc.split("Example::\n\n", 1)[1].split("\n\n", 1)[0]  # up to a blank line
+    example = textwrap.dedent(block)
+    commands = parse_script(example)
+    shadows = [command.args[0] for command in commands if command.verb is Verb.ADD_SHADOW]
+    assert shadows
+    assert all(re.fullmatch(r"[0-9a-f]{32}", shadow) for shadow in shadows)
 
 
 # -- read_script --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Writers: real small shell scripts in tmp_path, discovery, components, mountinfo, and the
+"""Writers: real small shell scripts in tmp_path, discovery, components, and the
 file-system writer's logic with a fake Runner (no root, no devices, no fsfreeze)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,22 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from lunresync.errors import CommandError, CommandTimeout, InvalidArgument, ParseError
-from lunresync.kernel.runner import CommandResult, Runner
+from lunresync.errors import CommandError, CommandTimeout, InvalidArgument
+from lunresync.kernel.runner import CommandLog, CommandResult, Runner
 from lunresync.requester.writers import (
+    DEFAULT_TIMEOUT,
     OUTPUT_LIMIT,
     Component,
     ExecutableWriter,
     FilesystemWriter,
-    Mount,
     Writer,
     WriterEvent,
     WriterResult,
     discover_writers,
-    mounts_of,
     parse_components,
-    parse_mountinfo,
 )
+
+from .test_runner import wait_gone
 
 pytestmark = pytest.mark.unit
 
@@ -40,26 +41,8 @@ def script(directory: Path, name: str, body: str, mode: int = 0o755) -> Path:
     return path
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (where init does not reap, orphans stay zombies)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def wait_gone(pid: int, seconds: float = 3.0) -> bool:
-    end = time.monotonic() + seconds
-    while running(pid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
+def executable(path: Path, timeout: float = DEFAULT_TIMEOUT) -> ExecutableWriter:
+    return ExecutableWriter(Runner(), path, timeout)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,7 +143,7 @@ def test_parse_components_only_of_a_successful_identify() -> None:
 
 
 def test_success_with_stdout_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    writer = ExecutableWriter(script(tmp_path, "10-app", "echo starting\necho 'all good'\n\n"))
+    writer = executable(script(tmp_path, "10-app", "echo starting\necho 'all good'\n\n"))
     assert writer.name == "10-app"
     with caplog.at_level(logging.INFO, logger="lunresync.requester.writers"):
         result = writer.call(WriterEvent.FREEZE, {})
@@ -169,9 +152,20 @@ def test_success_with_stdout_message(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert any(r.levelno == logging.INFO and "10-app" in r.getMessage() for r in caplog.records)
 
 
+def test_writer_runs_through_its_runner(tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """-vv shows the command line and the runner's observer sees the writer run."""
+    seen = CommandLog()
+    path = script(tmp_path, "20-app", "exit 0\n")
+    with caplog.at_level(logging.DEBUG, logger="lunresync.kernel.runner"):
+        assert ExecutableWriter(Runner(observer=seen), path).call(WriterEvent.THAW, {}).ok
+    assert seen.processes() == [(str(path), "thaw")]
+    assert f"running {shlex.join([str(path), 'thaw'])}" in caplog.messages
+
+
 def test_event_stdin_environment_and_cwd_reach_the_writer(tmp_path: Path) -> None:
     seen = tmp_path / "seen"
-    writer = ExecutableWriter(script(tmp_path, "w", f"""
+    writer = executable(script(tmp_path, "w", f"""
 echo "arg=$1 count=$#" > {seen}
 echo "env=$LUNRESYNC_WRITER_EVENT" >> {seen}
 echo "cwd=$(pwd)" >> {seen}
@@ -187,7 +181,7 @@ cat > {seen}.json
 def test_non_zero_exit_reports_the_last_stderr_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = ExecutableWriter(script(tmp_path, "w", """
+    writer = executable(script(tmp_path, "w", """
 echo progress
 echo 'first problem' >&2
 echo 'disk full' >&2
@@ -205,14 +199,14 @@ exit 3
 
 
 def test_non_zero_exit_without_stderr(tmp_path: Path) -> None:
-    quiet = ExecutableWriter(script(tmp_path, "quiet", "exit 1\n"))
+    quiet = executable(script(tmp_path, "quiet", "exit 1\n"))
     assert quiet.call(WriterEvent.THAW, {}).message == "exited with status 1"
-    talks = ExecutableWriter(script(tmp_path, "talks", "echo 'no database'\nexit 2\n"))
+    talks = executable(script(tmp_path, "talks", "echo 'no database'\nexit 2\n"))
     assert talks.call(WriterEvent.THAW, {}).message == "exited with status 2: no database"
 
 
 def test_timeout_kills_a_sleeping_writer(tmp_path: Path) -> None:
-    writer = ExecutableWriter(script(tmp_path, "slow", "echo going\nsleep 30\n"), timeout=0.5)
+    writer = executable(script(tmp_path, "slow", "echo going\nsleep 30\n"), timeout=0.5)
     started = time.monotonic()
     result = writer.call(WriterEvent.FREEZE, {})
     assert time.monotonic() - started < 4
@@ -225,7 +219,7 @@ def test_timeout_kills_a_sleeping_writer(tmp_path: Path) -> None:
 
 def test_timeout_kills_a_child_that_holds_stdout(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    writer = ExecutableWriter(script(tmp_path, "forks", f"""
+    writer = executable(script(tmp_path, "forks", f"""
 sleep 60 &
 echo $! > {pid_file}
 echo started
@@ -242,7 +236,7 @@ exit 0
 
 def test_sigterm_ignored_gets_sigkill_after_the_grace(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    writer = ExecutableWriter(script(tmp_path, "stubborn", f"""
+    writer = executable(script(tmp_path, "stubborn", f"""
 trap '' TERM
 sleep 60 &
 echo $! > {pid_file}
@@ -257,7 +251,7 @@ wait
 
 
 def test_killed_by_signal(tmp_path: Path) -> None:
-    result = ExecutableWriter(script(tmp_path, "w", "kill -KILL $$\n")).call(
+    result = executable(script(tmp_path, "w", "kill -KILL $$\n")).call(
         WriterEvent.FREEZE, {})
     assert not result.ok
     assert not result.timed_out
@@ -268,46 +262,46 @@ def test_killed_by_signal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("body", ["exit 0\n", "exec 0<&-\necho closed\nsleep 0.2\n"])
 def test_writer_that_does_not_read_a_large_description(tmp_path: Path, body: str) -> None:
     description = {"blob": "x" * (1 << 20)}
-    result = ExecutableWriter(script(tmp_path, "w", body), timeout=10).call(
+    result = executable(script(tmp_path, "w", body), timeout=10).call(
         WriterEvent.PREPARE_BACKUP, description)
     assert result.ok, result.message
 
 
 def test_large_description_is_read_whole(tmp_path: Path) -> None:
     description = {"blob": "x" * (1 << 20)}
-    result = ExecutableWriter(script(tmp_path, "w", "wc -c\n"), timeout=10).call(
+    result = executable(script(tmp_path, "w", "wc -c\n"), timeout=10).call(
         WriterEvent.PREPARE_BACKUP, description)
     assert result.ok
     assert int(result.output) == len(json.dumps(description))
 
 
 def test_output_is_capped(tmp_path: Path) -> None:
-    result = ExecutableWriter(script(tmp_path, "w", "head -c 300000 /dev/zero | tr '\\0' a\n"),
+    result = executable(script(tmp_path, "w", "head -c 300000 /dev/zero | tr '\\0' a\n"),
                               timeout=10).call(WriterEvent.IDENTIFY, {})
     assert result.ok
     assert result.output == "a" * OUTPUT_LIMIT
 
 
 def test_cannot_run(tmp_path: Path) -> None:
-    missing = ExecutableWriter(tmp_path / "missing").call(WriterEvent.FREEZE, {})
+    missing = executable(tmp_path / "missing").call(WriterEvent.FREEZE, {})
     assert missing == WriterResult("missing", WriterEvent.FREEZE, False, None, "",
                                    "cannot run: No such file or directory")
     not_executable = script(tmp_path, "plain", "exit 0\n", mode=0o644)
-    result = ExecutableWriter(not_executable).call(WriterEvent.FREEZE, {})
+    result = executable(not_executable).call(WriterEvent.FREEZE, {})
     assert result.message == "cannot run: Permission denied"
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x7fELF not really")
     garbage.chmod(0o755)
-    assert ExecutableWriter(garbage).call(WriterEvent.FREEZE, {}).message.startswith(
+    assert executable(garbage).call(WriterEvent.FREEZE, {}).message.startswith(
         "cannot run: ")
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
 def test_timeout_must_be_positive(tmp_path: Path, timeout: float) -> None:
     with pytest.raises(InvalidArgument, match="timeout"):
-        ExecutableWriter(tmp_path / "w", timeout=timeout)
+        executable(tmp_path / "w", timeout=timeout)
     with pytest.raises(InvalidArgument, match="timeout"):
-        discover_writers(tmp_path, timeout=timeout)
+        discover_writers(Runner(), tmp_path, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,95 +317,27 @@ def test_discovery_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     (tmp_path / "15-link").symlink_to(tmp_path / "10-app")
     (tmp_path / "16-dangling").symlink_to(tmp_path / "nowhere")
     with caplog.at_level(logging.WARNING, logger="lunresync.requester.writers"):
-        writers = discover_writers(tmp_path, timeout=5)
+        writers = discover_writers(runner := Runner(), tmp_path, timeout=5)
     assert [w.name for w in writers] == ["10-app", "15-link", "20-app.sh", "50-pg", "90-last"]
     assert all(w.timeout == 5 and w.path.parent == tmp_path for w in writers)
+    assert all(w.runner is runner for w in writers)
     assert [r.getMessage() for r in caplog.records] == [
         f"writers: skipping {tmp_path / '70-notexec'}: not executable"]
 
 
 def test_discovery_of_a_missing_directory(tmp_path: Path) -> None:
-    assert discover_writers(tmp_path / "writers.d") == []
+    assert discover_writers(Runner(), tmp_path / "writers.d") == []
 
 
 def test_discovery_of_a_file_instead_of_a_directory(tmp_path: Path) -> None:
     (tmp_path / "writers.d").write_text("")
     with pytest.raises(InvalidArgument, match="not a directory"):
-        discover_writers(tmp_path / "writers.d")
+        discover_writers(Runner(), tmp_path / "writers.d")
 
 
 def test_executable_writer_is_a_writer(tmp_path: Path) -> None:
-    writers: list[Writer] = [ExecutableWriter(tmp_path / "w"), FilesystemWriter(Runner())]
+    writers: list[Writer] = [executable(tmp_path / "w"), FilesystemWriter(Runner())]
     assert [w.name for w in writers] == ["w", "filesystem"]
-
-
-# ---------------------------------------------------------------------------------------
-# mountinfo
-
-# Captured from /proc/self/mountinfo (the last three by hand, in the same format: a mount
-# point with a space, optional fields, a tab in a source).
-MOUNTINFO = """\
-22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard,resv_strict,resuid=65534,resgid=65534
-25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684084k
-30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684084k
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-60 27 253:3 / /srv/my\\040data rw,noatime shared:12 master:3 - xfs /dev/mapper/lunresync-db rw
-61 60 253:4 /sub /srv/my\\040data/logs\\011x rw - ext4 /dev/mapper/lunresync-logs rw
-62 27 253:3 / /mnt/again rw - xfs /dev/mapper/lunresync-db rw
-"""
-
-
-def test_parse_mountinfo() -> None:
-    mounts = parse_mountinfo(MOUNTINFO)
-    assert mounts[0] == Mount((0, 21), "/proc", "proc")
-    assert mounts[1] == Mount((254, 0), "/", "ext4")
-    assert mounts[5] == Mount((253, 3), "/srv/my data", "xfs")
-    assert mounts[6] == Mount((253, 4), "/srv/my data/logs\tx", "ext4")
-    assert len(mounts) == 8
-    assert parse_mountinfo("") == []
-    # A root field "-" is not the separator: that comes after the mount options.
-    assert parse_mountinfo("22 27 0:21 - /p rw - proc proc rw") == [Mount((0, 21), "/p", "proc")]
-
-
-def test_parse_this_machines_mountinfo() -> None:
-    text = Path("/proc/self/mountinfo").read_text()
-    assert len(parse_mountinfo(text)) == len(text.splitlines())
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "22 27 0:21 / /proc rw,relatime proc proc rw",  # no separator
-        "22 27 0:21 / /proc rw,relatime -",  # nothing after it
-        "22 27 021 / /proc rw,relatime - proc proc rw",
-        "22 27 a:b / /proc rw,relatime - proc proc rw",
-        "x 27 0:21 / /proc rw,relatime - proc proc rw",
-    ],
-)
-def test_parse_mountinfo_refuses_malformed_lines(line: str) -> None:
-    with pytest.raises(ParseError, match="mountinfo line"):
-        parse_mountinfo("22 27 0:21 / /proc rw,relatime - proc proc rw\n" + line)
-
-
-def test_mounts_of() -> None:
-    assert mounts_of([(253, 3), (253, 4)], MOUNTINFO) == [
-        Mount((253, 3), "/srv/my data", "xfs"),
-        Mount((253, 4), "/srv/my data/logs\tx", "ext4"),
-        Mount((253, 3), "/mnt/again", "xfs"),
-    ]
-    # Mounted twice on the same mount point: once, the visible (last) mount.
-    shm = mounts_of([(0, 23), (0, 27)], MOUNTINFO)
-    assert shm == [Mount((0, 27), "/dev/shm", "tmpfs")]
-    # Mounted over by another device: the path no longer reaches it.
-    assert mounts_of([(0, 23)], MOUNTINFO) == []
-    assert mounts_of([(9, 9)], MOUNTINFO) == []
-
-
-def test_mounts_of_reads_this_machines_mountinfo() -> None:
-    root = os.stat("/").st_dev
-    device = (os.major(root), os.minor(root))
-    assert all(m.device == device for m in mounts_of([device]))
 
 
 # ---------------------------------------------------------------------------------------
