@@ -11,6 +11,24 @@ import shlex
 from collections.abc import Sequence
 from enum import IntEnum
 
+__all__ = [
+    "CommandError",
+    "CommandNotFound",
+    "CommandTimeout",
+    "DeviceBusy",
+    "ExitCode",
+    "InUse",
+    "InvalidArgument",
+    "JobFailed",
+    "JobTimeout",
+    "KernelError",
+    "LunresyncError",
+    "NotFound",
+    "NotSupported",
+    "ParseError",
+    "UdevTimeout",
+]
+
 
 class ExitCode(IntEnum):
     """Process exit codes of the ``lunresync`` command."""

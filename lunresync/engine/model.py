@@ -11,6 +11,17 @@ from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.storage.model import Lun, ShadowCopy, ShadowKind
 
+__all__ = [
+    "CheckedPair",
+    "EngineKind",
+    "Job",
+    "JobPair",
+    "JobState",
+    "PairPlan",
+    "ResyncPair",
+    "in_place",
+]
+
 
 class JobState(Enum):
     PENDING = "pending"  # recorded, devices not yet switched

@@ -15,6 +15,21 @@ _LUN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 DM_PREFIX = "lunresync-"
 UUID_PREFIX = "LUNRESYNC-"
 
+__all__ = [
+    "DM_PREFIX",
+    "UUID_PREFIX",
+    "Lun",
+    "LunKind",
+    "LunState",
+    "ShadowCopy",
+    "ShadowKind",
+    "ShadowState",
+    "SnapshotSet",
+    "check_id",
+    "check_lun_name",
+    "new_id",
+]
+
 
 def check_lun_name(name: str) -> str:
     if not isinstance(name, str) or not _LUN_NAME_RE.fullmatch(name) or ".." in name:
