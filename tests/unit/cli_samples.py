@@ -20,7 +20,7 @@ from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, JobFailed, NotFound
 from lunresync.provider.provider import ShadowCopyUse
 from lunresync.service import api
-from lunresync.service.objects import lookup
+from lunresync.service.objects.manager import lookup
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 from lunresync.views import job_json, lun_json, shadow_json
