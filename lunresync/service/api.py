@@ -42,9 +42,9 @@ TIMEOUT = f"{ERROR_PREFIX}.Timeout"
 FAILED = f"{ERROR_PREFIX}.Failed"
 
 # Object paths: /org/lunresync1/<kind>/<32 hex digits>, or a small number for writers.
-_KINDS = {"lun": LUN, "shadow": SHADOW_COPY, "set": SNAPSHOT_SET, "job": JOB,
-          "session": RESTORE_SESSION, "writer": WRITER}
-_PATH_RE = re.compile(rf"^{ROOT}/(lun|shadow|set|job|session|writer)/([0-9a-f]{{32}}|\d{{1,9}})$")
+_KINDS = {"lun": "a LUN", "shadow": "a shadow copy", "set": "a snapshot set", "job": "a job",
+          "session": "a restore session", "writer": "a writer"}  # kind -> what it is
+_PATH_RE = re.compile(rf"^{ROOT}/({'|'.join(_KINDS)})/([0-9a-f]{{32}}|\d{{1,9}})$")
 NO_OBJECT = "/"  # "none" where an object path is expected
 
 
@@ -58,10 +58,7 @@ def id_of(path: str, kind: str) -> str:
     """The id in an object path of the given kind; InvalidArgument otherwise."""
     match = _PATH_RE.fullmatch(path) if isinstance(path, str) else None
     if match is None or match[1] != kind:
-        what = {"lun": "a LUN", "shadow": "a shadow copy", "set": "a snapshot set",
-                "job": "a job", "session": "a restore session",
-                "writer": "a writer"}[kind]
-        raise InvalidArgument(f"{path!r} is not the object path of {what}"
+        raise InvalidArgument(f"{path!r} is not the object path of {_KINDS[kind]}"
                               f" ({ROOT}/{kind}/...)")
     return match[2]
 

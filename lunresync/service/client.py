@@ -88,10 +88,6 @@ class ServiceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def unique_name(self) -> str:
-        return str(self.bus.unique_name)
-
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type is MessageType.SIGNAL:
             self._signals.append(msg)

@@ -1,11 +1,16 @@
 """``lunresync daemon``: the service on the bus. Wires the bus, the worker thread, the
 exported objects, the job poller and the udev watch together.
 
-Life of a request: dbus-fast calls a method of an object on the bus loop; the method
-checks its arguments and hands the work to :meth:`Daemon.call`, which checks that the
-caller may change things, runs the work in the worker thread, turns a lunresync error into
-a named D-Bus error, and refreshes the exported objects from the catalog and the kernel
-(PropertiesChanged for what changed, objects exported or removed).
+Life of a request: dbus-fast calls a method of an object on the bus loop. A method that
+changes something first has its caller checked (``objects.exported.changes``, through
+:meth:`Daemon.check_caller`), then checks its arguments and hands the work to
+:meth:`Daemon.run`, which runs it in the worker thread and, after a change, refreshes the
+exported objects from the catalog and the kernel (PropertiesChanged for what changed,
+objects exported or removed). A lunresync error reaches the caller as a named D-Bus error
+(``api.mapped``, around every method).
+
+The daemon is the objects' :class:`~lunresync.service.context.ServiceContext`: they know
+it by that protocol alone.
 
 While a job runs, the poller finishes what the kernel completed (as every lunresync
 command does) about once a second, and each job's object announces its progress at that
@@ -17,20 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import grp
 import logging
 import os
-import pwd
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, DBusError, Message, MessageType, RequestNameReply, Variant
+from dbus_fast import BusType, Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
-from dbus_fast.service import ServiceInterface
 
 from lunresync.engine.model import JobState
 from lunresync.errors import InvalidArgument, LunresyncError
@@ -39,26 +40,27 @@ from lunresync.storage.model import ShadowKind
 from lunresync.views import job_json, lun_json, shadow_json
 
 from . import api
-from .objects import (
-    Exported,
-    JobObject,
-    LunObject,
-    ManagerObject,
-    RestoreSessionObject,
-    ShadowCopyObject,
-    SnapshotSetObject,
-    WriterObject,
-)
+from .callers import ADMIN_GROUP, Callers
+from .objects.exported import Exported, RecordObject
+from .objects.job import JobObject
+from .objects.lun import LunObject
+from .objects.manager import ManagerObject
+from .objects.restore_session import RestoreSessionObject
+from .objects.shadow_copy import ShadowCopyObject
+from .objects.snapshot_set import SnapshotSetObject
+from .objects.writer import WriterObject
 from .worker import Worker
 from .writers import DbusWriter, check_writer_name, parse_registered_components
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ADMIN_GROUP = "lunresync"  # members may call what changes things, besides root
 POLL_ACTIVE = 1.0  # seconds between polls while a job runs (and progress signals)
 POLL_IDLE = 10.0  # seconds between looks at the pool when nothing runs (other clients)
-_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
+
+# The classes of the objects of the pool, by their kind in read_world and object paths.
+RECORD_CLASSES: dict[str, type[RecordObject]] = {
+    cls.KIND: cls for cls in (LunObject, ShadowCopyObject, SnapshotSetObject, JobObject)}
 
 
 def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
@@ -86,7 +88,8 @@ def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 class Daemon:
-    """The service's state on the bus loop: exported objects, sessions, writers."""
+    """The service's state on the bus loop: exported objects, sessions, writers. It is
+    the exported objects' ServiceContext."""
 
     def __init__(self, bus: MessageBus, worker: Worker, pool: Path, *,
                  writers_dir: Path | None = None, writer_timeout: float = 60.0,
@@ -96,13 +99,12 @@ class Daemon:
         self.pool = pool
         self.writers_dir = writers_dir
         self.writer_timeout = writer_timeout
-        self.admin_group = admin_group
+        self.callers = Callers(bus, admin_group)
         self.manager = ManagerObject(self)
-        self.objects: dict[str, Exported] = {}
+        self.objects: dict[str, RecordObject] = {}  # the pool's, by path
         self.sessions: dict[str, RestoreSessionObject] = {}
         self.writers: dict[str, WriterObject] = {}
         self._finished_jobs: set[str] | None = None  # None until the first refresh
-        self._uids: dict[str, int] = {}
         self._writer_serial = 0
         self._refreshing = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,7 +151,7 @@ class Daemon:
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type is MessageType.METHOD_CALL:
             # The method's task copies this context: it knows who called.
-            _caller.set(msg.sender)
+            self.callers.calling(msg.sender)
         elif (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
               and msg.sender == "org.freedesktop.DBus" and len(msg.body) == 3):
             name, _old, new = msg.body
@@ -160,54 +162,21 @@ class Daemon:
     def _client_gone(self, name: str) -> None:
         """A client disconnected: its writers go; its sessions are forgotten. Its jobs
         go on (the kernel copies; nobody needs to watch)."""
-        self._uids.pop(name, None)
-        for writer in [w for w in self.writers.values() if w.writer.owner == name]:
+        self.callers.forget(name)
+        for writer in [w for w in self.writers.values() if w.owner == name]:
             log.info("writer %s: its client %s disconnected", writer.writer.name, name)
-            self.unregister_writer(writer)
+            self.unregister_writer(writer.path)
         for session in [s for s in self.sessions.values() if s.owner == name]:
-            self.close_session(session)
-
-    async def _uid(self, sender: str) -> int:
-        if sender not in self._uids:
-            reply = await self.bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
-                signature="s", body=[sender]))
-            if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
-                raise DBusError(api.PERMISSION_DENIED, f"cannot tell who {sender} is")
-            self._uids[sender] = int(reply.body[0])
-        return self._uids[sender]
-
-    def _may_change(self, uid: int) -> bool:
-        if uid == 0:
-            return True
-        try:
-            user = pwd.getpwuid(uid)
-            members = grp.getgrnam(self.admin_group)
-        except KeyError:
-            return False
-        return members.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+            self.close_session(session.path)
 
     async def check_caller(self, *, owner: str | None = None) -> None:
-        """Refuse a caller that may not change things (the bus policy should have
-        already), or, for a session or writer, a caller that is not its owner."""
-        sender = _caller.get()
-        if sender is None:
-            return  # called from inside the service
-        if owner is not None and sender != owner:
-            raise DBusError(api.PERMISSION_DENIED,
-                            f"this object belongs to the client {owner}, not to {sender}")
-        if not self._may_change(await self._uid(sender)):
-            raise DBusError(api.PERMISSION_DENIED, "only root and members of the group"
-                            f" {self.admin_group!r} may change things")
+        await self.callers.check(owner=owner)
 
     # -- running work ------------------------------------------------------------------
 
-    async def call(self, fn: Callable[[Provider], T], *, refresh: bool = True) -> T:
-        """Run ``fn(provider)`` in the worker; refresh the objects after (a change).
-
-        For the methods of the objects, which have checked their caller already (see
-        objects.changes) and turn lunresync's errors into named D-Bus errors."""
+    async def run(self, fn: Callable[[Provider], T], *, refresh: bool = True) -> T:
+        """Run ``fn(provider)`` in the worker; refresh the objects after (a change), even
+        when it failed. The objects' methods check their caller and map errors."""
         try:
             return await self.worker.run(fn)
         finally:
@@ -224,20 +193,20 @@ class Daemon:
                 return
             self._sync(world)
 
+    def is_exported(self, path: str) -> bool:
+        return path in self.objects
+
     def _sync(self, world: dict[str, dict[str, dict[str, Any]]]) -> None:
-        makers: dict[str, Callable[[dict[str, Any]], Exported]] = {
-            "lun": LunObject, "shadow": lambda r: ShadowCopyObject(self, r),
-            "set": SnapshotSetObject, "job": lambda r: JobObject(self, r)}
         wanted = {api.path_of(kind, ident): (kind, record)
                   for kind, records in world.items() for ident, record in records.items()}
         for path in [p for p in self.objects if p not in wanted]:
-            self._unexport(path, self.objects.pop(path))
+            self._unexport(self.objects.pop(path))
         for path, (kind, record) in wanted.items():
             current = self.objects.get(path)
             if current is None:
-                current = makers[kind](record)
+                current = RECORD_CLASSES[kind](self, record)
                 self.objects[path] = current
-                self._export(path, current)
+                self._export(current)
             else:
                 current.update(record)
         self._announce_ends(world["job"])
@@ -257,16 +226,16 @@ class Daemon:
             log.info("job %s %s", ident, record["state"])
         self._finished_jobs |= ended
 
-    def _export(self, path: str, obj: ServiceInterface) -> None:
-        self.bus.export(path, obj)
+    def _export(self, obj: Exported[Any]) -> None:
+        self.bus.export(obj.path, obj)
         # The ObjectManager's signals come from its own path (the D-Bus specification);
         # dbus-fast sends its own from the object's path as well.
         self._object_manager_signal("InterfacesAdded", "oa{sa{sv}}",
-                                    [path, {obj.name: properties_of(obj)}])
+                                    [obj.path, {obj.name: obj.variants()}])
 
-    def _unexport(self, path: str, obj: ServiceInterface) -> None:
-        self.bus.unexport(path, obj)
-        self._object_manager_signal("InterfacesRemoved", "oas", [path, [obj.name]])
+    def _unexport(self, obj: Exported[Any]) -> None:
+        self.bus.unexport(obj.path, obj)
+        self._object_manager_signal("InterfacesRemoved", "oas", [obj.path, [obj.name]])
 
     def _object_manager_signal(self, member: str, signature: str, body: list[Any]) -> None:
         self.bus.send(Message.new_signal(api.ROOT, "org.freedesktop.DBus.ObjectManager",
@@ -317,10 +286,10 @@ class Daemon:
         return load
 
     async def backup(self, lun_ids: Sequence[str], kind: ShadowKind,
-                     timeout: float | None) -> str:
+                     writer_timeout: float | None) -> str:
         from lunresync.requester import workflow
 
-        load = self._writers(timeout)
+        load = self._writers(writer_timeout)
 
         def run(p: Provider) -> str:
             names = [p.lun(i).name for i in lun_ids]
@@ -330,32 +299,33 @@ class Daemon:
             result = workflow.backup(p, names, target, load(p), kind=kind)
             return result.path.read_text()
 
-        return await self.call(run)
+        return await self.run(run)
 
-    async def begin_restore(self, text: str, timeout: float | None) -> RestoreSessionObject:
+    async def begin_restore(self, document: str, writer_timeout: float | None) -> str:
         from lunresync.requester.document import parse_document
         from lunresync.requester.workflow import RestoreSession
 
-        owner = _caller.get() or ""
-        load = self._writers(timeout)
+        owner = self.callers.current() or ""
+        load = self._writers(writer_timeout)
 
         def begin(p: Provider) -> RestoreSession:
             # Parsed in the worker: a document may be megabytes; the bus loop goes on.
-            document = parse_document(text.encode(), "the backup document")
-            return RestoreSession(p, document, load(p))
+            parsed = parse_document(document.encode(), "the backup document")
+            return RestoreSession(p, parsed, load(p))
 
-        session = await self.call(begin)
+        session = await self.run(begin)
         obj = RestoreSessionObject(self, session, owner)
         self.sessions[obj.path] = obj
-        self._export(obj.path, obj)
-        return obj
+        self._export(obj)
+        return obj.path
 
-    def close_session(self, obj: RestoreSessionObject) -> None:
-        if self.sessions.pop(obj.path, None) is not None:
-            self._unexport(obj.path, obj)
+    def close_session(self, path: str) -> None:
+        obj = self.sessions.pop(path, None)
+        if obj is not None:
+            self._unexport(obj)
 
     async def register_writer(self, name: str, components: Sequence[str]) -> str:
-        owner = _caller.get() or ""
+        owner = self.callers.current() or ""
         check_writer_name(name)
         parsed = parse_registered_components(components)
         if any(w.writer.name == name for w in self.writers.values()):
@@ -375,25 +345,20 @@ class Daemon:
         writer = DbusWriter(name, parsed, owner, emit, self.writer_timeout)
         obj = WriterObject(self, writer, path)
         self.writers[path] = obj
-        self._export(path, obj)
+        self._export(obj)
         log.info("writer %s registered by %s", name, owner)
         return path
 
-    def unregister_writer(self, obj: WriterObject) -> None:
-        obj.writer.disconnect()
-        if self.writers.pop(obj.path, None) is not None:
-            self._unexport(obj.path, obj)
+    def unregister_writer(self, path: str) -> None:
+        obj = self.writers.pop(path, None)
+        if obj is not None:
+            obj.writer.disconnect()
+            self._unexport(obj)
 
 
 def _poll_jobs(provider: Provider) -> None:
     provider.notice_missing_backings()
     provider.resyncer.poll()
-
-
-def properties_of(obj: ServiceInterface) -> dict[str, Variant]:
-    """An exported object's properties as variants (for InterfacesAdded)."""
-    return {prop.name: Variant(prop.signature, getattr(obj, prop.name))
-            for prop in obj.introspect().properties}
 
 
 # -- running the daemon ------------------------------------------------------------------------

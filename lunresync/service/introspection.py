@@ -24,21 +24,19 @@ from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
 
 from . import api
-from .objects import (
-    JobObject,
-    LunObject,
-    ManagerObject,
-    RestoreSessionObject,
-    ShadowCopyObject,
-    SnapshotSetObject,
-    WriterObject,
-)
+from .objects.job import JobObject
+from .objects.lun import LunObject
+from .objects.manager import ManagerObject
+from .objects.restore_session import RestoreSessionObject
+from .objects.shadow_copy import ShadowCopyObject
+from .objects.snapshot_set import SnapshotSetObject
+from .objects.writer import WriterObject
 
 REFERENCE = "org.lunresync1.xml"  # in lunresync/service/data/
 DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
 NOTE = (" The org.lunresync1 D-Bus API, version 1 (docs/dbus.md). Generated from"
-        " lunresync/service/objects.py by `python -m lunresync.service.introspection`:"
+        " lunresync/service/objects/ by `python -m lunresync.service.introspection`:"
         " do not edit. ")
 
 _NO_ID = "0" * 32
@@ -46,17 +44,20 @@ _NO_ID = "0" * 32
 
 def exported_interfaces() -> list[ServiceInterface]:
     """One instance of each exported class, in the API's order. Introspection reads only
-    the class's members, so the records, daemon and session here are placeholders."""
+    the class's members, so the context, records, session and writer here are
+    placeholders (no service is needed)."""
     nobody: Any = None
     session: Any = SimpleNamespace(id=_NO_ID)
+    writer: Any = SimpleNamespace(owner="")
+    record = {"id": _NO_ID}
     return [
         ManagerObject(nobody),
-        LunObject({"id": _NO_ID}),
-        ShadowCopyObject(nobody, {"id": _NO_ID}),
-        SnapshotSetObject({"id": _NO_ID}),
-        JobObject(nobody, {"id": _NO_ID}),
+        LunObject(nobody, record),
+        ShadowCopyObject(nobody, record),
+        SnapshotSetObject(nobody, record),
+        JobObject(nobody, record),
         RestoreSessionObject(nobody, session, ""),
-        WriterObject(nobody, nobody, api.path_of("writer", "1")),
+        WriterObject(nobody, writer, api.path_of("writer", "1")),
     ]
 
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.check, encoding="utf-8") as stream:
         if stream.read() == text:
             return 0
-    print(f"{args.check} differs from the interfaces in lunresync/service/objects.py:"
+    print(f"{args.check} differs from the interfaces in lunresync/service/objects/:"
           " regenerate it with python -m lunresync.service.introspection", file=sys.stderr)
     return 1
 

@@ -10,7 +10,6 @@ this thread.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import TypeVar
 from lunresync.kernel.runner import Runner
 from lunresync.provider.provider import Provider
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

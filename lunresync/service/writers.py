@@ -67,7 +67,7 @@ class DbusWriter:
     ``call_soon_threadsafe``).
     """
 
-    writer_name: str
+    name: str
     components: tuple[Component, ...]
     owner: str  # the unique bus name of the registering client
     emit: Callable[[str, str, str], None]  # token, event, description JSON
@@ -75,10 +75,6 @@ class DbusWriter:
     _pending: dict[str, Future[tuple[bool, str]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _gone: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.writer_name
 
     def call(self, event: WriterEvent, description: Mapping[str, object]) -> WriterResult:
         token = secrets.token_hex(8)
@@ -118,8 +114,8 @@ class DbusWriter:
                 timed_out: bool = False) -> WriterResult:
         text = " ".join(message.split())[:MESSAGE_LIMIT]
         log.log(logging.INFO if ok else logging.WARNING, "D-Bus writer %s %s: %s",
-                self.writer_name, event.value, text or ("ok" if ok else "failed"))
-        return WriterResult(self.writer_name, event, ok, 0 if ok else 1 if not timed_out
+                self.name, event.value, text or ("ok" if ok else "failed"))
+        return WriterResult(self.name, event, ok, 0 if ok else 1 if not timed_out
                             else None, output, text, timed_out)
 
     def answer(self, token: str, ok: bool, message: str) -> None:
@@ -127,7 +123,7 @@ class DbusWriter:
         with self._lock:
             pending = self._pending.get(token)
         if pending is None:
-            raise InvalidArgument(f"writer {self.writer_name} has no event {token!r} waiting"
+            raise InvalidArgument(f"writer {self.name} has no event {token!r} waiting"
                                   " (answered already, or too late)")
         if not pending.done():
             pending.set_result((bool(ok), str(message)))

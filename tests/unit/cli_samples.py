@@ -19,7 +19,7 @@ from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, JobFailed, NotFound
 from lunresync.service import api
-from lunresync.service.objects import lookup
+from lunresync.service.objects.manager import lookup
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
 from lunresync.storage.snapshots import ShadowCopyUse

@@ -35,7 +35,7 @@ from lunresync.kernel.capabilities import Availability, Capabilities
 from lunresync.requester.document import BackupDocument, DocumentLun, WriterComponents
 from lunresync.requester.writers import Component
 from lunresync.service import api
-from lunresync.service.objects import lookup
+from lunresync.service.objects.manager import lookup
 from lunresync.storage.model import ShadowKind
 from lunresync.views import epoch, job_json, lun_json, shadow_json
 

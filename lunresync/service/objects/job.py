@@ -1,0 +1,85 @@
+"""``org.lunresync1.Job``: one resync job of the pool, modelled on udisks2's Job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusDouble,
+    DBusSignature,
+    DBusStr,
+    DBusUInt64,
+)
+from dbus_fast.service import dbus_method, dbus_signal
+
+from lunresync.engine.model import JobState
+from lunresync.service import api
+
+from .exported import (
+    DBusNothing,
+    DBusPathList,
+    JsonRecord,
+    RecordObject,
+    RecordProperty,
+    changes,
+    epoch_seconds,
+    name_signal_args,
+    record_json,
+)
+
+DBusJobPairs = Annotated[list[list[str]], DBusSignature("a(sssss)")]
+
+
+def _usec(text: str | None) -> int:
+    """udisks2's unit: microseconds since the epoch, 0 for none."""
+    return epoch_seconds(text) * 1_000_000
+
+
+def _pairs(record: JsonRecord) -> list[list[str]]:
+    return [[p["shadow_copy"], p["destination"], p["device"], p["engine"], p["state"]]
+            for p in record["pairs"]]
+
+
+class JobObject(RecordObject):
+    """The record is views.job_json plus "objects" (the paths of its destination LUNs and
+    source shadow copies). The signal Completed(success, message) is sent once, when the
+    job ends (the daemon sees it end)."""
+
+    KIND = "job"
+    INTERFACE = api.JOB
+
+    Id = RecordProperty(DBusStr, lambda r: r["id"], constant=True)
+    Operation = RecordProperty(DBusStr, lambda r: "lun-resync", constant=True)
+    State = RecordProperty(DBusStr, lambda r: r["state"])
+    Engines = RecordProperty(DBusStr, lambda r: r["engines"])
+    Progress = RecordProperty(DBusDouble, lambda r: r["progress"])
+    ProgressValid = RecordProperty(DBusBool, lambda r: r["bytes_total"] > 0)
+    Bytes = RecordProperty(DBusUInt64, lambda r: r["bytes_total"])
+    BytesDone = RecordProperty(DBusUInt64, lambda r: r["bytes_done"])
+    Rate = RecordProperty(DBusUInt64, lambda r: r["rate"] or 0)
+    StartTime = RecordProperty(DBusUInt64, lambda r: _usec(r["started"] or r["created"]))
+    ExpectedEndTime = RecordProperty(DBusUInt64, lambda r: _usec(r["eta"]))
+    Cancelable = RecordProperty(DBusBool, lambda r: not JobState(r["state"]).finished)
+    Objects = RecordProperty(DBusPathList, lambda r: r["objects"])
+    Error = RecordProperty(DBusStr, lambda r: r["error"] or "")
+    Pairs = RecordProperty(DBusJobPairs, _pairs,
+                           doc="(shadow copy id, destination, device, engine, state) of each pair.")
+    Record = record_json("objects")
+
+    @dbus_method()
+    @changes
+    async def Cancel(self, options: DBusDict) -> DBusNothing:
+        """Stop the restore: each unfinished destination is fenced (see docs/engine.md)."""
+        api.options(options, {})
+        job_id = self.record["id"]
+        await self.context.run(lambda p: p.resyncer.cancel(job_id))
+
+    @dbus_signal()
+    def Completed(self, success: bool, message: str) -> Annotated[
+            list[Any], DBusSignature("bs")]:
+        return [success, message]
+
+
+name_signal_args(JobObject.Completed, ["success", "message"])

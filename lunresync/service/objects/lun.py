@@ -1,0 +1,36 @@
+"""``org.lunresync1.Lun``: one LUN of the pool."""
+
+from __future__ import annotations
+
+from dbus_fast.annotations import DBusBool, DBusObjectPath, DBusStr, DBusUInt64
+
+from lunresync.service import api
+
+from .exported import JsonRecord, RecordObject, RecordProperty, epoch_seconds, record_json
+
+
+def _restoring_job(record: JsonRecord) -> str:
+    job_id = record.get("restoring_job")
+    return api.path_of("job", job_id) if job_id else api.NO_OBJECT
+
+
+class LunObject(RecordObject):
+    """The record is views.lun_json plus "restoring_job" (the id of the unfinished job
+    restoring into the LUN, or None). No methods: deleting is Manager.DeleteLun."""
+
+    KIND = "lun"
+    INTERFACE = api.LUN
+
+    Id = RecordProperty(DBusStr, lambda r: r["id"], constant=True)
+    Name = RecordProperty(DBusStr, lambda r: r["name"])
+    Size = RecordProperty(DBusUInt64, lambda r: r["size"])
+    Kind = RecordProperty(DBusStr, lambda r: r["kind"])
+    Backing = RecordProperty(DBusStr, lambda r: r["backing"])
+    Device = RecordProperty(DBusStr, lambda r: r["path"])
+    Created = RecordProperty(DBusUInt64, lambda r: epoch_seconds(r["created"]))
+    State = RecordProperty(DBusStr, lambda r: r["state"])
+    ReadOnly = RecordProperty(DBusBool, lambda r: r["read_only"])
+    Masked = RecordProperty(DBusBool, lambda r: r["masked"])
+    Offline = RecordProperty(DBusBool, lambda r: r["offline"])
+    RestoringJob = RecordProperty(DBusObjectPath, _restoring_job)
+    Record = record_json("restoring_job")

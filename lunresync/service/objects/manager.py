@@ -1,0 +1,204 @@
+"""``org.lunresync1.Manager`` at /org/lunresync1/Manager: what the CLI's commands do, on the
+bus, and the objects of names (Lookup)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+from dbus_fast import Variant
+from dbus_fast.annotations import (
+    DBusDict,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+    DBusUInt64,
+)
+from dbus_fast.service import dbus_method
+
+from lunresync import __version__
+from lunresync.engine.model import EngineKind
+from lunresync.errors import InvalidArgument
+from lunresync.service import api
+from lunresync.service.context import ServiceContext
+from lunresync.storage.model import ShadowKind, check_lun_name
+
+from .exported import DBusNothing, DBusPathList, DBusStrList, Exported, Property, changes
+
+if TYPE_CHECKING:
+    from lunresync.engine.model import Job
+    from lunresync.provider.provider import Provider
+
+DBusSetResult = Annotated[list[Any], DBusSignature("oao")]
+DBusPairs = Annotated[list[list[str]], DBusSignature("a(oo)")]
+
+ManagerProperty = Property[ServiceContext]
+
+
+def lookup(provider: Provider, kind: str, name: str) -> str:
+    """The object path of what ``name`` names, by the catalog's own rules."""
+    if kind == "lun":
+        return api.path_of(kind, provider.lun(name).id)
+    if kind == "shadow":
+        return api.path_of(kind, provider.shadow_copy(name).id)
+    if kind == "job":
+        return api.path_of(kind, provider.resyncer.job(name).id)
+    raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow or job")
+
+
+def _kind(value: str) -> ShadowKind:
+    try:
+        return ShadowKind(value)
+    except ValueError:
+        raise InvalidArgument(f"unknown kind {value!r}: use differential or clone") from None
+
+
+def _timeout(value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 3600:
+        raise InvalidArgument(f"writer_timeout {value} is not between 0 and 3600 seconds")
+    return value
+
+
+_SIMPLE_SIGNATURES = ((bool, "b"), (int, "x"), (float, "d"), (str, "s"))
+
+
+def _variant(value: Any) -> Variant:
+    """A JSON-like value as a variant (for GetCapabilities)."""
+    for kind, signature in _SIMPLE_SIGNATURES:
+        if isinstance(value, kind):  # bool before int: a bool is an int too
+            return Variant(signature, value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return Variant("as", value)
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        return Variant("a{ss}", value)
+    return Variant("s", json.dumps(value))
+
+
+class ManagerObject(Exported[ServiceContext]):
+    """The one object that is always there. Its properties are read from the service."""
+
+    Version = ManagerProperty(DBusStr, lambda _: __version__, constant=True)
+    ApiVersion = ManagerProperty(DBusUInt32, lambda _: api.API_VERSION, constant=True)
+    Pool = ManagerProperty(DBusStr, lambda context: context.pool, constant=True)
+
+    def __init__(self, context: ServiceContext) -> None:
+        super().__init__(api.MANAGER, api.MANAGER_PATH, context)
+
+    def source(self) -> ServiceContext:
+        return self.context
+
+    @dbus_method()
+    @api.mapped
+    async def GetCapabilities(self) -> DBusDict:
+        """What ``lunresync doctor --json`` reports."""
+        from lunresync.kernel.capabilities import probe
+
+        caps = await self.context.run(lambda p: probe(p.dm), refresh=False)
+        return {key: _variant(value) for key, value in caps.to_json().items()}
+
+    @dbus_method()
+    @changes
+    async def CreateLun(self, name: DBusStr, size_bytes: DBusUInt64,
+                        options: DBusDict) -> DBusObjectPath:
+        api.options(options, {})
+        check_lun_name(name)
+        if size_bytes <= 0 or size_bytes % 512:
+            raise InvalidArgument(f"size {size_bytes} is not a positive multiple of 512 bytes")
+        lun = await self.context.run(lambda p: p.create_lun(name, size_bytes))
+        return api.path_of("lun", lun.id)
+
+    @dbus_method()
+    @changes
+    async def DeleteLun(self, lun: DBusObjectPath, options: DBusDict) -> DBusNothing:
+        """Options: force (b): delete its differential shadow copies too."""
+        values = api.options(options, {"force": "b"})
+        lun_id = api.id_of(lun, "lun")
+        await self.context.run(lambda p: p.delete_lun(p.lun(lun_id).name,
+                                                      force=values.get("force", False)))
+
+    @dbus_method()
+    @changes
+    async def CreateSnapshotSet(self, luns: DBusPathList, kind: DBusStr,
+                                options: DBusDict) -> DBusSetResult:
+        api.options(options, {})
+        ids = [api.id_of(path, "lun") for path in luns]
+        shadow_kind = _kind(kind)
+
+        def create(p: Provider) -> Any:
+            return p.create_snapshot_set([p.lun(i).name for i in ids], shadow_kind)
+
+        result = await self.context.run(create)
+        snapshot_set = result.snapshot_set
+        return [api.path_of("set", snapshot_set.id),
+                [api.path_of("shadow", s.id) for s in snapshot_set.shadow_copies]]
+
+    @dbus_method()
+    @changes
+    async def Backup(self, luns: DBusPathList, options: DBusDict) -> DBusStr:
+        """The VSS-style backup with the writers; returns the backup components document
+        (JSON). Options: kind (s), writer_timeout (d)."""
+        values = api.options(options, {"kind": "s", "writer_timeout": "d"})
+        ids = [api.id_of(path, "lun") for path in luns]
+        shadow_kind = _kind(values.get("kind", "differential"))
+        timeout = _timeout(values.get("writer_timeout"))
+        return await self.context.backup(ids, shadow_kind, timeout)
+
+    @dbus_method()
+    @changes
+    async def BeginRestore(self, document: DBusStr, options: DBusDict) -> DBusObjectPath:
+        """A restore session on a backup components document (its JSON text). Options:
+        writer_timeout (d)."""
+        values = api.options(options, {"writer_timeout": "d"})
+        return await self.context.begin_restore(document,
+                                                _timeout(values.get("writer_timeout")))
+
+    @dbus_method()
+    @changes
+    async def Resync(self, pairs: DBusPairs, options: DBusDict) -> DBusObjectPath:
+        """Restore shadow copies online: (shadow copy, destination LUN) pairs, "/" as the
+        destination for the shadow copy's own LUN. Returns once every destination is online.
+        Options: engine (s: auto, merge, mirror, clone), volume_check (b)."""
+        values = api.options(options, {"engine": "s", "volume_check": "b"})
+        engine = EngineKind.choice(values.get("engine", "auto"))
+        if not pairs:
+            raise InvalidArgument("name at least one pair")
+        wanted = [(api.id_of(shadow, "shadow"),
+                   None if dest == api.NO_OBJECT else api.id_of(dest, "lun"))
+                  for shadow, dest in pairs]
+
+        def start(p: Provider) -> Job:
+            from lunresync.engine.resync import ResyncPair
+
+            handle = p.resync_luns([ResyncPair(s, d) for s, d in wanted], engine=engine,
+                                   volume_check=values.get("volume_check", True))
+            return handle.status()
+
+        job = await self.context.run(start)
+        return api.path_of("job", job.id)
+
+    @dbus_method()
+    @api.mapped
+    async def Lookup(self, kind: DBusStr, name: DBusStr) -> DBusObjectPath:
+        """The object of a LUN (``kind`` ``lun``: by name, else by id), a shadow copy
+        (``shadow``) or a job (``job``: by id or a unique prefix of 8+ hex digits), found
+        as the command line finds it, with the same errors."""
+        found = await self.context.run(lambda p: lookup(p, kind, name), refresh=False)
+        if not self.context.is_exported(found):
+            await self.context.refresh()  # made since the last look at the pool
+        return found
+
+    @dbus_method()
+    @changes
+    async def RegisterWriter(self, name: DBusStr,
+                             components: DBusStrList) -> DBusObjectPath:
+        """Become a writer: events arrive as Writer.Event signals on the returned object."""
+        return await self.context.register_writer(name, list(components))
+
+    @dbus_method()
+    @changes
+    async def Activate(self, options: DBusDict) -> DBusStrList:
+        """Rebuild every device from the catalog (as ``lunresync activate``); returns what
+        was created."""
+        api.options(options, {})
+        return list(await self.context.run(lambda p: p.activate()))

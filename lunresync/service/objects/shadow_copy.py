@@ -1,0 +1,41 @@
+"""``org.lunresync1.ShadowCopy``: one shadow copy of the pool."""
+
+from __future__ import annotations
+
+from dbus_fast.annotations import DBusBool, DBusDict, DBusInt64, DBusObjectPath, DBusStr, DBusUInt64
+from dbus_fast.service import dbus_method
+
+from lunresync.service import api
+
+from .exported import DBusNothing, RecordObject, RecordProperty, changes, epoch_seconds, record_json
+
+
+class ShadowCopyObject(RecordObject):
+    """The record is views.shadow_json."""
+
+    KIND = "shadow"
+    INTERFACE = api.SHADOW_COPY
+
+    Id = RecordProperty(DBusStr, lambda r: r["id"], constant=True)
+    SnapshotSet = RecordProperty(DBusObjectPath, lambda r: api.path_of("set", r["snapshot_set"]))
+    Kind = RecordProperty(DBusStr, lambda r: r["kind"])
+    LunId = RecordProperty(DBusStr, lambda r: r["lun_id"])
+    LunName = RecordProperty(DBusStr, lambda r: r["lun_name"])
+    Size = RecordProperty(DBusUInt64, lambda r: r["size"])
+    Created = RecordProperty(DBusUInt64, lambda r: epoch_seconds(r["created"]))
+    State = RecordProperty(DBusStr, lambda r: r["state"])
+    Usable = RecordProperty(DBusBool, lambda r: r["usable"])
+    Active = RecordProperty(DBusBool, lambda r: r["active"])
+    Device = RecordProperty(DBusStr, lambda r: r["path"])
+    # -1: no COW store (a clone) or its use is unknown
+    CowUsed = RecordProperty(DBusInt64, lambda r: -1 if r["cow_used"] is None else r["cow_used"])
+    CowSize = RecordProperty(DBusInt64, lambda r: -1 if r["cow_size"] is None else r["cow_size"])
+    Record = record_json()
+
+    @dbus_method()
+    @changes
+    async def Delete(self, options: DBusDict) -> DBusNothing:
+        """Delete this shadow copy and its store."""
+        api.options(options, {})
+        shadow_id = self.record["id"]
+        await self.context.run(lambda p: p.delete_shadow_copy(shadow_id))
