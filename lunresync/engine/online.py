@@ -50,7 +50,9 @@ def go_online(ctx: JobContext, job: Job, sizes: FileSizes, undo: Undo) -> Job:
         else:
             # Whatever happens from here, the LUN goes back to the table it has now
             # (known from the catalog: no kernel query on the way to online).
-            lun = ctx.catalog.lun(pair.dest_lun_id or "")
+            lun = ctx.catalog.lun_by_id(pair.dest_lun_id or "")
+            if lun is None:  # checked a moment ago, under the same lock
+                raise NotFound(f"{pair.dest} is gone")
             undo.push(f"restore the table of {pair.plan.top}", devices.reload,
                       pair.plan.top, lun_table(ctx.catalog, lun))
     if frozen:

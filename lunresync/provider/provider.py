@@ -121,7 +121,12 @@ class Provider:
         return self._luns.all()
 
     def lun(self, name_or_id: str) -> Lun:
+        """By name, else by id (as a user names a LUN)."""
         return self._luns.get(name_or_id)
+
+    def lun_by_id(self, lun_id: str) -> Lun:
+        """By id only; NotFound if no LUN has it (a LUN named so does not count)."""
+        return self._luns.get_by_id(lun_id)
 
     def create_lun(self, name: str, size: str | int) -> Lun:
         """A new LUN over a sparse image in the pool, active when this returns."""

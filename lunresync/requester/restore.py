@@ -101,8 +101,8 @@ class RestoreSession:
         target: Lun | None
         device: str | None = None
         if not destination:
-            target = catalog.find_lun(lun.id)
-            if target is None or target.id != lun.id:
+            target = catalog.lun_by_id(lun.id)
+            if target is None:
                 raise NotFound(f"the original LUN {lun.name} of shadow copy"
                                f" {lun.shadow_copy_id} is gone: name a destination")
         elif destination.startswith("/"):

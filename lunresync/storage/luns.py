@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InUse, InvalidArgument
+from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel import blockdev
 
 from .catalog import now
@@ -36,7 +36,15 @@ class Luns:
         return self.storage.catalog.luns()
 
     def get(self, name_or_id: str) -> Lun:
+        """By name, else by id (as a user names a LUN)."""
         return self.storage.catalog.lun(name_or_id)
+
+    def get_by_id(self, lun_id: str) -> Lun:
+        """By id only (an object path, a record): never a LUN that is named so."""
+        lun = self.storage.catalog.lun_by_id(lun_id)
+        if lun is None:
+            raise NotFound(f"no LUN with id {lun_id!r}")
+        return lun
 
     # -- create and delete -----------------------------------------------------------------
 

@@ -114,7 +114,7 @@ class ManagerObject(Exported[ServiceContext]):
         """Options: force (b): delete its differential shadow copies too."""
         values = api.options(options, {"force": "b"})
         lun_id = api.id_of(lun, "lun")
-        await self.context.run(lambda p: p.delete_lun(p.lun(lun_id).name,
+        await self.context.run(lambda p: p.delete_lun(p.lun_by_id(lun_id).name,
                                                       force=values.get("force", False)))
 
     @dbus_method()
@@ -126,7 +126,7 @@ class ManagerObject(Exported[ServiceContext]):
         shadow_kind = _kind(kind)
 
         def create(p: Provider) -> Any:
-            return p.create_snapshot_set([p.lun(i).name for i in ids], shadow_kind)
+            return p.create_snapshot_set([p.lun_by_id(i).name for i in ids], shadow_kind)
 
         result = await self.context.run(create)
         snapshot_set = result.snapshot_set
