@@ -598,3 +598,17 @@ def test_catalog_uses_the_rollback_journal_where_shared_maps_fail(
     monkeypatch.setattr(catalog_module, "shared_maps_work", lambda directory: False)
     with Catalog(tmp_path / "catalog.db") as catalog:  # as on a 9p share
         assert catalog.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_an_id_finds_the_lun_with_that_id_never_one_named_so(cat: Catalog) -> None:
+    """A name may be 32 hex digits, even another LUN's id: where the caller holds an id
+    (an object path, a shadow copy's LUN, a job's destination) only the id counts."""
+    target = make_lun("target")
+    impostor = make_lun(target.id)  # named like the target's id
+    with cat.transaction():
+        cat.add_lun(target)
+        cat.add_lun(impostor)
+    assert cat.lun(target.id) == impostor  # a name, as users give them, wins
+    assert cat.lun_by_id(target.id) == target
+    assert cat.lun_by_id(impostor.id) == impostor
+    assert cat.lun_by_id("0" * 32) is None
