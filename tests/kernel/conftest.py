@@ -17,7 +17,7 @@ from lunresync.kernel.runner import Runner
 from lunresync.provider.provider import Provider
 from lunresync.storage.catalog import Catalog
 from tests.cli_views import CliView
-from tests.conftest import IN_TEST_VM, kernel_unavailable_reason
+from tests.conftest import IN_TEST_VM, kernel_unavailable_reason, patience
 from tests.forkserver import ForkServer
 
 from .devices import TEST_PREFIX, DeviceStack, removal_order
@@ -28,12 +28,12 @@ SCRATCH_PARENT = Path("/dev/shm")
 
 @pytest.fixture(scope="session")
 def runner() -> Runner:
-    return Runner(timeout=120)
+    return Runner(timeout=patience(120))
 
 
 @pytest.fixture(scope="session")
 def dm(runner: Runner) -> DeviceMapper:
-    return DeviceMapper(runner, timeout=60)
+    return DeviceMapper(runner, timeout=patience(60))
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +88,8 @@ def no_device_left_behind(request: pytest.FixtureRequest, scratch_root: Path) ->
     yield
     if kernel_unavailable_reason() is not None:
         return
-    dm = DeviceMapper(Runner(timeout=60))
-    loops = LoopDevices(Runner(timeout=60))
+    dm = DeviceMapper(Runner(timeout=patience(60)))
+    loops = LoopDevices(Runner(timeout=patience(60)))
     # In the test VM every lunresync device was made by a test (the provider's names).
     prefixes = (TEST_PREFIX, "lunresync-") if IN_TEST_VM else (TEST_PREFIX,)
     stray_dm = [d.name for d in dm.devices() if d.name.startswith(prefixes)]

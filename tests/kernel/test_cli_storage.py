@@ -13,6 +13,7 @@ import pytest
 
 from lunresync.errors import ExitCode
 from lunresync.kernel.runner import Runner
+from tests.conftest import patience
 from tests.forkserver import ForkServer
 
 from .conftest import force_remove_pool_devices
@@ -24,7 +25,7 @@ def lunresync_in(forks: ForkServer, pool: Path
                  ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``lunresync --pool POOL ARGS...``, as a user runs it."""
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return forks.run_cli(["--pool", str(pool), *args], timeout=600)
+        return forks.run_cli(["--pool", str(pool), *args], timeout=patience(600))
     return run
 
 

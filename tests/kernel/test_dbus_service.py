@@ -27,6 +27,7 @@ from lunresync.kernel.runner import Runner
 from lunresync.provider.provider import Provider
 from lunresync.service import api
 from lunresync.service.client import ServiceClient
+from tests.conftest import patience
 from tests.dbus_support import PrivateBus, ServiceProcess
 from tests.forkserver import ForkServer
 
@@ -101,6 +102,7 @@ def shadow_path(shadow_id: str) -> str:
 
 
 def wait_completed(client: ServiceClient, job: str, timeout: float = 300) -> list[object]:
+    timeout = patience(timeout)
     message = client.wait_for(lambda m: m.member == "Completed" and m.path == job, timeout)
     return list(message.body)
 
@@ -297,7 +299,7 @@ def cli_in(forks: ForkServer) -> Callable[..., subprocess.CompletedProcess[str]]
            if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return forks.run_cli(args, timeout=600, env=env,
+        return forks.run_cli(args, timeout=patience(600), env=env,
                              cwd=Path(__file__).resolve().parents[2])
     return run
 

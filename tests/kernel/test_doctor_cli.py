@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import patience
+
 pytestmark = pytest.mark.kernel
 
 
@@ -15,7 +17,7 @@ def test_doctor_json_says_ready() -> None:
     # One real command-line run; Python starts slowly in the VM, so just this one.
     result = subprocess.run(
         [sys.executable, "-m", "lunresync.cli.main", "doctor", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=patience(120), check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

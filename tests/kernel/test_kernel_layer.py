@@ -36,6 +36,7 @@ from lunresync.kernel.targets import (
 )
 from lunresync.kernel.targets.mirror import LogKind, MirrorLeg, MirrorLog
 from tests.cli_views import CliView
+from tests.conftest import patience
 
 from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
 
@@ -46,7 +47,7 @@ SECTORS_PER_MIB = 2048
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll a kernel status until it says what we wait for (the kernel sends no event)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
@@ -150,7 +151,7 @@ def test_linear_create_info_table_remove(devices: DeviceStack, dm: DeviceMapper)
     assert read_at(base.path, MiB, 512) == b"L" * 512  # offset 2048 sectors = 1 MiB
     dm.remove(info.name)
     assert not dm.exists(info.name)
-    udev.wait_for_removal(info.path, timeout=10)
+    udev.wait_for_removal(info.path, timeout=patience(30))
 
 
 def test_devices_as_dmsetup_sees_them(devices: DeviceStack, dm: DeviceMapper,
@@ -191,10 +192,10 @@ def test_remove_without_udev_sync_then_the_link_goes(devices: DeviceStack,
     info = dm.create(devices.name("quick"), Table.single(LinearTable(base.path), 2048),
                      udev_sync=False)
     assert Path(f"/dev/dm-{info.minor}").is_block_device()  # the kernel's node: at once
-    udev.wait_for_node(info.path, timeout=30)
+    udev.wait_for_node(info.path, timeout=patience(30))
     dm.remove(info.name, udev_sync=False)
     assert not dm.exists(info.name)
-    udev.wait_for_removal(info.path, timeout=30)
+    udev.wait_for_removal(info.path, timeout=patience(30))
 
 
 def test_create_without_table_then_load_resume(devices: DeviceStack, dm: DeviceMapper) -> None:
@@ -292,7 +293,8 @@ def test_message_and_udev_property(devices: DeviceStack, dm: DeviceMapper) -> No
     dm.message(pool.name, "create_thin", "0")
     thin = devices.create("thin", Table.single(ThinTable(pool.path, 0), 16 * SECTORS_PER_MIB))
     # udev's device-mapper rules set DM_NAME on the node.
-    assert udev.wait_for_property(thin.path, "DM_NAME", thin.name, timeout=10) == thin.name
+    named = udev.wait_for_property(thin.path, "DM_NAME", thin.name, timeout=patience(30))
+    assert named == thin.name
     fill(thin.path, 2 * MiB)
     (status,) = dm.status(thin.name)
     assert isinstance(status.status, ThinStatus)

@@ -35,6 +35,7 @@ from lunresync.requester.workflow import (
 )
 from lunresync.requester.writers import Writer
 from lunresync.storage.model import Lun, LunState, ShadowKind
+from tests.conftest import patience
 from tests.forkserver import ForkServer
 
 from .devices import DeviceStack, MiB, fill, read_at, write_pattern
@@ -90,7 +91,7 @@ class App:
         return path.read_text().split("\n") if path.exists() else []
 
     def wait_rows(self, at_least: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + patience(timeout)
         while time.monotonic() < deadline:
             with contextlib.suppress(sqlite3.Error):
                 if self.rows() >= at_least:
@@ -152,7 +153,9 @@ def example_writers(runner: Runner, root: Path, apps: list[App],
         script = directory / name
         script.write_text(text)
         script.chmod(0o755)
-    return load_writers(runner, directory, timeout=20)
+    # A hang guard: the example writer is a Python program, whose start-up alone took
+    # up to 20 s in the TCG VM on a slow day.
+    return load_writers(runner, directory, timeout=patience(120))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from lunresync.kernel.targets import (
 )
 from lunresync.provider.provider import Provider
 from lunresync.storage.model import Lun, LunState, ShadowCopy, ShadowState
+from tests.conftest import patience
 from tests.forkserver import ForkServer
 
 from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
@@ -99,6 +100,7 @@ def check_merge_stack(provider: Provider, lun: Lun, shadow: ShadowCopy, job: Job
 
 
 def wait(provider: Provider, job_id: str, timeout: float = 300) -> Job:
+    timeout = patience(timeout)
     return provider.resyncer.wait(job_id, timeout=timeout, interval=0.2)
 
 
@@ -291,7 +293,7 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider,
         "time.sleep(600)\n")
     child = forks.spawn_python(script, str(provider.pool.root), shadow.id)
     try:
-        job_id = child.readline(timeout=600).strip()
+        job_id = child.readline(timeout=patience(600)).strip()
         assert job_id, f"the resync process printed no job id: {child.output()}"
     finally:
         child.kill(signal.SIGKILL)
@@ -329,7 +331,8 @@ def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
         "DeviceMapper.load = load_then_die\n"
         "p = Provider.open(sys.argv[1])\n"
         "p.resync_luns([ResyncPair(sys.argv[2])], engine=EngineKind.MERGE)\n")
-    died = forks.run_python(script, str(provider.pool.root), shadow.id, timeout=600)
+    died = forks.run_python(script, str(provider.pool.root), shadow.id,
+                            timeout=patience(600))
     assert died.returncode == 9
     (job,) = provider.resyncer.jobs()
     assert job.state is JobState.PENDING
@@ -421,7 +424,7 @@ def test_a_sparse_restore_cut_before_its_marking_marks_on_activate(
 
 
 def _progress_once_started(provider: Provider, job_id: str) -> int:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience(60)
     while time.monotonic() < deadline:
         provider.resyncer.poll()
         job = provider.resyncer.job(job_id)

@@ -25,6 +25,7 @@ from lunresync.engine.resync import ResyncPair
 from lunresync.kernel import udev
 from lunresync.provider.provider import Provider
 from lunresync.storage.model import Lun, ShadowKind
+from tests.conftest import patience
 
 from .devices import DeviceStack, MiB
 
@@ -38,13 +39,14 @@ Props = dict[str, str]
 
 
 def udevadm(*args: str, timeout: float = 90) -> str:
+    timeout = patience(timeout)
     done = subprocess.run(["/usr/bin/udevadm", *args], capture_output=True, text=True, check=True,
                           timeout=timeout)
     return done.stdout
 
 
 def settle() -> None:
-    udevadm("settle", "--timeout=60")
+    udevadm("settle", f"--timeout={patience(60):.0f}")
 
 
 def props(path: str) -> Props:
@@ -56,7 +58,7 @@ def props(path: str) -> Props:
 def wait_props(path: str, condition: Callable[[Props], bool], what: str,
                timeout: float = 60) -> Props:
     """Poll ``udevadm info`` until ``condition`` holds (udev handles events in order)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         current = props(path)
         if condition(current):
@@ -243,7 +245,8 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     # Let the copies finish: the property goes when the LUN's pair completes.
     for held in (slow, blk):
         devices.set_delay(held, 0)
-    assert provider.resyncer.wait(job.id, timeout=300, interval=0.2).state is JobState.DONE
+    done = provider.resyncer.wait(job.id, timeout=patience(300), interval=0.2)
+    assert done.state is JobState.DONE
     after = wait_props(dest.path, lambda p: "LUNRESYNC_RESTORE_JOB" not in p,
                        "LUNRESYNC_RESTORE_JOB gone")
     assert "LUNRESYNC_RESTORING" not in after
@@ -273,7 +276,8 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
         assert name is not None
         assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
     devices.set_delay(slow, 0)
-    assert provider.resyncer.wait(handle.id, timeout=300, interval=0.2).state is JobState.DONE
+    done = provider.resyncer.wait(handle.id, timeout=patience(300), interval=0.2)
+    assert done.state is JobState.DONE
     assert plan.handover not in provider.dm.names()  # the pair's teardown removed it
 
 

@@ -17,6 +17,7 @@ from lunresync.kernel.runner import Runner
 from lunresync.provider.provider import Provider
 from lunresync.provider.watch import watch_backings
 from lunresync.storage.model import LunState
+from tests.conftest import patience
 
 from .devices import MiB, fill
 
@@ -66,7 +67,7 @@ def test_a_removed_disk_takes_its_lun_offline_and_fails_the_restore(
         assert provider.resyncer.job(handle.id).state is JobState.RUNNING
         disk = Path(scsi_disk).name
         Path(f"/sys/block/{disk}/device/delete").write_text("1\n")
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + patience(90)
         while time.monotonic() < deadline and (
                 provider.resyncer.job(handle.id).state is not JobState.FAILED):
             time.sleep(0.5)
