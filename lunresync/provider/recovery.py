@@ -16,8 +16,11 @@ from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel import blockdev
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.dm import DmInfo
+from lunresync.storage.catalog import Catalog
+from lunresync.storage.devices import Devices
 from lunresync.storage.model import UUID_PREFIX, Lun, ShadowCopy, ShadowKind, ShadowState
-from lunresync.storage.snapshots import Snapshots
+from lunresync.storage.pool import Pool
+from lunresync.storage.snapshots import shadow_copy_use
 from lunresync.storage.storage import Storage
 
 VOLUME_CHECK_HINT = "unmount it or close it, or use --no-volume-check"
@@ -38,10 +41,19 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
     """The checked pairs, or the first reason the set cannot be restored. ``busy``:
     destinations of unfinished jobs (LUN id or device) -> job id. The caller holds the
     pool lock."""
-    catalog = storage.catalog
-    present = storage.devices.names()  # one request; the info of the destinations alone
-    usable = usable_targets()
-    snapshots = Snapshots(storage)
+    return check_pairs(storage.catalog, storage.pool, storage.devices, pairs, requested,
+                       volume_check, busy)
+
+
+def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[ResyncPair],
+                requested: EngineKind | None, volume_check: bool, busy: Mapping[str, str], *,
+                usable: Mapping[str, bool] | None = None) -> list[CheckedPair]:
+    """:func:`check_recovery_set` from the storage's parts, the devices through the narrow
+    :class:`~lunresync.storage.devices.Devices` interface. ``usable``: the device-mapper
+    targets the kernel can use (default: :func:`usable_targets`, read from the host)."""
+    present = devices.names()  # one request; the info of the destinations alone
+    if usable is None:
+        usable = usable_targets()
     seen: dict[str, str] = {}
     checked = []
     for pair in pairs:
@@ -52,10 +64,11 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
         if shadow.dm_name not in present:
             raise NotFound(f"shadow copy {shadow.id} is not active (run lunresync"
                            " activate)")
-        if shadow.kind is ShadowKind.DIFFERENTIAL and not snapshots.use(shadow).usable:
+        if (shadow.kind is ShadowKind.DIFFERENTIAL
+                and not shadow_copy_use(catalog, devices, shadow).usable):
             raise InvalidArgument(f"shadow copy {shadow.id} is invalid (its COW store"
                                   " overflowed): it cannot be restored")
-        dest = _destination(storage, shadow, pair.destination)
+        dest = _destination(catalog, pool, shadow, pair.destination)
         if dest.key in seen:
             raise InvalidArgument(f"destination {dest.shown} appears twice in one recovery"
                                   " set")
@@ -75,7 +88,7 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
             if lun.dm_name not in present:
                 raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
             if volume_check:
-                _refuse_lun_in_use(storage, lun, storage.devices.info(lun.dm_name))
+                _refuse_lun_in_use(devices, lun, devices.info(lun.dm_name))
         elif volume_check:
             assert dest.device is not None
             blockdev.refuse_busy(dest.device, hint="use --no-volume-check to restore anyway")
@@ -84,9 +97,8 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
     return checked
 
 
-def _destination(storage: Storage, shadow: ShadowCopy, destination: str | None
+def _destination(catalog: Catalog, pool: Pool, shadow: ShadowCopy, destination: str | None
                  ) -> _Destination:
-    catalog = storage.catalog
     if destination is None:
         lun = catalog.lun_by_id(shadow.lun_id)
         if lun is None:
@@ -101,7 +113,7 @@ def _destination(storage: Storage, shadow: ShadowCopy, destination: str | None
         raise InvalidArgument(f"{destination} is one of lunresync's own devices (a LUN,"
                               " a shadow copy or a helper): name a LUN instead")
     backing = blockdev.loop_backing_file(device)
-    if backing is not None and backing.startswith(str(storage.pool.root) + "/"):
+    if backing is not None and backing.startswith(str(pool.root) + "/"):
         raise InvalidArgument(f"{destination} is a loop device over the pool's file"
                               f" {backing}: name a LUN instead")
     for lun in catalog.luns():
@@ -111,12 +123,12 @@ def _destination(storage: Storage, shadow: ShadowCopy, destination: str | None
     return _Destination(None, device, device, blockdev.size(device), device)
 
 
-def _refuse_lun_in_use(storage: Storage, lun: Lun, info: DmInfo) -> None:
+def _refuse_lun_in_use(devices: Devices, lun: Lun, info: DmInfo) -> None:
     held_by = blockdev.holders(blockdev.DevNo(info.major, info.minor))
     if held_by:
         raise InUse(f"LUN {lun.name} is held by {', '.join(held_by)}", hint=VOLUME_CHECK_HINT)
     if info.open_count:
         try:  # settles udev (a probe is a brief opener) and asks again
-            storage.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
+            devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
         except InUse as exc:
             raise InUse(exc.message, hint=VOLUME_CHECK_HINT) from None

@@ -26,6 +26,15 @@ from lunresync.kernel.targets import StatusLine, Table
 from .undo import Undo
 
 
+class UdevEvents(Protocol):
+    """The requests of a :meth:`Devices.udev_batch` (a
+    :class:`~lunresync.kernel.dm.UdevBatch` is one)."""
+
+    def resume(self, *names: str) -> object: ...
+
+    def remove(self, name: str) -> object: ...
+
+
 class Devices(Protocol):
     """What the resync engines may do to the kernel's devices."""
 
@@ -66,7 +75,7 @@ class Devices(Protocol):
                udev_sync: bool | None = None) -> None: ...
 
     def udev_batch(self, sync: bool | None = None, *,
-                   private: bool = False) -> AbstractContextManager[UdevBatch]: ...
+                   private: bool = False) -> AbstractContextManager[UdevEvents]: ...
 
     def attach_file(self, path: str, undo: Undo, *, fresh: bool = False) -> str:
         """The loop device over a pool file (detached by ``undo`` if made here)."""

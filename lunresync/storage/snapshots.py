@@ -17,7 +17,8 @@ from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import SnapshotStatus, SnapshotTable, Table
 from lunresync.kernel.targets.snapshot import cow_store_size
 
-from .catalog import now
+from .catalog import Catalog, now
+from .devices import Devices
 from .model import (
     Lun,
     LunState,
@@ -198,24 +199,7 @@ class Snapshots:
 
     def use(self, shadow: ShadowCopy) -> ShadowCopyUse:
         """The shadow copy and its COW use; an overflowed one is marked invalid for good."""
-        s = self.storage
-        if not s.devices.exists(shadow.dm_name):
-            usable = shadow.state is ShadowState.VALID
-            return ShadowCopyUse(shadow, False, None, None, usable)
-        if shadow.kind is ShadowKind.CLONE:
-            return ShadowCopyUse(shadow, True, None, None, True)
-        (line,) = s.devices.status(shadow.dm_name)
-        status = line.status
-        assert isinstance(status, SnapshotStatus)
-        if not status.usable and shadow.state is ShadowState.VALID:
-            with s.catalog.transaction():
-                s.catalog.set_shadow_state(shadow.id, ShadowState.INVALID)
-            shadow = s.catalog.shadow_copy(shadow.id)
-        used = (None if status.allocated_sectors is None
-                else status.allocated_sectors * SECTOR_SIZE)
-        total = None if status.total_sectors is None else status.total_sectors * SECTOR_SIZE
-        return ShadowCopyUse(shadow, True, used, total,
-                             status.usable and shadow.state is ShadowState.VALID)
+        return shadow_copy_use(self.storage.catalog, self.storage.devices, shadow)
 
     def delete(self, sc_id: str) -> None:
         s = self.storage
@@ -251,3 +235,24 @@ class Snapshots:
         for shadow in self.storage.catalog.shadow_copies():
             removed += self._stacks.remove_shadow(shadow)
         return removed
+
+
+def shadow_copy_use(catalog: Catalog, devices: Devices, shadow: ShadowCopy) -> ShadowCopyUse:
+    """:meth:`Snapshots.use`, from the catalog and the narrow device interface alone."""
+    if not devices.exists(shadow.dm_name):
+        usable = shadow.state is ShadowState.VALID
+        return ShadowCopyUse(shadow, False, None, None, usable)
+    if shadow.kind is ShadowKind.CLONE:
+        return ShadowCopyUse(shadow, True, None, None, True)
+    (line,) = devices.status(shadow.dm_name)
+    status = line.status
+    assert isinstance(status, SnapshotStatus)
+    if not status.usable and shadow.state is ShadowState.VALID:
+        with catalog.transaction():
+            catalog.set_shadow_state(shadow.id, ShadowState.INVALID)
+        shadow = catalog.shadow_copy(shadow.id)
+    used = (None if status.allocated_sectors is None
+            else status.allocated_sectors * SECTOR_SIZE)
+    total = None if status.total_sectors is None else status.total_sectors * SECTOR_SIZE
+    return ShadowCopyUse(shadow, True, used, total,
+                         status.usable and shadow.state is ShadowState.VALID)
