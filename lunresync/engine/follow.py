@@ -53,6 +53,11 @@ def advance(ctx: JobContext, job: Job, present: set[str],
     for recorded in job.pairs:
         if recorded.state.finished:
             continue
+        if recorded.state is JobState.COMPLETING:
+            # The copy was complete, and a process died in the swap or the clean-up after
+            # it: both are safe to do again.
+            complete_pair(ctx, job, recorded)
+            continue
         if recorded.plan.top not in present:
             continue  # deactivated: activate rebuilds it, then the copy goes on
         pair = start_copy(ctx, job.id, recorded)  # a process died before it had
@@ -71,7 +76,8 @@ def advance(ctx: JobContext, job: Job, present: set[str],
 
 
 def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
-    """The kernel's copy of a pair is complete: swap to the destination alone."""
+    """The kernel's copy of a pair is complete: swap to the destination alone. Every step
+    may be done again (a process that died half way through leaves it ``completing``)."""
     plan = pair.plan
     with ctx.catalog.transaction():
         ctx.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from lunresync.errors import InUse, LunresyncError, NotFound
+from lunresync.errors import DeviceBusy, InUse, LunresyncError, NotFound
 from lunresync.kernel import kmsg, udev
 from lunresync.kernel.targets import SnapshotOriginTable, Table
 from lunresync.storage.catalog import now
@@ -165,8 +165,8 @@ def remove_own_top(ctx: JobContext, name: str) -> None:
     """A block-device destination's restore device goes; if a user still has it open it
     stays (with its final table) and the user removes it with dmsetup."""
     try:
-        ctx.devices.remove(name)
-    except InUse:
+        ctx.devices.remove(name, missing_ok=True)
+    except (InUse, DeviceBusy):  # the device-mapper says "busy" for an open device
         log.warning("%s is still open: it stays; remove it with dmsetup when closed", name)
 
 

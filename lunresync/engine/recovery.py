@@ -12,7 +12,7 @@ from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
 from .context import JobContext
-from .model import Job, JobState
+from .model import Job, JobPair, JobState
 from .online import announce, build_helpers, online_table, start_copy, teardown
 
 
@@ -20,14 +20,7 @@ def recover_pending(ctx: JobContext, job: Job, present: set[str]) -> None:
     """A job left pending by a process that died while switching (we hold the lock, so
     nobody is switching now): if every destination went online it is running; otherwise
     undo it."""
-    online = []
-    for pair in job.pairs:
-        if pair.plan.top in present:
-            (line, *_) = ctx.devices.table(pair.plan.top).lines
-            online.append(line.target == pair.engine.target)
-        else:
-            online.append(False)
-    if all(online):
+    if all(_switched(ctx, pair, present) for pair in job.pairs):
         with ctx.catalog.transaction():
             for pair in job.pairs:
                 ctx.store.update_pair(job.id, pair.index, state=JobState.RUNNING)
@@ -48,6 +41,15 @@ def recover_pending(ctx: JobContext, job: Job, present: set[str]) -> None:
     shutil.rmtree(ctx.pool.jobs / job.id, ignore_errors=True)
     with ctx.catalog.transaction():
         ctx.store.forget(job.id)
+
+
+def _switched(ctx: JobContext, pair: JobPair, present: set[str]) -> bool:
+    """Whether the pair's destination serves its restore mapping. A block-device
+    destination's own device may exist with no table yet: not switched."""
+    if pair.plan.top not in present or not ctx.devices.info(pair.plan.top).live_table:
+        return False
+    (line, *_) = ctx.devices.table(pair.plan.top).lines
+    return line.target == pair.engine.target
 
 
 def recover_all_pending(ctx: JobContext) -> None:

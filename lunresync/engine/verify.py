@@ -46,7 +46,11 @@ def written_record(ctx: JobContext, job_id: str, index: int) -> Path:
 
 
 def record_writes(ctx: JobContext, job: Job, pair: JobPair) -> None:
-    """Keep which chunks were written during the restore (for :func:`verify`)."""
+    """Keep which chunks were written during the restore (for :func:`verify`); kept as
+    first recorded when a completion is done again (the files it reads may be gone)."""
+    path = written_record(ctx, job.id, pair.index)
+    if path.exists():
+        return
     plan = pair.plan
     chunks: set[int] | None = None
     chunk_sectors = 0
@@ -67,7 +71,7 @@ def record_writes(ctx: JobContext, job: Job, pair: JobPair) -> None:
                     job.id, exc)
     record = {"chunk_sectors": chunk_sectors,
               "chunks": sorted(chunks) if chunks is not None else None}
-    written_record(ctx, job.id, pair.index).write_text(json.dumps(record))
+    path.write_text(json.dumps(record))
 
 
 def verify(ctx: JobContext, job_id: str) -> VerifyReport:

@@ -20,7 +20,7 @@ from lunresync.engine.merge import MergeEngine
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState
 from lunresync.engine.online import go_online
 from lunresync.engine.plan import plan_job
-from lunresync.errors import DeviceBusy, InvalidArgument, LunresyncError
+from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.kernel.targets import ErrorTable, LinearTable, Table
 from lunresync.kernel.targets.clone import CloneTable
 from lunresync.storage.model import Lun, LunState, ShadowCopy
@@ -369,10 +369,6 @@ def test_a_complete_block_device_pair_ends_on_the_device_alone(
     assert world.host.announced == []  # a block device is nobody's LUN
 
 
-@pytest.mark.xfail(raises=DeviceBusy, strict=True, reason=(
-    "bug: remove_own_top catches InUse, but the device-mapper reports a device still open"
-    " as DeviceBusy (a KernelError, not an InUse): the poll fails after the swap instead of"
-    " leaving the open device with its final table"))
 def test_a_block_device_restore_device_still_open_at_the_end_stays(
         world: World, shadow: ShadowCopy) -> None:
     device = world.block_device()
@@ -385,10 +381,6 @@ def test_a_block_device_restore_device_still_open_at_the_end_stays(
     assert targets(world, pair.plan.top) == ["linear"]
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
-    "bug: a pair left 'completing' (the process died after the swap, before 'done' was"
-    " recorded) is read as a failed copy by the next poll: its LUN now has its own table,"
-    " which the engine does not recognise, so a completed restore is fenced"))
 def test_a_pair_cut_after_its_swap_is_completed_by_the_next_poll(
         world: World, shadow: ShadowCopy) -> None:
     other = world.add_lun("other")
@@ -518,10 +510,6 @@ def test_a_pending_job_that_did_not_switch_is_undone(
     assert not (world.pool.jobs / job.id).exists()
 
 
-@pytest.mark.xfail(raises=InvalidArgument, strict=True, reason=(
-    "bug: recover_pending reads the table of a block-device destination's own top, which"
-    " the dead process had made with no table yet; DeviceMapper.table() of a device"
-    " without a live table raises (Table needs a line), so every poll fails"))
 def test_a_pending_job_whose_own_top_has_no_table_yet_is_undone(
         world: World, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
     device = world.block_device()
