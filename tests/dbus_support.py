@@ -22,6 +22,7 @@ from types import TracebackType
 
 from lunresync.service import api
 from lunresync.service.client import ServiceClient, ServiceUnavailable
+from tests.forkserver import Forked, ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = REPO / "lunresync" / "service" / "data" / "org.lunresync1.conf"
@@ -111,7 +112,10 @@ class ServiceProcess:
 
     def __init__(self, bus: PrivateBus, pool: Path, *, writers_dir: Path | None = None,
                  writer_timeout: float = 60.0, start_timeout: float = 120.0,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None,
+                 forks: ForkServer | None = None) -> None:
+        """``forks``: start it forked from a process that has imported lunresync
+        (tests/forkserver.py: the kernel tier, where Python starts slowly)."""
         self.bus = bus
         self.pool = pool
         self.log = pool.parent / f"{pool.name}-daemon.log"
@@ -120,9 +124,13 @@ class ServiceProcess:
         if writers_dir is not None:
             argv += ["--writers-dir", str(writers_dir)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=REPO)
+        self.process: subprocess.Popen[bytes] | Forked
+        if forks is not None:
+            self.process = forks.spawn_cli(argv[3:], env=env, cwd=REPO, log=self.log)
+        else:
+            with self.log.open("ab") as log:
+                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                env=env, cwd=REPO)
         self._wait_until_serving(start_timeout)
 
     def _wait_until_serving(self, timeout: float) -> None:
@@ -164,7 +172,9 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.returncode
+        status = self.process.poll()
+        assert status is not None
+        return status
 
     def __enter__(self) -> ServiceProcess:
         return self

@@ -78,7 +78,7 @@ class Forked:
         self.pid = pid
         self.stdout_path = stdout
         self.stderr_path = stderr
-        self.returncode: int | None = None
+        self.returncode: int | None = None  # as subprocess.Popen's
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -101,6 +101,13 @@ class Forked:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+    # As subprocess.Popen names them.
+    def send_signal(self, sig: int) -> None:
+        self.kill(sig)
+
+    def terminate(self) -> None:
+        self.kill(signal.SIGTERM)
 
     def readline(self, timeout: float) -> str:
         """The first line the child wrote to stdout (it must flush), waiting for it."""
@@ -188,8 +195,9 @@ class ForkServer:
         return subprocess.CompletedProcess(argv, status, stdout, stderr)
 
     def _spawn(self, request: dict[str, Any], *, env: Mapping[str, str] | None = None,
-               cwd: str | os.PathLike[str] | None = None, input: str | None = None  # noqa: A002
-               ) -> Forked:
+               cwd: str | os.PathLike[str] | None = None, input: str | None = None,  # noqa: A002
+               log: Path | None = None) -> Forked:
+        """``log``: stdout and stderr both appended to this file (as a service's log)."""
         self._count += 1
         base = self._dir / str(self._count)
         stdin = None
@@ -197,6 +205,8 @@ class ForkServer:
             stdin = base.with_suffix(".in")
             stdin.write_text(input)
         stdout, stderr = base.with_suffix(".out"), base.with_suffix(".err")
+        if log is not None:
+            stdout = stderr = log
         for path in (stdout, stderr):
             path.touch(mode=0o600)  # readable before the child has opened it
         request.update(env=dict(os.environ if env is None else env),
@@ -262,9 +272,10 @@ def _child(request: dict[str, Any], keep_out: Sequence[int]) -> int:
     for fd in keep_out:
         os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Appending: stdout and stderr may be one file (a service's log).
     redirections = ((0, request["stdin"] or os.devnull, os.O_RDONLY),
-                    (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+                    (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     for target, path, flags in redirections:
         fd = os.open(path, flags, 0o600)
         os.dup2(fd, target)

@@ -86,10 +86,10 @@ class AnsweringWriter:
 
 
 @contextmanager
-def service(scratch_pool: Path, provider: Provider) -> Iterator[tuple[PrivateBus,
-                                                                      ServiceProcess]]:
+def service(scratch_pool: Path, provider: Provider, forks: ForkServer
+            ) -> Iterator[tuple[PrivateBus, ServiceProcess]]:
     with PrivateBus(scratch_pool / "bus") as bus, \
-            ServiceProcess(bus, provider.pool.root) as process:
+            ServiceProcess(bus, provider.pool.root, forks=forks) as process:
         yield bus, process
 
 
@@ -111,11 +111,11 @@ def wait_completed(client: ServiceClient, job: str, timeout: float = 300) -> lis
 
 
 def test_backup_damage_restore_over_dbus(devices: DeviceStack, provider: Provider,
-                                         scratch_pool: Path) -> None:
+                                         scratch_pool: Path, forks: ForkServer) -> None:
     lun = provider.create_lun("db", SIZE)
     fill(lun.path, SIZE, seed=11)
     content = read_at(lun.path, 0, SIZE)
-    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+    with service(scratch_pool, provider, forks) as (bus, _), ServiceClient(bus.address) as client:
         writer = AnsweringWriter(bus.address, "app", ["orders=db"], veto=())
         try:
             document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "db")],
@@ -172,11 +172,12 @@ def test_backup_damage_restore_over_dbus(devices: DeviceStack, provider: Provide
         assert writer.error is None, writer.error
 
 
-def test_progress_signals_come_about_once_a_second(devices: DeviceStack, provider: Provider,
-                                                   scratch_pool: Path) -> None:
+def test_progress_signals_come_about_once_a_second(
+        devices: DeviceStack, provider: Provider, scratch_pool: Path,
+        forks: ForkServer) -> None:
     _, shadow, content = source_lun(provider, devices)
     slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 300).path)
-    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+    with service(scratch_pool, provider, forks) as (bus, _), ServiceClient(bus.address) as client:
         client.subscribe(f"type='signal',sender='{api.BUS_NAME}'")
         started = time.monotonic()
         (job,) = client.manager("Resync", "a(oo)a{sv}",
@@ -200,7 +201,7 @@ def test_progress_signals_come_about_once_a_second(devices: DeviceStack, provide
 
 
 def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Provider,
-                                             scratch_pool: Path) -> None:
+                                             scratch_pool: Path, forks: ForkServer) -> None:
     """The client goes, then the service is killed: the kernel keeps copying; the
     restarted service picks the job up and says Completed when it ends."""
     _, shadow, content = source_lun(provider, devices)
@@ -208,7 +209,7 @@ def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Pro
     held = devices.slow("slow", SIZE, 5000)
     slow = provider.adopt_lun("slow", held.path)
     with PrivateBus(scratch_pool / "bus") as bus:
-        with ServiceProcess(bus, provider.pool.root) as first:
+        with ServiceProcess(bus, provider.pool.root, forks=forks) as first:
             with ServiceClient(bus.address) as starter:
                 (job,) = starter.manager(
                     "Resync", "a(oo)a{sv}",
@@ -218,7 +219,8 @@ def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Pro
             assert provider.resyncer.job(job_id).state is JobState.RUNNING
             first.kill()
         assert provider.resyncer.job(job_id).state is JobState.RUNNING
-        with ServiceProcess(bus, provider.pool.root), ServiceClient(bus.address) as watcher:
+        with ServiceProcess(bus, provider.pool.root, forks=forks), \
+                ServiceClient(bus.address) as watcher:
             watcher.subscribe(JOB_SIGNALS.format(iface=api.JOB, path=job))
             assert watcher.properties(job, api.JOB)["State"] == "running"
             devices.set_delay(held, 0)
@@ -227,7 +229,7 @@ def test_disconnect_kill_and_restart_mid_job(devices: DeviceStack, provider: Pro
 
 
 def test_two_clients_restore_two_luns_at_once(devices: DeviceStack, provider: Provider,
-                                              scratch_pool: Path) -> None:
+                                              scratch_pool: Path, forks: ForkServer) -> None:
     sources = {}
     for name in ("left", "right"):
         lun = provider.create_lun(name, SIZE)
@@ -238,7 +240,7 @@ def test_two_clients_restore_two_luns_at_once(devices: DeviceStack, provider: Pr
     for name in sources:
         damage(provider.lun(name).path)
     results: dict[str, object] = {}
-    with service(scratch_pool, provider) as (bus, _):
+    with service(scratch_pool, provider, forks) as (bus, _):
         barrier = threading.Barrier(2)
 
         def restore(name: str) -> None:
@@ -265,9 +267,11 @@ def test_two_clients_restore_two_luns_at_once(devices: DeviceStack, provider: Pr
         assert read_at(provider.lun(name).path, 0, SIZE) == content
 
 
-def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: Path) -> None:
+def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: Path,
+                                              forks: ForkServer) -> None:
     provider.create_lun("one", 4 * MiB)
-    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+    with service(scratch_pool, provider, forks) as (bus, _), \
+            ServiceClient(bus.address) as client:
         def error_of(member: str, signature: str, *body: object) -> str:
             reply = client._loop.run_until_complete(client.bus.call(Message(
                 destination=api.BUS_NAME, path=api.MANAGER_PATH, interface=api.MANAGER,
@@ -316,7 +320,7 @@ def test_cli_says_the_same_directly_and_through_the_service(
     # delayed (they were, and the cancel took three delays).
     slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 60000, flush_ms=0).path)
     pool = str(provider.pool.root)
-    with service(scratch_pool, provider) as (bus, _):
+    with service(scratch_pool, provider, forks) as (bus, _):
         through = ("--via-dbus", "--bus", bus.address)
         direct = ("--pool", pool)
 
@@ -358,12 +362,13 @@ def test_cli_says_the_same_directly_and_through_the_service(
 
 
 def test_every_object_introspects_as_the_published_xml(
-        devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
+        devices: DeviceStack, provider: Provider, scratch_pool: Path,
+        forks: ForkServer) -> None:
     from lunresync.service import introspection
 
     provider.create_lun("one", SIZE)
     (shadow,) = provider.create_snapshot_set(["one"]).snapshot_set.shadow_copies
-    with service(scratch_pool, provider) as (bus, _), ServiceClient(bus.address) as client:
+    with service(scratch_pool, provider, forks) as (bus, _), ServiceClient(bus.address) as client:
         (job,) = client.manager("Resync", "a(oo)a{sv}", [[shadow_path(shadow.id), "/"]], {})
         document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "one")], {})[0]
         (session,) = client.manager("BeginRestore", "sa{sv}", document, {})
