@@ -70,6 +70,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
+class _Shard:
+    """``LUNRESYNC_TEST_SHARD=K/N``: run only this VM's share of the tests
+    (tests/shards.py)."""
+
+    def __init__(self, spec: str) -> None:
+        from tests.shards import parse_shard
+
+        self.index, self.count = parse_shard(spec)
+
+    @pytest.hookimpl(trylast=True)  # after -m has deselected the other tiers
+    def pytest_collection_modifyitems(self, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        from tests.shards import assign, load_weights
+
+        shards = assign([item.nodeid for item in items], self.count, load_weights())
+        mine = set(shards[self.index - 1])
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in mine])
+        items[:] = [item for item in items if item.nodeid in mine]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shard = os.environ.get("LUNRESYNC_TEST_SHARD")
+    if shard:
+        config.pluginmanager.register(_Shard(shard), "lunresync-shard")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("service") is not None:
         _check_service_tier()
