@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lunresync.errors import InvalidArgument, NotFound
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.storage.model import ShadowKind, check_id, check_lun_name
 
 from .writers import Component
@@ -153,7 +154,7 @@ def _lun(item: object) -> DocumentLun:
     if not isinstance(shadow, dict):
         raise ValueError("a shadow_copy entry is not an object")
     size = item["size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 512:
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % SECTOR_SIZE:
         raise ValueError(f"bad LUN size {size!r}")
     return DocumentLun(check_id(_text(item["id"], "LUN id"), "LUN id"),
                        check_lun_name(_text(item["name"], "LUN name")), size,

@@ -20,6 +20,7 @@ from dbus_fast.service import dbus_method
 from lunresync import __version__
 from lunresync.engine.model import EngineKind
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.service import api
 from lunresync.service.context import ServiceContext
 from lunresync.storage.model import ShadowKind, check_lun_name
@@ -103,8 +104,9 @@ class ManagerObject(Exported[ServiceContext]):
                         options: DBusDict) -> DBusObjectPath:
         api.options(options, {})
         check_lun_name(name)
-        if size_bytes <= 0 or size_bytes % 512:
-            raise InvalidArgument(f"size {size_bytes} is not a positive multiple of 512 bytes")
+        if size_bytes <= 0 or size_bytes % SECTOR_SIZE:
+            raise InvalidArgument(f"size {size_bytes} is not a positive multiple of"
+                                  f" {SECTOR_SIZE} bytes")
         lun = await self.context.run(lambda p: p.create_lun(name, size_bytes))
         return api.path_of("lun", lun.id)
 
