@@ -13,9 +13,10 @@ every test that touches device-mapper runs here. What it does, in order:
 2. Builds dm-clone for that kernel out of tree when the kernel lacks it (Debian's do):
    from ``linux-source-<series>`` and ``linux-headers-<release>``, cached in ``.cache/``.
    ``--no-dm-clone`` skips this.
-3. Byte-compiles the checkout's Python: the guest sees the host's files read-only, so it
-   could not cache bytecode and every Python process there would compile every module it
-   imports (about a second of a ``lunresync`` command in the TCG VM).
+3. Byte-compiles the checkout's Python, the kernel tests with pytest's assert rewriting
+   too: the guest sees the host's files read-only, so it could not cache bytecode and
+   every Python process there would compile every module it imports (about a second of a
+   ``lunresync`` command in the TCG VM, 86 s of rewriting in a kernel tier).
 4. Boots the kernel with virtme-ng, KVM only where KVM really boots a guest (a CPU with
    vmx/svm and a usable /dev/kvm), TCG otherwise. Inside, ``tests/vm.py --guest``
    loads the modules, checks that device-mapper works, runs COMMAND (argv, never a
@@ -75,6 +76,12 @@ CALIBRATION_REFERENCE = 0.75
 REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
 #: Set by the guest side itself, never passed from the host.
 GUEST_SETS = frozenset({"LUNRESYNC_TEST_VM", "LUNRESYNC_TEST_RESULTS", "LUNRESYNC_TEST_SLOWNESS"})
+#: Kernel arguments for test runs (``--test-kernel``): no speculation mitigations (page
+#: table isolation flushes the emulated TLB at every system call) and no zeroing of every
+#: page allocated; a subset of the kernel tier took 105 s instead of 135 s (2026-12-02).
+#: A throwaway test VM has nothing to protect; the demo and the benchmarks boot without
+#: them (init_on_alloc is part of what the benchmarks measure, docs/engine.md).
+TEST_KERNEL_ARGS = ("mitigations=off", "init_on_alloc=0")
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "udev", "kmod", "xz-utils")
 KERNEL_PACKAGE = "linux-image-amd64"
 
@@ -171,6 +178,17 @@ def compile_checkout() -> None:
     for part in ("lunresync", "tests", "bench", "examples"):
         if (REPO / part).is_dir():
             compileall.compile_dir(REPO / part, quiet=1)
+    # pytest rewrites the asserts of test modules on import and caches the result beside
+    # them, which the guest cannot write: collecting here saves the guest that work
+    # (86 s of a kernel tier in the TCG VM, measured). Only where pytest is installed.
+    collected = run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                     "no:cacheprovider", "tests/kernel"], cwd=REPO,
+                    env={**{k: v for k, v in os.environ.items()
+                            if k != "PYTHONDONTWRITEBYTECODE"},  # set on the build machines
+                         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    if collected.returncode != 0 and "No module named pytest" not in collected.stderr:
+        say(f"collecting the kernel tests on the host failed (the guest will rewrite"
+            f" their asserts itself): {collected.stdout[-500:]}{collected.stderr[-500:]}")
 
 
 def vng_path() -> Path:
@@ -301,8 +319,11 @@ def host_main(args: argparse.Namespace) -> int:
         "--memory", args.memory, "--cpus", str(args.cpus),
         "--rwdir", str(results),
     ]
-    if args.append:
-        argv += ["--append", " ".join(args.append)]
+    append = [*args.append, *(TEST_KERNEL_ARGS if args.test_kernel else ())]
+    if append:
+        argv += ["--append", " ".join(append)]
+    if args.qemu_opts:
+        argv.append("--qemu-opts=" + " ".join(args.qemu_opts))  # "=": the value starts with -
     for rwdir in args.rwdir:
         argv += ["--rwdir", str(Path(rwdir).resolve())]
     for disk in args.disk:
@@ -495,6 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--append", action="append", default=[], metavar="ARG",
                         help="add ARG to the guest kernel's command line (repeatable), for"
                         " example init_on_alloc=0 (docs/engine.md)")
+    parser.add_argument("--test-kernel", action="store_true",
+                        help="boot with the kernel arguments the test tiers use: "
+                        + " ".join(TEST_KERNEL_ARGS))
+    parser.add_argument("--qemu-opts", action="append", default=[], metavar="OPTS",
+                        help="more QEMU arguments (repeatable)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="install and build what the VM needs, then exit (before"
                         " several VMs start side by side)")

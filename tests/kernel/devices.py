@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -80,6 +80,17 @@ class DeviceStack:
         self.create(suffix, Table.single(
             DelayTable(loop.path, write_ms=write_ms, flush_ms=flush_ms), size // 512))
         return SlowDevice(self.name(suffix), loop.path, size // 512)
+
+    def release(self, suffix: str) -> None:
+        """The slow device ``suffix`` passes writes on at once from now on, the held ones
+        too (dm-delay flushes what it holds when it is suspended for the reload): a test
+        that slowed a copy down to act while it runs lets the rest go at full speed."""
+        name = self.name(suffix)
+        (line,) = self.dm.table(name).lines
+        assert isinstance(line.params, DelayTable), f"{name} is not a delay device"
+        self.dm.load(name, Table.single(replace(line.params, read_ms=0, write_ms=0,
+                                                flush_ms=0), line.length))
+        self.dm.resume(name)
 
     def set_delay(self, device: SlowDevice, write_ms: int) -> None:
         """Reload a slow device's delay (0: a held copy can finish)."""

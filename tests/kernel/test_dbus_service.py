@@ -191,6 +191,8 @@ def test_progress_signals_come_about_once_a_second(
                 break
             if message.member == "PropertiesChanged" and "Progress" in message.body[1]:
                 changes.append(time.monotonic())
+                if len(changes) == 3:  # seconds of a slow copy seen: the rest at speed
+                    devices.release("slow")
         elapsed = time.monotonic() - started
     assert changes, "no progress was announced"
     assert len(changes) <= elapsed / 0.8 + 2, (len(changes), elapsed)
@@ -296,16 +298,28 @@ def test_errors_are_named_and_nothing_changes(provider: Provider, scratch_pool: 
 # -- the command line through the service, and the introspection data ------------------------
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a user's command: without the tests' LUNRESYNC_ settings."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"}
+
+
 def cli_in(forks: ForkServer) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``lunresync ARGS...`` as a user runs it (a process forked from one that has
-    imported lunresync: tests/forkserver.py), without the tests' LUNRESYNC_ settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LUNRESYNC_") or k == "LUNRESYNC_TEST_VM"}
-
+    imported lunresync: tests/forkserver.py)."""
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return forks.run_cli(args, timeout=patience(600), env=env,
-                             cwd=Path(__file__).resolve().parents[2])
+        return forks.run_cli(args, timeout=patience(600), env=cli_env(), cwd=REPO)
     return run
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + patience(timeout)
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_cli_says_the_same_directly_and_through_the_service(
@@ -313,12 +327,11 @@ def test_cli_says_the_same_directly_and_through_the_service(
         forks: ForkServer) -> None:
     cli = cli_in(forks)
     _, shadow, content = source_lun(provider, devices)
-    # Writes wait 60 s. The whole copy is in flight at once, so it ends one delay after
-    # the start; two CLI starts in the TCG VM took up to 20 s, and a 20 s delay let the
-    # copy end before the cancel came. The cancel waits for the writes in flight, then
-    # for dm-clone's commits, each of which flushes the destination first: flushes are not
-    # delayed (they were, and the cancel took three delays).
-    slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 60000, flush_ms=0).path)
+    # Writes held 600 s: the copy cannot end before the cancel, however slow the day. The
+    # cancel waits for the writes in flight, which the test releases once the cancel has
+    # loaded its fencing table (dm-delay passes on what it holds when reloaded). Flushes
+    # are not delayed (dm-clone's commits flush the destination first).
+    slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 600000, flush_ms=0).path)
     pool = str(provider.pool.root)
     with service(scratch_pool, provider, forks) as (bus, _):
         through = ("--via-dbus", "--bus", bus.address)
@@ -340,9 +353,13 @@ def test_cli_says_the_same_directly_and_through_the_service(
         job = json.loads(started.stdout)["id"]
         timed_out = cli(*through, "job", "wait", job, "--timeout", "1")
         assert timed_out.returncode == 7, timed_out.stderr
-        cancelled = cli(*through, "job", "cancel", job)
-        assert (cancelled.returncode, cancelled.stdout) == (
-            0, f"job {job} cancelled; incomplete: LUN slow\n")
+        canceller = forks.spawn_cli([*through, "job", "cancel", job], env=cli_env(),
+                                    cwd=REPO)
+        wait_until(lambda: provider.dm.info(slow.dm_name).inactive_table
+                   or canceller.poll() is not None, "the cancel's fencing table")
+        devices.release("slow")
+        assert canceller.wait(patience(600)) == 0, canceller.output()
+        assert canceller.output()[0] == f"job {job} cancelled; incomplete: LUN slow\n"
         failed = same("job", "wait", job, "--json")
         assert failed.returncode == 1
         same("job", "show", job, "--json")

@@ -365,6 +365,7 @@ def test_cancel_and_retry_then_refresh_a_new_lun_twice(
     assert cancelled.job.cancel().state is JobState.CANCELLED
     cancelled.post_restore()
     assert provider.lun("testbed").state is LunState.INCOMPLETE
+    devices.release("testbed")  # the retry and the refresh at speed
     for _ in range(2):  # retry, then refresh the test bed again after it was used
         session = restore_to_testbed()
         assert session.job is not None

@@ -149,6 +149,7 @@ def test_restore_in_place_online_with_writes_then_again(
     written = b"\x42" * 8192
     write_pattern(lun.path, 2 * MiB, written)
     during = provider.resyncer.job(handle.id)
+    devices.release("src")  # seen online and written while it copied: the rest at speed
     done = wait(provider, handle.id)
     assert done.state is JobState.DONE
     assert done.progress == 1.0
@@ -301,6 +302,7 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider,
     job = provider.resyncer.job(job_id)
     assert job.state is JobState.RUNNING, job
     assert job.progress < 1.0, job
+    devices.release("slow")  # the rest at speed
     done = wait(provider, job_id)  # any later lunresync call finishes the job
     assert done.state is JobState.DONE
     assert read_at(dest.path, 0, SIZE) == content
@@ -381,6 +383,7 @@ def test_crash_then_activate_resumes_the_copy(
     status = provider.resyncer.poll()
     after = provider.resyncer.job(handle.id)
     assert after.bytes_done >= before, (before, after, status)
+    devices.release("src" if engine is EngineKind.MERGE else "slow")  # the rest at speed
     wait(provider, handle.id)
     assert read_at(dest.path, 0, SIZE) == expected
 
@@ -495,6 +498,7 @@ def test_cancel_fences_the_lun_until_a_new_resync(devices: DeviceStack,
     provider.activate()  # stays fenced across a reboot
     with pytest.raises(OSError, match="Input/output error"):
         read_at(dest.path, 0, 4096)
+    devices.release("slow")  # the retry at speed
     retry_restores(provider, ResyncPair(shadow.id, "slow"), None, dest, content)
 
 
