@@ -2,7 +2,9 @@
 pre- and post-restore, vetoes and failures, cancel and retry, refresh, LUN swap, bad input.
 
 The application is examples/sqlite_app.py and its writer examples/writers/50-sqlite-app,
-the example the README documents.
+the example the README documents (the full cycle). Where a test is about the workflow, not
+the example, its writers are small shell scripts: a Python writer starts in 1.7 s in the
+TCG VM, once per event.
 """
 
 from __future__ import annotations
@@ -139,20 +141,14 @@ def applications(runner: Runner, root: Path, specs: list[tuple[str, str, str]]
 
 
 def example_writers(runner: Runner, root: Path, apps: list[App],
-                    monkeypatch: pytest.MonkeyPatch, extra: dict[str, str] | None = None
-                    ) -> list[Writer]:
-    """The writers directory: the example writer configured for ``apps``, plus ``extra``
-    scripts (name -> shell text)."""
+                    monkeypatch: pytest.MonkeyPatch) -> list[Writer]:
+    """The writers directory: the example writer, configured for ``apps``."""
     directory = root / "writers.d"
     directory.mkdir(exist_ok=True)
     shutil.copy(EXAMPLE_WRITER, directory / EXAMPLE_WRITER.name)
     config = root / "sqlite-app.json"
     config.write_text(json.dumps({"apps": [app.config() for app in apps]}))
     monkeypatch.setenv("LUNRESYNC_SQLITE_APP_CONFIG", str(config))
-    for name, text in (extra or {}).items():
-        script = directory / name
-        script.write_text(text)
-        script.chmod(0o755)
     # A hang guard: the example writer is a Python program, whose start-up alone took
     # up to 20 s in the TCG VM on a slow day.
     return load_writers(runner, directory, timeout=patience(120))
@@ -166,15 +162,27 @@ class BackedUp:
     document: BackupDocument
 
 
-def backed_up_lun(provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch,
-                  name: str, seed: int, *, kind: ShadowKind = ShadowKind.CLONE,
-                  extra: dict[str, str] | None = None) -> BackedUp:
-    """A LUN full of known data, backed up with the example writers (plus ``extra``) to
-    scratch_pool/doc.json."""
+def shell_writers(runner: Runner, root: Path, scripts: dict[str, str]) -> list[Writer]:
+    """The writers directory made of ``scripts`` (name -> shell text)."""
+    directory = root / "writers.d"
+    directory.mkdir(exist_ok=True)
+    for name, text in scripts.items():
+        script = directory / name
+        script.write_text(text)
+        script.chmod(0o755)
+    return load_writers(runner, directory, timeout=patience(60))
+
+
+def backed_up_lun(provider: Provider, scratch_pool: Path, name: str, seed: int, *,
+                  kind: ShadowKind = ShadowKind.CLONE, extra: dict[str, str] | None = None
+                  ) -> BackedUp:
+    """A LUN full of known data, backed up to scratch_pool/doc.json with a writer that
+    logs every event it hears (``10-logger``, scratch_pool/events.log), plus ``extra``."""
     lun = provider.create_lun(name, SIZE)
     fill(lun.path, SIZE, seed=seed)
     content = read_at(lun.path, 0, SIZE)
-    writers = example_writers(provider.runner, scratch_pool, [], monkeypatch, extra)
+    writers = shell_writers(provider.runner, scratch_pool,
+                            {"10-logger": LOGGER, **(extra or {})})
     document = backup(provider, [lun.name], scratch_pool / "doc.json", writers,
                       kind=kind).document
     return BackedUp(lun, content, writers, document)
@@ -272,11 +280,15 @@ POST_FAILS = ("#!/bin/sh\n[ \"$1\" = post-restore ] && { echo 'cannot replay log
               " exit 2; }\nexit 0\n")
 HANGS_AT_FREEZE = "#!/bin/sh\n[ \"$1\" = freeze ] && exec sleep 600\nexit 0\n"
 CRASHES_AT_FREEZE = "#!/bin/sh\n[ \"$1\" = freeze ] && kill -SEGV $$\nexit 0\n"
+# Two components on LUN "held" (the writer contract's identify, nothing else).
+COMPONENTS = ("#!/bin/sh\n[ \"$1\" = identify ] && echo '{\"components\": ["
+              "{\"name\": \"ledger\", \"luns\": [\"held\"]},"
+              " {\"name\": \"audit\", \"luns\": [\"held\"]}]}'\nexit 0\n")
 
 
 def test_a_writer_vetoing_pre_restore_stops_it_before_a_byte_is_written(
-        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    made = backed_up_lun(provider, scratch_pool, monkeypatch, "vetoed", 5,
+        provider: Provider, scratch_pool: Path) -> None:
+    made = backed_up_lun(provider, scratch_pool, "vetoed", 5,
                          kind=ShadowKind.DIFFERENTIAL,
                          extra={"10-logger": LOGGER, "20-veto": VETO})
     lun, writers, document = made.lun, made.writers, made.document
@@ -301,8 +313,8 @@ def test_a_writer_vetoing_pre_restore_stops_it_before_a_byte_is_written(
 
 
 def test_a_writer_failing_post_restore_is_reported_and_the_data_restored(
-        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    made = backed_up_lun(provider, scratch_pool, monkeypatch, "post", 6,
+        provider: Provider, scratch_pool: Path) -> None:
+    made = backed_up_lun(provider, scratch_pool, "post", 6,
                          extra={"30-post-fails": POST_FAILS})
     lun, content, writers, document = made.lun, made.content, made.writers, made.document
     write_pattern(lun.path, 4 * MiB, b"\x22" * MiB)
@@ -314,7 +326,7 @@ def test_a_writer_failing_post_restore_is_reported_and_the_data_restored(
     status = {s.writer: s for s in session.post_restore()}
     assert status["30-post-fails"].state == "failed-at-post-restore"
     assert "cannot replay log" in status["30-post-fails"].message
-    assert status["50-sqlite-app"].state == "stable"
+    assert status["10-logger"].state == "stable"
     assert read_at(lun.path, 0, SIZE) == content
 
 
@@ -322,7 +334,7 @@ def test_a_writer_failing_post_restore_is_reported_and_the_data_restored(
                                                 (CRASHES_AT_FREEZE, "signal")],
                          ids=["hangs", "crashes"])
 def test_a_writer_failing_freeze_aborts_the_backup_leaving_nothing(
-        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch,
+        provider: Provider, scratch_pool: Path,
         script: str, reason: str) -> None:
     lun = provider.create_lun("frozen", SIZE)
     directory = scratch_pool / "writers.d"
@@ -346,9 +358,8 @@ def test_a_writer_failing_freeze_aborts_the_backup_leaving_nothing(
 
 
 def test_cancel_and_retry_then_refresh_a_new_lun_twice(
-        devices: DeviceStack, provider: Provider, scratch_pool: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    made = backed_up_lun(provider, scratch_pool, monkeypatch, "golden", 8)
+        devices: DeviceStack, provider: Provider, scratch_pool: Path) -> None:
+    made = backed_up_lun(provider, scratch_pool, "golden", 8)
     source, content, writers, document = made.lun, made.content, made.writers, made.document
     shadow = document.luns[0].shadow_copy_id
     testbed = provider.adopt_lun("testbed", devices.slow("testbed", SIZE, 300).path)
@@ -378,8 +389,8 @@ def test_cancel_and_retry_then_refresh_a_new_lun_twice(
 
 
 def test_revert_identity_gives_a_new_lun_the_original_id(
-        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    made = backed_up_lun(provider, scratch_pool, monkeypatch, "lost", 10)
+        provider: Provider, scratch_pool: Path) -> None:
+    made = backed_up_lun(provider, scratch_pool, "lost", 10)
     original, content, writers, document = (made.lun, made.content, made.writers,
                                             made.document)
     provider.delete_lun("lost", force=True)  # the clone stays: it is independent
@@ -451,15 +462,11 @@ def test_swap_makes_read_write_luns_that_survive_reactivation(
 
 
 def test_bad_restore_input_is_refused_without_change(
-        provider: Provider, scratch_pool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        provider: Provider, scratch_pool: Path) -> None:
     lun = provider.create_lun("held", SIZE)
     other = provider.create_lun("spare", SIZE)
     fill(lun.path, SIZE, seed=4)
-    apps = [App("ledger", lun.name, lun.path, scratch_pool / "mnt-ledger",
-                scratch_pool / "ledger.pid"),
-            App("audit", lun.name, lun.path, scratch_pool / "mnt-audit",
-                scratch_pool / "audit.pid")]
-    writers = example_writers(provider.runner, scratch_pool, apps, monkeypatch)
+    writers = shell_writers(provider.runner, scratch_pool, {"40-components": COMPONENTS})
     path = scratch_pool / "doc.json"
     document = backup(provider, [lun.name], path, writers, kind=ShadowKind.CLONE).document
     shadow = document.luns[0].shadow_copy_id
