@@ -30,10 +30,10 @@ from lunresync.kernel.targets import DelayTable, Table
 from lunresync.provider.provider import Provider
 
 MiB = 1 << 20
-# Four mirror regions of 16 MiB (two per mirror target): the copies are still part-way at
-# the power-off, and each LUN is written and read back whole in the TCG VM (256 MiB each
-# took 54 s of filling alone with the other tiers running).
-SIZE = 64 * MiB
+# Large enough that every copy is still part-way at the power-off: with 64 MiB the clone's
+# hydration (its whole batch in flight at once) ended before the mirror had one region in
+# sync.
+SIZE = 256 * MiB
 SLOW_WRITES_MS = 5000  # boot 1: the copies must still run when the power goes
 # Boot 2: still slow enough to see each copy part-way after activate. (With writes held
 # 5 s, or 500 ms once, udev's probes of the rebuilt mirror outlasted a 30 s dmsetup
