@@ -61,7 +61,7 @@ def test_a_removed_disk_takes_its_lun_offline_and_fails_the_restore(
     thread = threading.Thread(target=watcher, daemon=True)
     thread.start()
     try:
-        assert ready.wait(60)
+        assert ready.wait(patience(60))
         handle = provider.resync_luns([ResyncPair(shadow.id, "remote")],
                                       engine=EngineKind.MIRROR)
         assert provider.resyncer.job(handle.id).state is JobState.RUNNING
@@ -74,7 +74,7 @@ def test_a_removed_disk_takes_its_lun_offline_and_fails_the_restore(
         job = provider.resyncer.job(handle.id)
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(patience(30))
     assert not thread.is_alive()
     assert job.state is JobState.FAILED, job
     assert job.error is not None
