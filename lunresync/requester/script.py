@@ -98,11 +98,12 @@ from pathlib import Path
 
 from lunresync.errors import InvalidArgument, LunresyncError, NotFound
 
-from .script_checks import Refused, check_args
+from .script_checks import check_args
 from .script_grammar import (
     COMMANDS,
     CommandSpec,
     OptionSpec,
+    Refused,
     Verb,
     match_command,
     spec_of,

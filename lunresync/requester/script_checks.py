@@ -1,5 +1,5 @@
 """The checks of a script command's arguments, by its row of the command table: how many,
-not empty, each value (seconds, a kind), and the options of ``resync`` and ``swap``.
+not empty, each value (by the row's check), and the options of ``resync`` and ``swap``.
 
 A refused command raises :class:`Refused` with the reason alone; the parser
 (:func:`lunresync.requester.script.parse_script`) adds the file and the line.
@@ -7,46 +7,7 @@ A refused command raises :class:`Refused` with the reason alone; the parser
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .script_grammar import CommandSpec
-
-_SECONDS_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-
-
-class Refused(Exception):
-    """A line of a script is refused; the message is the reason."""
-
-
-def fold(word: str) -> str:
-    """Lower-case ASCII words only: "\\u212aind" (Kelvin sign) must not become "kind"."""
-    return word.lower() if word.isascii() else word
-
-
-def seconds(what: str) -> Callable[[str], str]:
-    """The check of a number of seconds, for the command ``what``."""
-
-    def check(text: str) -> str:
-        value = float(text) if _SECONDS_RE.fullmatch(text) else math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise Refused(
-                f"{what!r} expects a positive number of seconds (like 30 or 2.5), got {text!r}"
-            )
-        return text
-
-    return check
-
-
-def kind(text: str) -> str:
-    """The check of ``set kind``'s value: clone or differential, lower-cased."""
-    folded = fold(text)
-    if folded not in ("clone", "differential"):
-        raise Refused(f"'set kind' expects clone or differential, got {text!r}")
-    return folded
+from .script_grammar import CommandSpec, Refused, fold
 
 
 def check_args(spec: CommandSpec, args: list[str]) -> tuple[str, ...]:

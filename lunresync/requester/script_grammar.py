@@ -2,18 +2,52 @@
 
 Each row (:class:`CommandSpec`) says a command's words, how many arguments it takes, its
 options and the check of each value; the parser, the argument checks
-(:mod:`lunresync.requester.script_checks`) and ``lunresync script --help``
+(:mod:`lunresync.requester.script_checks`, which imports this table) and ``lunresync script --help``
 (:func:`synopsis`) all read it. The language itself is described in
 :mod:`lunresync.requester.script`.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .script_checks import Refused, fold, kind, seconds
+_SECONDS_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+class Refused(Exception):
+    """A line of a script is refused; the message is the reason."""
+
+
+def fold(word: str) -> str:
+    """Lower-case ASCII words only: "\\u212aind" (Kelvin sign) must not become "kind"."""
+    return word.lower() if word.isascii() else word
+
+
+def seconds(what: str) -> Callable[[str], str]:
+    """The check of a number of seconds, for the command ``what``."""
+
+    def check(text: str) -> str:
+        value = float(text) if _SECONDS_RE.fullmatch(text) else math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise Refused(
+                f"{what!r} expects a positive number of seconds (like 30 or 2.5), got {text!r}"
+            )
+        return text
+
+    return check
+
+
+def kind(text: str) -> str:
+    """The check of ``set kind``'s value: clone or differential, lower-cased."""
+    folded = fold(text)
+    if folded not in ("clone", "differential"):
+        raise Refused(f"'set kind' expects clone or differential, got {text!r}")
+    return folded
+
 
 
 class Verb(StrEnum):
