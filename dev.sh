@@ -69,14 +69,20 @@ service_tests() {
     LUNRESYNC_EXPECT_SERVICE_TIER=1 "$PY" -m pytest -m service -q --junitxml="$RESULTS/service.xml"
 }
 
+prepare_vm() {
+    # Once, before the VM tiers start side by side: the VM's packages, its kernel and
+    # dm-clone built for it, the asserts rewritten on the host.
+    say "preparing the test VM"
+    "$PY" tests/vm.py --prepare-only
+}
+
 kernel_tests() {
     # Side by side, each VM with its share of the tests (tests/shards.py): a TCG guest
     # leaves much of the machine idle while it waits on udev and the emulated kernel.
     # One VM by default: it leaves a core for the reboot tier and the host's tiers, which
     # run meanwhile; two VMs beside them took longer in all (20.5 min against 14.5).
     local shards=${KERNEL_SHARDS:-1} shard status=0 pids=()
-    say "kernel tests in the test VM ($shards side by side)"
-    "$PY" tests/vm.py --prepare-only  # once: installs and builds, then the VMs boot
+    say "kernel tests: $shards test VM(s), side by side with the other tiers"
     for ((shard = 1; shard <= shards; shard++)); do
         mkdir -p "$RESULTS/vm$shard"
         # Only tests/kernel is collected, and no plugin is loaded that the kernel tier does
@@ -159,7 +165,7 @@ test)
     timed() { local t=$SECONDS; "$@"; local s=$?; say "$1 took $((SECONDS - t)) s"; return $s; }
     # The VM tiers take longest: they start first, side by side, and the host's tiers run
     # meanwhile. Each VM tier's output is printed once it ends.
-    timed "$PY" tests/vm.py --prepare-only || status=1
+    timed prepare_vm || status=1
     timed kernel_tests >"$RESULTS/kernel.log" 2>&1 &
     kernel_pid=$!
     timed reboot_tests >"$RESULTS/reboot.log" 2>&1 &
