@@ -24,7 +24,9 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 # those: qemu, busybox, kernel, udev, kmod, kernel headers and sources for dm-clone).
 # dbus (dbus-daemon), libglib2.0-bin (gdbus) and systemd (busctl, systemd-analyze): the
 # service tier's real bus and independent clients, and `lunresync install`'s reloads.
+# thin-provisioning-tools: thin_check and thin_delta (kernel/thintools.py).
 APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck
+    thin-provisioning-tools
     dbus libglib2.0-bin systemd)
 
 setup() {

@@ -62,16 +62,21 @@ class DeviceStack:
 
     def loop(self, suffix: str, size: int, *, read_only: bool = False,
              direct_io: bool | None = None) -> LoopDevice:
-        image = self.image(suffix, size)
+        return self.attach(self.image(suffix, size), read_only=read_only, direct_io=direct_io)
+
+    def attach(self, image: Path, *, read_only: bool = False,
+               direct_io: bool | None = None) -> LoopDevice:
+        """A loop device over ``image`` (a file the test made), detached with the stack."""
         device = self.loops.attach(image, read_only=read_only, direct_io=direct_io)
         self._loops.append(device.path)
         return device
 
-    def create(self, suffix: str, table: Table | None, *, uuid: str | None = None) -> DmInfo:
+    def create(self, suffix: str, table: Table | None, *, uuid: str | None = None,
+               read_only: bool = False) -> DmInfo:
         name = self.name(suffix)
         # Remember it before creating: a create that times out may still have made it.
         self._dm_names.append(name)
-        return self.dm.create(name, table, uuid=uuid)
+        return self.dm.create(name, table, uuid=uuid, read_only=read_only)
 
     def slow(self, suffix: str, size: int, write_ms: int, *,
              flush_ms: int | None = None) -> SlowDevice:
