@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
-    from lunresync.storage.model import Lun
+    from lunresync.kernel.targets import ThinPoolStatus
+    from lunresync.storage.model import Lun, ThinPoolRecord
     from lunresync.storage.snapshots import ShadowCopyUse
 
 SCHEMA_VERSION = 1
@@ -57,3 +58,21 @@ def job_json(job: Job) -> dict[str, Any]:
         value = data[key]
         data[key] = when(value) if isinstance(value, int | float) else None
     return data
+
+
+def thin_pool_json(record: ThinPoolRecord, status: ThinPoolStatus | None,
+                   thin_luns: int) -> dict[str, Any]:
+    """The pool directory's thin pool (``lunresync pool show``). The use is None while the
+    pool is not active, or failed (its status then says ``Fail`` and nothing more)."""
+    block = record.block_sectors * 512
+    use = status if status is not None and status.mode.value != "Fail" else None
+    return {
+        "path": record.path, "created": when(record.created), "active": status is not None,
+        "data_size": record.data_size, "metadata_size": record.metadata_size,
+        "block_size": block, "luns": thin_luns,
+        "mode": None if status is None else status.mode.value,
+        "data_used": None if use is None else use.data_used * block,
+        "metadata_used": None if use is None else use.metadata_used * 4096,
+        "metadata_total": None if use is None else use.metadata_total * 4096,
+        "needs_check": use is not None and use.needs_check,
+    }

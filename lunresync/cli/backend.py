@@ -90,8 +90,8 @@ class DirectBackend:
     def lun(self, name: str) -> dict[str, Any]:
         return lun_json(self.provider.lun(name))
 
-    def create_lun(self, name: str, size: str) -> dict[str, Any]:
-        return lun_json(self.provider.create_lun(name, size))
+    def create_lun(self, name: str, size: str, *, thin: bool = False) -> dict[str, Any]:
+        return lun_json(self.provider.create_lun(name, size, thin=thin))
 
     def delete_lun(self, name: str, *, force: bool) -> None:
         self.provider.delete_lun(name, force=force)

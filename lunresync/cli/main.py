@@ -140,9 +140,10 @@ def daemon(ctx: click.Context, bus_address: str | None, writers_dir: str | None,
 
 
 def _add_storage_commands() -> None:
-    from lunresync.cli import storage
+    from lunresync.cli import pool, storage
 
     cli.add_command(storage.lun)
+    cli.add_command(pool.pool)
     cli.add_command(storage.snapshot)
     cli.add_command(storage.activate)
     cli.add_command(storage.deactivate)

@@ -27,12 +27,14 @@ def lun() -> None:
 @lun.command("create")
 @click.argument("name")
 @click.option("--size", required=True, help="Size, e.g. 4G, 512M (binary units).")
+@click.option("--thin", is_flag=True,
+              help="A volume of the pool's thin pool (lunresync pool create-thin).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def lun_create(ctx: click.Context, name: str, size: str, as_json: bool) -> None:
-    """Create LUN NAME over a sparse image in the pool."""
+def lun_create(ctx: click.Context, name: str, size: str, thin: bool, as_json: bool) -> None:
+    """Create LUN NAME over a sparse image in the pool, or on its thin pool."""
     with backend_for(ctx) as backend:
-        created = backend.create_lun(name, size)
+        created = backend.create_lun(name, size, thin=thin)
     if as_json:
         emit_json(created)
     else:

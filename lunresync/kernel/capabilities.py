@@ -216,6 +216,9 @@ def probe(
                      " restores instead; tests/vm.py builds it for the test VM")
     if not udev.is_running():
         notes.append("udevd is not running: lunresync makes the /dev/mapper nodes itself")
+    if shutil.which("thin_check") is None:
+        notes.append("thin_check is missing (apt-get install thin-provisioning-tools): a"
+                     " thin pool cannot be activated without it")
     return Capabilities(
         kernel=release,
         device_mapper=has_dm,

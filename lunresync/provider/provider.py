@@ -28,13 +28,15 @@ from lunresync.errors import InvalidArgument
 from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
+from lunresync.kernel.targets import ThinPoolStatus
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.luns import Luns
-from lunresync.storage.model import Lun, ShadowCopy, ShadowKind, SnapshotSet
+from lunresync.storage.model import Lun, ShadowCopy, ShadowKind, SnapshotSet, ThinPoolRecord
 from lunresync.storage.pool import Pool
 from lunresync.storage.snapshots import ShadowCopyUse, Snapshots, SnapshotSetResult
 from lunresync.storage.storage import Storage
 from lunresync.storage.swap import swap_snapshot_set
+from lunresync.storage.thinpool import ThinPool
 from lunresync.storage.transport import Transport
 from lunresync.storage.undo import Undo
 
@@ -50,6 +52,7 @@ class Provider:
         self.storage = storage
         self._luns = Luns(storage)
         self._snapshots = Snapshots(storage)
+        self._thin = ThinPool(storage)
         self._transport = Transport(storage)
         self.resyncer = Resyncer(JobContext(storage.catalog, JobStore(storage.catalog),
                                             storage.pool, storage.devices,
@@ -128,9 +131,23 @@ class Provider:
         """By id only; NotFound if no LUN has it (a LUN named so does not count)."""
         return self._luns.get_by_id(lun_id)
 
-    def create_lun(self, name: str, size: str | int) -> Lun:
-        """A new LUN over a sparse image in the pool, active when this returns."""
-        return self._luns.create(name, size)
+    def create_lun(self, name: str, size: str | int, *, thin: bool = False) -> Lun:
+        """A new LUN over a sparse image in the pool, or (``thin``) on the pool's thin
+        pool, active when this returns."""
+        return self._luns.create(name, size, thin=thin)
+
+    # -- the thin pool (docs/thin.md) ------------------------------------------------------
+
+    def create_thin_pool(self, size: str | int) -> ThinPoolRecord:
+        return self._thin.create(size)
+
+    def delete_thin_pool(self) -> None:
+        self._thin.delete()
+
+    def thin_pool(self) -> tuple[ThinPoolRecord, ThinPoolStatus | None] | None:
+        """The thin pool and its status (None while inactive), or None if there is none."""
+        record = self._thin.record()
+        return None if record is None else (record, self._thin.status())
 
     def adopt_lun(self, name: str, device: str) -> Lun:
         """Use an existing block device (not mounted, not held) as a LUN."""
@@ -185,6 +202,7 @@ class Provider:
             removed += self._snapshots.remove_all()
             for lun in storage.catalog.luns():
                 removed += storage.stacks.deactivate_lun(lun)
+            removed += self._thin.deactivate()  # below the thin LUNs' devices
         return removed
 
     def notice_missing_backings(self) -> list[Lun]:

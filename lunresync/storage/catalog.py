@@ -17,7 +17,16 @@ from pathlib import Path
 
 from lunresync.errors import LunresyncError, NotFound
 
-from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind, ShadowState, SnapshotSet
+from .model import (
+    Lun,
+    LunKind,
+    LunState,
+    ShadowCopy,
+    ShadowKind,
+    ShadowState,
+    SnapshotSet,
+    ThinPoolRecord,
+)
 
 # Each entry upgrades the schema from version i to i + 1. Append; never edit a past one.
 MIGRATIONS: tuple[str, ...] = (
@@ -90,6 +99,38 @@ MIGRATIONS: tuple[str, ...] = (
         CHECK (read_only IN (0, 1));
     ALTER TABLE luns ADD COLUMN masked INTEGER NOT NULL DEFAULT 0 CHECK (masked IN (0, 1));
     ALTER TABLE luns ADD COLUMN offline INTEGER NOT NULL DEFAULT 0 CHECK (offline IN (0, 1));
+    """,
+    # 4: thin pools (docs/thin.md). A thin LUN is a volume of the pool's one thin pool,
+    # named by its 24-bit id. SQLite cannot change a CHECK: the LUN table is rebuilt (no
+    # other table refers to it).
+    """
+    CREATE TABLE thin_pool (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        id TEXT NOT NULL,
+        data_size INTEGER NOT NULL CHECK (data_size > 0),
+        metadata_size INTEGER NOT NULL CHECK (metadata_size > 0),
+        block_sectors INTEGER NOT NULL CHECK (block_sectors > 0),
+        created REAL NOT NULL
+    );
+    CREATE TABLE luns_v4 (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL CHECK (size > 0),
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'adopted', 'thin')),
+        backing TEXT NOT NULL,
+        created REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'incomplete')),
+        read_only INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
+        masked INTEGER NOT NULL DEFAULT 0 CHECK (masked IN (0, 1)),
+        offline INTEGER NOT NULL DEFAULT 0 CHECK (offline IN (0, 1)),
+        thin_id INTEGER UNIQUE CHECK (thin_id BETWEEN 0 AND 16777215),
+        CHECK ((kind = 'thin') = (thin_id IS NOT NULL))
+    );
+    INSERT INTO luns_v4 (id, name, size, kind, backing, created, state, read_only, masked,
+        offline) SELECT id, name, size, kind, backing, created, state, read_only, masked,
+        offline FROM luns;
+    DROP TABLE luns;
+    ALTER TABLE luns_v4 RENAME TO luns;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -176,9 +217,10 @@ class Catalog:
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
             "INSERT INTO luns (id, name, size, kind, backing, created, state, read_only,"
-            " masked, offline) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " masked, offline, thin_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
-             lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline)),
+             lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline),
+             lun.thin_id),
         )
 
     def set_lun_state(self, lun_id: str, state: LunState) -> None:
@@ -220,6 +262,30 @@ class Catalog:
         destination), a LUN whose name happens to be that id must not answer."""
         row = self.db.execute("SELECT * FROM luns WHERE id = ?", (lun_id,)).fetchone()
         return None if row is None else _lun(row)
+
+    # -- the thin pool ---------------------------------------------------------------------
+
+    def thin_pool(self) -> ThinPoolRecord | None:
+        row = self.db.execute("SELECT * FROM thin_pool").fetchone()
+        if row is None:
+            return None
+        return ThinPoolRecord(row["id"], row["data_size"], row["metadata_size"],
+                              row["block_sectors"], row["created"])
+
+    def add_thin_pool(self, record: ThinPoolRecord) -> None:
+        self.db.execute(
+            "INSERT INTO thin_pool (one, id, data_size, metadata_size, block_sectors, created)"
+            " VALUES (1, ?, ?, ?, ?, ?)",
+            (record.id, record.data_size, record.metadata_size, record.block_sectors,
+             record.created))
+
+    def remove_thin_pool(self) -> None:
+        self.db.execute("DELETE FROM thin_pool")
+
+    def thin_ids(self) -> set[int]:
+        """The thin volume ids the catalog knows (thin LUNs)."""
+        return {int(row[0]) for row in
+                self.db.execute("SELECT thin_id FROM luns WHERE thin_id IS NOT NULL")}
 
     # -- shadow copies ---------------------------------------------------------------------
 
@@ -284,7 +350,7 @@ class Catalog:
 def _lun(row: sqlite3.Row) -> Lun:
     return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
                row["created"], LunState(row["state"]), bool(row["read_only"]),
-               bool(row["masked"]), bool(row["offline"]))
+               bool(row["masked"]), bool(row["offline"]), row["thin_id"])
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel import blockdev
+from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import now
 from .model import Lun, LunKind, ShadowKind, check_id, check_lun_name, new_id
 from .stack import DeviceStacks
 from .storage import Storage
+from .thinpool import ThinPool
 from .undo import Undo
 from .units import parse_size
 
@@ -48,11 +50,14 @@ class Luns:
 
     # -- create and delete -----------------------------------------------------------------
 
-    def create(self, name: str, size: str | int) -> Lun:
-        """A new LUN over a sparse image in the pool, active when this returns."""
+    def create(self, name: str, size: str | int, *, thin: bool = False) -> Lun:
+        """A new LUN over a sparse image in the pool, or (``thin``) a volume of the pool's
+        thin pool, active when this returns."""
         check_lun_name(name)
         size_bytes = parse_size(size)
         s = self.storage
+        if thin:
+            return self._create_thin(name, size_bytes)
         with s.changing_kernel():
             self._refuse_existing(name)
             s.pool.check_space(size_bytes, f"LUN {name}")
@@ -62,6 +67,27 @@ class Luns:
             with Undo() as undo:
                 s.pool.new_file(image, size_bytes)
                 undo.push(f"delete {image}", image.unlink, True)
+                self._stacks.activate_lun(lun, undo)
+                with s.catalog.transaction():
+                    s.catalog.add_lun(lun)
+                undo.commit()
+        return lun
+
+    def _create_thin(self, name: str, size: int) -> Lun:
+        s = self.storage
+        pool = ThinPool(s)
+        with s.changing_kernel():
+            self._refuse_existing(name)
+            record = pool.require()
+            with Undo() as undo:
+                pool.activate(undo)
+                status = pool.status()
+                if status is not None and status.mode is not PoolMode.READ_WRITE:
+                    raise InvalidArgument(f"the thin pool is {status.mode.value}: no new LUN"
+                                          " until it has room again")
+                thin_id = pool.new_volume(undo)
+                lun = Lun(new_id(), name, size, LunKind.THIN,
+                          record.path, now(), thin_id=thin_id)
                 self._stacks.activate_lun(lun, undo)
                 with s.catalog.transaction():
                     s.catalog.add_lun(lun)
@@ -117,6 +143,10 @@ class Luns:
                 Path(shadow.store).unlink(missing_ok=True)
             if lun.kind is LunKind.IMAGE:
                 Path(lun.backing).unlink(missing_ok=True)
+            if lun.thin_id is not None:
+                # After the catalog: a crash in between leaves a volume nobody names (its
+                # id is skipped later), never a LUN without its volume.
+                ThinPool(s).delete_volume(lun.thin_id)
 
     def _refuse_existing(self, name: str) -> None:
         if self.storage.catalog.find_lun(name) is not None:
@@ -133,6 +163,12 @@ class Luns:
         (rebuilt by the resync engine). The caller holds the lock."""
         created: list[str] = []
         s = self.storage
+        pool = ThinPool(s)
+        if pool.record() is not None:
+            # First, and all or nothing: on damaged metadata (thin_check) nothing comes up.
+            with Undo() as undo:
+                created += pool.activate(undo)
+                undo.commit()
         for lun in s.catalog.luns():
             device = self.missing_backing(lun)
             if device is not None:

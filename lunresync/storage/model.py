@@ -25,6 +25,7 @@ __all__ = [
     "ShadowKind",
     "ShadowState",
     "SnapshotSet",
+    "ThinPoolRecord",
     "check_id",
     "check_lun_name",
     "new_id",
@@ -40,10 +41,11 @@ def check_lun_name(name: str) -> str:
     # LUN "db" owns lunresync-db-real and shadow copies own lunresync-sc-*: a LUN named
     # "db-real" or "sc-..." would share a device-mapper name with another object.
     # Likewise resync jobs' helper devices are lunresync-job-*.
-    if name.endswith("-real") or name.startswith(("sc-", "job-")):
+    # Thin pools are lunresync-pool-<id12>.
+    if name.endswith("-real") or name.startswith(("sc-", "job-", "pool-")):
         raise InvalidArgument(
-            f"invalid LUN name {name!r}: names ending in '-real' or starting with 'sc-' or"
-            " 'job-' are reserved for lunresync's own devices"
+            f"invalid LUN name {name!r}: names ending in '-real' or starting with 'sc-',"
+            " 'job-' or 'pool-' are reserved for lunresync's own devices"
         )
     return name
 
@@ -62,6 +64,7 @@ def check_id(value: str, what: str = "id") -> str:
 class LunKind(Enum):
     IMAGE = "image"  # a sparse image file in the pool, on a loop device
     ADOPTED = "adopted"  # an existing block device
+    THIN = "thin"  # a thin volume of the pool's thin pool (docs/thin.md)
 
 
 class LunState(Enum):
@@ -87,12 +90,18 @@ class Lun:
     name: str
     size: int  # bytes
     kind: LunKind
-    backing: str  # image path (IMAGE) or block device path (ADOPTED)
+    backing: str  # image path (IMAGE), block device path (ADOPTED), thin pool device (THIN)
     created: float
     state: LunState = LunState.OK
     read_only: bool = False  # a swapped shadow copy stays read-only unless asked otherwise
     masked: bool = False  # kept in the pool but not exposed (swap --mask-original)
     offline: bool = False  # its backing device disappeared (see provider/watch.py)
+    thin_id: int | None = None  # the thin volume's id in the thin pool (THIN only)
+
+    def __post_init__(self) -> None:
+        if (self.kind is LunKind.THIN) != (self.thin_id is not None):
+            raise InvalidArgument(f"LUN {self.name}: a thin volume id goes with a thin LUN,"
+                                  " and only with one")
 
     @property
     def dm_name(self) -> str:
@@ -147,6 +156,34 @@ class ShadowCopy:
     @property
     def sectors(self) -> int:
         return self.size // SECTOR_SIZE
+
+
+@dataclass(frozen=True)
+class ThinPoolRecord:
+    """The pool directory's thin pool: images ``thin/data.img`` and ``thin/meta.img``.
+    Its id tells it from another pool directory's (dm names are global)."""
+
+    id: str
+    data_size: int  # bytes of the data image
+    metadata_size: int  # bytes of the metadata image
+    block_sectors: int  # the pool's data block
+    created: float
+
+    @property
+    def dm_name(self) -> str:
+        return f"{DM_PREFIX}pool-{self.id[:12]}"
+
+    @property
+    def dm_uuid(self) -> str:
+        return f"{UUID_PREFIX}POOL-{self.id}"
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.dm_name}"
+
+    @property
+    def data_blocks(self) -> int:
+        return self.data_size // (self.block_sectors * SECTOR_SIZE)
 
 
 @dataclass(frozen=True)

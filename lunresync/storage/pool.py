@@ -7,6 +7,7 @@ Layout (directories 0700, files 0600)::
     POOL/images/       LUN images (sparse)
     POOL/cow/          COW stores of differential shadow copies (sparse)
     POOL/clones/       images of clone shadow copies (sparse)
+    POOL/thin/         the thin pool's data.img and meta.img (sparse; docs/thin.md)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lunresync.kernel.blockdev import SECTOR_SIZE
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
-SUBDIRS = ("images", "cow", "clones", "jobs")
+SUBDIRS = ("images", "cow", "clones", "jobs", "thin")
 
 
 class PoolFull(LunresyncError):
@@ -61,6 +62,10 @@ class Pool:
     @property
     def jobs(self) -> Path:
         return self.root / "jobs"
+
+    @property
+    def thin(self) -> Path:
+        return self.root / "thin"
 
     def ensure(self) -> None:
         """Create the pool's directories (0700) and check that it can hold sparse files."""

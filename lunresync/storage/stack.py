@@ -6,6 +6,8 @@ Device stack of a LUN (names for LUN ``db``)::
                                       differential shadow copies (UUID LUNRESYNC-<id>)
     /dev/mapper/lunresync-db-real     linear over the backing device
     backing                           loop device over POOL/images/<id>.img, or adopted
+                                      (a thin LUN's -real is ``thin`` on the thin pool,
+                                      lunresync-pool-<id12>: docs/thin.md)
 
 A differential shadow copy is ``/dev/mapper/lunresync-sc-<id12>``: dm snapshot of -real
 with a persistent COW store (POOL/cow/<id>.cow on a loop device), read-only. A clone is
@@ -28,6 +30,7 @@ from lunresync.kernel.targets import (
     SnapshotOriginTable,
     SnapshotTable,
     Table,
+    ThinTable,
 )
 
 from .catalog import Catalog
@@ -41,6 +44,13 @@ def top_table(lun: Lun, *, has_snapshots: bool) -> Table:
     params = (SnapshotOriginTable(lun.real_path) if has_snapshots
               else LinearTable(lun.real_path))
     return Table.single(params, lun.sectors)
+
+
+def real_params(lun: Lun, backing: str) -> LinearTable | ThinTable:
+    """What a LUN's -real device maps: its backing device, or its thin volume."""
+    if lun.thin_id is not None:
+        return ThinTable(backing, lun.thin_id)
+    return LinearTable(backing)
 
 
 def has_differentials(catalog: Catalog, lun: Lun, exclude: Iterable[str] = ()) -> bool:
@@ -68,6 +78,12 @@ class DeviceStacks:
 
     def backing_device(self, lun: Lun, undo: Undo) -> tuple[str, list[str]]:
         """(the LUN's backing block device, the loop devices attached for it here)."""
+        if lun.kind is LunKind.THIN:
+            # The thin pool comes up first (lunresync.storage.thinpool, after thin_check).
+            pool = self.catalog.thin_pool()
+            if pool is None or not self.devices.exists_as(pool.dm_name, pool.dm_uuid):
+                raise NotFound(f"the thin pool of LUN {lun.name} is not active")
+            return pool.path, []
         if lun.kind is LunKind.ADOPTED:
             if not blockdev.is_block_device(lun.backing):
                 raise NotFound(f"the device {lun.backing} of LUN {lun.name} is gone")
@@ -85,7 +101,7 @@ class DeviceStacks:
         backing, created = self.backing_device(lun, undo)
         real = lun.real_dm_name
         if not devices.exists_as(real, f"{lun.dm_uuid}-real"):
-            devices.create(real, Table.single(LinearTable(backing), lun.sectors),
+            devices.create(real, Table.single(real_params(lun, backing), lun.sectors),
                            f"{lun.dm_uuid}-real", undo)
             created.append(real)
         differentials = [s for s in self.catalog.shadow_copies(lun_id=lun.id)

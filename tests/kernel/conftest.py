@@ -133,6 +133,7 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
     with Catalog(catalog_path) as catalog:
         ids = {lun.id for lun in catalog.luns()} | {s.lun_id for s in catalog.shadow_copies()}
         jobs = {row[0] for row in catalog.db.execute("SELECT id FROM jobs")}
+        thin_pool = catalog.thin_pool()
 
     def ours(uuid: str) -> bool:
         # UUIDs carry the LUN id (LUNRESYNC-<lun>...) or the job id (LUNRESYNC-job-<job>...).
@@ -144,6 +145,8 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
     present = [d for d in dm.devices() if ours(d.uuid)]
     names = [d.name for d in present if "-job-" in d.name] + removal_order(
         [d.name for d in present if "-job-" not in d.name])
+    if thin_pool is not None and dm.exists(thin_pool.dm_name):
+        names.append(thin_pool.dm_name)  # below its volumes: last
     for name in names:
         with contextlib.suppress(Exception):
             dm.resume(name)

@@ -76,7 +76,7 @@ class FakeDeviceMapper(DeviceMapper):
 @dataclass
 class Machine:
     root: Path
-    tools: set[str] = field(default_factory=lambda: set(TOOLS))
+    tools: set[str] = field(default_factory=lambda: {*TOOLS, "thin_check"})
     euid: int = 0
     udev: bool = True
 
@@ -294,6 +294,7 @@ def test_missing_tools_and_not_root(machine: Machine) -> None:
     assert not caps.udev_running
     assert any("not running as root" in n for n in caps.notes)
     assert any("udevd is not running" in n for n in caps.notes)
+    assert any("thin_check is missing" in n for n in caps.notes)
 
 
 DOCUMENTED_KEYS = {

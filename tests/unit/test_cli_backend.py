@@ -185,6 +185,14 @@ def test_create_lun_checks_like_the_provider_then_sends_bytes() -> None:
     client.handlers["CreateLun"] = create
     assert got.create_lun("alpha", "4M") == made
 
+    def create_thin(path: str, name: str, size: int,
+                    options: dict[str, Variant]) -> list[Any]:
+        assert (name, size, options) == ("alpha", 4 << 20, {"thin": Variant("b", True)})
+        return [api.path_of("lun", LUN_A.id)]
+
+    client.handlers["CreateLun"] = create_thin
+    assert got.create_lun("alpha", "4M", thin=True) == made
+
 
 def test_delete_lun_snapshot_and_activate_call_the_service() -> None:
     client = FakeClient(Pool())

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from lunresync.errors import LunresyncError, NotFound
+from lunresync.errors import InvalidArgument, LunresyncError, NotFound
 from lunresync.storage import catalog as catalog_module
 from lunresync.storage.catalog import SCHEMA_VERSION, Catalog, CatalogTooNew, now
 from lunresync.storage.model import (
     Lun,
     LunKind,
+    LunState,
     ShadowCopy,
     ShadowKind,
     ShadowState,
+    ThinPoolRecord,
     new_id,
 )
 
@@ -612,3 +614,53 @@ def test_an_id_finds_the_lun_with_that_id_never_one_named_so(cat: Catalog) -> No
     assert cat.lun_by_id(target.id) == target
     assert cat.lun_by_id(impostor.id) == impostor
     assert cat.lun_by_id("0" * 32) is None
+
+
+def test_version_3_catalogs_gain_thin_luns_and_keep_their_luns(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    version_3 = catalog_module.MIGRATIONS[:3]
+    monkeypatch.setattr(catalog_module, "MIGRATIONS", version_3)
+    monkeypatch.setattr(catalog_module, "SCHEMA_VERSION", 3)
+    with Catalog(db_path) as old, old.transaction() as db:
+        db.execute("INSERT INTO luns (id, name, size, kind, backing, created, state, masked)"
+                   " VALUES (?, 'db', 4096, 'image', '/pool/images/x.img', 1.5, 'incomplete', 1)",
+                   ("a" * 32,))
+    monkeypatch.undo()
+    with Catalog(db_path) as catalog:
+        assert catalog.version == catalog_module.SCHEMA_VERSION
+        (lun,) = catalog.luns()
+        assert (lun.name, lun.kind, lun.state, lun.masked, lun.thin_id) == (
+            "db", LunKind.IMAGE, LunState.INCOMPLETE, True, None)
+        thin = Lun("b" * 32, "thin1", 8192, LunKind.THIN, "/dev/mapper/lunresync-pool-x", 2.0,
+                   thin_id=5)
+        with catalog.transaction():
+            catalog.add_lun(thin)
+        assert catalog.lun("thin1") == thin
+        assert catalog.thin_ids() == {5}
+        # One thin volume, one LUN: the id cannot be given twice.
+        with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
+            catalog.add_lun(Lun("c" * 32, "thin2", 8192, LunKind.THIN, "x", 2.0, thin_id=5))
+
+
+def test_the_thin_pool_record(db_path: Path) -> None:
+    with Catalog(db_path) as catalog:
+        assert catalog.thin_pool() is None
+        record = ThinPoolRecord("d" * 32, 1 << 30, 2 << 20, 128, 3.0)
+        with catalog.transaction():
+            catalog.add_thin_pool(record)
+        assert catalog.thin_pool() == record
+        assert record.data_blocks == 16384
+        assert record.dm_name == "lunresync-pool-dddddddddddd"
+        assert record.dm_uuid == "LUNRESYNC-POOL-" + "d" * 32
+        with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
+            catalog.add_thin_pool(record)  # one per pool directory
+        with catalog.transaction():
+            catalog.remove_thin_pool()
+        assert catalog.thin_pool() is None
+
+
+def test_a_thin_lun_has_a_volume_id_and_only_a_thin_one() -> None:
+    with pytest.raises(InvalidArgument):
+        Lun("a" * 32, "x", 4096, LunKind.THIN, "p", 1.0)
+    with pytest.raises(InvalidArgument):
+        Lun("a" * 32, "x", 4096, LunKind.IMAGE, "p", 1.0, thin_id=3)

@@ -72,7 +72,8 @@ def test_layout() -> None:
     assert pool.cow == Path("/p/cow")
     assert pool.clones == Path("/p/clones")
     assert pool.jobs == Path("/p/jobs")
-    assert SUBDIRS == ("images", "cow", "clones", "jobs")
+    assert pool.thin == Path("/p/thin")
+    assert SUBDIRS == ("images", "cow", "clones", "jobs", "thin")
 
 
 # -- ensure -------------------------------------------------------------------------------

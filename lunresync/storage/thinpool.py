@@ -1,0 +1,188 @@
+"""The pool directory's thin pool (docs/thin.md): made once, with a data size; activated
+before the thin LUNs on it, after ``thin_check``; its volumes made and deleted by messages.
+
+Files: ``POOL/thin/data.img`` and ``POOL/thin/meta.img``, sparse, each on a loop device.
+Device: ``lunresync-pool-<id12>``. The pool fails writes at once when its data is full
+(``error_if_no_space``) rather than queueing them for a minute.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lunresync.errors import InUse, InvalidArgument, KernelError, NotFound
+from lunresync.kernel import thintools
+from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.targets import Table, ThinPoolStatus, ThinPoolTable
+from lunresync.kernel.targets import thin_pool as messages
+from lunresync.kernel.targets.thin import MAX_THIN_ID
+
+from .catalog import now
+from .model import LunKind, ThinPoolRecord, new_id
+from .storage import Storage
+from .undo import Undo
+from .units import format_size, parse_size
+
+log = logging.getLogger(__name__)
+
+#: 64 KiB data blocks: the kernel's smallest, so a small write unshares little.
+BLOCK_SECTORS = 128
+BLOCK_BYTES = BLOCK_SECTORS * SECTOR_SIZE
+
+CREATE_HINT = "create one with: lunresync pool create-thin --size SIZE"
+
+
+@dataclass
+class ThinPool:
+    storage: Storage
+
+    @property
+    def data_image(self) -> Path:
+        return self.storage.pool.thin / "data.img"
+
+    @property
+    def meta_image(self) -> Path:
+        return self.storage.pool.thin / "meta.img"
+
+    def record(self) -> ThinPoolRecord | None:
+        return self.storage.catalog.thin_pool()
+
+    def require(self) -> ThinPoolRecord:
+        record = self.record()
+        if record is None:
+            raise NotFound(f"the pool {self.storage.pool.root} has no thin pool",
+                           hint=CREATE_HINT)
+        return record
+
+    # -- create and delete -----------------------------------------------------------------
+
+    def create(self, size: str | int) -> ThinPoolRecord:
+        """A new thin pool of ``size`` bytes of data (rounded up to whole 64 KiB blocks),
+        active when this returns."""
+        data_size = parse_size(size)
+        data_size = -(-data_size // BLOCK_BYTES) * BLOCK_BYTES
+        s = self.storage
+        with s.changing_kernel():
+            if self.record() is not None:
+                raise InvalidArgument(f"the pool {s.pool.root} has a thin pool already")
+            for image in (self.data_image, self.meta_image):
+                if image.exists():
+                    raise InUse(f"{image} exists outside the catalog: move it away first")
+            metadata_size = messages.metadata_bytes(data_size, BLOCK_SECTORS)
+            s.pool.check_space(data_size + metadata_size, "the thin pool")
+            record = ThinPoolRecord(new_id(), data_size, metadata_size, BLOCK_SECTORS, now())
+            with Undo() as undo:
+                # A new sparse file reads as zeros: a zeroed superblock, a new pool.
+                for image, image_size in ((self.meta_image, metadata_size),
+                                          (self.data_image, data_size)):
+                    s.pool.new_file(image, image_size)
+                    undo.push(f"delete {image}", image.unlink, True)
+                self._start(record, undo, check=False)
+                with s.catalog.transaction():
+                    s.catalog.add_thin_pool(record)
+                undo.commit()
+        log.info("thin pool created: %s of data, %s of metadata", format_size(data_size),
+                 format_size(metadata_size))
+        return record
+
+    def delete(self) -> None:
+        """Remove the thin pool, its devices and its images; refused while a LUN is on it."""
+        s = self.storage
+        with s.changing_kernel(), s.devices.listed():
+            self.require()
+            thin = [lun.name for lun in s.catalog.luns() if lun.kind is LunKind.THIN]
+            if thin:
+                raise InUse(f"the thin pool holds LUNs {', '.join(thin)}: delete them first")
+            self.deactivate()
+            with s.catalog.transaction():
+                s.catalog.remove_thin_pool()
+            for image in (self.data_image, self.meta_image):
+                image.unlink(missing_ok=True)
+
+    # -- activation ------------------------------------------------------------------------
+
+    def activate(self, undo: Undo) -> list[str]:
+        """Bring the pool up if it is down, after thin_check: on damaged metadata nothing
+        is created and :class:`~lunresync.kernel.thintools.DamagedMetadata` is raised."""
+        return self._start(self.require(), undo, check=True)
+
+    def _start(self, record: ThinPoolRecord, undo: Undo, *, check: bool) -> list[str]:
+        devices = self.storage.devices
+        if devices.exists_as(record.dm_name, record.dm_uuid):
+            return []
+        created: list[str] = []
+        loops = []
+        for image in (self.meta_image, self.data_image):
+            if not image.exists():
+                raise NotFound(f"the thin pool's image {image} is gone")
+            loop = devices.attached(str(image))
+            if loop is None:
+                loop = devices.attach_file(str(image), undo, fresh=True)
+                created.append(loop)
+            loops.append(loop)
+        meta, data = loops
+        if check:
+            thintools.thin_check(self.storage.runner, meta)
+        table = Table.single(
+            ThinPoolTable(meta, data, record.block_sectors,
+                          low_water_blocks=max(1, record.data_blocks // 20),
+                          error_if_no_space=True),
+            record.data_size // SECTOR_SIZE)
+        devices.create(record.dm_name, table, record.dm_uuid, undo)
+        created.append(record.dm_name)
+        return created
+
+    def deactivate(self) -> list[str]:
+        """Remove the pool's device and detach its images (its volumes' devices first)."""
+        devices = self.storage.devices
+        record = self.record()
+        removed: list[str] = []
+        if record is not None and devices.exists(record.dm_name):
+            devices.remove(record.dm_name)
+            removed.append(record.dm_name)
+        for image in (self.data_image, self.meta_image):
+            removed += devices.detach_file(str(image))
+        return removed
+
+    def status(self) -> ThinPoolStatus | None:
+        """The pool's status, or None while it is not active."""
+        devices = self.storage.devices
+        record = self.record()
+        if record is None or not devices.exists(record.dm_name):
+            return None
+        (line,) = devices.status(record.dm_name)
+        assert isinstance(line.status, ThinPoolStatus)
+        return line.status
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    def new_volume(self, undo: Undo) -> int:
+        """A new, empty thin volume; its id. The lowest id neither the catalog nor the pool
+        holds: a crash may have left a volume the catalog never recorded."""
+        used = self.storage.catalog.thin_ids()
+        candidate = 0
+        while candidate <= MAX_THIN_ID:
+            if candidate not in used:
+                try:
+                    self._send(messages.create_thin(candidate))
+                except KernelError as error:
+                    if error.errno != errno.EEXIST:
+                        raise
+                    log.warning("thin volume %d exists but no LUN has it: skipped",
+                                candidate)
+                else:
+                    undo.push(f"delete thin volume {candidate}", self.delete_volume,
+                              candidate)
+                    return candidate
+            candidate += 1
+        raise InUse("the thin pool has no free volume id (24 bits)")
+
+    def delete_volume(self, device_id: int) -> None:
+        """Free the volume's blocks (those no snapshot shares)."""
+        self._send(messages.delete(device_id))
+
+    def _send(self, words: tuple[str, ...]) -> None:
+        self.storage.devices.message(self.require().dm_name, *words)

@@ -1,0 +1,113 @@
+"""Thin LUNs on the pool directory's thin pool (docs/thin.md), with real devices: made,
+written, shadow-copied the classic way, deactivated and activated again (thin_check
+first), refused on damaged metadata without a change, deleted with their blocks freed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lunresync.errors import InUse, NotFound
+from lunresync.kernel.thintools import DamagedMetadata
+from lunresync.provider import Provider
+from lunresync.storage.model import LunKind, ShadowKind
+from lunresync.storage.thinpool import BLOCK_BYTES
+from tests.conftest import patience
+from tests.forkserver import ForkServer
+
+from .devices import MiB, fill, sha256_of, write_pattern
+
+pytestmark = pytest.mark.kernel
+
+
+def lunresync_devices(provider: Provider) -> set[str]:
+    return {name for name in provider.storage.devices.names() if name.startswith("lunresync-")}
+
+
+def pool_loops(provider: Provider) -> list[str]:
+    root = str(provider.storage.pool.root)
+    return [loop.path for loop in provider.storage.devices.loops.attached()
+            if loop.backing_file.startswith(root)]
+
+
+def data_used(provider: Provider) -> int:
+    found = provider.thin_pool()
+    assert found is not None
+    status = found[1]
+    assert status is not None
+    return status.data_used * BLOCK_BYTES
+
+
+def test_thin_luns_live_die_and_come_back_on_their_pool(provider: Provider,
+                                                        forks: ForkServer) -> None:
+    # No thin pool yet: refused, with the command that makes one, and nothing made.
+    with pytest.raises(NotFound, match="no thin pool") as missing:
+        provider.create_lun("db", "32M", thin=True)
+    assert "pool create-thin" in str(missing.value)
+    assert provider.luns() == []
+    assert lunresync_devices(provider) == set()
+
+    record = provider.create_thin_pool("64M")
+    assert record.data_size == 64 * MiB
+    db = provider.create_lun("db", "32M", thin=True)
+    assert (db.kind, db.thin_id, db.backing) == (LunKind.THIN, 0, record.path)
+    assert data_used(provider) == 0  # a thin LUN costs nothing until written
+    fill(db.path, 8 * MiB, seed=3)
+    assert data_used(provider) == 8 * MiB
+    content = sha256_of(db.path)
+
+    # What lunresync already does with LUNs works on a thin one: a differential shadow
+    # copy stays as it was while the LUN is written.
+    taken = provider.create_snapshot_set(["db"], ShadowKind.DIFFERENTIAL)
+    (shadow,) = taken.snapshot_set.shadow_copies
+    write_pattern(db.path, 0, b"\x11" * 4096)
+    assert sha256_of(shadow.path) == content
+
+    # The CLI shows the pool's use.
+    shown = forks.run_cli(["--pool", str(provider.storage.pool.root), "pool", "show",
+                           "--json"], timeout=patience(600))
+    assert shown.returncode == 0, shown.stderr
+    record_json = json.loads(shown.stdout)
+    assert record_json["active"] is True
+    assert record_json["mode"] == "rw"
+    assert record_json["luns"] == 1
+    assert record_json["data_used"] >= 8 * MiB
+    assert record_json["data_size"] == 64 * MiB
+
+    # Deactivate: everything goes, the thin pool and its images' loop devices too.
+    provider.deactivate()
+    assert lunresync_devices(provider) == set()
+    assert pool_loops(provider) == []
+    assert provider.thin_pool() == (record, None)
+
+    # Damaged metadata: activate refuses with thin_check's verdict and makes nothing.
+    meta = provider.storage.pool.thin / "meta.img"
+    kept = meta.with_suffix(".kept")
+    shutil.copyfile(meta, kept)
+    with meta.open("r+b") as f:
+        f.write(b"\xff" * 512)
+    with pytest.raises(DamagedMetadata, match="superblock"):
+        provider.activate()
+    assert lunresync_devices(provider) == set()
+    assert pool_loops(provider) == []
+    kept.replace(meta)
+
+    # Sound again: activate brings the pool, the LUN and its shadow copy back as they were.
+    provider.activate()
+    assert sha256_of(shadow.path) == content
+    assert sha256_of(db.path) != content
+    assert data_used(provider) >= 8 * MiB
+
+    # The pool cannot go while a LUN lives on it; deleting the LUN frees its blocks.
+    with pytest.raises(InUse, match="db"):
+        provider.delete_thin_pool()
+    provider.delete_lun("db", force=True)
+    assert data_used(provider) == 0
+    provider.delete_thin_pool()
+    assert provider.thin_pool() is None
+    assert list(Path(provider.storage.pool.thin).iterdir()) == []
+    assert lunresync_devices(provider) == set()
+    assert pool_loops(provider) == []
