@@ -132,6 +132,30 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE luns;
     ALTER TABLE luns_v4 RENAME TO luns;
     """,
+    # 5: thin shadow copies: a thin snapshot in the thin pool, named by its id. The table
+    # is rebuilt for its CHECK, as the LUNs' was (job pairs name shadow copies by id only).
+    """
+    CREATE TABLE shadow_copies_v5 (
+        id TEXT PRIMARY KEY,
+        set_id TEXT NOT NULL REFERENCES snapshot_sets(id),
+        lun_id TEXT NOT NULL,
+        lun_name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('differential', 'clone', 'thin')),
+        size INTEGER NOT NULL CHECK (size > 0),
+        store TEXT NOT NULL,
+        chunk_sectors INTEGER NOT NULL,
+        created REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'valid' CHECK (state IN ('valid', 'invalid')),
+        thin_id INTEGER UNIQUE CHECK (thin_id BETWEEN 0 AND 16777215),
+        CHECK ((kind = 'thin') = (thin_id IS NOT NULL))
+    );
+    INSERT INTO shadow_copies_v5 (id, set_id, lun_id, lun_name, kind, size, store,
+        chunk_sectors, created, state) SELECT id, set_id, lun_id, lun_name, kind, size,
+        store, chunk_sectors, created, state FROM shadow_copies;
+    DROP TABLE shadow_copies;
+    ALTER TABLE shadow_copies_v5 RENAME TO shadow_copies;
+    CREATE INDEX shadow_copies_lun ON shadow_copies(lun_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -283,9 +307,10 @@ class Catalog:
         self.db.execute("DELETE FROM thin_pool")
 
     def thin_ids(self) -> set[int]:
-        """The thin volume ids the catalog knows (thin LUNs)."""
-        return {int(row[0]) for row in
-                self.db.execute("SELECT thin_id FROM luns WHERE thin_id IS NOT NULL")}
+        """The thin volume ids the catalog knows (thin LUNs and thin shadow copies)."""
+        return {int(row[0]) for row in self.db.execute(
+            "SELECT thin_id FROM luns WHERE thin_id IS NOT NULL UNION"
+            " SELECT thin_id FROM shadow_copies WHERE thin_id IS NOT NULL")}
 
     # -- shadow copies ---------------------------------------------------------------------
 
@@ -300,9 +325,9 @@ class Catalog:
     def add_shadow_copy(self, sc: ShadowCopy) -> None:
         self.db.execute(
             "INSERT INTO shadow_copies (id, set_id, lun_id, lun_name, kind, size, store,"
-            " chunk_sectors, created, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " chunk_sectors, created, state, thin_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (sc.id, sc.set_id, sc.lun_id, sc.lun_name, sc.kind.value, sc.size, sc.store,
-             sc.chunk_sectors, sc.created, sc.state.value),
+             sc.chunk_sectors, sc.created, sc.state.value, sc.thin_id),
         )
 
     def set_shadow_state(self, sc_id: str, state: ShadowState) -> None:
@@ -358,7 +383,7 @@ def _shadow(row: sqlite3.Row) -> ShadowCopy:
         id=row["id"], set_id=row["set_id"], lun_id=row["lun_id"], lun_name=row["lun_name"],
         kind=ShadowKind(row["kind"]), size=row["size"], store=row["store"],
         chunk_sectors=row["chunk_sectors"], created=row["created"],
-        state=ShadowState(row["state"]),
+        state=ShadowState(row["state"]), thin_id=row["thin_id"],
     )
 
 

@@ -77,6 +77,7 @@ class LunState(Enum):
 class ShadowKind(Enum):
     DIFFERENTIAL = "differential"  # dm snapshot: changed chunks in a COW store
     CLONE = "clone"  # a full, independent copy
+    THIN = "thin"  # a thin snapshot in the thin pool: shares every block (docs/thin.md)
 
 
 class ShadowState(Enum):
@@ -136,10 +137,21 @@ class ShadowCopy:
     lun_name: str  # that LUN's name when the copy was taken
     kind: ShadowKind
     size: int
-    store: str  # COW store (differential) or image (clone), in the pool
+    store: str  # COW store (differential), image (clone), thin pool device (thin)
     chunk_sectors: int
     created: float
     state: ShadowState = ShadowState.VALID
+    thin_id: int | None = None  # the thin snapshot's id in the thin pool (THIN only)
+
+    def __post_init__(self) -> None:
+        if (self.kind is ShadowKind.THIN) != (self.thin_id is not None):
+            raise InvalidArgument(f"shadow copy {self.id}: a thin volume id goes with a thin"
+                                  " shadow copy, and only with one")
+
+    @property
+    def has_store_file(self) -> bool:
+        """Whether ``store`` is a file of the pool (a thin one's is the pool's device)."""
+        return self.kind is not ShadowKind.THIN
 
     @property
     def dm_name(self) -> str:

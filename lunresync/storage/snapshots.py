@@ -3,6 +3,7 @@
 A set is taken in one freeze across all its LUNs: every origin suspended, every snapshot
 resumed, every origin resumed (three ioctls per LUN, no process). A clone set is taken as
 differential snapshots first, copied into clone images, then the snapshots are dropped.
+A thin set (thin LUNs only) is one ``create_snap`` per LUN to the thin pool in the freeze.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lunresync.errors import InvalidArgument, NotFound
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import SnapshotStatus, SnapshotTable, Table
 from lunresync.kernel.targets.snapshot import cow_store_size
+from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import Catalog, now
 from .devices import Devices
@@ -31,6 +33,7 @@ from .model import (
 )
 from .stack import DeviceStacks, has_differentials, top_table
 from .storage import Storage
+from .thinpool import ThinPool
 from .undo import Undo
 
 DEFAULT_CHUNK_SECTORS = 16  # 8 KiB: small chunks keep copy-on-write cheap for small writes
@@ -91,6 +94,8 @@ class Snapshots:
                     raise InvalidArgument(f"LUN {lun.name} is incomplete (a restore into it was"
                                           " cancelled or failed): restore it first")
                 s.refuse_restoring(lun, "snapshot it")
+            if kind is ShadowKind.THIN:
+                return self._create_thin_set(luns, lock_fs=lock_fs, after_freeze=after_freeze)
             cow_sizes = [cow_store_size(lun.size, DEFAULT_CHUNK_SECTORS) for lun in luns]
             need = sum(cow_sizes) + (sum(lun.size for lun in luns)
                                      if kind is ShadowKind.CLONE else 0)
@@ -109,6 +114,61 @@ class Snapshots:
                     for shadow in shadows:
                         s.catalog.add_shadow_copy(shadow)
                 undo.commit()
+        return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
+
+    def _create_thin_set(self, luns: Sequence[Lun], *, lock_fs: bool,
+                         after_freeze: Callable[[], None] | None) -> SnapshotSetResult:
+        """Thin snapshots of thin LUNs, in one freeze: every top and -real suspended (the
+        file systems flushed, nothing in flight), one ``create_snap`` each, all resumed.
+        No data is copied and no store made: the cost is the same at any size and however
+        many shadow copies are kept (docs/thin.md)."""
+        s = self.storage
+        not_thin = [lun.name for lun in luns if lun.thin_id is None]
+        if not_thin:
+            raise InvalidArgument(f"thin shadow copies are of thin LUNs only; not thin:"
+                                  f" {', '.join(not_thin)} (use --kind differential or clone)")
+        pool = ThinPool(s)
+        record = pool.require()
+        status = pool.status()
+        if status is None:
+            raise NotFound("the thin pool is not active (run lunresync activate)")
+        if status.mode is not PoolMode.READ_WRITE:
+            raise InvalidArgument(f"the thin pool is {status.mode.value}: no shadow copy"
+                                  " until it has room again")
+        set_id, created = new_id(), now()
+        devices = s.devices
+        tops = [lun.dm_name for lun in luns]
+        reals = [lun.real_dm_name for lun in luns]
+        with Undo() as undo:
+            thin_ids: list[int] = []
+            with devices.udev_batch() as udev_events:
+                started = time.monotonic()
+                devices.suspend(*tops, nolockfs=not lock_fs)
+                try:
+                    devices.suspend(*reals, nolockfs=True)
+                    try:
+                        for lun in luns:
+                            assert lun.thin_id is not None
+                            thin_ids.append(pool.new_snapshot(lun.thin_id, undo,
+                                                              avoid=set(thin_ids)))
+                    finally:
+                        udev_events.resume(*reals)
+                finally:
+                    udev_events.resume(*tops)
+                freeze = time.monotonic() - started
+            if after_freeze is not None:
+                after_freeze()
+            shadows = [ShadowCopy(new_id(), set_id, lun.id, lun.name, ShadowKind.THIN,
+                                  lun.size, record.path, 0, created, thin_id=thin_id)
+                       for lun, thin_id in zip(luns, thin_ids, strict=True)]
+            # Their devices after the freeze: nothing is probed through a suspended device.
+            for shadow in shadows:
+                self._stacks.activate_clone(shadow, undo)
+            with s.catalog.transaction():
+                s.catalog.add_snapshot_set(set_id, created)
+                for shadow in shadows:
+                    s.catalog.add_shadow_copy(shadow)
+            undo.commit()
         return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
 
     def _take_differentials(self, luns: Sequence[Lun], cow_sizes: Sequence[int], set_id: str,
@@ -215,7 +275,11 @@ class Snapshots:
                 self._stacks.reload_top(lun, False)
             with s.catalog.transaction():
                 s.catalog.remove_shadow_copy(shadow.id)
-            Path(shadow.store).unlink(missing_ok=True)
+            if shadow.thin_id is not None:
+                # After the catalog, as for a thin LUN: at worst a volume nobody names.
+                ThinPool(s).delete_volume(shadow.thin_id)
+            elif shadow.has_store_file:
+                Path(shadow.store).unlink(missing_ok=True)
 
     def activate_clones(self) -> list[str]:
         """The devices of every clone shadow copy (and of none whose LUN is gone: a
@@ -223,7 +287,8 @@ class Snapshots:
         created: list[str] = []
         s = self.storage
         for shadow in s.catalog.shadow_copies():
-            if shadow.kind is ShadowKind.CLONE or s.catalog.lun_by_id(shadow.lun_id) is None:
+            if (shadow.kind is not ShadowKind.DIFFERENTIAL
+                    or s.catalog.lun_by_id(shadow.lun_id) is None):
                 with Undo() as undo:
                     created += self._stacks.activate_clone(shadow, undo)
                     undo.commit()
@@ -242,7 +307,7 @@ def shadow_copy_use(catalog: Catalog, devices: Devices, shadow: ShadowCopy) -> S
     if not devices.exists(shadow.dm_name):
         usable = shadow.state is ShadowState.VALID
         return ShadowCopyUse(shadow, False, None, None, usable)
-    if shadow.kind is ShadowKind.CLONE:
+    if shadow.kind is not ShadowKind.DIFFERENTIAL:  # a clone, a thin snapshot: no store
         return ShadowCopyUse(shadow, True, None, None, True)
     (line,) = devices.status(shadow.dm_name)
     status = line.status

@@ -164,9 +164,11 @@ class DeviceStacks:
     # -- shadow copies ---------------------------------------------------------------------
 
     def activate_clone(self, shadow: ShadowCopy, undo: Undo) -> list[str]:
-        """The read-only device of a clone shadow copy (nothing for a differential one,
-        whose devices are part of its LUN's stack)."""
+        """The read-only device of a clone or thin shadow copy (nothing for a differential
+        one, whose devices are part of its LUN's stack)."""
         created: list[str] = []
+        if shadow.kind is ShadowKind.THIN:
+            return self._activate_thin(shadow, undo)
         if shadow.kind is not ShadowKind.CLONE:
             return created  # a differential whose LUN is gone cannot be activated
         loop = self.devices.attached(shadow.store, read_only=True)
@@ -179,6 +181,19 @@ class DeviceStacks:
             created.append(shadow.dm_name)
         return created
 
+    def _activate_thin(self, shadow: ShadowCopy, undo: Undo) -> list[str]:
+        """A thin shadow copy's read-only ``thin`` device (the pool must be up)."""
+        assert shadow.thin_id is not None
+        if self.devices.exists_as(shadow.dm_name, shadow.dm_uuid):
+            return []
+        pool = self.catalog.thin_pool()
+        if pool is None or not self.devices.exists_as(pool.dm_name, pool.dm_uuid):
+            raise NotFound(f"the thin pool of shadow copy {shadow.id} is not active")
+        self.devices.create(shadow.dm_name, Table.single(ThinTable(pool.path, shadow.thin_id),
+                                                         shadow.sectors),
+                            shadow.dm_uuid, undo, read_only=True)
+        return [shadow.dm_name]
+
     def reactivate_clone(self, shadow: ShadowCopy) -> None:
         with Undo() as undo:
             self.activate_clone(shadow, undo)
@@ -190,5 +205,6 @@ class DeviceStacks:
         if self.devices.exists(shadow.dm_name):
             self.devices.remove(shadow.dm_name)
             removed.append(shadow.dm_name)
-        removed += self.devices.detach_file(shadow.store)
+        if shadow.has_store_file:
+            removed += self.devices.detach_file(shadow.store)
         return removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lunresync.kernel.targets import thin_pool as messages
 from lunresync.kernel.targets.thin import MAX_THIN_ID
 
 from .catalog import now
-from .model import LunKind, ThinPoolRecord, new_id
+from .model import LunKind, ShadowKind, ThinPoolRecord, new_id
 from .storage import Storage
 from .undo import Undo
 from .units import format_size, parse_size
@@ -96,6 +97,10 @@ class ThinPool:
             thin = [lun.name for lun in s.catalog.luns() if lun.kind is LunKind.THIN]
             if thin:
                 raise InUse(f"the thin pool holds LUNs {', '.join(thin)}: delete them first")
+            copies = [sc.id for sc in s.catalog.shadow_copies() if sc.kind is ShadowKind.THIN]
+            if copies:
+                raise InUse(f"the thin pool holds {len(copies)} shadow copies: delete them"
+                            " first")
             self.deactivate()
             with s.catalog.transaction():
                 s.catalog.remove_thin_pool()
@@ -160,19 +165,29 @@ class ThinPool:
     # -- volumes ---------------------------------------------------------------------------
 
     def new_volume(self, undo: Undo) -> int:
-        """A new, empty thin volume; its id. The lowest id neither the catalog nor the pool
-        holds: a crash may have left a volume the catalog never recorded."""
-        used = self.storage.catalog.thin_ids()
+        """A new, empty thin volume; its id."""
+        return self._make(messages.create_thin, undo, avoid=set())
+
+    def new_snapshot(self, origin_id: int, undo: Undo, *, avoid: set[int]) -> int:
+        """A thin snapshot of volume ``origin_id`` (suspended by the caller, if active);
+        its id, none of ``avoid`` (ids taken by the caller but not recorded yet)."""
+        return self._make(lambda new: messages.create_snap(new, origin_id), undo, avoid=avoid)
+
+    def _make(self, message: Callable[[int], tuple[str, ...]], undo: Undo, *,
+              avoid: set[int]) -> int:
+        """Send ``message(id)`` with the lowest id neither the catalog, nor ``avoid``, nor
+        the pool holds: a crash may have left a volume the catalog never recorded."""
+        used = self.storage.catalog.thin_ids() | avoid
         candidate = 0
         while candidate <= MAX_THIN_ID:
             if candidate not in used:
                 try:
-                    self._send(messages.create_thin(candidate))
+                    self._send(message(candidate))
                 except KernelError as error:
                     if error.errno != errno.EEXIST:
                         raise
-                    log.warning("thin volume %d exists but no LUN has it: skipped",
-                                candidate)
+                    log.warning("thin volume %d exists but the catalog does not name it:"
+                                " skipped", candidate)
                 else:
                     undo.push(f"delete thin volume {candidate}", self.delete_volume,
                               candidate)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from lunresync.errors import InUse, NotFound
+from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel.thintools import DamagedMetadata
 from lunresync.provider import Provider
 from lunresync.storage.model import LunKind, ShadowKind
@@ -19,6 +20,7 @@ from tests.conftest import patience
 from tests.forkserver import ForkServer
 
 from .devices import MiB, fill, sha256_of, write_pattern
+from .test_provider import StampWriter, read_stamp
 
 pytestmark = pytest.mark.kernel
 
@@ -111,3 +113,54 @@ def test_thin_luns_live_die_and_come_back_on_their_pool(provider: Provider,
     assert list(Path(provider.storage.pool.thin).iterdir()) == []
     assert lunresync_devices(provider) == set()
     assert pool_loops(provider) == []
+
+
+def test_thin_sets_are_one_instant_cost_no_block_and_are_deleted_with_their_blocks(
+        provider: Provider) -> None:
+    provider.create_thin_pool("64M")
+    log = provider.create_lun("log", "16M", thin=True)
+    data = provider.create_lun("data", "16M", thin=True)
+    fill(data.path, 4 * MiB, seed=5)
+    used = data_used(provider)
+
+    # Not thin: refused before anything changes.
+    provider.create_lun("plain", "16M")
+    with pytest.raises(InvalidArgument, match="plain"):
+        provider.create_snapshot_set(["log", "plain"], ShadowKind.THIN)
+    assert provider.catalog.shadow_copies() == []
+
+    seen = []
+    with StampWriter((log.path, data.path)) as writer:
+        for _ in range(3):
+            start, deadline = writer.sequence, time.monotonic() + patience(60)
+            while writer.sequence < start + 20 and writer.error is None:
+                assert time.monotonic() < deadline, f"the writer is stuck at {writer.sequence}"
+                writer.stop.wait(0.01)
+            taken = provider.create_snapshot_set(["log", "data"], ShadowKind.THIN)
+            by_lun = {s.lun_name: s for s in taken.snapshot_set.shadow_copies}
+            assert {s.kind for s in by_lun.values()} == {ShadowKind.THIN}
+            seen.append((read_stamp(by_lun["log"].path), read_stamp(by_lun["data"].path)))
+    assert writer.error is None
+    for stamp_log, stamp_data in seen:
+        assert stamp_data > 0
+        assert stamp_log - stamp_data in (0, 1), seen  # one instant across the two LUNs
+    assert seen[0][1] < seen[1][1] < seen[2][1]
+
+    # Six thin shadow copies kept: the writer's few blocks aside, nothing was copied.
+    copies = provider.catalog.shadow_copies()
+    assert len(copies) == 6
+    assert data_used(provider) <= used + 8 * BLOCK_BYTES
+    first_data = next(s for s in copies if s.lun_name == "data")
+    before = sha256_of(first_data.path)
+    fill(data.path, 4 * MiB, seed=6)  # the shared blocks broken once, for all six
+    assert sha256_of(first_data.path) == before
+
+    # Survives deactivate and activate; deleting the copies and the LUNs frees everything.
+    provider.deactivate()
+    provider.activate()
+    assert sha256_of(first_data.path) == before
+    for shadow in copies:
+        provider.delete_shadow_copy(shadow.id)
+    provider.delete_lun("log")
+    provider.delete_lun("data")
+    assert data_used(provider) == 0

@@ -77,7 +77,7 @@ def _mangled(change: str) -> dict[str, Any]:
     elif change == "size":
         data["luns"][0]["size"] = -1
     elif change == "kind":
-        data["kind"] = "thin"
+        data["kind"] = "mirrored"
     elif change == "missing":
         del data["snapshot_set_id"]
     elif change == "duplicate-shadow":

@@ -616,7 +616,7 @@ def test_an_id_finds_the_lun_with_that_id_never_one_named_so(cat: Catalog) -> No
     assert cat.lun_by_id("0" * 32) is None
 
 
-def test_version_3_catalogs_gain_thin_luns_and_keep_their_luns(
+def test_version_3_catalogs_gain_thin_luns_and_copies_and_keep_what_they_had(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version_3 = catalog_module.MIGRATIONS[:3]
     monkeypatch.setattr(catalog_module, "MIGRATIONS", version_3)
@@ -625,18 +625,30 @@ def test_version_3_catalogs_gain_thin_luns_and_keep_their_luns(
         db.execute("INSERT INTO luns (id, name, size, kind, backing, created, state, masked)"
                    " VALUES (?, 'db', 4096, 'image', '/pool/images/x.img', 1.5, 'incomplete', 1)",
                    ("a" * 32,))
+        db.execute("INSERT INTO snapshot_sets (id, created) VALUES (?, 1.0)", ("e" * 32,))
+        db.execute("INSERT INTO shadow_copies (id, set_id, lun_id, lun_name, kind, size,"
+                   " store, chunk_sectors, created, state) VALUES (?, ?, ?, 'db', 'differential',"
+                   " 4096, '/pool/cow/f.cow', 16, 1.0, 'invalid')", ("f" * 32, "e" * 32, "a" * 32))
     monkeypatch.undo()
     with Catalog(db_path) as catalog:
         assert catalog.version == catalog_module.SCHEMA_VERSION
         (lun,) = catalog.luns()
         assert (lun.name, lun.kind, lun.state, lun.masked, lun.thin_id) == (
             "db", LunKind.IMAGE, LunState.INCOMPLETE, True, None)
+        (kept,) = catalog.shadow_copies(lun_id="a" * 32)
+        assert (kept.kind, kept.state, kept.store, kept.thin_id) == (
+            ShadowKind.DIFFERENTIAL, ShadowState.INVALID, "/pool/cow/f.cow", None)
+        thin_copy = ShadowCopy("9" * 32, "e" * 32, "b" * 32, "thin1", ShadowKind.THIN, 8192,
+                               "/dev/mapper/lunresync-pool-x", 0, 2.0, thin_id=6)
         thin = Lun("b" * 32, "thin1", 8192, LunKind.THIN, "/dev/mapper/lunresync-pool-x", 2.0,
                    thin_id=5)
         with catalog.transaction():
             catalog.add_lun(thin)
         assert catalog.lun("thin1") == thin
-        assert catalog.thin_ids() == {5}
+        with catalog.transaction():
+            catalog.add_shadow_copy(thin_copy)
+        assert catalog.shadow_copy("9" * 32) == thin_copy
+        assert catalog.thin_ids() == {5, 6}
         # One thin volume, one LUN: the id cannot be given twice.
         with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
             catalog.add_lun(Lun("c" * 32, "thin2", 8192, LunKind.THIN, "x", 2.0, thin_id=5))

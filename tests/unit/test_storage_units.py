@@ -258,5 +258,5 @@ def test_model_objects_are_frozen() -> None:
 
 def test_enum_values_match_the_catalog_schema() -> None:
     assert {k.value for k in LunKind} == {"image", "adopted", "thin"}
-    assert {k.value for k in ShadowKind} == {"differential", "clone"}
+    assert {k.value for k in ShadowKind} == {"differential", "clone", "thin"}
     assert {s.value for s in ShadowState} == {"valid", "invalid"}

@@ -52,7 +52,7 @@ def _kind(value: str) -> ShadowKind:
     try:
         return ShadowKind(value)
     except ValueError:
-        raise InvalidArgument(f"unknown kind {value!r}: use differential or clone") from None
+        raise InvalidArgument(f"unknown kind {value!r}: use differential, clone or thin") from None
 
 
 def _timeout(value: float | None) -> float | None:
