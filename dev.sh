@@ -89,10 +89,13 @@ kernel_tests() {
         mkdir -p "$RESULTS/vm$shard"
         # Only tests/kernel is collected, and no plugin is loaded that the kernel tier does
         # not use: importing every test module and hypothesis costs a minute in the VM.
+        # A test still running after 15 minutes (the slowest takes under one) has every
+        # thread's stack printed, so that a hang says where it is.
         LUNRESYNC_TEST_SHARD=$shard/$shards "$PY" tests/vm.py --test-kernel \
             --results "$RESULTS/vm$shard" -- \
             env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest tests/kernel -m kernel -q \
             --durations=10 --junitxml="$RESULTS/vm$shard/kernel.xml" \
+            -o faulthandler_timeout=900 \
             >"$RESULTS/vm$shard/console.log" 2>&1 &
         pids+=($!)
     done

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -50,6 +51,16 @@ def open_pool(root: Path, name: str, kind: ShadowKind) -> Provider:
     return provider
 
 
+def close(provider: Provider) -> None:
+    """Tear the pool down and delete it: on the VM's tmpfs, what it wrote is memory."""
+    root = provider.storage.pool.root
+    try:
+        provider.deactivate()
+    finally:
+        provider.close()
+        shutil.rmtree(root)
+
+
 def bench_writes(root: Path, lun_size: int, written: int, kept: list[int],
                  repeat: int) -> list[tuple[str, int, float, float]]:
     """Per kind and number of copies kept: median seconds to overwrite ``written`` bytes
@@ -68,8 +79,7 @@ def bench_writes(root: Path, lun_size: int, written: int, kept: list[int],
                     rewrites.append(direct_write(lun.path, 0, written, 7))
                     fresh.append(direct_write(lun.path, written, written, 9))
                 finally:
-                    provider.deactivate()
-                    provider.close()
+                    close(provider)
             rows.append((kind.value, count, statistics.median(rewrites),
                          statistics.median(fresh)))
     return rows
@@ -98,8 +108,7 @@ def bench_sets(root: Path, lun_size: int, kept: list[int],
                     totals.append(time.monotonic() - started)
                     freezes.append(result.freeze_seconds)
                 finally:
-                    provider.deactivate()
-                    provider.close()
+                    close(provider)
             rows.append((kind.value, count, statistics.median(totals),
                          statistics.median(freezes)))
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -66,8 +67,10 @@ def scratch_root() -> Iterator[Path]:
 @pytest.fixture
 def scratch_pool(scratch_root: Path, request: pytest.FixtureRequest) -> Path:
     """An empty directory for one test's images (a pool to be)."""
-    name: str = request.node.name
-    path = scratch_root / name.replace("/", "_")[:80]
+    name: str = request.node.name.replace("/", "_")
+    if len(name) > 80:  # shortened, but two parametrizations must not meet
+        name = f"{name[:70]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    path = scratch_root / name
     path.mkdir()
     return path
 

@@ -9,6 +9,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from lunresync.storage.catalog import Catalog
 from lunresync.storage.model import ShadowKind, ShadowState
 from lunresync.storage.pool import PoolFull
 from lunresync.storage.transport import CorruptBundle
+from tests.conftest import patience
 
 from .conftest import force_remove_pool_devices
 from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern
@@ -160,8 +162,9 @@ def check_one_instant(provider: Provider, log: CommandLog) -> None:
     seen = []
     with StampWriter((a.path, b.path)) as writer:
         for _ in range(3):
-            start = writer.sequence
+            start, deadline = writer.sequence, time.monotonic() + patience(60)
             while writer.sequence < start + 20 and writer.error is None:
+                assert time.monotonic() < deadline, f"the writer is stuck at {writer.sequence}"
                 writer.stop.wait(0.01)
             log.clear()
             result = provider.create_snapshot_set(["log", "data"])
