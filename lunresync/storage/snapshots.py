@@ -109,12 +109,9 @@ class Snapshots:
                     after_freeze()
                 if kind is ShadowKind.CLONE:
                     shadows = self._differentials_to_clones(luns, shadows, undo)
-                with s.catalog.transaction():
-                    s.catalog.add_snapshot_set(set_id, created)
-                    for shadow in shadows:
-                        s.catalog.add_shadow_copy(shadow)
+                taken = self._record_set(set_id, created, shadows)
                 undo.commit()
-        return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
+        return SnapshotSetResult(taken, freeze)
 
     def _create_thin_set(self, luns: Sequence[Lun], *, lock_fs: bool,
                          after_freeze: Callable[[], None] | None) -> SnapshotSetResult:
@@ -164,12 +161,19 @@ class Snapshots:
             # Their devices after the freeze: nothing is probed through a suspended device.
             for shadow in shadows:
                 self._stacks.activate_clone(shadow, undo)
-            with s.catalog.transaction():
-                s.catalog.add_snapshot_set(set_id, created)
-                for shadow in shadows:
-                    s.catalog.add_shadow_copy(shadow)
+            taken = self._record_set(set_id, created, shadows)
             undo.commit()
-        return SnapshotSetResult(SnapshotSet(set_id, created, tuple(shadows)), freeze)
+        return SnapshotSetResult(taken, freeze)
+
+    def _record_set(self, set_id: str, created: float,
+                    shadows: Sequence[ShadowCopy]) -> SnapshotSet:
+        """The set and its shadow copies in the catalog, in one transaction."""
+        catalog = self.storage.catalog
+        with catalog.transaction():
+            catalog.add_snapshot_set(set_id, created)
+            for shadow in shadows:
+                catalog.add_shadow_copy(shadow)
+        return SnapshotSet(set_id, created, tuple(shadows))
 
     def _take_differentials(self, luns: Sequence[Lun], cow_sizes: Sequence[int], set_id: str,
                             created: float, undo: Undo, lock_fs: bool = True

@@ -129,6 +129,13 @@ class StampWriter:
             for fd in fds:
                 os.close(fd)
 
+    def advance(self, stamps: int = 20) -> None:
+        """Wait until ``stamps`` more have been written; fail if the writer is stuck."""
+        start, deadline = self.sequence, time.monotonic() + patience(60)
+        while self.sequence < start + stamps and self.error is None:
+            assert time.monotonic() < deadline, f"the writer is stuck at {self.sequence}"
+            self.stop.wait(0.01)
+
     def __enter__(self) -> StampWriter:
         self.thread.start()
         return self
@@ -162,10 +169,7 @@ def check_one_instant(provider: Provider, log: CommandLog) -> None:
     seen = []
     with StampWriter((a.path, b.path)) as writer:
         for _ in range(3):
-            start, deadline = writer.sequence, time.monotonic() + patience(60)
-            while writer.sequence < start + 20 and writer.error is None:
-                assert time.monotonic() < deadline, f"the writer is stuck at {writer.sequence}"
-                writer.stop.wait(0.01)
+            writer.advance()
             log.clear()
             result = provider.create_snapshot_set(["log", "data"])
             by_lun = {s.lun_name: s for s in result.snapshot_set.shadow_copies}
