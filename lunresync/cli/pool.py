@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lunresync.errors import NotFound
-from lunresync.storage.model import LunKind
+from lunresync.storage.model import THIN_POOL_CREATE_HINT, LunKind
 from lunresync.storage.units import format_size
 from lunresync.views import thin_pool_json
 
@@ -68,8 +68,7 @@ def pool_delete_thin(ctx: click.Context) -> None:
 def _record(provider: Provider) -> dict[str, Any]:
     found = provider.thin_pool()
     if found is None:
-        raise NotFound("this pool has no thin pool",
-                       hint="create one with: lunresync pool create-thin --size SIZE")
+        raise NotFound("this pool has no thin pool", hint=THIN_POOL_CREATE_HINT)
     record, status = found
     thin = sum(1 for lun in provider.luns() if lun.kind is LunKind.THIN)
     return thin_pool_json(record, status, thin)

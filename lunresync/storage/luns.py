@@ -13,7 +13,6 @@ from pathlib import Path
 
 from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel import blockdev
-from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import now
 from .model import Lun, LunKind, ShadowKind, check_id, check_lun_name, new_id
@@ -81,10 +80,7 @@ class Luns:
             record = pool.require()
             with Undo() as undo:
                 pool.activate(undo)
-                status = pool.status()
-                if status is not None and status.mode is not PoolMode.READ_WRITE:
-                    raise InvalidArgument(f"the thin pool is {status.mode.value}: no new LUN"
-                                          " until it has room again")
+                pool.refuse_full("new LUN")
                 thin_id = pool.new_volume(undo)
                 lun = Lun(new_id(), name, size, LunKind.THIN,
                           record.path, now(), thin_id=thin_id)

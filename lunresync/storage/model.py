@@ -17,6 +17,7 @@ UUID_PREFIX = "LUNRESYNC-"
 
 __all__ = [
     "DM_PREFIX",
+    "THIN_POOL_CREATE_HINT",
     "UUID_PREFIX",
     "Lun",
     "LunKind",
@@ -168,6 +169,11 @@ class ShadowCopy:
     @property
     def sectors(self) -> int:
         return self.size // SECTOR_SIZE
+
+
+#: What to do when a pool directory has no thin pool (here: the CLI imports this module at
+#: start, lunresync.storage.thinpool only when a command runs).
+THIN_POOL_CREATE_HINT = "create one with: lunresync pool create-thin --size SIZE"
 
 
 @dataclass(frozen=True)

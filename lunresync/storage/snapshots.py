@@ -17,7 +17,6 @@ from lunresync.errors import InvalidArgument, NotFound
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import SnapshotStatus, SnapshotTable, Table
 from lunresync.kernel.targets.snapshot import cow_store_size
-from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import Catalog, now
 from .devices import Devices
@@ -126,12 +125,7 @@ class Snapshots:
                                   f" {', '.join(not_thin)} (use --kind differential or clone)")
         pool = ThinPool(s)
         record = pool.require()
-        status = pool.status()
-        if status is None:
-            raise NotFound("the thin pool is not active (run lunresync activate)")
-        if status.mode is not PoolMode.READ_WRITE:
-            raise InvalidArgument(f"the thin pool is {status.mode.value}: no shadow copy"
-                                  " until it has room again")
+        pool.refuse_full("shadow copy")
         set_id, created = new_id(), now()
         devices = s.devices
         tops = [lun.dm_name for lun in luns]
@@ -282,7 +276,7 @@ class Snapshots:
             if shadow.thin_id is not None:
                 # After the catalog, as for a thin LUN: at worst a volume nobody names.
                 ThinPool(s).delete_volume(shadow.thin_id)
-            elif shadow.has_store_file:
+            else:
                 Path(shadow.store).unlink(missing_ok=True)
 
     def activate_clones(self) -> list[str]:

@@ -35,7 +35,7 @@ from lunresync.kernel.targets import (
 
 from .catalog import Catalog
 from .devices import PoolDevices
-from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind, ThinPoolRecord
 from .undo import Undo
 
 
@@ -79,11 +79,7 @@ class DeviceStacks:
     def backing_device(self, lun: Lun, undo: Undo) -> tuple[str, list[str]]:
         """(the LUN's backing block device, the loop devices attached for it here)."""
         if lun.kind is LunKind.THIN:
-            # The thin pool comes up first (lunresync.storage.thinpool, after thin_check).
-            pool = self.catalog.thin_pool()
-            if pool is None or not self.devices.exists_as(pool.dm_name, pool.dm_uuid):
-                raise NotFound(f"the thin pool of LUN {lun.name} is not active")
-            return pool.path, []
+            return self._active_thin_pool(f"LUN {lun.name}").path, []
         if lun.kind is LunKind.ADOPTED:
             if not blockdev.is_block_device(lun.backing):
                 raise NotFound(f"the device {lun.backing} of LUN {lun.name} is gone")
@@ -129,6 +125,14 @@ class DeviceStacks:
                            read_only=lun.read_only)
             created.append(lun.dm_name)
         return created
+
+    def _active_thin_pool(self, of: str) -> ThinPoolRecord:
+        """The thin pool, which must be up: it comes up first (lunresync.storage.thinpool,
+        after thin_check)."""
+        pool = self.catalog.thin_pool()
+        if pool is None or not self.devices.exists_as(pool.dm_name, pool.dm_uuid):
+            raise NotFound(f"the thin pool of {of} is not active")
+        return pool
 
     def _cow_device(self, shadow: ShadowCopy, undo: Undo, created: list[str]) -> str:
         loop = self.devices.attached(shadow.store)
@@ -186,9 +190,7 @@ class DeviceStacks:
         assert shadow.thin_id is not None
         if self.devices.exists_as(shadow.dm_name, shadow.dm_uuid):
             return []
-        pool = self.catalog.thin_pool()
-        if pool is None or not self.devices.exists_as(pool.dm_name, pool.dm_uuid):
-            raise NotFound(f"the thin pool of shadow copy {shadow.id} is not active")
+        pool = self._active_thin_pool(f"shadow copy {shadow.id}")
         self.devices.create(shadow.dm_name, Table.single(ThinTable(pool.path, shadow.thin_id),
                                                          shadow.sectors),
                             shadow.dm_uuid, undo, read_only=True)

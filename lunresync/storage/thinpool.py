@@ -20,9 +20,10 @@ from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import Table, ThinPoolStatus, ThinPoolTable
 from lunresync.kernel.targets import thin_pool as messages
 from lunresync.kernel.targets.thin import MAX_THIN_ID
+from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import now
-from .model import LunKind, ShadowKind, ThinPoolRecord, new_id
+from .model import THIN_POOL_CREATE_HINT, LunKind, ShadowKind, ThinPoolRecord, new_id
 from .storage import Storage
 from .undo import Undo
 from .units import format_size, parse_size
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 #: 64 KiB data blocks: the kernel's smallest, so a small write unshares little.
 BLOCK_SECTORS = 128
 BLOCK_BYTES = BLOCK_SECTORS * SECTOR_SIZE
-
-CREATE_HINT = "create one with: lunresync pool create-thin --size SIZE"
 
 
 @dataclass
@@ -55,7 +54,7 @@ class ThinPool:
         record = self.record()
         if record is None:
             raise NotFound(f"the pool {self.storage.pool.root} has no thin pool",
-                           hint=CREATE_HINT)
+                           hint=THIN_POOL_CREATE_HINT)
         return record
 
     # -- create and delete -----------------------------------------------------------------
@@ -161,6 +160,16 @@ class ThinPool:
         (line,) = devices.status(record.dm_name)
         assert isinstance(line.status, ThinPoolStatus)
         return line.status
+
+    def refuse_full(self, doing: str) -> None:
+        """Refuse ``doing`` unless the pool is up and writable (not out of data space,
+        not read-only or failed)."""
+        status = self.status()
+        if status is None:
+            raise NotFound("the thin pool is not active (run lunresync activate)")
+        if status.mode is not PoolMode.READ_WRITE:
+            raise InvalidArgument(f"the thin pool is {status.mode.value}: no {doing} until"
+                                  " it has room again")
 
     # -- volumes ---------------------------------------------------------------------------
 
