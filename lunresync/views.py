@@ -37,11 +37,14 @@ def epoch(text: str | None) -> float | None:
     return float(calendar.timegm(time.strptime(text, TIME_FORMAT)))
 
 
-def lun_json(lun: Lun) -> dict[str, Any]:
+def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
+    """A LUN; ``thin_pool_mode``: the mode of the thin pool a thin LUN is on (``rw``,
+    ``out_of_data_space``: writes to new blocks fail, ``ro``, ``Fail``, ``inactive``)."""
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
             "backing": lun.backing, "path": lun.path, "created": when(lun.created),
             "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
-            "offline": lun.offline}
+            "offline": lun.offline,
+            "thin_pool": thin_pool_mode if lun.kind.value == "thin" else None}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def open_pool(pool: str | None) -> Iterator[Provider]:
                 for lun in provider.notice_missing_backings():
                     log.warning("LUN %s went offline: %s is gone", lun.name, lun.backing)
                 provider.resyncer.poll()
+                provider.tend_thin_pool()  # grows it at its low-water mark
             except LunresyncError as exc:
                 log.warning("could not update resync jobs: %s", exc)
         yield provider
@@ -85,10 +86,11 @@ class DirectBackend:
     # -- LUNs ----------------------------------------------------------------------------
 
     def luns(self) -> list[dict[str, Any]]:
-        return [lun_json(x) for x in self.provider.luns()]
+        mode = self.provider.thin_pool_mode()
+        return [lun_json(x, mode) for x in self.provider.luns()]
 
     def lun(self, name: str) -> dict[str, Any]:
-        return lun_json(self.provider.lun(name))
+        return lun_json(self.provider.lun(name), self.provider.thin_pool_mode())
 
     def create_lun(self, name: str, size: str, *, thin: bool = False) -> dict[str, Any]:
         return lun_json(self.provider.create_lun(name, size, thin=thin))

@@ -25,7 +25,7 @@ POOL_SHOW_KEYS = ("path", "active", "mode", "data_size", "data_used", "metadata_
 
 @click.group(cls=CommandGroup)
 def pool() -> None:
-    """The pool's thin pool: create it, show its use, delete it."""
+    """The pool's thin pool: create it, show its use, grow it, delete it."""
 
 
 @pool.command("create-thin")
@@ -54,6 +54,23 @@ def pool_show(ctx: click.Context, as_json: bool) -> None:
     with opened(ctx) as provider:
         record = _record(provider)
     show_record(record, as_json, POOL_SHOW_KEYS)
+
+
+@pool.command("grow-thin")
+@click.option("--size", required=True, help="The new data size, e.g. 128G (larger).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pool_grow_thin(ctx: click.Context, size: str, as_json: bool) -> None:
+    """Grow the thin pool online (lunresync also grows it by itself at its low-water
+    mark while the file system has room)."""
+    with opened(ctx) as provider:
+        provider.grow_thin_pool(size)
+        record = _record(provider)
+    if as_json:
+        emit_json(record)
+    else:
+        click.echo(f"the thin pool has {format_size(record['data_size'])} of data,"
+                   f" {format_size(record['metadata_size'])} of metadata")
 
 
 @pool.command("delete-thin")

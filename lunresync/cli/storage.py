@@ -77,11 +77,13 @@ def _notes(lun: dict[str, Any]) -> str:
         notes.append("masked")
     if lun["offline"]:
         notes.append("offline")
+    if lun.get("thin_pool") not in (None, "rw"):
+        notes.append(f"thin pool {lun['thin_pool']}")  # out_of_data_space: writes fail
     return ", ".join(notes)
 
 
 LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "path", "created", "state",
-                 "read_only", "masked", "offline"]
+                 "thin_pool", "read_only", "masked", "offline"]
 
 
 @through_service

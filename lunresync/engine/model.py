@@ -42,10 +42,17 @@ class EngineKind(Enum):
     MERGE = "merge"  # dm snapshot-merge of an overlay of the COW store: in place, changed chunks
     MIRROR = "mirror"  # dm mirror: throwaway overlay of the shadow copy -> destination
     CLONE = "clone"  # dm clone: copy-on-read hydration from the shadow copy
+    THIN = "thin"  # thin shadow copy -> thin LUN: a snapshot of it swapped in, no copy
 
     @property
     def target(self) -> str:
-        return {"merge": "snapshot-merge", "mirror": "mirror", "clone": "clone"}[self.value]
+        return {"merge": "snapshot-merge", "mirror": "mirror", "clone": "clone",
+                "thin": "thin"}[self.value]
+
+    @property
+    def copies(self) -> bool:
+        """Whether the kernel copies data (every engine but the thin swap)."""
+        return self is not EngineKind.THIN
 
     @classmethod
     def choice(cls, value: str) -> EngineKind | None:
@@ -106,6 +113,13 @@ class PairPlan:
     # lunresync's own record logged before the mapping is made, again after a reboot
     # (kernel/kmsg.py: record times cannot be compared with any clock we read).
     log_since_seq: int = 0
+    # thin (engine/thin.py): the shadow copy's volume, the destination's volume before the
+    # restore, the snapshot of the shadow copy that replaces it (None until chosen), and
+    # the pool's transaction id before the restore (one more once the restore commits).
+    thin_source: int | None = None
+    thin_old: int | None = None
+    thin_new: int | None = None
+    thin_transaction: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

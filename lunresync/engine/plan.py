@@ -24,10 +24,16 @@ FileSizes = dict[int, dict[str, int]]
 
 
 def choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | None,
-                  usable: Mapping[str, bool]) -> EngineKind:
+                  usable: Mapping[str, bool], *,
+                  thin_refusal: str | None = "it was not checked") -> EngineKind:
     """The engine for a pair: the one requested if this kernel has its target, else the
-    best one it has."""
+    best copy engine it has (the thin engine is chosen for a whole set, by
+    :func:`choose_set_engine`). ``thin_refusal``: why the thin engine cannot restore the
+    pair (:func:`lunresync.engine.thin.refusal`), or None."""
     here = in_place(shadow, lun)
+    if requested is EngineKind.THIN and thin_refusal is not None:
+        raise InvalidArgument(f"the thin engine cannot restore shadow copy {shadow.id}:"
+                              f" {thin_refusal} (use mirror or clone)")
     if requested is EngineKind.MERGE and not here:
         raise InvalidArgument("the merge engine restores a differential shadow copy into its"
                               " own LUN only (use mirror or clone for other pairs)")
@@ -50,6 +56,21 @@ def choose_engine(shadow: ShadowCopy, lun: Lun | None, requested: EngineKind | N
                        " nothing can copy a shadow copy (see lunresync doctor)")
 
 
+def choose_set_engine(chosen: Sequence[EngineKind], thin_refusals: Sequence[str | None],
+                      requested: EngineKind | None, usable: Mapping[str, bool]
+                      ) -> list[EngineKind]:
+    """The engines of a whole recovery set. Left to choose, lunresync swaps volumes (no
+    copy, done at once) when every pair of the set allows it; a set is never split
+    between the swap, which ends at once, and a copy, which runs on."""
+    if (requested is None and thin_refusals and usable.get(EngineKind.THIN.target, False)
+            and all(r is None for r in thin_refusals)):
+        return [EngineKind.THIN] * len(chosen)
+    if EngineKind.THIN in chosen and len(set(chosen)) > 1:
+        raise InvalidArgument("the thin engine restores a whole recovery set or nothing of"
+                              " it: use one engine for every pair")
+    return list(chosen)
+
+
 def with_tail(table: Table, plan: PairPlan) -> Table:
     """A destination larger than the shadow copy keeps its tail, mapped as it is."""
     if plan.dest_sectors <= plan.sectors:
@@ -60,14 +81,22 @@ def with_tail(table: Table, plan: PairPlan) -> Table:
 
 
 def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
-             options: dict[str, object]) -> tuple[Job, FileSizes]:
+             options: dict[str, object], *, thin_transaction: int | None = None
+             ) -> tuple[Job, FileSizes]:
     """A new pending job for the checked pairs, and the sizes of its files; refused if
-    the pool cannot hold the files."""
+    the pool cannot hold the files. ``thin_transaction``: the thin pool's transaction id,
+    for a job of the thin engine."""
     job_id = new_id()
     pairs = []
     sizes: FileSizes = {}
     need = 0
     for index, c in enumerate(checked):
+        if c.engine is EngineKind.THIN:
+            sizes[index] = {}
+            pairs.append(JobPair(index, c.engine, c.shadow.id, c.lun.id if c.lun else None,
+                                 c.dest, JobState.PENDING, 0, 0,
+                                 _thin_plan(c, thin_transaction)))
+            continue
         engine = ENGINES[c.engine]
         spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors, c.in_place)
         region = engine.default_region(spec)
@@ -86,6 +115,18 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
     job = Job(job_id, JobState.PENDING, now(), None, None, 0,
               sum(p.bytes_total for p in pairs), None, None, options, tuple(pairs))
     return job, sizes
+
+
+def _thin_plan(c: CheckedPair, transaction: int | None) -> PairPlan:
+    """The thin engine's plan: the LUN's volumes and the pool's transaction id."""
+    assert c.lun is not None
+    assert transaction is not None
+    return PairPlan(
+        top=c.lun.dm_name, top_uuid=c.lun.dm_uuid, own_top=False, leg=c.lun.real_path,
+        leg_helper=None, leg_helper_uuid=None, source=c.shadow.path, source_store=None,
+        sectors=c.shadow.sectors, dest_sectors=c.size // SECTOR_SIZE, region_sectors=0,
+        thin_source=c.shadow.thin_id, thin_old=c.lun.thin_id,
+        thin_transaction=transaction)
 
 
 def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: CheckedPair,

@@ -11,8 +11,9 @@ from lunresync.kernel import kmsg
 from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
+from . import thin
 from .context import JobContext
-from .model import Job, JobPair, JobState
+from .model import EngineKind, Job, JobPair, JobState
 from .online import announce, build_helpers, online_table, start_copy, teardown
 
 
@@ -20,6 +21,9 @@ def recover_pending(ctx: JobContext, job: Job, present: set[str]) -> None:
     """A job left pending by a process that died while switching (we hold the lock, so
     nobody is switching now): if every destination went online it is running; otherwise
     undo it."""
+    if any(pair.engine is EngineKind.THIN for pair in job.pairs):
+        thin.recover(ctx, job)  # by the pool's transaction id (engine/thin.py)
+        return
     if all(_switched(ctx, pair, present) for pair in job.pairs):
         with ctx.catalog.transaction():
             for pair in job.pairs:

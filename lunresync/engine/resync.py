@@ -2,7 +2,8 @@
 
 Life of a job (states as in the catalog)::
 
-    pending     recorded; helper files and devices being made (the pool lock is held)
+    pending     recorded; helper files and devices being made (the pool lock is held);
+                the thin engine (:mod:`.thin`) goes from here to done at once
     running     every destination serves the shadow copy's content; the kernel copies
     completing  a pair's copy is complete: its table is swapped to the destination alone
     done | failed | cancelled
@@ -26,9 +27,9 @@ from lunresync.errors import InvalidArgument, JobFailed, JobTimeout, LunresyncEr
 from lunresync.kernel.kmsg import KernelLog
 from lunresync.storage.undo import Undo
 
-from . import follow, recovery
+from . import follow, recovery, thin
 from .context import JobContext
-from .model import CheckedPair, Job, JobState, ResyncPair
+from .model import CheckedPair, EngineKind, Job, JobState, ResyncPair
 from .online import go_online, start_copy, wait_for_links
 from .plan import plan_job
 from .verify import VerifyReport, verify
@@ -110,6 +111,8 @@ class Resyncer:
         began (monotonic), for the time to online."""
         ctx = self.ctx
         started = time.monotonic() if started is None else started
+        if any(c.engine is EngineKind.THIN for c in checked):
+            return self._swap(checked, options, started)
         with ctx.lock():
             job, sizes = plan_job(ctx.catalog, ctx.pool, checked, options)
             try:
@@ -130,6 +133,21 @@ class Resyncer:
             job = self.store.job(job.id)
             wait_for_links(ctx, job)
         return ResyncJob(self, job, online)
+
+    def _swap(self, checked: Sequence[CheckedPair], options: dict[str, object],
+              started: float) -> ResyncJob:
+        """The thin engine: the job is done (or undone) when this returns."""
+        ctx = self.ctx
+        with ctx.lock():
+            # The pool's transaction id must tell this job's commit alone: a restore a
+            # crash left pending is settled first.
+            recovery.recover_all_pending(ctx)
+            job, _ = plan_job(ctx.catalog, ctx.pool, checked, options,
+                              thin_transaction=thin.transaction_id(ctx))
+            with ctx.catalog.transaction():
+                self.store.add(job)
+            job = thin.restore(ctx, job)
+        return ResyncJob(self, job, time.monotonic() - started)
 
     def _forget(self, job_id: str) -> None:
         with self.ctx.catalog.transaction():

@@ -36,6 +36,7 @@ _DELETED = " (deleted)"
 
 # <linux/loop.h>; LOOP_CONFIGURE needs Linux 5.8 or later.
 LOOP_CLR_FD = 0x4C01
+LOOP_SET_CAPACITY = 0x4C07
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
@@ -206,10 +207,26 @@ class LoopDevices:
         raise KernelError("loop attach", name, errno.EBUSY,
                           f"no free loop device after {_ATTACH_ATTEMPTS} attempts")
 
+    def refresh_capacity(self, path: str) -> None:
+        """Make the loop device as large as its backing file is now (after it grew)."""
+        check_loop_path(path)
+        self.runner.kernel_call(("loop-ioctl", "set-capacity", path),
+                                lambda: _ioctl(path, LOOP_SET_CAPACITY, "loop set-capacity"))
+
     def detach(self, path: str) -> None:
         """Detach a loop device. If it is still open, the kernel detaches it at last close."""
         check_loop_path(path)
         self.runner.kernel_call(("loop-ioctl", "detach", path), lambda: _clear(path))
+
+
+def _ioctl(path: str, request: int, what: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, request)
+    except OSError as exc:
+        raise KernelError(what, path, exc.errno or 0, os.strerror(exc.errno or 0)) from None
+    finally:
+        os.close(fd)
 
 
 def _clear(path: str) -> None:

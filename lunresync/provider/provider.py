@@ -149,6 +149,27 @@ class Provider:
         record = self._thin.record()
         return None if record is None else (record, self._thin.status())
 
+    def thin_pool_mode(self) -> str | None:
+        """The thin pool's mode as its status says (``rw``, ``out_of_data_space``, ``ro``,
+        ``Fail``), ``inactive``, or None without a thin pool."""
+        found = self.thin_pool()
+        if found is None:
+            return None
+        return "inactive" if found[1] is None else found[1].mode.value
+
+    def grow_thin_pool(self, size: str | int) -> ThinPoolRecord:
+        """Grow the thin pool's data (and metadata) online."""
+        return self._thin.grow(size)
+
+    def tend_thin_pool(self) -> ThinPoolRecord | None:
+        """At the low-water mark (or out of data space), grow the thin pool while the file
+        system has room: the service does it at each poll, every command at its start.
+        Returns the grown pool, or None."""
+        if self._thin.record() is None:
+            return None
+        with self.storage.changing_kernel():
+            return self._thin.grow_if_low()
+
     def adopt_lun(self, name: str, device: str) -> Lun:
         """Use an existing block device (not mounted, not held) as a LUN."""
         return self._luns.adopt(name, device)
@@ -173,8 +194,16 @@ class Provider:
         return what was created. Running it again creates nothing."""
         storage, resyncer = self.storage, self.resyncer
         with storage.changing_kernel(), storage.devices.listed():
+            created = []
+            if self._thin.record() is not None:
+                # The thin pool first (all or nothing, after thin_check): a thin restore a
+                # crash left pending is settled by its transaction id, before any LUN's
+                # volume is chosen from the catalog.
+                with Undo() as undo:
+                    created += self._thin.activate(undo)
+                    undo.commit()
             resyncer.recover_pending()
-            created = self._luns.activate(restoring=frozenset(resyncer.restoring_lun_ids()))
+            created += self._luns.activate(restoring=frozenset(resyncer.restoring_lun_ids()))
             resyncer.fail_lost_destinations()
             created += self._snapshots.activate_clones()
             # Restores last: their mappings read the shadow copies made above.

@@ -8,10 +8,11 @@ a byte is written.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from lunresync.engine import thin
 from lunresync.engine.model import CheckedPair, EngineKind, ResyncPair
-from lunresync.engine.plan import choose_engine
+from lunresync.engine.plan import choose_engine, choose_set_engine
 from lunresync.errors import InUse, InvalidArgument, NotFound
 from lunresync.kernel import blockdev
 from lunresync.kernel.capabilities import usable_targets
@@ -56,6 +57,7 @@ def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[
         usable = usable_targets()
     seen: dict[str, str] = {}
     checked = []
+    thin_refusals: list[str | None] = []
     for pair in pairs:
         shadow = catalog.shadow_copy(pair.shadow_copy)
         if shadow.state is not ShadowState.VALID:
@@ -92,9 +94,13 @@ def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[
         elif volume_check:
             assert dest.device is not None
             blockdev.refuse_busy(dest.device, hint="use --no-volume-check to restore anyway")
-        kind = choose_engine(shadow, lun, requested, usable)
+        thin_refusal = thin.refusal(catalog, shadow, lun, dest.size)
+        kind = choose_engine(shadow, lun, requested, usable, thin_refusal=thin_refusal)
         checked.append(CheckedPair(shadow, lun, dest.device, dest.shown, dest.size, kind))
-    return checked
+        thin_refusals.append(thin_refusal)
+    engines = choose_set_engine([c.engine for c in checked], thin_refusals, requested,
+                                usable)
+    return [replace(c, engine=engine) for c, engine in zip(checked, engines, strict=True)]
 
 
 def _destination(catalog: Catalog, pool: Pool, shadow: ShadowCopy, destination: str | None

@@ -124,7 +124,8 @@ _RESYNC_OPTIONS = (
     OptionSpec("novolcheck", "do not check that the LUN is unused"),
     OptionSpec("revert-identity", "give the LUN the identity of the shadow copy"),
     OptionSpec("wait", "wait until the resync has finished"),
-    OptionSpec("engine", "the copy engine (default auto)", ("merge", "mirror", "clone", "auto")),
+    OptionSpec("engine", "the copy engine (default auto)",
+               ("merge", "mirror", "clone", "thin", "auto")),
 )
 
 _SWAP_OPTIONS = (

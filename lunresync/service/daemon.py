@@ -67,8 +67,9 @@ def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
     """Every object's record, from the catalog and the kernel (in the worker)."""
     restoring = provider.resyncer.restoring_lun_ids()
     luns = {}
+    mode = provider.thin_pool_mode()
     for lun in provider.luns():
-        record = lun_json(lun)
+        record = lun_json(lun, mode)
         record["restoring_job"] = restoring.get(lun.id)
         luns[lun.id] = record
     shadows = {use.shadow.id: shadow_json(use) for use in provider.shadow_copies()}
@@ -359,6 +360,7 @@ class Daemon:
 def _poll_jobs(provider: Provider) -> None:
     provider.notice_missing_backings()
     provider.resyncer.poll()
+    provider.tend_thin_pool()
 
 
 # -- running the daemon ------------------------------------------------------------------------

@@ -156,6 +156,29 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE shadow_copies_v5 RENAME TO shadow_copies;
     CREATE INDEX shadow_copies_lun ON shadow_copies(lun_id);
     """,
+    # 6: the thin engine (a thin shadow copy swapped into a thin LUN, engine/thin.py).
+    # The job pairs' table is rebuilt for its CHECK (nothing refers to it).
+    """
+    CREATE TABLE job_pairs_v6 (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        engine TEXT NOT NULL CHECK (engine IN ('merge', 'mirror', 'clone', 'thin')),
+        shadow_id TEXT NOT NULL,
+        dest_lun_id TEXT,
+        dest TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('pending', 'running', 'completing', 'done', 'failed', 'cancelled')),
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        plan TEXT NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+    INSERT INTO job_pairs_v6 SELECT job_id, idx, engine, shadow_id, dest_lun_id, dest,
+        state, bytes_done, bytes_total, plan FROM job_pairs;
+    DROP TABLE job_pairs;
+    ALTER TABLE job_pairs_v6 RENAME TO job_pairs;
+    CREATE INDEX job_pairs_shadow ON job_pairs(shadow_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -260,6 +283,10 @@ class Catalog:
         """Give a LUN another identity (restore or swap with --revert-identity)."""
         self.db.execute("UPDATE luns SET id = ? WHERE id = ?", (new_lun_id, lun_id))
 
+    def set_lun_thin_id(self, lun_id: str, thin_id: int) -> None:
+        """A thin LUN's volume is now ``thin_id`` (a restore by the thin engine)."""
+        self.db.execute("UPDATE luns SET thin_id = ? WHERE id = ?", (thin_id, lun_id))
+
     def remove_lun(self, lun_id: str) -> None:
         self.db.execute("DELETE FROM luns WHERE id = ?", (lun_id,))
 
@@ -302,6 +329,10 @@ class Catalog:
             " VALUES (1, ?, ?, ?, ?, ?)",
             (record.id, record.data_size, record.metadata_size, record.block_sectors,
              record.created))
+
+    def set_thin_pool_size(self, data_size: int, metadata_size: int) -> None:
+        self.db.execute("UPDATE thin_pool SET data_size = ?, metadata_size = ?",
+                        (data_size, metadata_size))
 
     def remove_thin_pool(self) -> None:
         self.db.execute("DELETE FROM thin_pool")

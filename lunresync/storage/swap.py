@@ -1,5 +1,6 @@
-"""LUN swap: the shadow copies of a clone set become ordinary LUNs, without a copy (the
-analogue of VSS BreakSnapshotSetEx)."""
+"""LUN swap: the shadow copies of a clone or thin set become ordinary LUNs, without a
+copy (the analogue of VSS BreakSnapshotSetEx). A clone's image becomes the LUN's image; a
+thin shadow copy's volume becomes a thin LUN's volume."""
 
 from __future__ import annotations
 
@@ -67,8 +68,12 @@ def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
                 stacks.remove_shadow(shadow)
                 undo.push(f"bring shadow copy {shadow.id} back", stacks.reactivate_clone,
                           shadow)
-                Path(shadow.store).rename(lun.backing)
-                undo.push(f"move {lun.backing} back", Path(lun.backing).rename, shadow.store)
+                if shadow.kind is ShadowKind.CLONE:
+                    Path(shadow.store).rename(lun.backing)
+                    undo.push(f"move {lun.backing} back", Path(lun.backing).rename,
+                              shadow.store)
+                # A thin shadow copy's volume is the thin LUN's volume as it is: the pool
+                # needs no message (a volume is writable by whatever table maps it).
                 stacks.activate_lun(lun, undo)
                 swapped.append(lun)
             with s.catalog.transaction():
@@ -82,11 +87,11 @@ def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
 def _plan(s: Storage, shadow: ShadowCopy, set_id: str, revert_identity: bool,
           read_write: bool, mask_original: bool) -> _SwapPlan:
     """What one shadow copy becomes; refused (before anything changes) if it cannot."""
-    if shadow.kind is not ShadowKind.CLONE:
+    if shadow.kind is ShadowKind.DIFFERENTIAL:
         raise InvalidArgument(
             f"shadow copy {shadow.id} of LUN {shadow.lun_name} is differential: it"
-            " depends on its LUN's storage, so only clone sets can be swapped (take"
-            " the backup with --kind clone, or restore it with resync)")
+            " depends on its LUN's storage, so only clone and thin sets can be swapped"
+            " (take the backup with --kind clone or thin, or restore it with resync)")
     if shadow.state is not ShadowState.VALID:
         raise InvalidArgument(f"shadow copy {shadow.id} is invalid")
     s.refuse_source(shadow, "swap it")
@@ -104,6 +109,12 @@ def _plan(s: Storage, shadow: ShadowCopy, set_id: str, revert_identity: bool,
     if s.catalog.find_lun(name) is not None:
         raise InvalidArgument(f"a LUN named {name!r} exists already: rename or"
                               " delete it first")
+    if shadow.kind is ShadowKind.THIN:
+        pool = s.catalog.thin_pool()
+        assert pool is not None  # a thin shadow copy lives in it
+        lun = Lun(lun_id, name, shadow.size, LunKind.THIN, pool.path, now(),
+                  read_only=not read_write, thin_id=shadow.thin_id)
+        return _SwapPlan(shadow, lun, original if mask_original else None)
     image = s.pool.images / f"{lun_id}.img"
     if image.exists():
         raise InUse(f"{image} exists already")

@@ -8,8 +8,10 @@ Device: ``lunresync-pool-<id12>``. The pool fails writes at once when its data i
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +25,24 @@ from lunresync.kernel.targets.thin import MAX_THIN_ID
 from lunresync.kernel.targets.thin_pool import PoolMode
 
 from .catalog import now
+from .devices import PoolDevices
 from .model import THIN_POOL_CREATE_HINT, LunKind, ShadowKind, ThinPoolRecord, new_id
+from .pool import PoolFull
 from .storage import Storage
 from .undo import Undo
 from .units import format_size, parse_size
 
 log = logging.getLogger(__name__)
+
+
+def low_water_blocks(record: ThinPoolRecord) -> int:
+    """Free data blocks below which the pool raises its event (5% of the blocks)."""
+    return max(1, record.data_blocks // 20)
+
+
+def _shrink(devices: PoolDevices, image: Path, loop: str, size: int) -> None:
+    os.truncate(image, size)
+    devices.loops.refresh_capacity(loop)
 
 #: 64 KiB data blocks: the kernel's smallest, so a small write unshares little.
 BLOCK_SECTORS = 128
@@ -130,14 +144,17 @@ class ThinPool:
         meta, data = loops
         if check:
             thintools.thin_check(self.storage.runner, meta)
-        table = Table.single(
-            ThinPoolTable(meta, data, record.block_sectors,
-                          low_water_blocks=max(1, record.data_blocks // 20),
-                          error_if_no_space=True),
-            record.data_size // SECTOR_SIZE)
-        devices.create(record.dm_name, table, record.dm_uuid, undo)
+        devices.create(record.dm_name, self._table(record, meta, data), record.dm_uuid, undo)
         created.append(record.dm_name)
         return created
+
+    @staticmethod
+    def _table(record: ThinPoolRecord, meta: str, data: str) -> Table:
+        return Table.single(
+            ThinPoolTable(meta, data, record.block_sectors,
+                          low_water_blocks=low_water_blocks(record),
+                          error_if_no_space=True),
+            record.data_size // SECTOR_SIZE)
 
     def deactivate(self) -> list[str]:
         """Remove the pool's device and detach its images (its volumes' devices first)."""
@@ -150,6 +167,78 @@ class ThinPool:
         for image in (self.data_image, self.meta_image):
             removed += devices.detach_file(str(image))
         return removed
+
+    # -- growing ---------------------------------------------------------------------------
+
+    def grow(self, size: str | int) -> ThinPoolRecord:
+        """Grow the data image to ``size`` bytes (and the metadata image to what that
+        size needs), online: the images grow, their loop devices follow, and the pool's
+        table is reloaded with the new length. A pool out of data space writes again."""
+        s = self.storage
+        with s.changing_kernel(), s.devices.listed():
+            record = self.require()
+            new_size = -(-parse_size(size) // BLOCK_BYTES) * BLOCK_BYTES
+            if new_size <= record.data_size:
+                raise InvalidArgument(f"the thin pool has {format_size(record.data_size)} of"
+                                      f" data already: give a larger size (a pool does not"
+                                      " shrink)")
+            return self._grow_to(record, new_size)
+
+    def grow_if_low(self) -> ThinPoolRecord | None:
+        """The low-water mark: when the free data blocks are below it, grow the data by a
+        quarter (at least the mark again) while the file system has room. Returns the new
+        record, or None (nothing to do, or no room: logged). The caller holds the lock."""
+        record = self.record()
+        status = self.status() if record is not None else None
+        if record is None or status is None or status.mode not in (
+                PoolMode.READ_WRITE, PoolMode.OUT_OF_DATA_SPACE):
+            return None  # read-only or failed: more data space would not help
+        free = status.data_total - status.data_used
+        if free >= low_water_blocks(record) and status.mode is PoolMode.READ_WRITE:
+            return None
+        step = max(record.data_size // 4, 2 * low_water_blocks(record) * BLOCK_BYTES)
+        new_size = -(-(record.data_size + step) // BLOCK_BYTES) * BLOCK_BYTES
+        try:
+            grown = self._grow_to(record, new_size)
+        except PoolFull as exc:
+            log.error("the thin pool is %s (%d of %d blocks free) and cannot grow: %s",
+                      status.mode.value, free, status.data_total, exc)
+            return None
+        log.warning("the thin pool had %d of %d data blocks free: grown to %s", free,
+                    status.data_total, format_size(grown.data_size))
+        return grown
+
+    def _grow_to(self, record: ThinPoolRecord, new_size: int) -> ThinPoolRecord:
+        s = self.storage
+        devices = s.devices
+        if not devices.exists(record.dm_name):
+            raise NotFound("the thin pool is not active (run lunresync activate)")
+        new_meta = max(record.metadata_size, messages.metadata_bytes(new_size, BLOCK_SECTORS))
+        s.pool.check_space((new_size - record.data_size) + (new_meta - record.metadata_size),
+                           "growing the thin pool")
+        grown = dataclasses.replace(record, data_size=new_size, metadata_size=new_meta)
+        loops: list[str] = []
+        with Undo() as undo:
+            for image, old, new in ((self.meta_image, record.metadata_size, new_meta),
+                                    (self.data_image, record.data_size, new_size)):
+                loop = devices.attached(str(image))
+                if loop is None:
+                    raise NotFound(f"the thin pool's image {image} is not attached")
+                loops.append(loop)
+                if new == old:
+                    continue
+                os.truncate(image, new)
+                undo.push(f"shrink {image} back", _shrink, devices, image, loop, old)
+                devices.loops.refresh_capacity(loop)
+            meta, data = loops
+            # The pool takes the longer images at its next resume (metadata first).
+            devices.load(record.dm_name, self._table(grown, meta, data))
+            devices.suspend(record.dm_name)
+            devices.resume(record.dm_name)
+            with s.catalog.transaction():
+                s.catalog.set_thin_pool_size(new_size, new_meta)
+            undo.commit()
+        return grown
 
     def status(self) -> ThinPoolStatus | None:
         """The pool's status, or None while it is not active."""

@@ -557,7 +557,7 @@ def test_backup_and_restore_scripts_and_bad_input_on_the_command_line(
     before = kernel_state(provider)
     swap = lunresync("swap", differential.id, "--read-write")
     assert swap.returncode == 6, swap.stderr
-    assert "only clone sets can be swapped" in swap.stderr
+    assert "only clone and thin sets can be swapped" in swap.stderr
     assert kernel_state(provider) == before
     provider.delete_shadow_copy(differential.shadow_copies[0].id)
     restored = lunresync("restore", "--document", str(scratch_pool / "doc.json"),

@@ -167,7 +167,7 @@ def test_thin_sets_are_one_instant_cost_no_block_and_are_deleted_with_their_bloc
                          ids=["mirror", "clone"])
 def test_thin_copy_restored_by_copy(
         provider: Provider, engine: EngineKind) -> None:
-    # Until the table swap lands (docs/thin.md), a thin copy is restored by a copy.
+    # Asked for, a copy engine restores a thin copy too (auto swaps volumes: test_thin_restore).
     provider.create_thin_pool("64M")
     lun = provider.create_lun("vol", "16M", thin=True)
     fill(lun.path, 16 * MiB, seed=11)

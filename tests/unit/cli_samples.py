@@ -155,6 +155,9 @@ class CatalogProvider:
     def luns(self) -> list[Lun]:
         return self.catalog.luns()
 
+    def thin_pool_mode(self) -> str | None:
+        return None  # the samples have no thin pool
+
     def lun(self, name: str) -> Lun:
         return self.catalog.lun(name)
 

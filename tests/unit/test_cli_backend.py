@@ -335,7 +335,8 @@ def test_the_direct_backend_opens_the_pool_at_the_first_request_and_closes_it(
     def open_pool(pool: str | None) -> Iterator[Any]:
         events.append(f"open {pool}")
         try:
-            yield SimpleNamespace(luns=lambda: [LUN_A], activate=lambda: ["lunresync-alpha"])
+            yield SimpleNamespace(luns=lambda: [LUN_A], activate=lambda: ["lunresync-alpha"],
+                                  thin_pool_mode=lambda: None)
         finally:
             events.append("close")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lunresync.cli.resync import parse_pairs
+from lunresync.engine import thin
 from lunresync.engine.base import PairSpec
 from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
 from lunresync.engine.cowfile import SNAP_MAGIC, read_store, read_tail
@@ -25,7 +26,7 @@ from lunresync.engine.merge import (
 )
 from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan, ResyncPair
-from lunresync.engine.plan import choose_engine, with_tail
+from lunresync.engine.plan import choose_engine, choose_set_engine, with_tail
 from lunresync.engine.store import JobStore
 from lunresync.engine.verify import compare
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
@@ -45,7 +46,7 @@ LUN_B = Lun("b" * 32, "b", 1 << 20, LunKind.IMAGE, "/p/images/b.img", 0.0)
 
 def shadow(kind: ShadowKind = ShadowKind.DIFFERENTIAL, lun: Lun = LUN_A) -> ShadowCopy:
     return ShadowCopy("c" * 32, "d" * 32, lun.id, lun.name, kind, lun.size, "/p/cow/c.cow", 16,
-                      0.0)
+                      0.0, thin_id=2 if kind is ShadowKind.THIN else None)
 
 
 ALL = {"snapshot-merge": True, "mirror": True, "clone": True}
@@ -80,6 +81,37 @@ def test_requested_engine_must_exist_and_fit_the_pair() -> None:
     assert choose_engine(shadow(), LUN_A, EngineKind.MIRROR, ALL) is EngineKind.MIRROR
     with pytest.raises(InvalidArgument, match="unknown engine"):
         EngineKind.parse("rsync")
+
+
+def test_the_thin_engine_takes_a_whole_set_or_none_of_it() -> None:
+    usable = {**ALL, "thin": True}
+    copies = [EngineKind.CLONE, EngineKind.CLONE]
+    # Left to choose: the swap when every pair allows it, else copies for every pair.
+    assert choose_set_engine(copies, [None, None], None, usable) == [EngineKind.THIN] * 2
+    assert choose_set_engine(copies, [None, "not thin"], None, usable) == copies
+    assert choose_set_engine(copies, [None, None], None, ALL) == copies  # no thin target
+    assert choose_set_engine(copies, [None, None], EngineKind.CLONE, usable) == copies
+    with pytest.raises(InvalidArgument, match="whole recovery set"):
+        choose_set_engine([EngineKind.THIN, EngineKind.CLONE], [None, "x"], None, usable)
+    # Asked for, it must fit each pair, and says why it does not.
+    with pytest.raises(InvalidArgument, match=r"cannot restore .*: LUN b is small"):
+        choose_engine(shadow(ShadowKind.THIN), LUN_B, EngineKind.THIN, usable,
+                      thin_refusal="LUN b is small")
+    assert choose_engine(shadow(ShadowKind.THIN), LUN_B, EngineKind.THIN, usable,
+                         thin_refusal=None) is EngineKind.THIN
+
+
+def test_thin_refusals_name_the_reason(tmp_path: Path) -> None:
+    thin_a = replace(LUN_A, kind=LunKind.THIN, backing="/dev/mapper/lunresync-pool-x",
+                     thin_id=1)
+    copy = shadow(ShadowKind.THIN, thin_a)
+    with Catalog(tmp_path / "catalog.db") as catalog:
+        assert thin.refusal(catalog, copy, thin_a, thin_a.size) is None
+        assert "not a thin shadow copy" in str(
+            thin.refusal(catalog, shadow(ShadowKind.CLONE), thin_a, thin_a.size))
+        assert "not a thin LUN" in str(thin.refusal(catalog, copy, LUN_A, LUN_A.size))
+        assert "not a thin LUN" in str(thin.refusal(catalog, copy, None, LUN_A.size))
+        assert "is not the size" in str(thin.refusal(catalog, copy, thin_a, 2 * thin_a.size))
 
 
 # -- tables ----------------------------------------------------------------------------------

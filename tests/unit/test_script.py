@@ -243,7 +243,7 @@ def test_option_lookup_misuse_is_a_programming_error() -> None:
         ("wait 0", "'wait' expects a positive number of seconds (like 30 or 2.5), got '0'"),
         ("wait 0.0", "got '0.0'"),
         ("resync fast", "unknown 'resync' option 'fast'; expected one of: novolcheck, "),
-        ("resync fast", "engine=merge|mirror|clone|auto"),
+        ("resync fast", "engine=merge|mirror|clone|thin|auto"),
         ("resync engine=bogus", "'resync' option 'engine' expects one of merge, mirror, clone"),
         ("resync engine", "'resync' option 'engine' needs a value: engine=merge|mirror"),
         ("resync engine=", "got ''"),
@@ -311,7 +311,7 @@ def test_synopsis_lists_every_command_and_option() -> None:
         for option in spec.options:
             assert option.usage in text
     assert "add shadow SHADOW_ID [DESTINATION]" in text
-    assert "engine=merge|mirror|clone|auto" in text
+    assert "engine=merge|mirror|clone|thin|auto" in text
     assert "revert-identity and keep-identity exclude each other" in text
 
 

@@ -33,4 +33,6 @@ class LunObject(RecordObject):
     Masked = RecordProperty(DBusBool, lambda r: r["masked"])
     Offline = RecordProperty(DBusBool, lambda r: r["offline"])
     RestoringJob = RecordProperty(DBusObjectPath, _restoring_job)
+    # A thin LUN's pool: "out_of_data_space" means writes to new blocks fail.
+    ThinPool = RecordProperty(DBusStr, lambda r: r.get("thin_pool") or "")
     Record = record_json("restoring_job")

@@ -1,0 +1,100 @@
+"""A thin pool filled to the brim on purpose (docs/thin.md, "A pool that fills up"): new
+writes fail at once and visibly, what was written stays, and freeing space or growing
+the images brings the pool back."""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+
+import pytest
+
+from lunresync.errors import InvalidArgument
+from lunresync.kernel.targets.thin_pool import metadata_bytes
+from lunresync.provider import Provider
+from lunresync.storage.model import ShadowKind
+from lunresync.views import lun_json
+from tests.conftest import patience
+from tests.forkserver import ForkServer
+
+from .devices import MiB, read_at
+
+pytestmark = pytest.mark.kernel
+
+
+def direct_write(path: str, offset: int, size: int, byte: int) -> tuple[int, int | None]:
+    """Write ``size`` bytes of ``byte`` in 1 MiB O_DIRECT writes; (bytes written, the
+    errno that stopped it or None)."""
+    buf = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT requires
+    buf.write(bytes([byte]) * MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    done = 0
+    try:
+        for position in range(offset, offset + size, MiB):
+            os.pwritev(fd, [buf], position)
+            done += MiB
+    except OSError as exc:
+        return done, exc.errno
+    finally:
+        os.close(fd)
+    return done, None
+
+
+def test_a_full_pool_fails_new_writes_keeps_the_rest_and_comes_back(
+        provider: Provider, forks: ForkServer) -> None:
+    provider.create_thin_pool("16M")  # 256 blocks of 64 KiB
+    lun = provider.create_lun("db", "64M", thin=True)
+    assert direct_write(lun.path, 0, 6 * MiB, 1) == (6 * MiB, None)
+    (copy,) = provider.create_snapshot_set(["db"], ShadowKind.THIN).snapshot_set.shadow_copies
+    assert direct_write(lun.path, 0, 6 * MiB, 2) == (6 * MiB, None)  # 12 MiB used now
+
+    # Full: the write that needs a block fails at once (no queueing for a minute).
+    assert direct_write(lun.path, 8 * MiB, 8 * MiB, 3) == (4 * MiB, errno.ENOSPC)
+    assert provider.thin_pool_mode() == "out_of_data_space"
+    assert lun_json(provider.lun("db"), provider.thin_pool_mode())["thin_pool"] == (
+        "out_of_data_space")
+    # Nothing written before is lost: the LUN, and its shadow copy.
+    assert read_at(lun.path, 0, 6 * MiB) == b"\x02" * 6 * MiB
+    assert read_at(lun.path, 8 * MiB, 4 * MiB) == b"\x03" * 4 * MiB
+    assert read_at(copy.path, 0, 6 * MiB) == b"\x01" * 6 * MiB
+    # Rewriting a block the LUN alone holds needs no new block: it still works.
+    assert direct_write(lun.path, 0, MiB, 4) == (MiB, None)
+
+    # Freeing space: the shadow copy held 6 MiB alone; the kernel writes again.
+    provider.delete_shadow_copy(copy.id)
+    assert provider.thin_pool_mode() == "rw"
+    assert direct_write(lun.path, 12 * MiB, 2 * MiB, 5) == (2 * MiB, None)
+
+    # Full again; the next command grows the images at the low-water mark, by itself.
+    written, error = direct_write(lun.path, 16 * MiB, 16 * MiB, 6)
+    assert error == errno.ENOSPC, written
+    shown = forks.run_cli(["--pool", str(provider.storage.pool.root), "lun", "show", "db",
+                           "--json"], timeout=patience(600))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["thin_pool"] == "rw"
+    assert "grown to" in shown.stderr
+    found = provider.thin_pool()
+    assert found is not None
+    record, status = found
+    assert record.data_size == 20 * MiB  # a quarter more
+    assert status is not None
+    assert status.data_total * 64 * 1024 == 20 * MiB
+    assert direct_write(lun.path, 16 * MiB + written, MiB, 7) == (MiB, None)
+
+    # Grown by hand, online; never shrunk.
+    with pytest.raises(InvalidArgument, match="does not shrink"):
+        provider.grow_thin_pool("16M")
+    provider.grow_thin_pool("1G")
+    found = provider.thin_pool()
+    assert found is not None
+    assert found[0].data_size == 1 << 30
+    assert found[0].metadata_size == metadata_bytes(1 << 30, 128)  # the rule for 1 GiB
+    assert direct_write(lun.path, 32 * MiB, 32 * MiB, 8) == (32 * MiB, None)
+    # After a deactivate, thin_check passes and the pool comes back at its new size.
+    provider.deactivate()
+    provider.activate()
+    assert provider.thin_pool_mode() == "rw"
+    assert read_at(lun.path, 0, MiB) == b"\x04" * MiB
+    assert read_at(lun.path, 32 * MiB, 32 * MiB) == b"\x08" * 32 * MiB
