@@ -105,7 +105,7 @@ class DirectBackend:
 
     def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken:
         provider = self.provider
-        result = provider.create_snapshot_set(list(luns), ShadowKind(kind))
+        result = provider.create_snapshot_set(list(luns), ShadowKind.choice(kind))
         uses = [provider.shadow_copy_use(s) for s in result.snapshot_set.shadow_copies]
         return SetTaken(result.snapshot_set.id, result.freeze_seconds,
                         [shadow_json(u) for u in uses])
@@ -155,7 +155,8 @@ class DirectBackend:
         provider = self.provider
         writers = workflow.load_writers(provider.runner, writers_dir,
                                         timeout=_writer_timeout(writer_timeout))
-        result = workflow.backup(provider, list(luns), document, writers, kind=ShadowKind(kind))
+        result = workflow.backup(provider, list(luns), document, writers,
+                                 kind=ShadowKind.choice(kind))
         return BackupOutcome(result.document, result.path, result.freeze_seconds,
                              [dict(s.to_json()) for s in result.writer_status])
 

@@ -69,9 +69,11 @@ def restore_json(session: str, job: JobStatus,
 @through_service
 @click.command()
 @click.option("--lun", "luns", multiple=True, required=True, help="A LUN to back up (repeat).")
-@click.option("--kind", type=click.Choice([k.value for k in ShadowKind]),
-              default=ShadowKind.DIFFERENTIAL.value, show_default=True,
-              help="differential: copy-on-write; clone: a full, transportable copy.")
+@click.option("--kind", type=click.Choice(["auto", *(k.value for k in ShadowKind)]),
+              default="auto", show_default=True,
+              help="differential: copy-on-write; clone: a full, transportable copy; thin:"
+              " a thin snapshot (thin LUNs); auto: thin if every LUN is thin, else"
+              " differential.")
 @click.option("--document", required=True, type=click.Path(dir_okay=False),
               help="Where to write the backup components document (must not exist).")
 @WRITERS_DIR

@@ -186,8 +186,8 @@ def _ms(seconds: float | None) -> str:
 @through_service
 @snapshot.command("create")
 @click.argument("luns", nargs=-1, required=True)
-@click.option("--kind", type=click.Choice([k.value for k in ShadowKind]),
-              default=ShadowKind.DIFFERENTIAL.value, show_default=True)
+@click.option("--kind", type=click.Choice(["auto", *(k.value for k in ShadowKind)]),
+              default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def snapshot_create(ctx: click.Context, luns: tuple[str, ...], kind: str, as_json: bool) -> None:
@@ -256,11 +256,15 @@ def snapshot_delete(ctx: click.Context, shadow_copy: str) -> None:
 @snapshot.command("export")
 @click.argument("shadow_copy")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--since", metavar="BASE",
+              help="Only what differs from BASE, an earlier thin shadow copy of the same"
+              " LUN (import BASE's bundle first, then this one).")
 @click.pass_context
-def snapshot_export(ctx: click.Context, shadow_copy: str, directory: str) -> None:
+def snapshot_export(ctx: click.Context, shadow_copy: str, directory: str,
+                    since: str | None) -> None:
     """Write a transportable bundle (content + manifest with checksum) to DIRECTORY."""
     with opened(ctx) as provider:
-        bundle = provider.export_shadow_copy(shadow_copy, directory)
+        bundle = provider.export_shadow_copy(shadow_copy, directory, since=since)
     click.echo(f"exported to {bundle}")
 
 

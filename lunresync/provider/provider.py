@@ -165,8 +165,10 @@ class Provider:
         """At the low-water mark (or out of data space), grow the thin pool while the file
         system has room: the service does it at each poll, every command at its start.
         Returns the grown pool, or None."""
-        if self._thin.record() is None:
-            return None
+        record = self._thin.record()
+        status = None if record is None else self._thin.status()
+        if record is None or status is None or not self._thin.is_low(record, status):
+            return None  # the usual case: one status request, no lock
         with self.storage.changing_kernel():
             return self._thin.grow_if_low()
 
@@ -254,12 +256,13 @@ class Provider:
     # -- snapshot sets and shadow copies ---------------------------------------------------
 
     def create_snapshot_set(self, lun_names: Sequence[str],
-                            kind: ShadowKind = ShadowKind.DIFFERENTIAL, *,
+                            kind: ShadowKind | None = None, *,
                             lock_fs: bool = True,
                             after_freeze: Callable[[], None] | None = None
                             ) -> SnapshotSetResult:
         """One shadow copy of every named LUN, all at the same instant (see
-        :meth:`lunresync.storage.snapshots.Snapshots.create_set`)."""
+        :meth:`lunresync.storage.snapshots.Snapshots.create_set`); ``kind`` None: thin
+        for thin LUNs, else differential."""
         return self._snapshots.create_set(lun_names, kind, lock_fs=lock_fs,
                                          after_freeze=after_freeze)
 
@@ -288,9 +291,10 @@ class Provider:
 
     # -- transport -------------------------------------------------------------------------
 
-    def export_shadow_copy(self, sc_id: str, directory: str | os.PathLike[str]) -> Path:
+    def export_shadow_copy(self, sc_id: str, directory: str | os.PathLike[str], *,
+                           since: str | None = None) -> Path:
         """Write a bundle: content.img (sparse) and manifest.json (written last)."""
-        return self._transport.export(sc_id, directory)
+        return self._transport.export(sc_id, directory, since=since)
 
     def import_shadow_copy(self, directory: str | os.PathLike[str]) -> ShadowCopy:
         """Register a bundle as a clone shadow copy of this pool, after checking it."""

@@ -38,7 +38,7 @@ class BackupResult:
 
 def backup(provider: Provider, lun_names: Sequence[str], document_path: str | os.PathLike[str],
            writers: Sequence[Writer], *,
-           kind: ShadowKind = ShadowKind.DIFFERENTIAL) -> BackupResult:
+           kind: ShadowKind | None = None) -> BackupResult:
     """Take one snapshot set of the LUNs with the writers' help; write the document.
 
     Nothing is left behind when it fails: no shadow copy, no document, every writer that
@@ -54,6 +54,8 @@ def backup(provider: Provider, lun_names: Sequence[str], document_path: str | os
     for lun in luns:
         if lun.masked:
             raise InvalidArgument(f"LUN {lun.name} is masked: it cannot be backed up")
+    if kind is None:
+        kind = ShadowKind.default_for(luns)
     session_id = new_id()
     chosen = WriterSet(writers)
     description: dict[str, Any] = {

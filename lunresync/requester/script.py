@@ -34,7 +34,7 @@ Setting up a backup::
 
     set metadata FILE        the backup document a later 'create' writes
     set writers DIR          the directory of writer scripts
-    set kind clone|differential
+    set kind auto|clone|differential|thin
                              the kind of the backup's snapshot set
     set timeout SECONDS      how long a writer may take (positive number)
     add lun NAME             add a LUN to the next 'create'

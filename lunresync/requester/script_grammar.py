@@ -42,11 +42,14 @@ def seconds(what: str) -> Callable[[str], str]:
 
 
 def kind(text: str) -> str:
-    """The check of ``set kind``'s value: clone or differential, lower-cased."""
+    """The check of ``set kind``'s value: auto, clone, differential or thin, lower-cased."""
     folded = fold(text)
-    if folded not in ("clone", "differential"):
-        raise Refused(f"'set kind' expects clone or differential, got {text!r}")
+    if folded not in KINDS:
+        raise Refused(f"'set kind' expects {', '.join(KINDS)}, got {text!r}")
     return folded
+
+
+KINDS = ("auto", "clone", "differential", "thin")
 
 
 
@@ -142,7 +145,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         Verb.SET_KIND,
         1,
         1,
-        "clone|differential",
+        "|".join(KINDS),
         "the kind of the backup's snapshot set",
         check=kind,
     ),

@@ -43,7 +43,7 @@ class ScriptRunner:
         self.writer_timeout = writer_timeout
         self.say = say
         self.metadata: Path | None = None
-        self.kind = ShadowKind.DIFFERENTIAL
+        self.kind: ShadowKind | None = None  # auto: thin for thin LUNs, else differential
         self.backup_luns: list[str] = []
         self.document: BackupDocument | None = None
         self.session: RestoreSession | None = None
@@ -86,7 +86,7 @@ class ScriptRunner:
         elif verb is Verb.SET_WRITERS:
             self.writers_dir = str(self._relative(args[0]))
         elif verb is Verb.SET_KIND:
-            self.kind = ShadowKind(args[0].lower())
+            self.kind = ShadowKind.choice(args[0].lower())
         elif verb is Verb.SET_TIMEOUT:
             self.writer_timeout = float(args[0])
         elif verb is Verb.ADD_LUN:

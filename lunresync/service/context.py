@@ -47,7 +47,7 @@ class ServiceContext(Protocol):
         at ``path`` now."""
         ...
 
-    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind,
+    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind | None,
                      writer_timeout: float | None) -> str:
         """The VSS-style backup of these LUNs with every writer; the document's JSON text."""
         ...

@@ -286,7 +286,7 @@ class Daemon:
 
         return load
 
-    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind,
+    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind | None,
                      writer_timeout: float | None) -> str:
         from lunresync.requester import workflow
 

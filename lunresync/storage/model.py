@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -79,6 +80,26 @@ class ShadowKind(Enum):
     DIFFERENTIAL = "differential"  # dm snapshot: changed chunks in a COW store
     CLONE = "clone"  # a full, independent copy
     THIN = "thin"  # a thin snapshot in the thin pool: shares every block (docs/thin.md)
+
+    @classmethod
+    def choice(cls, value: str) -> ShadowKind | None:
+        """A kind as users name it: ``auto`` (None: thin when every LUN of the set is
+        thin, else differential) or a kind."""
+        if value == "auto":
+            return None
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidArgument(f"unknown kind {value!r}: use auto, differential, clone"
+                                  " or thin") from None
+
+    @classmethod
+    def default_for(cls, luns: Sequence[Lun]) -> ShadowKind:
+        """``auto``: thin shadow copies for thin LUNs (no copy, no store), differential
+        ones as soon as one LUN of the set is not thin (one set is one kind)."""
+        if luns and all(lun.kind is LunKind.THIN for lun in luns):
+            return cls.THIN
+        return cls.DIFFERENTIAL
 
 
 class ShadowState(Enum):

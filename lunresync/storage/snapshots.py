@@ -65,12 +65,13 @@ class Snapshots:
 
     # -- taking a set ----------------------------------------------------------------------
 
-    def create_set(self, lun_names: Sequence[str], kind: ShadowKind = ShadowKind.DIFFERENTIAL,
+    def create_set(self, lun_names: Sequence[str], kind: ShadowKind | None = None,
                    *, lock_fs: bool = True, after_freeze: Callable[[], None] | None = None
                    ) -> SnapshotSetResult:
         """One shadow copy of every named LUN, all at the same instant.
 
-        ``lock_fs=False``: the file systems on the LUNs are frozen already (fsfreeze by a
+        ``kind`` None: :meth:`ShadowKind.default_for` the LUNs. ``lock_fs=False``: the
+        file systems on the LUNs are frozen already (fsfreeze by a
         writer); the suspend must not freeze them again, which the kernel refuses (EBUSY).
         ``after_freeze`` runs once the instant is taken, before a clone set's copy (the
         requester thaws its writers there); if it raises, the set is rolled back.
@@ -93,6 +94,8 @@ class Snapshots:
                     raise InvalidArgument(f"LUN {lun.name} is incomplete (a restore into it was"
                                           " cancelled or failed): restore it first")
                 s.refuse_restoring(lun, "snapshot it")
+            if kind is None:
+                kind = ShadowKind.default_for(luns)
             if kind is ShadowKind.THIN:
                 return self._create_thin_set(luns, lock_fs=lock_fs, after_freeze=after_freeze)
             cow_sizes = [cow_store_size(lun.size, DEFAULT_CHUNK_SECTORS) for lun in luns]

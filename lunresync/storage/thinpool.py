@@ -23,6 +23,7 @@ from lunresync.kernel.targets import Table, ThinPoolStatus, ThinPoolTable
 from lunresync.kernel.targets import thin_pool as messages
 from lunresync.kernel.targets.thin import MAX_THIN_ID
 from lunresync.kernel.targets.thin_pool import PoolMode
+from lunresync.kernel.thintools import ThinDelta
 
 from .catalog import now
 from .devices import PoolDevices
@@ -190,12 +191,9 @@ class ThinPool:
         record, or None (nothing to do, or no room: logged). The caller holds the lock."""
         record = self.record()
         status = self.status() if record is not None else None
-        if record is None or status is None or status.mode not in (
-                PoolMode.READ_WRITE, PoolMode.OUT_OF_DATA_SPACE):
-            return None  # read-only or failed: more data space would not help
-        free = status.data_total - status.data_used
-        if free >= low_water_blocks(record) and status.mode is PoolMode.READ_WRITE:
+        if record is None or status is None or not self.is_low(record, status):
             return None
+        free = status.data_total - status.data_used
         step = max(record.data_size // 4, 2 * low_water_blocks(record) * BLOCK_BYTES)
         new_size = -(-(record.data_size + step) // BLOCK_BYTES) * BLOCK_BYTES
         try:
@@ -207,6 +205,15 @@ class ThinPool:
         log.warning("the thin pool had %d of %d data blocks free: grown to %s", free,
                     status.data_total, format_size(grown.data_size))
         return grown
+
+    @staticmethod
+    def is_low(record: ThinPoolRecord, status: ThinPoolStatus) -> bool:
+        """Below the low-water mark, or out of data space (not read-only or failed: more
+        data space would not help there)."""
+        if status.mode is PoolMode.OUT_OF_DATA_SPACE:
+            return True
+        free = status.data_total - status.data_used
+        return status.mode is PoolMode.READ_WRITE and free < low_water_blocks(record)
 
     def _grow_to(self, record: ThinPoolRecord, new_size: int) -> ThinPoolRecord:
         s = self.storage
@@ -292,6 +299,24 @@ class ThinPool:
                     return candidate
             candidate += 1
         raise InUse("the thin pool has no free volume id (24 bits)")
+
+    def delta(self, left: int, right: int) -> ThinDelta:
+        """Which ranges volumes ``left`` and ``right`` do not share, read from a snapshot
+        of the live pool's metadata (``thin_delta -m``). ``delta(x, x)``: what volume x
+        maps (ranges neither maps are not listed). The caller holds the lock."""
+        meta = self.storage.devices.attached(str(self.meta_image))
+        if meta is None:
+            raise NotFound("the thin pool is not active (run lunresync activate)")
+        try:
+            self._send(messages.reserve_metadata_snap())
+        except KernelError:
+            # One left held by a process that died: released, then taken afresh.
+            self._send(messages.release_metadata_snap())
+            self._send(messages.reserve_metadata_snap())
+        try:
+            return thintools.thin_delta(self.storage.runner, meta, left, right, live=True)
+        finally:
+            self._send(messages.release_metadata_snap())
 
     def delete_volume(self, device_id: int) -> None:
         """Free the volume's blocks (those no snapshot shares)."""

@@ -5,22 +5,31 @@ old state or the restored one."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from lunresync.engine.model import EngineKind, JobState
-from lunresync.errors import InvalidArgument
+from lunresync.errors import InvalidArgument, NotFound
 from lunresync.provider import Provider, ResyncPair
 from lunresync.storage.model import ShadowKind
 from tests.conftest import patience
 from tests.forkserver import ForkServer
 
-from .devices import MiB, fill, read_at, sha256_of
+from .devices import MiB, fill, read_at, sha256_of, write_pattern
 from .test_provider import StampWriter, read_stamp
 from .test_thin_luns import data_used, lunresync_devices
 
 pytestmark = pytest.mark.kernel
 
 SIZE = 16 * MiB
+SLACK = 256 * 1024  # a file system's own blocks for a sparse file's extents
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
 
 
 def thin_lun_with_copy(provider: Provider, name: str = "db") -> tuple[str, str, str]:
@@ -182,7 +191,9 @@ def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -
     for name, seed in (("log", 41), ("data", 42)):
         provider.create_lun(name, SIZE, thin=True)
         fill(provider.storage.catalog.lun(name).path, SIZE, seed=seed)
-    taken = provider.create_snapshot_set(["log", "data"], ShadowKind.THIN).snapshot_set
+    # Thin LUNs get thin shadow copies unless told otherwise.
+    taken = provider.create_snapshot_set(["log", "data"]).snapshot_set
+    assert {sc.kind for sc in taken.shadow_copies} == {ShadowKind.THIN}
     contents = {sc.lun_name: sha256_of(sc.path) for sc in taken.shadow_copies}
     volumes = {sc.lun_name: sc.thin_id for sc in taken.shadow_copies}
     used = data_used(provider)
@@ -203,3 +214,42 @@ def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -
     for lun in swapped:
         provider.delete_lun(lun.name)  # frees what only it held
     assert data_used(provider) == used
+
+
+def test_thin_bundles_hold_what_is_provisioned_and_since_a_base_what_differs(
+        provider: Provider, scratch_pool: Path) -> None:
+    provider.create_thin_pool("128M")
+    lun = provider.create_lun("db", 32 * MiB, thin=True)
+    provider.create_lun("other", 32 * MiB, thin=True)
+    fill(lun.path, 24 * MiB, seed=51)  # the last 8 MiB never written: not provisioned
+    (base,) = provider.create_snapshot_set(["db"]).snapshot_set.shadow_copies
+    write_pattern(lun.path, 4 * MiB, os.urandom(MiB))
+    (newer,) = provider.create_snapshot_set(["db"]).snapshot_set.shadow_copies
+    (elsewhere,) = provider.create_snapshot_set(["other"]).snapshot_set.shadow_copies
+    base_content, newer_content = sha256_of(base.path), sha256_of(newer.path)
+
+    whole = provider.export_shadow_copy(base.id, scratch_pool / "whole")
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert (manifest["version"], manifest["sha256"]) == (1, base_content)
+    assert allocated(whole / "content.img") <= 24 * MiB + SLACK
+
+    with pytest.raises(InvalidArgument, match="not of the same LUN"):
+        provider.export_shadow_copy(newer.id, scratch_pool / "bad", since=elsewhere.id)
+    assert not (scratch_pool / "bad").exists()
+    delta = provider.export_shadow_copy(newer.id, scratch_pool / "delta", since=base.id)
+    manifest = json.loads((delta / "manifest.json").read_text())
+    assert manifest["base_shadow_copy_id"] == base.id
+    assert manifest["ranges"] == [[4 * MiB, MiB]]  # what differs, no more
+    assert allocated(delta / "content.img") <= MiB + SLACK
+
+    # Imported elsewhere (here, once the copies are gone): the base first, then the delta.
+    for shadow in (newer, base, elsewhere):
+        provider.delete_shadow_copy(shadow.id)
+    before = lunresync_devices(provider)
+    with pytest.raises(NotFound, match="import that one first"):
+        provider.import_shadow_copy(delta)
+    assert lunresync_devices(provider) == before
+    assert sha256_of(provider.import_shadow_copy(whole).path) == base_content
+    imported = provider.import_shadow_copy(delta)
+    assert (imported.id, imported.kind) == (newer.id, ShadowKind.CLONE)
+    assert sha256_of(imported.path) == newer_content

@@ -23,8 +23,10 @@ from lunresync.storage.transport import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     COPY_BLOCK,
+    DELTA_BUNDLE_VERSION,
     CorruptBundle,
     copy_device,
+    copy_ranges,
     read_manifest,
 )
 from lunresync.storage.undo import Undo
@@ -433,7 +435,7 @@ def test_wrong_format_is_corrupt(tmp_path: Path, manifest: object) -> None:
         read_manifest(write_bundle(tmp_path / "b", manifest))
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, -1])
+@pytest.mark.parametrize("version", [0, 3, "1", None, -1, True])
 def test_wrong_version_is_corrupt(tmp_path: Path, version: object) -> None:
     manifest = good_manifest()
     manifest["version"] = version
@@ -545,3 +547,62 @@ def test_a_bundle_written_like_export_reads_back(tmp_path: Path) -> None:
     assert read == manifest
     assert (bundle / "content.img").stat().st_size == read["size"]
     assert sha256_of(bundle / "content.img") == read["sha256"]
+
+
+# -- delta bundles (export --since) and copies of ranges -----------------------------------
+
+
+def delta_manifest(ranges: object, size: int = 1 << 20) -> dict[str, Any]:
+    manifest = good_manifest(size)
+    manifest.update(version=DELTA_BUNDLE_VERSION, base_shadow_copy_id=new_id(),
+                    ranges=ranges)
+    return manifest
+
+
+def test_a_delta_manifest_names_its_base_and_ranges(tmp_path: Path) -> None:
+    manifest = delta_manifest([[0, 4096], [65536, 131072]])
+    read = read_manifest(write_bundle(tmp_path / "b", manifest))
+    assert read["ranges"] == [(0, 4096), (65536, 131072)]
+    assert read["base_shadow_copy_id"] == manifest["base_shadow_copy_id"]
+
+
+@pytest.mark.parametrize("ranges", [
+    "0-4096", [[0]], [[0, 0]], [[4096, 4096], [0, 4096]], [[0, 8192], [4096, 4096]],
+    [[-1, 4096]], [[0, 2 << 20]], [[0, 1.5]], [[True, 4096]], [None]])
+def test_delta_ranges_out_of_order_overlapping_or_outside_are_corrupt(
+        tmp_path: Path, ranges: object) -> None:
+    with pytest.raises(CorruptBundle, match="range"):
+        read_manifest(write_bundle(tmp_path / "b", delta_manifest(ranges)))
+
+
+def test_a_delta_needs_its_base_and_a_whole_bundle_has_none(tmp_path: Path) -> None:
+    manifest = delta_manifest([[0, 4096]])
+    del manifest["base_shadow_copy_id"]
+    with pytest.raises(CorruptBundle, match="base_shadow_copy_id"):
+        read_manifest(write_bundle(tmp_path / "b", manifest))
+    whole = good_manifest()
+    whole["ranges"] = [[0, 4096]]
+    with pytest.raises(CorruptBundle, match="no base or ranges"):
+        read_manifest(write_bundle(tmp_path / "c", whole))
+
+
+def test_ranges_are_copied_with_their_hash_or_the_whole_contents(tmp_path: Path) -> None:
+    size = 4 * MiB
+    data = {0: os.urandom(4096), MiB: os.urandom(8192), 3 * MiB: bytes(4096)}
+    source = sparse_file(tmp_path / "source", size, data)
+    ranges = [(0, 4096), (MiB, 8192), (3 * MiB, 4096)]
+    # The whole content: the same hash as copy_device's, holes and all.
+    whole = tmp_path / "whole"
+    assert copy_ranges(str(source), whole, size, ranges, hash_gaps=True) == sha256_of(source)
+    assert whole.read_bytes() == source.read_bytes()
+    assert allocated(whole) <= 3 * 4096 + FS_METADATA  # the zero range is a hole
+    # A delta: its ranges' bytes, in order.
+    delta = tmp_path / "delta"
+    expected = hashlib.sha256(b"".join(data.values())).hexdigest()
+    assert copy_ranges(str(source), delta, size, ranges, hash_gaps=False) == expected
+    # Applied over a base, zero ranges are written too.
+    base = sparse_file(tmp_path / "base", size, {3 * MiB: b"\xff" * 4096, 2 * MiB: b"kept"})
+    assert copy_ranges(str(delta), base, size, ranges, hash_gaps=False, over=True) == expected
+    result = bytearray(source.read_bytes())
+    result[2 * MiB:2 * MiB + 4] = b"kept"
+    assert base.read_bytes() == bytes(result)

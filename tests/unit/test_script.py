@@ -231,7 +231,7 @@ def test_option_lookup_misuse_is_a_programming_error() -> None:
         ("swap", "'swap' takes at least 1 argument (SNAPSHOT_SET [OPTION...]), got 0"),
         ("swap read-write", "'swap' needs SNAPSHOT_SET before its options"),
         ("add lun ''", "argument 1 of 'add lun' is empty"),
-        ("set kind foo", "'set kind' expects clone or differential, got 'foo'"),
+        ("set kind foo", "'set kind' expects auto, clone, differential, thin, got 'foo'"),
         ("set timeout -1", "'set timeout' expects a positive number of seconds"),
         ("set timeout abc", "got 'abc'"),
         ("set timeout 0", "got '0'"),

@@ -111,7 +111,7 @@ class StandIn:
     def is_exported(self, path: str) -> bool:
         return False
 
-    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind,
+    async def backup(self, lun_ids: Sequence[str], kind: ShadowKind | None,
                      writer_timeout: float | None) -> str:
         raise NotImplementedError
 

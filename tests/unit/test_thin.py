@@ -14,8 +14,10 @@ from lunresync.kernel import thintools
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import parse_status_line
 from lunresync.kernel.targets import thin_pool as pool
-from lunresync.kernel.targets.thin_pool import ThinPoolStatus
+from lunresync.kernel.targets.thin_pool import PoolMode, ThinPoolStatus
 from lunresync.kernel.thintools import DeltaKind, DeltaRange
+from lunresync.storage.model import ThinPoolRecord
+from lunresync.storage.thinpool import ThinPool, low_water_blocks
 
 pytestmark = pytest.mark.unit
 
@@ -146,3 +148,18 @@ def test_thin_check_missing_is_not_a_verdict(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(CommandNotFound):
         thintools.thin_check(Runner(timeout=30), "/dev/loop7")
+
+
+def test_the_pool_grows_below_its_low_water_mark_or_when_full_only() -> None:
+    record = ThinPoolRecord("a" * 32, 16 << 20, 2 << 20, 128, 0.0)  # 256 blocks
+    assert low_water_blocks(record) == 12  # 5%
+
+    def status(mode: PoolMode, used: int) -> ThinPoolStatus:
+        return ThinPoolStatus(mode=mode, data_used=used, data_total=256)
+
+    assert not ThinPool.is_low(record, status(PoolMode.READ_WRITE, 244))  # 12 free
+    assert ThinPool.is_low(record, status(PoolMode.READ_WRITE, 245))  # 11 free
+    assert ThinPool.is_low(record, status(PoolMode.OUT_OF_DATA_SPACE, 100))
+    # Read-only or failed: more data space would not help.
+    assert not ThinPool.is_low(record, status(PoolMode.READ_ONLY, 256))
+    assert not ThinPool.is_low(record, status(PoolMode.FAIL, 256))

@@ -48,11 +48,8 @@ def lookup(provider: Provider, kind: str, name: str) -> str:
     raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow or job")
 
 
-def _kind(value: str) -> ShadowKind:
-    try:
-        return ShadowKind(value)
-    except ValueError:
-        raise InvalidArgument(f"unknown kind {value!r}: use differential, clone or thin") from None
+def _kind(value: str) -> ShadowKind | None:
+    return ShadowKind.choice(value)
 
 
 def _timeout(value: float | None) -> float | None:
@@ -142,7 +139,7 @@ class ManagerObject(Exported[ServiceContext]):
         (JSON). Options: kind (s), writer_timeout (d)."""
         values = api.options(options, {"kind": "s", "writer_timeout": "d"})
         ids = [api.id_of(path, "lun") for path in luns]
-        shadow_kind = _kind(values.get("kind", "differential"))
+        shadow_kind = _kind(values.get("kind", "auto"))
         timeout = _timeout(values.get("writer_timeout"))
         return await self.context.backup(ids, shadow_kind, timeout)
 
