@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
     from lunresync.kernel.targets import ThinPoolStatus
+    from lunresync.provider import Provider
     from lunresync.storage.model import Lun, ThinPoolRecord
     from lunresync.storage.snapshots import ShadowCopyUse
 
@@ -79,3 +80,13 @@ def thin_pool_json(record: ThinPoolRecord, status: ThinPoolStatus | None,
         "metadata_total": None if use is None else use.metadata_total * 4096,
         "needs_check": use is not None and use.needs_check,
     }
+
+
+def thin_pool_of(provider: Provider) -> dict[str, Any] | None:
+    """The pool's thin pool record (``pool show``, D-Bus ``GetThinPool``), or None."""
+    found = provider.thin_pool()
+    if found is None:
+        return None
+    record, status = found
+    thin = sum(1 for lun in provider.luns() if lun.kind.value == "thin")
+    return thin_pool_json(record, status, thin)

@@ -1,5 +1,5 @@
 """``lunresync pool ...``: the pool directory's thin pool (docs/thin.md), on the pool
-directly (the D-Bus service does not offer it yet)."""
+directly (over D-Bus: the Manager's GetThinPool and GrowThinPool)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lunresync.errors import NotFound
-from lunresync.storage.model import THIN_POOL_CREATE_HINT, LunKind
+from lunresync.storage.model import THIN_POOL_CREATE_HINT
 from lunresync.storage.units import format_size
-from lunresync.views import thin_pool_json
+from lunresync.views import thin_pool_of
 
 from .backend_choice import opened
 from .base import CommandGroup
@@ -83,9 +83,7 @@ def pool_delete_thin(ctx: click.Context) -> None:
 
 
 def _record(provider: Provider) -> dict[str, Any]:
-    found = provider.thin_pool()
+    found = thin_pool_of(provider)
     if found is None:
         raise NotFound("this pool has no thin pool", hint=THIN_POOL_CREATE_HINT)
-    record, status = found
-    thin = sum(1 for lun in provider.luns() if lun.kind is LunKind.THIN)
-    return thin_pool_json(record, status, thin)
+    return found

@@ -31,7 +31,14 @@ from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import ThinPoolStatus
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.luns import Luns
-from lunresync.storage.model import Lun, ShadowCopy, ShadowKind, SnapshotSet, ThinPoolRecord
+from lunresync.storage.model import (
+    Lun,
+    LunKind,
+    ShadowCopy,
+    ShadowKind,
+    SnapshotSet,
+    ThinPoolRecord,
+)
 from lunresync.storage.pool import Pool
 from lunresync.storage.snapshots import ShadowCopyUse, Snapshots, SnapshotSetResult
 from lunresync.storage.storage import Storage
@@ -114,6 +121,12 @@ class Provider:
             started = time.monotonic()
             checked = check_recovery_set(self.storage, pairs, engine, volume_check,
                                          self.resyncer.busy_destinations())
+            # A copy into a thin LUN may need a new block for every block it writes: the
+            # thin pool gets the room first (grown), or the restore is refused here.
+            need = sum(c.shadow.size for c in checked
+                       if c.lun is not None and c.lun.kind is LunKind.THIN and c.engine.copies)
+            if need:
+                self._thin.make_room(need, "the copy into thin LUNs")
             options: dict[str, object] = {"engine": engine.value if engine else "auto",
                                           "volume_check": volume_check}
             return self.resyncer.start(checked, options, started=started)

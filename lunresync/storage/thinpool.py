@@ -176,6 +176,7 @@ class ThinPool:
         size needs), online: the images grow, their loop devices follow, and the pool's
         table is reloaded with the new length. A pool out of data space writes again."""
         s = self.storage
+        self.require()  # before the kernel: "no thin pool" says more than "no dm"
         with s.changing_kernel(), s.devices.listed():
             record = self.require()
             new_size = -(-parse_size(size) // BLOCK_BYTES) * BLOCK_BYTES
@@ -205,6 +206,29 @@ class ThinPool:
         log.warning("the thin pool had %d of %d data blocks free: grown to %s", free,
                     status.data_total, format_size(grown.data_size))
         return grown
+
+    def make_room(self, need: int, doing: str) -> None:
+        """Make sure ``need`` bytes of data are free in the pool, growing it while the file
+        system has room; else refuse ``doing`` with :class:`PoolFull`, nothing changed.
+        The caller holds the lock."""
+        record = self.require()
+        status = self.status()
+        if status is None:
+            raise NotFound("the thin pool is not active (run lunresync activate)")
+        if status.mode not in (PoolMode.READ_WRITE, PoolMode.OUT_OF_DATA_SPACE):
+            raise InvalidArgument(f"the thin pool is {status.mode.value}: no {doing}")
+        free = (status.data_total - status.data_used) * BLOCK_BYTES
+        margin = low_water_blocks(record) * BLOCK_BYTES  # so that it is not low at once
+        if free >= need + margin:
+            return
+        try:
+            grown = self._grow_to(record, -(-(record.data_size + need + margin - free)
+                                          // BLOCK_BYTES) * BLOCK_BYTES)
+        except PoolFull as exc:
+            raise PoolFull(f"{doing} may write {format_size(need)} to the thin pool, which"
+                           f" has {format_size(free)} free and cannot grow enough: {exc}"
+                           ) from None
+        log.info("the thin pool grew to %s for %s", format_size(grown.data_size), doing)
 
     @staticmethod
     def is_low(record: ThinPoolRecord, status: ThinPoolStatus) -> bool:

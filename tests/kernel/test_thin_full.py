@@ -8,18 +8,23 @@ import errno
 import json
 import mmap
 import os
+from pathlib import Path
 
 import pytest
 
+from lunresync.engine.model import JobState
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets.thin_pool import metadata_bytes
-from lunresync.provider import Provider
+from lunresync.provider import Provider, ResyncPair
 from lunresync.storage.model import ShadowKind
+from lunresync.storage.pool import PoolFull
 from lunresync.views import lun_json
 from tests.conftest import patience
 from tests.forkserver import ForkServer
 
-from .devices import MiB, read_at
+from .conftest import force_remove_pool_devices
+from .devices import MiB, fill, read_at, sha256_of
 
 pytestmark = pytest.mark.kernel
 
@@ -98,3 +103,54 @@ def test_a_full_pool_fails_new_writes_keeps_the_rest_and_comes_back(
     assert provider.thin_pool_mode() == "rw"
     assert read_at(lun.path, 0, MiB) == b"\x04" * MiB
     assert read_at(lun.path, 32 * MiB, 32 * MiB) == b"\x08" * 32 * MiB
+
+
+def test_a_copy_into_a_thin_lun_grows_the_pool_first_or_is_refused(
+        scratch_pool: Path, runner: Runner) -> None:
+    """A copy may write every block of a thin LUN: the pool gets that room before the
+    restore starts, or, when its file system has not the room, the restore is refused
+    and nothing changes. (The pool lives on a 40 MiB tmpfs of its own here.)"""
+    small = scratch_pool / "small"
+    small.mkdir()
+    runner.run(["mount", "-t", "tmpfs", "-o", "size=40M,mode=0700", "tmpfs", str(small)])
+    try:
+        with Provider.open(small / "pool", runner=runner) as provider:
+            try:
+                check_room(provider)
+            finally:
+                provider.deactivate()
+                force_remove_pool_devices(small / "pool", runner)
+    finally:
+        runner.run(["umount", str(small)])
+
+
+def check_room(provider: Provider) -> None:
+    provider.create_thin_pool("32M")
+    for name, size, written in (("src", 32, 24), ("small", 8, 4)):
+        provider.create_lun(name, f"{size}M", thin=True)
+        fill(provider.lun(name).path, written * MiB, seed=size)
+    provider.create_lun("big", "48M", thin=True)  # larger than src: restored by a copy
+    provider.create_lun("bed", "12M", thin=True)  # larger than small: the same
+    copies = {sc.lun_name: sc for sc in provider.create_snapshot_set(
+        ["src", "small"]).snapshot_set.shadow_copies}
+    # 28 MiB used of 32: 4 MiB free, and about 10 MiB free on the file system.
+
+    # 32 MiB could be written, the file system has not that much free: refused at once.
+    with pytest.raises(PoolFull, match="cannot grow enough"):
+        provider.resync_luns([ResyncPair(copies["src"].id, "big")])
+    assert provider.resyncer.jobs() == []
+    found = provider.thin_pool()
+    assert found is not None
+    assert found[0].data_size == 32 * MiB
+
+    # 8 MiB: the pool grows first, then the copy runs and never meets a full pool.
+    handle = provider.resync_luns([ResyncPair(copies["small"].id, "bed")])
+    job = provider.resyncer.wait(handle.id, timeout=patience(300), interval=0.2)
+    assert job.engines != "thin", job  # a copy (the sizes differ)
+    assert job.state is JobState.DONE, job.error
+    found = provider.thin_pool()
+    assert found is not None
+    assert found[0].data_size > 32 * MiB
+    assert provider.thin_pool_mode() == "rw"
+    assert sha256_of(provider.lun("bed").path, length=8 * MiB) == sha256_of(
+        copies["small"].path)

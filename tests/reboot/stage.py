@@ -7,9 +7,10 @@ STATE is a host directory (passed to the VM with --rwdir) for the records of eac
 The pool and the "disks" under the destinations live on an ext4 file system on a disk
 image attached to both boots as a virtio disk (/dev/vda), so they survive the power-off
 the way a server's disk does. (On the 9p share itself, loop devices under the merge hung
-the guest's I/O.) Each
-destination is a LUN adopted over a dm ``delay`` device (writes held a while) so that the
-copies are still running when the power goes.
+the guest's I/O.) Each destination is a LUN adopted over a dm ``delay`` device (writes
+held a while) so that the copies are still running when the power goes. A thin LUN
+restored by the thin engine and written after must come back with both (its pool after
+thin_check).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ SLOW_WRITES_MS = 5000  # boot 1: the copies must still run when the power goes
 # 5 s, or 500 ms once, udev's probes of the rebuilt mirror outlasted a 30 s dmsetup
 # timeout.)
 RESUME_WRITES_MS = 200
+# A thin LUN on the pool's thin pool, restored in place by the thin engine (done at once)
+# and written after: the pool must come back after thin_check with both.
+THIN_SIZE = 32 * MiB
 # (engine, destination LUN): merge restores LUN "m" from its own shadow copy.
 PAIRS = (("merge", "m"), ("mirror", "x"), ("clone", "y"))
 #: How much slower than the reference this VM runs today (tests/vm.py measures it): the
@@ -51,24 +55,24 @@ def pattern(seed: int, offset: int) -> bytes:
         MiB % 12)
 
 
-def fill(path: str, seed: int) -> None:
+def fill(path: str, seed: int, size: int = SIZE) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
-        for offset in range(0, SIZE, MiB):
+        for offset in range(0, size, MiB):
             os.pwrite(fd, pattern(seed, offset), offset)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def expected(seed: int) -> bytes:
-    return b"".join(pattern(seed, offset) for offset in range(0, SIZE, MiB))
+def expected(seed: int, size: int = SIZE) -> bytes:
+    return b"".join(pattern(seed, offset) for offset in range(0, size, MiB))
 
 
-def read_all(path: str) -> bytes:
+def read_all(path: str, size: int = SIZE) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.pread(fd, SIZE, 0)
+        return os.pread(fd, size, 0)
     finally:
         os.close(fd)
 
@@ -127,6 +131,8 @@ def start(state: Path) -> int:
     step("snapshot set taken")
     by_lun = {s.lun_name: s for s in snapshot.shadow_copies}
     fill(provider.lun("m").path, seed=2)  # damage: every chunk of m changed
+    thin = thin_restored(provider)
+    step("thin LUN restored and written")
     set_write_delay(dm, devices, SLOW_WRITES_MS)
     jobs = {}
     for engine, name in PAIRS:
@@ -146,7 +152,7 @@ def start(state: Path) -> int:
             break
         time.sleep(0.2)
     states = {e: provider.resyncer.job(j).state.value for e, j in jobs.items()}
-    record = {"jobs": jobs, "progress": progress, "states": states}
+    record = {"jobs": jobs, "progress": progress, "states": states, "thin": thin}
     (state / "stage1.json").write_text(json.dumps(record))
     os.sync()
     print("stage 1:", json.dumps(record), flush=True)
@@ -154,6 +160,41 @@ def start(state: Path) -> int:
     Path("/proc/sysrq-trigger").write_text("o")
     time.sleep(60)
     return 1  # not reached
+
+
+def thin_restored(provider: Provider) -> dict[str, str]:
+    """A thin LUN restored in place from its thin shadow copy, then written (1 MiB)."""
+    provider.create_thin_pool("128M")
+    lun = provider.create_lun("t", THIN_SIZE, thin=True)
+    fill(lun.path, seed=1, size=THIN_SIZE)
+    (copy,) = provider.create_snapshot_set(["t"]).snapshot_set.shadow_copies
+    fill(lun.path, seed=2, size=THIN_SIZE)
+    job = provider.resyncer.job(provider.resync_luns([ResyncPair(copy.id)]).id)
+    fd = os.open(lun.path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, pattern(3, 0), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"job": job.id, "state": job.state.value, "engines": job.engines,
+            "copy": copy.id}
+
+
+def thin_after_poweroff(provider: Provider, record: dict[str, str]) -> list[str]:
+    failures = []
+    if (record["state"], record["engines"]) != ("done", "thin"):
+        failures.append(f"thin: the restore was {record}")
+    restored = pattern(3, 0) + expected(1, THIN_SIZE)[MiB:]
+    if read_all(provider.lun("t").path, THIN_SIZE) != restored:
+        failures.append("thin: the LUN is not its restored content and the later write")
+    copy = provider.shadow_copy(record["copy"])
+    if read_all(copy.path, THIN_SIZE) != expected(1, THIN_SIZE):
+        failures.append("thin: the shadow copy changed")
+    again = provider.resyncer.job(provider.resync_luns([ResyncPair(copy.id)]).id)
+    if again.state.value != "done" or read_all(provider.lun("t").path, THIN_SIZE) != (
+            expected(1, THIN_SIZE)):
+        failures.append(f"thin: restoring again gave {again.state.value}")
+    return failures
 
 
 def resume(state: Path) -> int:
@@ -184,6 +225,7 @@ def resume(state: Path) -> int:
             failures.append(f"{engine}: wrong content right after activate")
         if job.bytes_done == 0:
             failures.append(f"{engine}: the copy started again from zero")
+    failures += thin_after_poweroff(provider, record["thin"])
     set_write_delay(dm, devices, 0)  # now let them finish quickly
     for engine, name in PAIRS:
         done = provider.resyncer.wait(record["jobs"][engine], timeout=600 * SLOWNESS)

@@ -1,5 +1,7 @@
 """Power the test VM off in the middle of three restores (merge, mirror, clone), boot it
 again, ``activate``: each copy continues (not from zero) and ends with the right content.
+A thin LUN restored in place (thin engine) and written before the power-off comes back
+with both, its thin pool checked by thin_check.
 
 Runs on the host: it boots the VM twice (tests/vm.py). The pool and the destinations'
 disk images live in a host directory shared with both boots, so they survive the

@@ -115,3 +115,17 @@ def test_independent_clients_as_nobody(run: Runner, bus: PrivateBus,
                     api.MANAGER, "Pool", user=AS_NOBODY)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"type": "s", "data": str(service.pool)}
+
+
+def test_the_thin_pool_is_read_and_grown_by_administrators_only(
+        run: Runner, bus: PrivateBus, service: ServiceProcess) -> None:
+    result = busctl(run, bus, "--json=short", "call", api.BUS_NAME, api.MANAGER_PATH,
+                    api.MANAGER, "GetThinPool")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"type": "s", "data": [""]}  # the pool has none
+    result = gdbus_call(run, bus, "GrowThinPool", "1073741824", "{}")
+    assert f"GDBus.Error:{api.NOT_FOUND}: the pool" in result.stderr
+    assert "has no thin pool" in result.stderr
+    for method, args in (("GetThinPool", ()), ("GrowThinPool", ("1073741824", "{}"))):
+        result = gdbus_call(run, bus, method, *args, user=AS_NOBODY)
+        assert "GDBus.Error:org.freedesktop.DBus.Error.AccessDenied" in result.stderr, method

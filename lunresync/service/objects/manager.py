@@ -24,6 +24,7 @@ from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.service import api
 from lunresync.service.context import ServiceContext
 from lunresync.storage.model import ShadowKind, check_lun_name
+from lunresync.views import thin_pool_of
 
 from .exported import DBusNothing, DBusPathList, DBusStrList, Exported, Property, changes
 
@@ -175,6 +176,27 @@ class ManagerObject(Exported[ServiceContext]):
 
         job = await self.context.run(start)
         return api.path_of("job", job.id)
+
+    @dbus_method()
+    @api.mapped
+    async def GetThinPool(self) -> DBusStr:
+        """The thin pool as ``lunresync pool show --json`` prints it (JSON text; data and
+        metadata use, mode), or an empty string when the pool has none."""
+        record = await self.context.run(thin_pool_of, refresh=False)
+        return "" if record is None else json.dumps(record)
+
+    @dbus_method()
+    @changes
+    async def GrowThinPool(self, size_bytes: DBusUInt64, options: DBusDict) -> DBusStr:
+        """Grow the thin pool's data to ``size_bytes`` (its metadata as that needs),
+        online; returns the record as GetThinPool does. Options: none."""
+        api.options(options, {})
+
+        def grow(p: Provider) -> dict[str, Any] | None:
+            p.grow_thin_pool(size_bytes)
+            return thin_pool_of(p)
+
+        return json.dumps(await self.context.run(grow))
 
     @dbus_method()
     @api.mapped
