@@ -9,6 +9,11 @@ background hydration copies the rest. The metadata records hydrated regions, so 
 reboot hydration continues. dm-clone reports a failed copy only in the kernel log
 (``clone: MAJ:MIN: hydration failed``) and retries for ever: the job watches the log.
 
+**Sparse hydration from a thin shadow copy** (into an image LUN): what the pool has not
+provisioned in the shadow copy reads as zeros, and so does a hole in the LUN's image. The
+regions that are both are marked hydrated the same way once the LUN is online, so a
+fresh test bed gets only the blocks that were ever written copied.
+
 **Sparse hydration** (a differential shadow copy restored into its own LUN): a chunk of
 the LUN that was not written since the shadow copy was taken is the same on both sides,
 and the shadow copy's COW store lists every chunk that was written. So only those are
@@ -96,17 +101,28 @@ class CloneEngine:
             plan.sectors)
 
     def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
-        """Sparse, once the LUN is online: mark every region not written since the shadow
-        copy hydrated, then switch hydration on. Running it again is harmless."""
-        assert plan.source_store is not None
-        store = read_store(plan.source_store)
-        changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
-                             plan.region_sectors)
+        """Sparse, once the LUN is online: mark every region that reads the same on both
+        sides hydrated, then switch hydration on. Running it again is harmless."""
+        regions = -(-plan.sectors // plan.region_sectors)
+        region_bytes = plan.region_sectors * SECTOR_SIZE
+        if plan.zero_source_runs is not None:
+            # From a thin shadow copy: zeros where the pool provisioned nothing, and zeros
+            # where the LUN's image has a hole. Read now, after the switch: a hole written
+            # since was hydrated first, so marking it changes nothing.
+            assert plan.dest_image is not None
+            same = intersect_runs([(a, b) for a, b in plan.zero_source_runs],
+                                  hole_runs(plan.dest_image, regions, region_bytes))
+        else:
+            assert plan.source_store is not None
+            store = read_store(plan.source_store)
+            changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
+                                 plan.region_sectors)
+            same = unchanged_runs(changed, regions)
         top = devices.info(plan.top)
-        mark_hydrated(node(top.devno), unchanged_runs(changed, plan.sectors // plan.region_sectors),
-                      plan.region_sectors * SECTOR_SIZE)
+        mark_hydrated(node(top.devno), same, region_bytes)
         devices.message(plan.top, "enable_hydration")
-        return replace(plan, copy_started=True, exceptions_at_start=len(changed))
+        return replace(plan, copy_started=True,
+                       exceptions_at_start=regions - sum(count for _, count in same))
 
     def progress(self, plan: PairPlan, status: tuple[StatusLine, ...], dest: str,
                  kernel_log: Sequence[KernelMessage]) -> Progress:
@@ -153,6 +169,54 @@ def unchanged_runs(changed: set[int], regions: int) -> list[tuple[int, int]]:
     if start < regions:
         runs.append((start, regions - start))
     return runs
+
+
+def hole_runs(image: str, regions: int, region_bytes: int) -> list[tuple[int, int]]:
+    """(first region, count) of the runs of whole regions that are holes in ``image``
+    (they read as zeros)."""
+    runs: list[tuple[int, int]] = []
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        offset = 0
+        while offset < size:
+            try:
+                hole = os.lseek(fd, offset, os.SEEK_HOLE)
+            except OSError:
+                break
+            if hole >= size:
+                break
+            try:
+                data = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError:  # ENXIO: a hole to the end
+                data = size
+            first, end = -(-hole // region_bytes), min(data, size) // region_bytes
+            if data >= size:
+                end = regions  # the last, partial region too
+            end = min(end, regions)
+            if end > first:
+                runs.append((first, end - first))
+            offset = data
+    finally:
+        os.close(fd)
+    return runs
+
+
+def intersect_runs(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]
+                   ) -> list[tuple[int, int]]:
+    """The (first, count) runs in both ``a`` and ``b`` (each sorted, not overlapping)."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start = max(a[i][0], b[j][0])
+        end = min(a[i][0] + a[i][1], b[j][0] + b[j][1])
+        if start < end:
+            out.append((start, end - start))
+        if a[i][0] + a[i][1] <= b[j][0] + b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def mark_hydrated(device: str, runs: Iterable[tuple[int, int]], region_bytes: int) -> None:

@@ -120,6 +120,12 @@ class PairPlan:
     thin_old: int | None = None
     thin_new: int | None = None
     thin_transaction: int | None = None
+    # clone from a thin shadow copy into an image LUN: (first region, count) of the runs
+    # the pool has not provisioned in the shadow copy (they read as zeros), and the LUN's
+    # image. Once online, the runs that are holes in the image as well read the same on
+    # both sides: they are marked hydrated, and only the rest is copied (engine/clone.py).
+    zero_source_runs: list[list[int]] | None = None
+    dest_image: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,6 +240,9 @@ class CheckedPair:
     dest: str  # as shown to the user
     size: int  # bytes of the destination
     engine: EngineKind
+    # A thin shadow copy: (offset, length) of what the pool has provisioned in it (the
+    # rest reads as zeros); None when unknown or not wanted (engine/clone.py)
+    provisioned: tuple[tuple[int, int], ...] | None = None
 
     @property
     def in_place(self) -> bool:

@@ -10,7 +10,7 @@ from lunresync.errors import InvalidArgument, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import LinearTable, Table, TableLine
 from lunresync.storage.catalog import Catalog, now
-from lunresync.storage.model import Lun, ShadowCopy, new_id
+from lunresync.storage.model import Lun, LunKind, ShadowCopy, new_id
 from lunresync.storage.pool import Pool
 from lunresync.storage.stack import has_differentials
 
@@ -129,6 +129,23 @@ def _thin_plan(c: CheckedPair, transaction: int | None) -> PairPlan:
         thin_transaction=transaction)
 
 
+def zero_region_runs(provisioned: Sequence[tuple[int, int]], size: int, region: int
+                     ) -> list[tuple[int, int]]:
+    """(first region, count) of the runs of whole regions that no provisioned range
+    touches (a region partly provisioned is copied)."""
+    runs: list[tuple[int, int]] = []
+    regions = -(-size // region)
+    start = 0  # the first region not yet known to be touched
+    for offset, length in sorted(provisioned):
+        first, last = offset // region, (offset + length - 1) // region
+        if first > start:
+            runs.append((start, first - start))
+        start = max(start, last + 1)
+    if start < regions:
+        runs.append((start, regions - start))
+    return runs
+
+
 def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: CheckedPair,
                region: int, sizes: Mapping[str, int]) -> PairPlan:
     directory = pool.jobs / job_id
@@ -148,10 +165,17 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         assert c.device is not None
         top, top_uuid, own, leg = helper, helper_uuid, True, c.device
     sparse = c.engine is EngineKind.CLONE and c.in_place
+    zero_runs = None
+    if (c.engine is EngineKind.CLONE and c.provisioned is not None and c.lun is not None
+            and c.lun.kind is LunKind.IMAGE):
+        sparse = True
+        zero_runs = [list(run) for run in
+                     zero_region_runs(c.provisioned, c.shadow.size, region * SECTOR_SIZE)]
     plan = PairPlan(
         top=top, top_uuid=top_uuid, own_top=own, leg=leg, leg_helper=leg_helper,
         leg_helper_uuid=leg_helper_uuid, source=c.shadow.path,
         source_store=c.shadow.store, sectors=c.shadow.sectors,
         dest_sectors=c.size // SECTOR_SIZE, region_sectors=region, files=files,
-        sparse=sparse, copy_started=not sparse)
+        sparse=sparse, copy_started=not sparse, zero_source_runs=zero_runs,
+        dest_image=c.lun.backing if zero_runs is not None and c.lun is not None else None)
     return ENGINES[c.engine].planned(plan, helper, helper_uuid)

@@ -14,6 +14,7 @@ created when it fails (:class:`~lunresync.storage.undo.Undo`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lunresync.engine.context import JobContext
-from lunresync.engine.model import EngineKind, ResyncPair
+from lunresync.engine.model import CheckedPair, EngineKind, ResyncPair
 from lunresync.engine.resync import Resyncer, ResyncJob
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument
@@ -127,9 +128,20 @@ class Provider:
                        if c.lun is not None and c.lun.kind is LunKind.THIN and c.engine.copies)
             if need:
                 self._thin.make_room(need, "the copy into thin LUNs")
+            checked = [self._with_provisioned(c) for c in checked]
             options: dict[str, object] = {"engine": engine.value if engine else "auto",
                                           "volume_check": volume_check}
             return self.resyncer.start(checked, options, started=started)
+
+    def _with_provisioned(self, pair: CheckedPair) -> CheckedPair:
+        """A thin shadow copy cloned into an image LUN: what the pool provisioned in it,
+        so that only that is copied where the image is a hole (engine/clone.py)."""
+        shadow, lun = pair.shadow, pair.lun
+        if (pair.engine is not EngineKind.CLONE or shadow.thin_id is None or lun is None
+                or lun.kind is not LunKind.IMAGE):
+            return pair
+        provisioned = self._thin.provisioned(shadow.thin_id, shadow.size)
+        return dataclasses.replace(pair, provisioned=tuple(provisioned))
 
     # -- LUNs ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import dataclasses
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from lunresync.kernel.targets import Table, ThinPoolStatus, ThinPoolTable
 from lunresync.kernel.targets import thin_pool as messages
 from lunresync.kernel.targets.thin import MAX_THIN_ID
 from lunresync.kernel.targets.thin_pool import PoolMode
-from lunresync.kernel.thintools import ThinDelta
+from lunresync.kernel.thintools import DeltaRange, ThinDelta
 
 from .catalog import now
 from .devices import PoolDevices
@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 def low_water_blocks(record: ThinPoolRecord) -> int:
     """Free data blocks below which the pool raises its event (5% of the blocks)."""
     return max(1, record.data_blocks // 20)
+
+
+def byte_ranges(ranges: Iterable[DeltaRange], size: int) -> list[tuple[int, int]]:
+    """thin_delta's ranges (64 KiB blocks) as (offset, length) in bytes within ``size``,
+    adjacent ones merged."""
+    merged: list[tuple[int, int]] = []
+    for r in ranges:
+        start, end = r.begin * BLOCK_BYTES, min((r.begin + r.length) * BLOCK_BYTES, size)
+        if start >= end:
+            continue
+        if merged and merged[-1][0] + merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], merged[-1][1] + end - start)
+        else:
+            merged.append((start, end - start))
+    return merged
 
 
 def _shrink(devices: PoolDevices, image: Path, loop: str, size: int) -> None:
@@ -341,6 +356,11 @@ class ThinPool:
             return thintools.thin_delta(self.storage.runner, meta, left, right, live=True)
         finally:
             self._send(messages.release_metadata_snap())
+
+    def provisioned(self, device_id: int, size: int) -> list[tuple[int, int]]:
+        """(offset, length) in bytes of what the pool has provisioned in the volume,
+        within ``size``: the rest reads as zeros. The caller holds the lock."""
+        return byte_ranges(self.delta(device_id, device_id).ranges, size)
 
     def delete_volume(self, device_id: int) -> None:
         """Free the volume's blocks (those no snapshot shares)."""

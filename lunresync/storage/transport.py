@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from lunresync.errors import InvalidArgument, LunresyncError, NotFound
-from lunresync.kernel.blockdev import SECTOR_SIZE
 
 from .catalog import now
 from .model import ShadowCopy, ShadowKind, check_id, check_lun_name
 from .snapshots import Snapshots
 from .storage import Storage
-from .thinpool import ThinPool
+from .thinpool import ThinPool, byte_ranges
 from .undo import Undo
 from .units import parse_size
 
@@ -114,23 +113,13 @@ class Transport:
         if shadow.kind is not ShadowKind.THIN:
             return None
         assert shadow.thin_id is not None
-        left = shadow.thin_id if base is None else base.thin_id
-        assert left is not None
+        pool = ThinPool(self.storage)
         with self.storage.changing_kernel():
-            delta = ThinPool(self.storage).delta(left, shadow.thin_id)
-        block = delta.block_sectors * SECTOR_SIZE
-        # delta(x, x): every range x maps, listed as "same"; between two: what differs.
-        listed = delta.ranges if base is None else delta.changed()
-        ranges: list[tuple[int, int]] = []
-        for r in listed:
-            start, end = r.begin * block, min((r.begin + r.length) * block, shadow.size)
-            if start >= end:
-                continue
-            if ranges and ranges[-1][0] + ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + end - start)
-            else:
-                ranges.append((start, end - start))
-        return ranges
+            if base is None:
+                return pool.provisioned(shadow.thin_id, shadow.size)
+            assert base.thin_id is not None
+            delta = pool.delta(base.thin_id, shadow.thin_id)
+        return byte_ranges(delta.changed(), shadow.size)
 
     def import_(self, directory: str | os.PathLike[str]) -> ShadowCopy:
         """Register a bundle as a clone shadow copy of this pool, after checking it."""

@@ -253,3 +253,26 @@ def test_thin_bundles_hold_what_is_provisioned_and_since_a_base_what_differs(
     imported = provider.import_shadow_copy(delta)
     assert (imported.id, imported.kind) == (newer.id, ShadowKind.CLONE)
     assert sha256_of(imported.path) == newer_content
+
+
+def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
+        provider: Provider) -> None:
+    provider.create_thin_pool("128M")
+    lun = provider.create_lun("prod", 64 * MiB, thin=True)
+    write_pattern(lun.path, 8 * MiB, os.urandom(3 * MiB))  # 3 MiB of 64 ever written
+    (copy,) = provider.create_snapshot_set(["prod"]).snapshot_set.shadow_copies
+    content = sha256_of(copy.path)
+    fresh = provider.create_lun("fresh", 64 * MiB)  # a new image: one hole
+    used = provider.create_lun("used", 64 * MiB)
+    fill(used.path, 64 * MiB, seed=71)  # data everywhere: every region is copied
+
+    job = provider.resyncer.wait(
+        provider.resync_luns([ResyncPair(copy.id, "fresh")], engine=EngineKind.CLONE).id,
+        timeout=patience(300), interval=0.2)
+    assert job.bytes_total == 3 * MiB  # what the pool provisioned, not 64 MiB
+    assert sha256_of(fresh.path) == content
+    job = provider.resyncer.wait(
+        provider.resync_luns([ResyncPair(copy.id, "used")], engine=EngineKind.CLONE).id,
+        timeout=patience(300), interval=0.2)
+    assert job.bytes_total == 64 * MiB
+    assert sha256_of(used.path) == content  # zeros where the copy has nothing

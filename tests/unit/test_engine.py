@@ -16,7 +16,14 @@ import pytest
 from lunresync.cli.resync import parse_pairs
 from lunresync.engine import thin
 from lunresync.engine.base import PairSpec
-from lunresync.engine.clone import CloneEngine, hydration_failures, regions_of, unchanged_runs
+from lunresync.engine.clone import (
+    CloneEngine,
+    hole_runs,
+    hydration_failures,
+    intersect_runs,
+    regions_of,
+    unchanged_runs,
+)
 from lunresync.engine.cowfile import SNAP_MAGIC, read_store, read_tail
 from lunresync.engine.merge import (
     MergeEngine,
@@ -26,7 +33,7 @@ from lunresync.engine.merge import (
 )
 from lunresync.engine.mirror import PARTS, MirrorEngine, log_roles, parts
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan, ResyncPair
-from lunresync.engine.plan import choose_engine, choose_set_engine, with_tail
+from lunresync.engine.plan import choose_engine, choose_set_engine, with_tail, zero_region_runs
 from lunresync.engine.store import JobStore
 from lunresync.engine.verify import compare
 from lunresync.errors import InvalidArgument, NotFound, NotSupported
@@ -597,3 +604,44 @@ def test_sparse_progress_counts_the_changed_regions_only() -> None:
         CloneMode.READ_WRITE, region_sectors=16, regions_hydrated=996, regions_total=1000)),)
     progress = CloneEngine().progress(plan, status, "LUN a", ())
     assert (progress.done, progress.total, progress.complete) == (6 * 8192, 10 * 8192, False)
+
+
+# -- clone from a thin shadow copy: only what was provisioned, where the image has a hole --
+
+
+def test_regions_no_provisioned_range_touches() -> None:
+    region = 64 * 1024
+    assert zero_region_runs([], 10 * region, region) == [(0, 10)]
+    assert zero_region_runs([(0, 10 * region)], 10 * region, region) == []
+    # A range touching part of a region makes the whole region copied.
+    assert zero_region_runs([(region + 1, 10), (5 * region, 2 * region)], 10 * region,
+                            region) == [(0, 1), (2, 3), (7, 3)]
+    assert zero_region_runs([(9 * region, region)], 10 * region + 512, region) == [
+        (0, 9), (10, 1)]  # a last partial region
+
+
+def test_runs_in_both() -> None:
+    assert intersect_runs([(0, 10)], [(5, 10)]) == [(5, 5)]
+    assert intersect_runs([(0, 2), (4, 2), (8, 2)], [(1, 8)]) == [(1, 1), (4, 2), (8, 1)]
+    assert intersect_runs([(0, 3)], [(3, 3)]) == []
+    assert intersect_runs([], [(0, 3)]) == []
+
+
+def test_hole_runs_of_an_image(tmp_path: Path) -> None:
+    region = 64 * 1024
+    image = tmp_path / "lun.img"
+    with image.open("wb") as f:
+        f.truncate(16 * region)
+        f.seek(3 * region + 100)
+        f.write(b"x" * 10)  # region 3 has data
+        f.seek(8 * region)
+        f.write(b"y" * 2 * region)  # regions 8 and 9
+    runs = hole_runs(str(image), 16, region)
+    # File systems allocate in their own blocks; whatever they report, a region with
+    # data is never in a hole run, and the regions far from data are.
+    covered = {r for first, count in runs for r in range(first, first + count)}
+    assert not covered & {3, 8, 9}
+    assert {0, 1, 5, 6, 12, 13, 14, 15} <= covered
+    # Only the regions asked for: a shadow copy smaller than the LUN.
+    assert all(first + count <= 4 for first, count in hole_runs(str(image), 4, region))
+    assert hole_runs(str(image), 4, region)[0][0] == 0
