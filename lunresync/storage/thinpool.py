@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lunresync.errors import InUse, InvalidArgument, KernelError, NotFound
@@ -39,6 +39,17 @@ log = logging.getLogger(__name__)
 def low_water_blocks(record: ThinPoolRecord) -> int:
     """Free data blocks below which the pool raises its event (5% of the blocks)."""
     return max(1, record.data_blocks // 20)
+
+
+def data_low(record: ThinPoolRecord, status: ThinPoolStatus) -> bool:
+    return status.data_total - status.data_used < low_water_blocks(record)
+
+
+def metadata_low(status: ThinPoolStatus) -> bool:
+    """A quarter of the metadata left (the kernel's own mark is lower, and past it the
+    pool turns read-only)."""
+    return (status.metadata_total > 0
+            and status.metadata_total - status.metadata_used < status.metadata_total // 4)
 
 
 def byte_ranges(ranges: Iterable[DeltaRange], size: int) -> list[tuple[int, int]]:
@@ -68,6 +79,8 @@ BLOCK_BYTES = BLOCK_SECTORS * SECTOR_SIZE
 @dataclass
 class ThinPool:
     storage: Storage
+    # A pool that cannot grow is logged once, not at every poll, until it grows again.
+    _stuck_reported: bool = field(default=False, repr=False)
 
     @property
     def data_image(self) -> Path:
@@ -202,24 +215,40 @@ class ThinPool:
             return self._grow_to(record, new_size)
 
     def grow_if_low(self) -> ThinPoolRecord | None:
-        """The low-water mark: when the free data blocks are below it, grow the data by a
-        quarter (at least the mark again) while the file system has room. Returns the new
-        record, or None (nothing to do, or no room: logged). The caller holds the lock."""
+        """The low-water marks: when the free data blocks are below theirs, grow the data
+        by a quarter (at least the mark again); when a quarter of the metadata is left,
+        double the metadata (within the kernel's 16 GiB). While the file system has room.
+        Returns the new record, or None (nothing to do, or no room: logged once). The
+        caller holds the lock."""
         record = self.record()
         status = self.status() if record is not None else None
         if record is None or status is None or not self.is_low(record, status):
             return None
         free = status.data_total - status.data_used
-        step = max(record.data_size // 4, 2 * low_water_blocks(record) * BLOCK_BYTES)
-        new_size = -(-(record.data_size + step) // BLOCK_BYTES) * BLOCK_BYTES
+        new_size, new_meta = record.data_size, record.metadata_size
+        if data_low(record, status):
+            step = max(record.data_size // 4, 2 * low_water_blocks(record) * BLOCK_BYTES)
+            new_size = -(-(record.data_size + step) // BLOCK_BYTES) * BLOCK_BYTES
+        if metadata_low(status):
+            new_meta = min(messages.METADATA_MAX_BYTES, 2 * record.metadata_size)
+        if (new_size, new_meta) == (record.data_size, record.metadata_size):
+            return None  # out of data space with room again (the kernel writes on), or
+            # metadata at the kernel's maximum: nothing to grow
         try:
-            grown = self._grow_to(record, new_size)
+            grown = self._grow_to(record, new_size, new_meta)
         except PoolFull as exc:
-            log.error("the thin pool is %s (%d of %d blocks free) and cannot grow: %s",
-                      status.mode.value, free, status.data_total, exc)
+            if not self._stuck_reported:
+                log.error("the thin pool is %s (%d of %d data blocks free, metadata %d of"
+                          " %d) and cannot grow: %s", status.mode.value, free,
+                          status.data_total, status.metadata_used, status.metadata_total,
+                          exc)
+            self._stuck_reported = True
             return None
-        log.warning("the thin pool had %d of %d data blocks free: grown to %s", free,
-                    status.data_total, format_size(grown.data_size))
+        self._stuck_reported = False
+        log.warning("the thin pool had %d of %d data blocks and %d of %d metadata blocks"
+                    " free: grown to %s of data, %s of metadata", free, status.data_total,
+                    status.metadata_total - status.metadata_used, status.metadata_total,
+                    format_size(grown.data_size), format_size(grown.metadata_size))
         return grown
 
     def make_room(self, need: int, doing: str) -> None:
@@ -247,19 +276,21 @@ class ThinPool:
 
     @staticmethod
     def is_low(record: ThinPoolRecord, status: ThinPoolStatus) -> bool:
-        """Below the low-water mark, or out of data space (not read-only or failed: more
-        data space would not help there)."""
+        """Below a low-water mark (data or metadata), or out of data space (not read-only
+        or failed: more room would not help there)."""
         if status.mode is PoolMode.OUT_OF_DATA_SPACE:
             return True
-        free = status.data_total - status.data_used
-        return status.mode is PoolMode.READ_WRITE and free < low_water_blocks(record)
+        return status.mode is PoolMode.READ_WRITE and (data_low(record, status)
+                                                        or metadata_low(status))
 
-    def _grow_to(self, record: ThinPoolRecord, new_size: int) -> ThinPoolRecord:
+    def _grow_to(self, record: ThinPoolRecord, new_size: int,
+                 metadata_size: int = 0) -> ThinPoolRecord:
         s = self.storage
         devices = s.devices
         if not devices.exists(record.dm_name):
             raise NotFound("the thin pool is not active (run lunresync activate)")
-        new_meta = max(record.metadata_size, messages.metadata_bytes(new_size, BLOCK_SECTORS))
+        new_meta = max(record.metadata_size, metadata_size,
+                       messages.metadata_bytes(new_size, BLOCK_SECTORS))
         s.pool.check_space((new_size - record.data_size) + (new_meta - record.metadata_size),
                            "growing the thin pool")
         grown = dataclasses.replace(record, data_size=new_size, metadata_size=new_meta)

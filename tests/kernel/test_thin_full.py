@@ -91,11 +91,15 @@ def test_a_full_pool_fails_new_writes_keeps_the_rest_and_comes_back(
     # Grown by hand, online; never shrunk.
     with pytest.raises(InvalidArgument, match="does not shrink"):
         provider.grow_thin_pool("16M")
-    provider.grow_thin_pool("1G")
+    provider.grow_thin_pool("1536M")
     found = provider.thin_pool()
     assert found is not None
-    assert found[0].data_size == 1 << 30
-    assert found[0].metadata_size == metadata_bytes(1 << 30, 128)  # the rule for 1 GiB
+    record, status = found
+    assert record.data_size == 1536 * MiB
+    # The metadata grows by the same rule it was made with, online too.
+    assert record.metadata_size == metadata_bytes(1536 * MiB, 128) > 2 * MiB
+    assert status is not None
+    assert status.metadata_total * 4096 == record.metadata_size
     assert direct_write(lun.path, 32 * MiB, 32 * MiB, 8) == (32 * MiB, None)
     # After a deactivate, thin_check passes and the pool comes back at its new size.
     provider.deactivate()

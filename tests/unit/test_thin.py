@@ -3,6 +3,7 @@ output and verdicts (``thin_delta``, ``thin_check``), on captured real output.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -160,6 +161,11 @@ def test_the_pool_grows_below_its_low_water_mark_or_when_full_only() -> None:
     assert not ThinPool.is_low(record, status(PoolMode.READ_WRITE, 244))  # 12 free
     assert ThinPool.is_low(record, status(PoolMode.READ_WRITE, 245))  # 11 free
     assert ThinPool.is_low(record, status(PoolMode.OUT_OF_DATA_SPACE, 100))
+    # A quarter of the metadata left.
+    meta = ThinPoolStatus(mode=PoolMode.READ_WRITE, data_used=0, data_total=256,
+                          metadata_used=385, metadata_total=512)
+    assert ThinPool.is_low(record, meta)
+    assert not ThinPool.is_low(record, dataclasses.replace(meta, metadata_used=384))
     # Read-only or failed: more data space would not help.
     assert not ThinPool.is_low(record, status(PoolMode.READ_ONLY, 256))
     assert not ThinPool.is_low(record, status(PoolMode.FAIL, 256))
