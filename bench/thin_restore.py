@@ -75,22 +75,32 @@ def bench_in_place(root: Path, size: int, engine: EngineKind | None
     return rows
 
 
-def bench_seeding(root: Path, size: int) -> dict[str, tuple[float, float, str]]:
-    """A test bed seeded from a shadow copy: a thin LUN (a swap) and an image LUN (a
-    copy, by lunresync's choice of engine)."""
+def bench_seeding(root: Path, size: int) -> dict[str, tuple[float, float, str, int]]:
+    """A test bed seeded from a shadow copy: a thin LUN (a swap) and a fresh image LUN
+    (a copy, by lunresync's choice of engine), from a LUN written whole and from one
+    with 1/64 of it written. Rows: (call returned s, done s, engine, bytes copied)."""
     pool = root / "pool-seed"
-    rows: dict[str, tuple[float, float, str]] = {}
+    rows: dict[str, tuple[float, float, str, int]] = {}
     with Provider.open(pool, runner=Runner(timeout=3600)) as provider:
         provider.create_thin_pool(2 * size)
         prod = provider.create_lun("prod", size, thin=True)
         write_data(prod.path, size)
-        provider.create_lun("bed-thin", size, thin=True)
-        provider.create_lun("bed-image", size)
-        (shadow,) = provider.create_snapshot_set(["prod"],
-                                                 ShadowKind.THIN).snapshot_set.shadow_copies
-        for bed in ("bed-thin", "bed-image"):
-            rows[bed] = timed_restore(provider, ResyncPair(shadow.id, bed), None)
-        rows["dd"] = (0.0, dd_copy(shadow.path, provider.lun("bed-image").path), "dd")
+        sparse = provider.create_lun("sparse", size, thin=True)
+        write_data(sparse.path, size // 64)
+        shadows = {sc.lun_name: sc for sc in provider.create_snapshot_set(
+            ["prod", "sparse"], ShadowKind.THIN).snapshot_set.shadow_copies}
+        for source, written in (("prod", "all"), ("sparse", "1/64")):
+            for kind in ("thin", "image"):
+                bed = provider.create_lun(f"bed-{kind}-{source}", size, thin=kind == "thin")
+                started = time.monotonic()
+                handle = provider.resync_luns([ResyncPair(shadows[source].id, bed.name)])
+                returned = time.monotonic() - started
+                job = provider.resyncer.wait(handle.id, interval=0.05)
+                rows[f"{kind} LUN, {written} written"] = (
+                    returned, time.monotonic() - started, job.engines, job.bytes_total)
+        rows["dd, all written"] = (0.0, dd_copy(shadows["prod"].path,
+                                                provider.lun("bed-image-prod").path),
+                                   "dd", size)
         provider.deactivate()
     shutil.rmtree(pool)
     return rows
@@ -101,7 +111,10 @@ def main() -> int:
     parser.add_argument("--dir", help="where the pools go (default: a tmpfs mounted for the"
                         " run)")
     parser.add_argument("--size", type=int, default=2048, help="LUN size in MiB")
+    parser.add_argument("--parts", default="in-place,seeding",
+                        help="which tables (in-place, seeding)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     size = args.size * MiB
     from lunresync.kernel.capabilities import probe
     from lunresync.kernel.dm import DeviceMapper
@@ -112,9 +125,27 @@ def main() -> int:
         engines.append(EngineKind.CLONE)
     with scratch_root(args.dir) as root:
         full = dd_copy_of(root, size)
-        in_place = {e: bench_in_place(root, size, e) for e in engines}
-        seeding = bench_seeding(root, size)
-    print(f"## In place, {args.size} MiB LUN: 8 KiB chunks changed at random (100%: every"
+        in_place = ({e: bench_in_place(root, size, e) for e in engines}
+                    if "in-place" in parts else {})
+        seeding = bench_seeding(root, size) if "seeding" in parts else {}
+    if in_place:
+        print_in_place(args.size, engines, in_place, full)
+    print(f"\nFull copy of {args.size} MiB with dd (O_DIRECT, 4 MiB blocks): {full:.2f} s\n")
+    if seeding:
+        print(f"## Test-bed seeding, {args.size} MiB from a thin shadow copy\n")
+        print("| destination | engine | bytes copied | call returned s | done s |"
+              " / full copy (dd) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for bed, (returned, done, used, copied) in seeding.items():
+            print(f"| {bed} | {used} | {copied // MiB} MiB | {returned:.3f} | {done:.3f} |"
+                  f" {done / full:.2%} |")
+    return 0
+
+
+def print_in_place(size_mib: int, engines: list[EngineKind | None],
+                   in_place: dict[EngineKind | None, dict[float, tuple[float, float, str]]],
+                   full: float) -> None:
+    print(f"## In place, {size_mib} MiB LUN: 8 KiB chunks changed at random (100%: every"
           " byte), then restored\n")
     print("| changed | engine | call returned s | done s | / full copy (dd) |")
     print("| --- | --- | --- | --- | --- |")
@@ -126,13 +157,6 @@ def main() -> int:
                 label = f"auto chose {used}"
             print(f"| {fraction:.0%} | {label} | {returned:.3f} | {done:.3f} |"
                   f" {done / full:.2%} |")
-    print(f"\nFull copy of {args.size} MiB with dd (O_DIRECT, 4 MiB blocks): {full:.2f} s\n")
-    print(f"## Test-bed seeding, {args.size} MiB from a thin shadow copy\n")
-    print("| destination | engine | call returned s | done s | / full copy (dd) |")
-    print("| --- | --- | --- | --- | --- |")
-    for bed, (returned, done, used) in seeding.items():
-        print(f"| {bed} | {used} | {returned:.3f} | {done:.3f} | {done / full:.2%} |")
-    return 0
 
 
 def dd_copy_of(root: Path, size: int) -> float:

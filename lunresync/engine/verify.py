@@ -58,7 +58,8 @@ def record_writes(ctx: JobContext, job: Job, pair: JobPair) -> None:
         if pair.engine is EngineKind.MIRROR:
             overlay = read_store(plan.files["overlay"])
             chunks, chunk_sectors = overlay.origin_chunks(), overlay.chunk_sectors
-        elif pair.copies_changed_chunks and plan.source_store is not None:
+        elif (pair.copies_changed_chunks and plan.source_store is not None
+              and plan.zero_source_runs is None):  # a COW store (not a thin copy's pool)
             # A chunk first written during the restore was copied into the shadow copy's
             # COW store. A chunk that had changed before the restore (the ones copied)
             # and was written during it leaves no trace: all of those count as
