@@ -65,14 +65,17 @@ def scratch_root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def scratch_pool(scratch_root: Path, request: pytest.FixtureRequest) -> Path:
-    """An empty directory for one test's images (a pool to be)."""
+def scratch_pool(scratch_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """An empty directory for one test's images (a pool to be), deleted after the test
+    (after the fixtures that use it have removed their devices): the scratch root is a
+    tmpfs, and what one test wrote must not fill it for the next."""
     name: str = request.node.name.replace("/", "_")
     if len(name) > 80:  # shortened, but two parametrizations must not meet
         name = f"{name[:70]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     path = scratch_root / name
     path.mkdir()
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

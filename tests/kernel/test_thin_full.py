@@ -4,10 +4,12 @@ the images brings the pool back."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,35 @@ def direct_write(path: str, offset: int, size: int, byte: int) -> tuple[int, int
     return done, None
 
 
+@contextlib.contextmanager
+def own_pool(scratch_pool: Path, runner: Runner, size: str) -> Iterator[Provider]:
+    """A provider over a pool on a tmpfs of its own, ``size`` at most (what the pool's file
+    system has room for is part of these tests), left as it was found."""
+    mount = scratch_pool / "fs"
+    mount.mkdir()
+    runner.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)])
+    try:
+        with Provider.open(mount / "pool", runner=runner) as provider:
+            try:
+                yield provider
+            finally:
+                try:
+                    provider.deactivate()
+                finally:
+                    force_remove_pool_devices(mount / "pool", runner)
+    finally:
+        runner.run(["umount", str(mount)])
+
+
 def test_a_full_pool_fails_new_writes_keeps_the_rest_and_comes_back(
-        provider: Provider, forks: ForkServer) -> None:
+        scratch_pool: Path, runner: Runner, forks: ForkServer) -> None:
+    # Sparse images: the file system must have room for the pool's full size (1.5 GiB
+    # below), not for what is written.
+    with own_pool(scratch_pool, runner, "2G") as provider:
+        check_full_pool(provider, forks)
+
+
+def check_full_pool(provider: Provider, forks: ForkServer) -> None:
     provider.create_thin_pool("16M")  # 256 blocks of 64 KiB
     lun = provider.create_lun("db", "64M", thin=True)
     assert direct_write(lun.path, 0, 6 * MiB, 1) == (6 * MiB, None)
@@ -114,18 +143,8 @@ def test_a_copy_into_a_thin_lun_grows_the_pool_first_or_is_refused(
     """A copy may write every block of a thin LUN: the pool gets that room before the
     restore starts, or, when its file system has not the room, the restore is refused
     and nothing changes. (The pool lives on a 40 MiB tmpfs of its own here.)"""
-    small = scratch_pool / "small"
-    small.mkdir()
-    runner.run(["mount", "-t", "tmpfs", "-o", "size=40M,mode=0700", "tmpfs", str(small)])
-    try:
-        with Provider.open(small / "pool", runner=runner) as provider:
-            try:
-                check_room(provider)
-            finally:
-                provider.deactivate()
-                force_remove_pool_devices(small / "pool", runner)
-    finally:
-        runner.run(["umount", str(small)])
+    with own_pool(scratch_pool, runner, "40M") as provider:
+        check_room(provider)
 
 
 def check_room(provider: Provider) -> None:

@@ -129,61 +129,65 @@ CRASHES = {
 }
 
 
-@pytest.mark.parametrize("step", list(CRASHES))
+KILL_AT_STEP = (
+    "import os, sys\n"
+    "from lunresync.kernel.dm import DeviceMapper\n"
+    "from lunresync.provider import Provider, ResyncPair\n"
+    "step = sys.argv[3]\n"
+    "message, suspend = DeviceMapper.message, DeviceMapper.suspend\n"
+    "def message_then_die(self, name, *words, **kw):\n"
+    "    out = message(self, name, *words, **kw)\n"
+    "    if words[0] == step:\n"
+    "        os._exit(9)\n"
+    "    return out\n"
+    "def suspend_then_die(self, *names, **kw):\n"
+    "    suspend(self, *names, **kw)\n"
+    "    if step == 'suspend' and names[0].endswith('-real'):\n"
+    "        os._exit(9)\n"
+    "DeviceMapper.message, DeviceMapper.suspend = message_then_die, suspend_then_die\n"
+    "p = Provider.open(sys.argv[1])\n"
+    "p.resync_luns([ResyncPair(sys.argv[2])])\n")
+
+
 def test_a_thin_restore_killed_at_any_step_ends_old_or_restored(
-        provider: Provider, forks: ForkServer, step: str) -> None:
+        provider: Provider, forks: ForkServer) -> None:
+    """The process is killed after each step in turn (one LUN, one shadow copy, damaged
+    again before each attempt): the next command, or activate, ends in the old state or
+    the restored one, and the restore can be done again."""
     shadow_id, content, path = thin_lun_with_copy(provider)
-    damaged = sha256_of(path)
-    script = (
-        "import os, sys\n"
-        "from lunresync.kernel.dm import DeviceMapper\n"
-        "from lunresync.provider import Provider, ResyncPair\n"
-        "step = sys.argv[3]\n"
-        "message, suspend = DeviceMapper.message, DeviceMapper.suspend\n"
-        "def message_then_die(self, name, *words, **kw):\n"
-        "    out = message(self, name, *words, **kw)\n"
-        "    if words[0] == step:\n"
-        "        os._exit(9)\n"
-        "    return out\n"
-        "def suspend_then_die(self, *names, **kw):\n"
-        "    suspend(self, *names, **kw)\n"
-        "    if step == 'suspend' and names[0].endswith('-real'):\n"
-        "        os._exit(9)\n"
-        "DeviceMapper.message, DeviceMapper.suspend = message_then_die, suspend_then_die\n"
-        "p = Provider.open(sys.argv[1])\n"
-        "p.resync_luns([ResyncPair(sys.argv[2])])\n")
-    died = forks.run_python(script, str(provider.storage.pool.root), shadow_id, step,
-                            timeout=patience(600))
-    assert died.returncode == 9, died.stderr
-    (pending,) = provider.resyncer.jobs()
-    assert pending.state is JobState.PENDING
-    new_id = pending.pairs[0].plan.thin_new
+    for seed, (step, kept) in enumerate(CRASHES.items(), start=80):
+        fill(path, MiB, seed=seed)
+        damaged = sha256_of(path)
+        died = forks.run_python(KILL_AT_STEP, str(provider.storage.pool.root), shadow_id,
+                                step, timeout=patience(600))
+        assert died.returncode == 9, (step, died.stderr)
+        pending = [j for j in provider.resyncer.jobs() if j.state is JobState.PENDING]
+        assert len(pending) == 1, step
+        new_id = pending[0].pairs[0].plan.thin_new
 
-    if step == "set_transaction_id":
-        # Settled by activate after a deactivate (as after a reboot): the pool first.
-        provider.deactivate()
-        provider.activate()
-    else:
-        assert provider.resyncer.poll() == []  # any next command settles it
-    kept = CRASHES[step]
-    jobs = provider.resyncer.jobs()
-    if kept:
-        assert [(j.id, j.state) for j in jobs] == [(pending.id, JobState.DONE)]
-        assert provider.storage.catalog.lun("db").thin_id == new_id
-    else:
-        assert jobs == []
-    assert provider.storage.devices.info("lunresync-db").suspended is False
-    assert sha256_of(path) == (content if kept else damaged)
-    assert sha256_of(provider.shadow_copy(shadow_id).path) == content
+        if step == "set_transaction_id":
+            # Settled by activate after a deactivate (as after a reboot): the pool first.
+            provider.deactivate()
+            provider.activate()
+        else:
+            assert provider.resyncer.poll() == []  # any next command settles it
+        job = [j for j in provider.resyncer.jobs() if j.id == pending[0].id]
+        if kept:
+            assert [j.state for j in job] == [JobState.DONE], step
+            assert provider.storage.catalog.lun("db").thin_id == new_id, step
+        else:
+            assert job == [], step
+        assert provider.storage.devices.info("lunresync-db").suspended is False, step
+        assert sha256_of(path) == (content if kept else damaged), step
+        assert sha256_of(provider.shadow_copy(shadow_id).path) == content, step
 
-    # The restore can be done (again); a volume left behind would take another id.
-    fill(path, MiB, seed=24)
-    handle = provider.resync_luns([ResyncPair(shadow_id)])
-    redone = provider.resyncer.job(handle.id)
-    assert redone.state is JobState.DONE
-    if not kept:
-        assert redone.pairs[0].plan.thin_new == new_id  # NEW was deleted by the roll-back
-    assert sha256_of(path) == content
+        # The restore can be done (again); a volume left behind would take another id.
+        fill(path, MiB, seed=seed + 10)
+        redone = provider.resyncer.job(provider.resync_luns([ResyncPair(shadow_id)]).id)
+        assert redone.state is JobState.DONE, step
+        if not kept:  # NEW was deleted by the roll-back
+            assert redone.pairs[0].plan.thin_new == new_id, step
+        assert sha256_of(path) == content, step
 
 
 def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -> None:
@@ -258,21 +262,21 @@ def test_thin_bundles_hold_what_is_provisioned_and_since_a_base_what_differs(
 def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
         provider: Provider) -> None:
     provider.create_thin_pool("128M")
-    lun = provider.create_lun("prod", 64 * MiB, thin=True)
-    write_pattern(lun.path, 8 * MiB, os.urandom(3 * MiB))  # 3 MiB of 64 ever written
+    lun = provider.create_lun("prod", 32 * MiB, thin=True)
+    write_pattern(lun.path, 8 * MiB, os.urandom(MiB))  # 1 MiB of 32 ever written
     (copy,) = provider.create_snapshot_set(["prod"]).snapshot_set.shadow_copies
     content = sha256_of(copy.path)
-    fresh = provider.create_lun("fresh", 64 * MiB)  # a new image: one hole
-    used = provider.create_lun("used", 64 * MiB)
-    fill(used.path, 64 * MiB, seed=71)  # data everywhere: every region is copied
+    fresh = provider.create_lun("fresh", 32 * MiB)  # a new image: one hole
+    used = provider.create_lun("used", 32 * MiB)
+    fill(used.path, 32 * MiB, seed=71)  # data everywhere: every region is copied
 
     job = provider.resyncer.wait(
         provider.resync_luns([ResyncPair(copy.id, "fresh")], engine=EngineKind.CLONE).id,
         timeout=patience(300), interval=0.2)
-    assert job.bytes_total == 3 * MiB  # what the pool provisioned, not 64 MiB
+    assert job.bytes_total == MiB  # what the pool provisioned, not 32 MiB
     assert sha256_of(fresh.path) == content
     job = provider.resyncer.wait(
         provider.resync_luns([ResyncPair(copy.id, "used")], engine=EngineKind.CLONE).id,
         timeout=patience(300), interval=0.2)
-    assert job.bytes_total == 64 * MiB
+    assert job.bytes_total == 32 * MiB
     assert sha256_of(used.path) == content  # zeros where the copy has nothing
