@@ -38,12 +38,7 @@ def pool_create_thin(ctx: click.Context, size: str, as_json: bool) -> None:
     with opened(ctx) as provider:
         provider.create_thin_pool(size)
         record = _record(provider)
-    if as_json:
-        emit_json(record)
-    else:
-        click.echo(f"created the thin pool {record['path']}:"
-                   f" {format_size(record['data_size'])} of data,"
-                   f" {format_size(record['metadata_size'])} of metadata")
+    _say_sizes(record, as_json, f"created the thin pool {record['path']}:")
 
 
 @pool.command("show")
@@ -66,11 +61,7 @@ def pool_grow_thin(ctx: click.Context, size: str, as_json: bool) -> None:
     with opened(ctx) as provider:
         provider.grow_thin_pool(size)
         record = _record(provider)
-    if as_json:
-        emit_json(record)
-    else:
-        click.echo(f"the thin pool has {format_size(record['data_size'])} of data,"
-                   f" {format_size(record['metadata_size'])} of metadata")
+    _say_sizes(record, as_json, "the thin pool has")
 
 
 @pool.command("delete-thin")
@@ -80,6 +71,14 @@ def pool_delete_thin(ctx: click.Context) -> None:
     with opened(ctx) as provider:
         provider.delete_thin_pool()
     click.echo("deleted the thin pool")
+
+
+def _say_sizes(record: dict[str, Any], as_json: bool, lead: str) -> None:
+    if as_json:
+        emit_json(record)
+    else:
+        click.echo(f"{lead} {format_size(record['data_size'])} of data,"
+                   f" {format_size(record['metadata_size'])} of metadata")
 
 
 def _record(provider: Provider) -> dict[str, Any]:

@@ -165,17 +165,18 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         assert c.device is not None
         top, top_uuid, own, leg = helper, helper_uuid, True, c.device
     sparse = c.engine is EngineKind.CLONE and c.in_place
-    zero_runs = None
+    zero_runs = dest_image = None
     if (c.engine is EngineKind.CLONE and c.provisioned is not None and c.lun is not None
             and c.lun.kind is LunKind.IMAGE):
         sparse = True
         zero_runs = [list(run) for run in
                      zero_region_runs(c.provisioned, c.shadow.size, region * SECTOR_SIZE)]
+        dest_image = c.lun.backing
     plan = PairPlan(
         top=top, top_uuid=top_uuid, own_top=own, leg=leg, leg_helper=leg_helper,
         leg_helper_uuid=leg_helper_uuid, source=c.shadow.path,
         source_store=c.shadow.store, sectors=c.shadow.sectors,
         dest_sectors=c.size // SECTOR_SIZE, region_sectors=region, files=files,
         sparse=sparse, copy_started=not sparse, zero_source_runs=zero_runs,
-        dest_image=c.lun.backing if zero_runs is not None and c.lun is not None else None)
+        dest_image=dest_image)
     return ENGINES[c.engine].planned(plan, helper, helper_uuid)

@@ -37,7 +37,6 @@ from dataclasses import replace
 from lunresync.errors import KernelError, LunresyncError, NotFound
 from lunresync.kernel.targets import Table, ThinPoolStatus, ThinTable
 from lunresync.kernel.targets import thin_pool as messages
-from lunresync.kernel.targets.thin import MAX_THIN_ID
 from lunresync.storage.catalog import Catalog, now
 from lunresync.storage.model import (
     Lun,
@@ -48,6 +47,7 @@ from lunresync.storage.model import (
     ThinPoolRecord,
 )
 from lunresync.storage.stack import has_differentials, lun_table
+from lunresync.storage.thinpool import make_volume
 
 from .context import JobContext
 from .model import Job, JobPair, JobState
@@ -107,13 +107,13 @@ def transaction_id(ctx: JobContext) -> int:
     return _status(ctx, _pool(ctx)).transaction_id
 
 
-def recover(ctx: JobContext, job: Job) -> bool:
+def recover(ctx: JobContext, job: Job) -> None:
     """Settle a thin job a process left pending: roll it back or forward by the pool's
-    transaction id. False (nothing done) while the pool is down: ``activate`` brings it
-    up first, then settles the job before any LUN is built."""
+    transaction id. Nothing is done while the pool is down: ``activate`` brings it up
+    first, then settles the job before any LUN is built."""
     pool = ctx.catalog.thin_pool()
     if pool is None or not ctx.devices.exists(pool.dm_name):
-        return False
+        return
     (first, *_) = job.pairs
     recorded = first.plan.thin_transaction
     if recorded is None or _status(ctx, pool).transaction_id <= recorded:
@@ -122,37 +122,22 @@ def recover(ctx: JobContext, job: Job) -> bool:
     else:
         log.warning("job %s: the thin restore committed: finishing it", job.id)
         _roll_forward(ctx, pool, job)
-    return True
 
 
 def _snapshot(ctx: JobContext, pool: ThinPoolRecord, job_id: str, pair: JobPair) -> None:
-    """Step 2 for one pair: NEW recorded, then made (an id a crash left in the pool
-    without a name is skipped)."""
-    plan = pair.plan
-    source = plan.thin_source
+    """Step 2 for one pair: NEW recorded, then made."""
+    source = pair.plan.thin_source
     assert source is not None
     taken = ctx.catalog.thin_ids() | {
         p.plan.thin_new for _, p in ctx.store.active_pairs() if p.plan.thin_new is not None}
-    candidate = 0
-    while candidate <= MAX_THIN_ID:
-        if candidate in taken:
-            candidate += 1
-            continue
-        plan = replace(plan, thin_new=candidate)
+
+    def record(new: int) -> None:
         with ctx.catalog.transaction():
-            ctx.store.update_pair(job_id, pair.index, plan=plan)
-        try:
-            ctx.devices.message(pool.dm_name,
-                                *messages.create_snap(candidate, source))
-        except KernelError as error:
-            if error.errno != errno.EEXIST:
-                raise
-            log.warning("thin volume %d exists but the catalog does not name it: skipped",
-                        candidate)
-            candidate += 1
-            continue
-        return
-    raise NotFound("the thin pool has no free volume id (24 bits)")
+            ctx.store.update_pair(job_id, pair.index, plan=replace(pair.plan, thin_new=new))
+
+    make_volume(lambda new: ctx.devices.message(pool.dm_name,
+                                                *messages.create_snap(new, source)),
+                taken, before=record)
 
 
 def _roll_forward(ctx: JobContext, pool: ThinPoolRecord, job: Job) -> None:

@@ -156,15 +156,10 @@ class Luns:
     def activate(self, *, restoring: frozenset[str] = frozenset()) -> list[str]:
         """Bring up every LUN's stack; a LUN whose disk is gone stays offline, the others
         come up. ``restoring``: ids of LUNs whose top device a restore's mapping takes
-        (rebuilt by the resync engine). The caller holds the lock."""
+        (rebuilt by the resync engine). The caller holds the lock, and has brought the
+        thin pool up first (``Provider.activate``: all or nothing, after thin_check)."""
         created: list[str] = []
         s = self.storage
-        pool = ThinPool(s)
-        if pool.record() is not None:
-            # First, and all or nothing: on damaged metadata (thin_check) nothing comes up.
-            with Undo() as undo:
-                created += pool.activate(undo)
-                undo.commit()
         for lun in s.catalog.luns():
             device = self.missing_backing(lun)
             if device is not None:

@@ -41,6 +41,30 @@ def low_water_blocks(record: ThinPoolRecord) -> int:
     return max(1, record.data_blocks // 20)
 
 
+def make_volume(send: Callable[[int], object], taken: set[int], *,
+                before: Callable[[int], None] | None = None) -> int:
+    """Call ``send(id)`` (a message that makes a volume) with the lowest id not in
+    ``taken`` that the pool does not hold either: a crash may have left a volume nobody
+    names, which the kernel refuses with EEXIST, and that id is skipped. ``before(id)``
+    runs before each attempt (a caller that records the id first). Returns the id."""
+    candidate = 0
+    while candidate <= MAX_THIN_ID:
+        if candidate not in taken:
+            if before is not None:
+                before(candidate)
+            try:
+                send(candidate)
+            except KernelError as error:
+                if error.errno != errno.EEXIST:
+                    raise
+                log.warning("thin volume %d exists but the catalog does not name it:"
+                            " skipped", candidate)
+            else:
+                return candidate
+        candidate += 1
+    raise InUse("the thin pool has no free volume id (24 bits)")
+
+
 def data_low(record: ThinPoolRecord, status: ThinPoolStatus) -> bool:
     return status.data_total - status.data_used < low_water_blocks(record)
 
@@ -351,24 +375,11 @@ class ThinPool:
     def _make(self, message: Callable[[int], tuple[str, ...]], undo: Undo, *,
               avoid: set[int]) -> int:
         """Send ``message(id)`` with the lowest id neither the catalog, nor ``avoid``, nor
-        the pool holds: a crash may have left a volume the catalog never recorded."""
-        used = self.storage.catalog.thin_ids() | avoid
-        candidate = 0
-        while candidate <= MAX_THIN_ID:
-            if candidate not in used:
-                try:
-                    self._send(message(candidate))
-                except KernelError as error:
-                    if error.errno != errno.EEXIST:
-                        raise
-                    log.warning("thin volume %d exists but the catalog does not name it:"
-                                " skipped", candidate)
-                else:
-                    undo.push(f"delete thin volume {candidate}", self.delete_volume,
-                              candidate)
-                    return candidate
-            candidate += 1
-        raise InUse("the thin pool has no free volume id (24 bits)")
+        the pool holds."""
+        made = make_volume(lambda new: self._send(message(new)),
+                           self.storage.catalog.thin_ids() | avoid)
+        undo.push(f"delete thin volume {made}", self.delete_volume, made)
+        return made
 
     def delta(self, left: int, right: int) -> ThinDelta:
         """Which ranges volumes ``left`` and ``right`` do not share, read from a snapshot

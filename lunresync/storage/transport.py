@@ -69,7 +69,7 @@ class Transport:
                 # A delta hashes its ranges alone; a whole thin copy, every byte (the gaps
                 # as the zeros they read as), as any version 1 bundle does.
                 digest = copy_ranges(shadow.path, content, shadow.size, ranges,
-                                     hash_gaps=base is None)
+                                     hash_gaps=base is None, create=True)
             manifest = {
                 "format": BUNDLE_FORMAT,
                 "version": BUNDLE_VERSION if base is None else DELTA_BUNDLE_VERSION,
@@ -148,7 +148,8 @@ class Transport:
                 else:
                     copy_device(base.path, image, shadow.size)
                     digest = copy_ranges(str(content), image, shadow.size,
-                                         manifest["ranges"], hash_gaps=False, over=True)
+                                         manifest["ranges"], hash_gaps=False,
+                                         create=False, over=True)
                 if digest != manifest["sha256"]:
                     raise CorruptBundle(f"the content of {bundle} does not match its manifest's"
                                         " checksum: refused")
@@ -245,15 +246,14 @@ def check_ranges(value: object, size: int) -> list[tuple[int, int]]:
 
 
 def copy_ranges(source: str, target: Path, size: int, ranges: Sequence[tuple[int, int]],
-                *, hash_gaps: bool, over: bool = False) -> str:
-    """Copy the ``ranges`` (offset, length) of ``source`` into ``target`` (created sparse
-    if it does not exist; zero blocks are not written unless ``over``: the target holds
-    other data there, a base). The SHA-256 returned covers the
+                *, hash_gaps: bool, create: bool, over: bool = False) -> str:
+    """Copy the ``ranges`` (offset, length) of ``source`` into ``target`` (``create``: a
+    new sparse file of ``size``; zero blocks are not written unless ``over``: the target
+    holds other data there, a base). The SHA-256 returned covers the
     ranges' bytes in order, or with ``hash_gaps`` the whole content, the bytes between
     the ranges counted as the zeros they read as."""
     digest = hashlib.sha256()
     zero = bytes(COPY_BLOCK)
-    create = not target.exists()
     src = os.open(source, os.O_RDONLY)
     try:
         dst = os.open(target, os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
@@ -295,27 +295,5 @@ def _hash_zeros(digest: Any, count: int, zero: bytes) -> None:
 def copy_device(source: str, target: Path, size: int, *, create: bool = False) -> str:
     """Copy ``size`` bytes from ``source`` into ``target``, skipping zero blocks (the
     target stays sparse); return the SHA-256 of the content."""
-    digest = hashlib.sha256()
-    zero = bytes(COPY_BLOCK)
-    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0)
-    src = os.open(source, os.O_RDONLY)
-    try:
-        dst = os.open(target, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(dst, size)
-            offset = 0
-            while offset < size:
-                block = os.pread(src, min(COPY_BLOCK, size - offset), offset)
-                if not block:
-                    raise CorruptBundle(f"{source} ended at {offset} bytes, expected {size}")
-                digest.update(block)
-                if block != zero[: len(block)]:
-                    os.pwrite(dst, block, offset)
-                offset += len(block)
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    return digest.hexdigest()
+    return copy_ranges(source, target, size, [(0, size)] if size else [], hash_gaps=True,
+                       create=create)

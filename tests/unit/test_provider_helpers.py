@@ -593,16 +593,19 @@ def test_ranges_are_copied_with_their_hash_or_the_whole_contents(tmp_path: Path)
     ranges = [(0, 4096), (MiB, 8192), (3 * MiB, 4096)]
     # The whole content: the same hash as copy_device's, holes and all.
     whole = tmp_path / "whole"
-    assert copy_ranges(str(source), whole, size, ranges, hash_gaps=True) == sha256_of(source)
+    assert copy_ranges(str(source), whole, size, ranges, hash_gaps=True,
+                       create=True) == sha256_of(source)
     assert whole.read_bytes() == source.read_bytes()
     assert allocated(whole) <= 3 * 4096 + FS_METADATA  # the zero range is a hole
     # A delta: its ranges' bytes, in order.
     delta = tmp_path / "delta"
     expected = hashlib.sha256(b"".join(data.values())).hexdigest()
-    assert copy_ranges(str(source), delta, size, ranges, hash_gaps=False) == expected
+    assert copy_ranges(str(source), delta, size, ranges, hash_gaps=False,
+                       create=True) == expected
     # Applied over a base, zero ranges are written too.
     base = sparse_file(tmp_path / "base", size, {3 * MiB: b"\xff" * 4096, 2 * MiB: b"kept"})
-    assert copy_ranges(str(delta), base, size, ranges, hash_gaps=False, over=True) == expected
+    assert copy_ranges(str(delta), base, size, ranges, hash_gaps=False,
+                       create=False, over=True) == expected
     result = bytearray(source.read_bytes())
     result[2 * MiB:2 * MiB + 4] = b"kept"
     assert base.read_bytes() == bytes(result)

@@ -49,10 +49,6 @@ def lookup(provider: Provider, kind: str, name: str) -> str:
     raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow or job")
 
 
-def _kind(value: str) -> ShadowKind | None:
-    return ShadowKind.choice(value)
-
-
 def _timeout(value: float | None) -> float | None:
     if value is not None and not 0 < value <= 3600:
         raise InvalidArgument(f"writer_timeout {value} is not between 0 and 3600 seconds")
@@ -123,7 +119,7 @@ class ManagerObject(Exported[ServiceContext]):
                                 options: DBusDict) -> DBusSetResult:
         api.options(options, {})
         ids = [api.id_of(path, "lun") for path in luns]
-        shadow_kind = _kind(kind)
+        shadow_kind = ShadowKind.choice(kind)
 
         def create(p: Provider) -> Any:
             return p.create_snapshot_set([p.lun_by_id(i).name for i in ids], shadow_kind)
@@ -140,7 +136,7 @@ class ManagerObject(Exported[ServiceContext]):
         (JSON). Options: kind (s), writer_timeout (d)."""
         values = api.options(options, {"kind": "s", "writer_timeout": "d"})
         ids = [api.id_of(path, "lun") for path in luns]
-        shadow_kind = _kind(values.get("kind", "auto"))
+        shadow_kind = ShadowKind.choice(values.get("kind", "auto"))
         timeout = _timeout(values.get("writer_timeout"))
         return await self.context.backup(ids, shadow_kind, timeout)
 
