@@ -123,10 +123,10 @@ class DirectBackend:
     # -- jobs ----------------------------------------------------------------------------
 
     def resync(self, pairs: Sequence[ResyncPair], *, engine: str,
-               volume_check: bool) -> Started:
+               volume_check: bool, max_rate: int | None = None) -> Started:
         provider = self.provider
         handle = provider.resync_luns(pairs, engine=EngineKind.choice(engine),
-                                      volume_check=volume_check)
+                                      volume_check=volume_check, max_rate=max_rate)
         return Started(JobStatus.of(provider.resyncer.job(handle.id)), handle.online_seconds)
 
     def jobs(self) -> list[JobStatus]:
@@ -142,6 +142,9 @@ class DirectBackend:
 
     def cancel(self, job_id: str) -> JobStatus:
         return JobStatus.of(self.provider.resyncer.cancel(job_id))
+
+    def set_rate(self, job_id: str, rate: int | None) -> JobStatus:
+        return JobStatus.of(self.provider.resyncer.set_rate(job_id, rate))
 
     def verify(self, job_id: str) -> dict[str, Any]:
         return dict(self.provider.resyncer.verify(job_id).to_json())
@@ -204,10 +207,11 @@ class DirectRestore:
         self.session.pre_restore()
 
     def recover_set(self, *, engine: str, volume_check: bool,
-                    revert_identity: bool) -> Started:
+                    revert_identity: bool, max_rate: int | None = None) -> Started:
         self.handle = self.session.recover_set(engine=EngineKind.choice(engine),
                                                volume_check=volume_check,
-                                               revert_identity=revert_identity)
+                                               revert_identity=revert_identity,
+                                               max_rate=max_rate)
         # A catalog read, not handle.status(): that would also poll the kernel.
         job = self.session.provider.resyncer.job(self.handle.id)
         return Started(JobStatus.of(job), self.handle.online_seconds)

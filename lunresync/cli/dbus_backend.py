@@ -84,6 +84,10 @@ def _s(value: str) -> Variant:
     return Variant("s", value)
 
 
+def _t(value: int) -> Variant:
+    return Variant("t", value)
+
+
 class DbusBackend:
     """The service ``org.lunresync1`` as a :class:`lunresync.cli.results.Backend`."""
 
@@ -192,7 +196,7 @@ class DbusBackend:
     # -- jobs ----------------------------------------------------------------------------
 
     def resync(self, pairs: Sequence[ResyncPair], *, engine: str,
-               volume_check: bool) -> Started:
+               volume_check: bool, max_rate: int | None = None) -> Started:
         wanted: list[list[str]] = []
         for pair in pairs:  # checked in the order the engine checks them
             shadow = self._find("shadow", pair.shadow_copy)
@@ -206,8 +210,10 @@ class DbusBackend:
                 destination = self._find("lun", pair.destination)
             wanted.append([shadow, destination])
         began = self.clock()
-        (path,) = self.client.manager("Resync", "a(oo)a{sv}", wanted,
-                                      {"engine": _s(engine), "volume_check": _b(volume_check)})
+        options = {"engine": _s(engine), "volume_check": _b(volume_check)}
+        if max_rate is not None:
+            options["max_rate"] = _t(max_rate)
+        (path,) = self.client.manager("Resync", "a(oo)a{sv}", wanted, options)
         online = self.clock() - began
         return Started(self._job_status(path), online)
 
@@ -245,6 +251,11 @@ class DbusBackend:
     def cancel(self, job_id: str) -> JobStatus:
         path = self._find("job", job_id)
         self.client.call(path, api.JOB, "Cancel", "a{sv}", [{}])
+        return self._job_status(path)
+
+    def set_rate(self, job_id: str, rate: int | None) -> JobStatus:
+        path = self._find("job", job_id)
+        self.client.call(path, api.JOB, "SetRate", "ta{sv}", [rate or 0, {}])
         return self._job_status(path)
 
     def verify(self, job_id: str) -> dict[str, Any]:
@@ -342,11 +353,13 @@ class DbusRestore:
         self._call("PreRestore")
 
     def recover_set(self, *, engine: str, volume_check: bool,
-                    revert_identity: bool) -> Started:
+                    revert_identity: bool, max_rate: int | None = None) -> Started:
         began = self.backend.clock()
-        (path,) = self._call("RecoverSet", "a{sv}", {
-            "engine": _s(engine), "volume_check": _b(volume_check),
-            "revert_identity": _b(revert_identity)})
+        options = {"engine": _s(engine), "volume_check": _b(volume_check),
+                   "revert_identity": _b(revert_identity)}
+        if max_rate is not None:
+            options["max_rate"] = _t(max_rate)
+        (path,) = self._call("RecoverSet", "a{sv}", options)
         online = self.backend.clock() - began
         self.job_path = str(path)
         return Started(self.backend._job_status(self.job_path), online)

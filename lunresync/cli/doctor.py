@@ -35,6 +35,7 @@ def render(caps: Capabilities, console: Console | None = None) -> None:
             "clone": "clone engine (optional)",
             "thin-pool": "thin shadow copies (optional)",
             "thin": "thin shadow copies (optional)",
+            "era": "exact record of writes during a restore (optional)",
             "flakey": "fault-injection tests (optional)",
         }[name]
         table.add_row(f"  target {name}", f"[{_STYLE[state]}]{state.value}[/]", use)

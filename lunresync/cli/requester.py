@@ -10,10 +10,11 @@ import click
 
 from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.storage.model import ShadowKind
+from lunresync.storage.units import parse_rate
 from lunresync.views import lun_json
 
 from .backend_choice import backend_for, opened
-from .base import ENGINE_CHOICE, given, through_service
+from .base import ENGINE_CHOICE, MAX_RATE_HELP, given, through_service
 from .output import emit_json, follow_job, print_table
 from .results import BackupOutcome, JobStatus
 
@@ -112,6 +113,7 @@ def backup(ctx: click.Context, luns: tuple[str, ...], kind: str, document: str,
 @click.option("--engine", type=ENGINE_CHOICE, default="auto", show_default=True)
 @click.option("--no-volume-check", is_flag=True,
               help="Overwrite destinations in use or holding unselected components.")
+@click.option("--max-rate", "max_rate", metavar="RATE", help=MAX_RATE_HELP)
 @click.option("--revert-identity", is_flag=True,
               help="Destinations take their original LUN's id (refused while it is present).")
 @click.option("--wait", "wait_", is_flag=True,
@@ -122,8 +124,8 @@ def backup(ctx: click.Context, luns: tuple[str, ...], kind: str, document: str,
 @click.pass_context
 def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
             components: tuple[str, ...], engine: str, no_volume_check: bool,
-            revert_identity: bool, wait_: bool, writers_dir: str | None, writer_timeout: float,
-            as_json: bool) -> None:
+            max_rate: str | None, revert_identity: bool, wait_: bool,
+            writers_dir: str | None, writer_timeout: float, as_json: bool) -> None:
     """Restore shadow copies from a backup, telling writers before and after.
 
     Without --wait, post-restore runs as soon as every destination is online (the copy
@@ -132,6 +134,7 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
     from lunresync.requester.document import load_document
 
     pairs = parse_additions(additions)
+    rate = parse_rate(max_rate) if max_rate is not None else None
     doc = load_document(document)
     with backend_for(ctx) as backend, backend.begin_restore(
             doc, writers_dir=writers_dir,
@@ -143,7 +146,8 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
             session.add(shadow, destination)
         session.pre_restore()
         started = session.recover_set(engine=engine, volume_check=not no_volume_check,
-                                      revert_identity=revert_identity)
+                                      revert_identity=revert_identity,
+                                      max_rate=rate)
         if not as_json:
             click.echo(f"job {started.job.id}: every destination online after"
                        f" {started.online_seconds or 0:.2f} s")

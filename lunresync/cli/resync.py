@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lunresync.errors import InvalidArgument
-from lunresync.storage.units import format_size
+from lunresync.storage.units import format_size, parse_rate
 
 from .backend_choice import backend_for
 from .base import (
     DIRECT_HINT,
     ENGINE_CHOICE,
+    MAX_RATE_HELP,
     CommandGroup,
     refuse_through_service,
     through_service,
@@ -75,6 +76,7 @@ def resync_json(job: JobStatus, online_seconds: float | None,
               help="How the kernel copies (auto: clone, else merge in place, else mirror).")
 @click.option("--no-volume-check", is_flag=True,
               help="Restore even onto a destination that is mounted or open.")
+@click.option("--max-rate", "max_rate", metavar="RATE", help=MAX_RATE_HELP)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the copy to complete.")
 @click.option("--verify", is_flag=True,
               help="Wait, then compare each destination with its shadow copy"
@@ -82,7 +84,7 @@ def resync_json(job: JobStatus, online_seconds: float | None,
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_check: bool,
-           wait_: bool, verify: bool, as_json: bool) -> None:
+           max_rate: str | None, wait_: bool, verify: bool, as_json: bool) -> None:
     """Restore shadow copies online: SHADOW_COPY [--to DEST] ...
 
     DEST is a LUN name or a block device (not through the service); without --to, the
@@ -91,10 +93,12 @@ def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_ch
     background.
     """
     pairs = parse_pairs(items)
+    rate = parse_rate(max_rate) if max_rate is not None else None
     if verify:  # refused before anything starts
         refuse_through_service(ctx, "resync --verify", DIRECT_HINT)
     with backend_for(ctx) as backend:
-        started = backend.resync(pairs, engine=engine, volume_check=not no_volume_check)
+        started = backend.resync(pairs, engine=engine, volume_check=not no_volume_check,
+                                 max_rate=rate)
         job = started.job
         if not as_json:
             for pair in job.pairs:
@@ -206,6 +210,21 @@ def job_cancel(ctx: click.Context, job_id: str) -> None:
     click.echo(f"job {cancelled.id} cancelled; incomplete: "
                + ", ".join(p["destination"] for p in cancelled.pairs
                            if p["state"] == "cancelled"))
+
+
+@through_service
+@job.command("set-rate")
+@click.argument("job_id")
+@click.argument("rate")
+@click.pass_context
+def job_set_rate(ctx: click.Context, job_id: str, rate: str) -> None:
+    """Change a running job's rate limit: RATE in bytes per second (50M: 50 MiB/s), or
+    none. It takes effect at once."""
+    limit = parse_rate(rate)
+    with backend_for(ctx) as backend:
+        changed = backend.set_rate(job_id, limit)
+    shown = f"{format_size(limit)}/s" if limit is not None else "none"
+    click.echo(f"job {changed.id}: rate limit {shown}")
 
 
 @job.command("verify")

@@ -97,7 +97,8 @@ class CloneEngine:
         return Table.single(CloneTable(
             made["meta"], plan.leg, plan.source, plan.region_sectors,
             hydration=plan.copy_started, discard_passdown=not plan.sparse,
-            hydration_threshold=HYDRATION_THRESHOLD, hydration_batch_size=HYDRATION_BATCH),
+            hydration_threshold=plan.hydration_threshold or HYDRATION_THRESHOLD,
+            hydration_batch_size=plan.hydration_batch or HYDRATION_BATCH),
             plan.sectors)
 
     def start_copy(self, devices: Devices, plan: PairPlan) -> PairPlan:
@@ -118,9 +119,11 @@ class CloneEngine:
             changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
                                  plan.region_sectors)
             same = unchanged_runs(changed, regions)
-        top = devices.info(plan.top)
-        mark_hydrated(node(top.devno), same, region_bytes)
-        devices.message(plan.top, "enable_hydration")
+        # Through the clone device itself: under a tracking era, below it (the era would
+        # record the marking discards as users' writes).
+        clone = devices.info(plan.engine_top)
+        mark_hydrated(node(clone.devno), same, region_bytes)
+        devices.message(plan.engine_top, "enable_hydration")
         return replace(plan, copy_started=True,
                        exceptions_at_start=regions - sum(count for _, count in same))
 
@@ -137,7 +140,7 @@ class CloneEngine:
         if clone.mode is not CloneMode.READ_WRITE:
             return Progress(done, total, error=f"dm-clone metadata of {dest} failed"
                                                 f" (mode {clone.mode.value})")
-        failed = hydration_failures(f"/dev/mapper/{plan.top}", plan.log_since_seq,
+        failed = hydration_failures(f"/dev/mapper/{plan.engine_top}", plan.log_since_seq,
                                     kernel_log)
         if failed:
             return Progress(done, total, error=f"I/O error copying to {dest}: the kernel"

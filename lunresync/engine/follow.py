@@ -15,10 +15,12 @@ from pathlib import Path
 
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import ErrorTable, LinearTable, Table
+from lunresync.kernel.targets.clone import CloneStatus
 from lunresync.storage.catalog import now
 from lunresync.storage.model import LunState
 from lunresync.storage.stack import lun_table
 
+from . import throttle
 from .context import JobContext
 from .engines import ENGINES
 from .model import Job, JobPair, JobState
@@ -50,6 +52,7 @@ def advance(ctx: JobContext, job: Job, present: set[str],
     if lost is not None:
         end(ctx, job, JobState.FAILED, lost)
         return
+    clones: dict[int, CloneStatus] = {}  # for the governor of a throttled job
     for recorded in job.pairs:
         if recorded.state.finished:
             continue
@@ -61,7 +64,9 @@ def advance(ctx: JobContext, job: Job, present: set[str],
         if recorded.plan.top not in present:
             continue  # deactivated: activate rebuilds it, then the copy goes on
         pair = start_copy(ctx, job.id, recorded)  # a process died before it had
-        status = ctx.devices.status(pair.plan.top)
+        status = ctx.devices.status(pair.plan.engine_top)
+        if isinstance(status[0].status, CloneStatus):
+            clones[pair.index] = status[0].status
         progress = ENGINES[pair.engine].progress(pair.plan, status, pair.dest, kernel_log)
         if progress.error is not None:
             end(ctx, job, JobState.FAILED,
@@ -73,6 +78,8 @@ def advance(ctx: JobContext, job: Job, present: set[str],
         if progress.complete:
             complete_pair(ctx, job, pair)
     update_totals(ctx, job.id)
+    if job.max_rate is not None:
+        throttle.govern(ctx, ctx.store.job(job.id), clones, now())
 
 
 def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
@@ -81,7 +88,8 @@ def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
     plan = pair.plan
     with ctx.catalog.transaction():
         ctx.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)
-    record_writes(ctx, job, pair)
+    if not plan.tracked:
+        record_writes(ctx, job, pair)  # from the COW stores, before the swap
     lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
     if lun is not None:
         final = lun_table(ctx.catalog, replace(lun, state=LunState.OK))
@@ -90,6 +98,8 @@ def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
     # The atomic swap: from here the destination alone serves every read. (No wait for
     # udev: the device and its link exist; udev's probe of it goes on by itself.)
     ctx.devices.reload(plan.top, final, udev_sync=False)
+    if plan.tracked:
+        record_writes(ctx, job, pair)  # the era let go of its metadata in the swap
     teardown(ctx, plan)
     if plan.own_top:
         remove_own_top(ctx, plan.top)

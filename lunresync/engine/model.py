@@ -126,6 +126,18 @@ class PairPlan:
     # both sides: they are marked hydrated, and only the rest is copied (engine/clone.py).
     zero_source_runs: list[list[int]] | None = None
     dest_image: str | None = None
+    # clone under a rate limit: regions in flight and per copy (None: the engine's own),
+    # few, so that pausing the copy stops it at once (engine/throttle.py)
+    hydration_threshold: int | None = None
+    hydration_batch: int | None = None
+    # What users write during the restore is recorded (engine/tracking.py): the top is a
+    # dm ``era`` device over ``engine_device``, which has the engine's table; the era's
+    # metadata is the file of role ``era``, in blocks of ``write_block_sectors``. None: a
+    # plan from before 2026-12-02, or a kernel without dm-era (the top has the engine's
+    # table itself).
+    engine_device: str | None = None
+    engine_device_uuid: str | None = None
+    write_block_sectors: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,10 +158,21 @@ class PairPlan:
         """merge, sparse clone: what the copy covers, the changed chunks (or regions)."""
         return self.exceptions_at_start * self.region_sectors * SECTOR_SIZE
 
+    @property
+    def tracked(self) -> bool:
+        """Whether an era device on the top records what users write during the restore."""
+        return self.engine_device is not None
+
+    @property
+    def engine_top(self) -> str:
+        """The device with the engine's table: its status is the copy's progress, its
+        messages steer the copy (the top itself when writes are not tracked)."""
+        return self.engine_device or self.top
+
     def helpers(self) -> list[str]:
         """The pair's helper dm devices (not its top), in removal order (users first)."""
-        return [n for n in (self.handover, self.overlay, self.store_view, self.leg_helper)
-                if n is not None]
+        return [n for n in (self.engine_device, self.handover, self.overlay, self.store_view,
+                            self.leg_helper) if n is not None]
 
     def helper_devices(self) -> list[str]:
         """The job's own dm devices, its own top included, in removal order."""
@@ -184,10 +207,13 @@ class Job:
     finished: float | None
     bytes_done: int
     bytes_total: int
-    rate: float | None  # bytes per second, averaged since the start
+    rate: float | None  # bytes per second, over the last seconds (engine/rate.py)
     error: str | None
     options: dict[str, Any]
     pairs: tuple[JobPair, ...]
+    samples: tuple[tuple[float, int], ...] = ()  # recent (unix time, bytes done)
+    max_rate: int | None = None  # bytes per second the copy may take (engine/throttle.py)
+    pace: tuple[float, int] | None = None  # (unix time, bytes done) the budget counts from
 
     @property
     def engines(self) -> str:
@@ -201,7 +227,7 @@ class Job:
 
     @property
     def eta(self) -> float | None:
-        """Expected end (unix time), from the average rate; None when unknown."""
+        """Expected end (unix time), from the recent rate; None when unknown."""
         if self.state is not JobState.RUNNING or not self.rate:
             return None
         return time.time() + (self.bytes_total - self.bytes_done) / self.rate
@@ -212,7 +238,7 @@ class Job:
             "created": self.created, "started": self.started, "finished": self.finished,
             "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
             "progress": round(self.progress, 4), "rate": self.rate, "eta": self.eta,
-            "error": self.error, "options": self.options,
+            "error": self.error, "options": self.options, "max_rate": self.max_rate,
             "pairs": [{"index": p.index, "engine": p.engine.value, "shadow_copy": p.shadow_id,
                        "destination": p.dest, "destination_lun_id": p.dest_lun_id,
                        "device": f"/dev/mapper/{p.plan.top}", "state": p.state.value,
@@ -243,6 +269,8 @@ class CheckedPair:
     # A thin shadow copy: (offset, length) of what the pool has provisioned in it (the
     # rest reads as zeros); None when unknown or not wanted (engine/clone.py)
     provisioned: tuple[tuple[int, int], ...] | None = None
+    # Record what users write during the restore (the kernel has dm-era; engine/tracking.py)
+    track_writes: bool = False
 
     @property
     def in_place(self) -> bool:

@@ -7,6 +7,7 @@ exists) and the small device steps the rest of the job shares.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Mapping
@@ -20,10 +21,12 @@ from lunresync.storage.catalog import now
 from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
+from . import tracking
 from .context import JobContext
 from .engines import ENGINES
 from .model import Job, JobPair, JobState, PairPlan
 from .plan import FileSizes, with_tail
+from .rate import add_sample
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,17 @@ def go_online(ctx: JobContext, job: Job, sizes: FileSizes, undo: Undo) -> Job:
         made[pair.index] = build_helpers(ctx, pair, undo, sizes[pair.index])
         ENGINES[pair.engine].prepare(devices, pair.plan, made[pair.index], undo)
     plans = {pair.index: pair.plan for pair in job.pairs}
-    frozen = [pair for pair in job.pairs if ENGINES[pair.engine].needs_freeze(pair.plan)]
+    # A tracked pair's engine device copies as soon as it is live: its destination is
+    # frozen first, so that no write reaches it outside the era (engine/tracking.py).
+    frozen = [pair for pair in job.pairs
+              if pair.plan.tracked or ENGINES[pair.engine].needs_freeze(pair.plan)]
     for pair in job.pairs:
+        if pair.plan.engine_device is not None:
+            assert pair.plan.engine_device_uuid is not None
+            info = devices.create(pair.plan.engine_device, None,
+                                  pair.plan.engine_device_uuid, undo, udev_sync=False,
+                                  private=True)
+            made[pair.index][f"/dev/mapper/{pair.plan.engine_device}"] = info.devno
         if pair.plan.own_top:
             devices.create(pair.plan.top, None, pair.plan.top_uuid, undo)
         else:
@@ -60,6 +72,14 @@ def go_online(ctx: JobContext, job: Job, sizes: FileSizes, undo: Undo) -> Job:
     for pair in frozen:
         plans[pair.index] = ENGINES[pair.engine].in_freeze(devices, pair.plan,
                                                            made[pair.index])
+    engine_devices = []
+    for pair in job.pairs:
+        if pair.plan.engine_device is not None:
+            devices.load(pair.plan.engine_device,
+                         engine_table(pair, plans[pair.index], made[pair.index]))
+            engine_devices.append(pair.plan.engine_device)
+    if engine_devices:  # under their frozen tops: the copies start
+        devices.resume(*engine_devices, udev_sync=False)
     for pair in job.pairs:
         devices.load(pair.plan.top, online_table(pair, plans[pair.index], made[pair.index]))
     # Back-to-back resumes switch every destination (and end any freeze). Nothing waits
@@ -116,8 +136,29 @@ def build_helpers(ctx: JobContext, pair: JobPair, undo: Undo,
 
 
 def online_table(pair: JobPair, plan: PairPlan, made: Mapping[str, str]) -> Table:
-    """The destination's table while the kernel copies."""
+    """The destination's table while the kernel copies: the era over the engine device
+    when writes are tracked, else the engine's own table."""
+    if plan.engine_device is None:
+        return engine_table(pair, plan, made)
+    return by_number(tracking.top_table(plan, made, f"/dev/mapper/{plan.engine_device}"),
+                     made)
+
+
+def engine_table(pair: JobPair, plan: PairPlan, made: Mapping[str, str]) -> Table:
+    """The engine's table (on the top, or on the engine device under the era)."""
     return by_number(with_tail(ENGINES[pair.engine].online_table(plan, made), plan), made)
+
+
+def make_engine_device(ctx: JobContext, pair: JobPair, plan: PairPlan, made: dict[str, str],
+                       undo: Undo) -> None:
+    """After a reboot: the engine device of a tracked pair, live with the engine's table
+    (the copy goes on), before its top is made over it."""
+    if plan.engine_device is None or ctx.devices.exists(plan.engine_device):
+        return
+    assert plan.engine_device_uuid is not None
+    info = ctx.devices.create(plan.engine_device, engine_table(pair, plan, made),
+                              plan.engine_device_uuid, undo, udev_sync=False, private=True)
+    made[f"/dev/mapper/{plan.engine_device}"] = info.devno
 
 
 def by_number(table: Table, made: Mapping[str, str]) -> Table:
@@ -189,8 +230,11 @@ def update_totals(ctx: JobContext, job_id: str) -> None:
     done = sum(p.bytes_done for p in job.pairs)
     total = sum(p.bytes_total for p in job.pairs)
     values: dict[str, object] = {"bytes_done": done, "bytes_total": total}
-    if job.started is not None and now() > job.started:
-        values["rate"] = done / (now() - job.started)
+    if job.started is not None:
+        samples, rate = add_sample(job.samples, now(), done)
+        values["samples"] = json.dumps(samples)
+        if rate is not None:
+            values["rate"] = rate
     if all(p.state is JobState.DONE for p in job.pairs):
         values.update(state=JobState.DONE, finished=now(), bytes_done=total)
     with ctx.catalog.transaction():

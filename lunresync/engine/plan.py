@@ -14,6 +14,7 @@ from lunresync.storage.model import Lun, LunKind, ShadowCopy, new_id
 from lunresync.storage.pool import Pool
 from lunresync.storage.stack import has_differentials
 
+from . import throttle, tracking
 from .base import PairSpec
 from .engines import ENGINES
 from .merge import copied_at_most
@@ -81,11 +82,15 @@ def with_tail(table: Table, plan: PairPlan) -> Table:
 
 
 def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
-             options: dict[str, object], *, thin_transaction: int | None = None
-             ) -> tuple[Job, FileSizes]:
+             options: dict[str, object], *, thin_transaction: int | None = None,
+             max_rate: int | None = None) -> tuple[Job, FileSizes]:
     """A new pending job for the checked pairs, and the sizes of its files; refused if
     the pool cannot hold the files. ``thin_transaction``: the thin pool's transaction id,
-    for a job of the thin engine."""
+    for a job of the thin engine; ``max_rate``: the copy's limit (bytes/s)."""
+    if max_rate is not None:
+        why = throttle.refusal(c.engine for c in checked)
+        if why is not None:
+            raise InvalidArgument(f"--max-rate: {why}")
     job_id = new_id()
     pairs = []
     sizes: FileSizes = {}
@@ -101,6 +106,8 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
         spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors, c.in_place)
         region = engine.default_region(spec)
         sizes[index] = engine.file_sizes(spec, region)
+        if c.track_writes:
+            sizes[index][tracking.ROLE] = tracking.metadata_bytes(c.size // SECTOR_SIZE)
         if c.engine is EngineKind.MERGE:
             # Its files are sparse: the overlay holds at most what the store holds, the
             # copy the store's header and its current metadata area.
@@ -108,12 +115,17 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
                      + copied_at_most(c.shadow.chunk_sectors))
         else:
             need += sum(sizes[index].values())
-        plan = _pair_plan(catalog, pool, job_id, index, c, region, sizes[index])
+        if c.engine is EngineKind.MERGE and c.track_writes:
+            need += sizes[index][tracking.ROLE]
+        plan = throttle.limited(_pair_plan(catalog, pool, job_id, index, c, region,
+                                           sizes[index]), c.engine, max_rate)
         pairs.append(JobPair(index, c.engine, c.shadow.id, c.lun.id if c.lun else None,
                              c.dest, JobState.PENDING, 0, c.shadow.size, plan))
     pool.check_space(need, "the resync's helper files")
-    job = Job(job_id, JobState.PENDING, now(), None, None, 0,
-              sum(p.bytes_total for p in pairs), None, None, options, tuple(pairs))
+    created = now()
+    job = Job(job_id, JobState.PENDING, created, None, None, 0,
+              sum(p.bytes_total for p in pairs), None, None, options, tuple(pairs),
+              max_rate=max_rate, pace=None if max_rate is None else (created, 0))
     return job, sizes
 
 
@@ -179,4 +191,6 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         dest_sectors=c.size // SECTOR_SIZE, region_sectors=region, files=files,
         sparse=sparse, copy_started=not sparse, zero_source_runs=zero_runs,
         dest_image=dest_image)
+    if c.track_writes:
+        plan = tracking.planned(plan, helper, helper_uuid)
     return ENGINES[c.engine].planned(plan, helper, helper_uuid)

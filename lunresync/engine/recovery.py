@@ -4,17 +4,26 @@ from the persistent logs and metadata in the pool."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
 from lunresync.kernel import kmsg
+from lunresync.storage.catalog import now
 from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
 from . import thin
 from .context import JobContext
 from .model import EngineKind, Job, JobPair, JobState
-from .online import announce, build_helpers, online_table, start_copy, teardown
+from .online import (
+    announce,
+    build_helpers,
+    make_engine_device,
+    online_table,
+    start_copy,
+    teardown,
+)
 
 
 def recover_pending(ctx: JobContext, job: Job, present: set[str]) -> None:
@@ -53,7 +62,7 @@ def _switched(ctx: JobContext, pair: JobPair, present: set[str]) -> bool:
     if pair.plan.top not in present or not ctx.devices.info(pair.plan.top).live_table:
         return False
     (line, *_) = ctx.devices.table(pair.plan.top).lines
-    return line.target == pair.engine.target
+    return line.target == ("era" if pair.plan.tracked else pair.engine.target)
 
 
 def recover_all_pending(ctx: JobContext) -> None:
@@ -73,9 +82,15 @@ def reactivate(ctx: JobContext, undo: Undo) -> list[str]:
         since = kmsg.mark(f"job {job_id} rebuilds {pair.plan.top}")
         made = build_helpers(ctx, pair, undo, None)
         plan = replace(pair.plan, log_since_seq=since)
+        make_engine_device(ctx, pair, plan, made, undo)
         ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
         with ctx.catalog.transaction():
             ctx.store.update_pair(job_id, pair.index, plan=plan)
+            # The machine was down: no copying time (the rate is from a recent window),
+            # and no budget saved up for a throttled copy (engine/throttle.py)
+            job = ctx.store.job(job_id)
+            pace = None if job.max_rate is None else json.dumps([now(), job.bytes_done])
+            ctx.store.update(job_id, samples="[]", pace=pace)
         start_copy(ctx, job_id, replace(pair, plan=plan))
         announce(pair, job_id)
         created.append(plan.top)

@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 
 from lunresync.errors import InvalidArgument, JobFailed, JobTimeout, LunresyncError
 from lunresync.kernel.kmsg import KernelLog
+from lunresync.storage.catalog import now
 from lunresync.storage.undo import Undo
 
-from . import follow, recovery, thin
+from . import follow, recovery, thin, throttle
 from .context import JobContext
 from .model import CheckedPair, EngineKind, Job, JobState, ResyncPair
 from .online import go_online, start_copy, wait_for_links
@@ -105,16 +106,19 @@ class Resyncer:
     # -- start -----------------------------------------------------------------------------
 
     def start(self, checked: Sequence[CheckedPair], options: dict[str, object], *,
-              started: float | None = None) -> ResyncJob:
+              started: float | None = None, max_rate: int | None = None) -> ResyncJob:
         """Plan a job for a checked recovery set and bring every destination online at
         once; returns when they serve the shadow copies. ``started``: when the request
-        began (monotonic), for the time to online."""
+        began (monotonic), for the time to online; ``max_rate``: bytes per second the
+        copy may take (:mod:`.throttle`)."""
         ctx = self.ctx
         started = time.monotonic() if started is None else started
+        max_rate = throttle.check_rate(max_rate)
         if any(c.engine is EngineKind.THIN for c in checked):
-            return self._swap(checked, options, started)
+            return self._swap(checked, options, started)  # no copy: nothing to throttle
         with ctx.lock():
-            job, sizes = plan_job(ctx.catalog, ctx.pool, checked, options)
+            job, sizes = plan_job(ctx.catalog, ctx.pool, checked, options,
+                                  max_rate=max_rate)
             try:
                 with Undo() as undo:
                     with ctx.catalog.transaction():
@@ -177,6 +181,16 @@ class Resyncer:
         holds the pool lock. Returns the jobs failed."""
         return follow.fail_lost_destinations(self.ctx)
 
+    def set_rate(self, job_id: str, rate: int | None) -> Job:
+        """Change a running job's rate limit (bytes/s; None: none); it takes effect at
+        once and the budget counts from now (:mod:`.throttle`)."""
+        rate = throttle.check_rate(rate)
+        with self.ctx.lock():
+            self.poll_locked()
+            throttle.set_rate(self.ctx, self.store.job(job_id), rate, now())
+            self.poll_locked()  # the governor's first step under the new limit
+        return self.store.job(job_id)
+
     def cancel(self, job_id: str) -> Job:
         with self.ctx.lock():
             self.poll_locked()
@@ -201,7 +215,9 @@ class Resyncer:
             if deadline is not None and time.monotonic() > deadline:
                 raise JobTimeout(f"job {job.id} is still {job.state.value} after {timeout:g} s"
                                  f" ({job.progress:.0%}); it goes on")
-            time.sleep(interval)
+            # A throttled copy is paced by the polls that follow it: often enough that
+            # little is copied beyond the budget between two of them.
+            time.sleep(interval if job.max_rate is None else min(interval, 0.1))
         if job.state is not JobState.DONE:
             raise JobFailed(f"job {job.id} {job.state.value}: {job.error}")
         return job

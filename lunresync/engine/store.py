@@ -1,4 +1,4 @@
-"""Jobs in the pool's catalog (tables ``jobs`` and ``job_pairs``, schema version 2)."""
+"""Jobs in the pool's catalog (tables ``jobs`` and ``job_pairs``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from lunresync.storage.catalog import Catalog
 from .model import EngineKind, Job, JobPair, JobState, PairPlan
 
 ACTIVE = tuple(s.value for s in JobState if not s.finished)
-_JOB_FIELDS = {"state", "started", "finished", "bytes_done", "bytes_total", "rate", "error"}
+_JOB_FIELDS = {"state", "started", "finished", "bytes_done", "bytes_total", "rate", "error",
+               "samples", "max_rate", "pace"}
 _PAIR_FIELDS = {"state", "bytes_done", "bytes_total", "plan"}
 
 
@@ -26,9 +27,10 @@ class JobStore:
     def add(self, job: Job) -> None:
         self.db.execute(
             "INSERT INTO jobs (id, state, created, started, finished, bytes_done, bytes_total,"
-            " rate, error, options) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " rate, error, options, max_rate, pace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (job.id, job.state.value, job.created, job.started, job.finished, job.bytes_done,
-             job.bytes_total, job.rate, job.error, json.dumps(job.options)))
+             job.bytes_total, job.rate, job.error, json.dumps(job.options), job.max_rate,
+             None if job.pace is None else json.dumps(job.pace)))
         for pair in job.pairs:
             self.db.execute(
                 "INSERT INTO job_pairs (job_id, idx, engine, shadow_id, dest_lun_id, dest,"
@@ -97,7 +99,16 @@ class JobStore:
             id=row["id"], state=JobState(row["state"]), created=row["created"],
             started=row["started"], finished=row["finished"], bytes_done=row["bytes_done"],
             bytes_total=row["bytes_total"], rate=row["rate"], error=row["error"],
-            options=json.loads(row["options"]), pairs=tuple(_pair(p) for p in pairs))
+            options=json.loads(row["options"]), pairs=tuple(_pair(p) for p in pairs),
+            samples=tuple((float(t), int(n)) for t, n in json.loads(row["samples"])),
+            max_rate=row["max_rate"], pace=_pace(row["pace"]))
+
+
+def _pace(text: str | None) -> tuple[float, int] | None:
+    if text is None:
+        return None
+    since, done = json.loads(text)
+    return float(since), int(done)
 
 
 def _pair(row: sqlite3.Row) -> JobPair:

@@ -1,5 +1,11 @@
 """Verify a finished restore: compare each destination with its shadow copy, leaving out
-the chunks written during the restore (recorded when each pair completed)."""
+the blocks written during the restore (recorded when each pair completed).
+
+A tracked pair's record is exact (the era over the engine, :mod:`.tracking`): every block
+users did not write during the restore is compared, the ones the restore copied too. A
+plan from before tracking (or a kernel without dm-era) records what the COW stores tell,
+which leaves out every chunk an in-place restore copied; a clone to another LUN records
+nothing (``writes_not_recorded``)."""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument
+from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.kernel.blockdev import SECTOR_SIZE
 
+from . import tracking
 from .context import JobContext
 from .cowfile import read_store
 from .model import EngineKind, Job, JobPair, JobState
@@ -54,6 +61,18 @@ def record_writes(ctx: JobContext, job: Job, pair: JobPair) -> None:
     plan = pair.plan
     chunks: set[int] | None = None
     chunk_sectors = 0
+    if plan.tracked:
+        # Exact: what went through the era. If the era cannot be read, the record says
+        # nothing rather than too little (verify reports it as not recorded).
+        runs: list[list[int]] | None = None
+        try:
+            runs = [[first, end] for first, end in tracking.written(ctx.devices, plan)]
+        except LunresyncError as exc:
+            log.warning("job %s: cannot read what was written during the restore: %s",
+                        job.id, exc)
+        path.write_text(json.dumps({"chunk_sectors": plan.write_block_sectors,
+                                    "runs": runs, "exact": True}))
+        return
     try:
         if pair.engine is EngineKind.MIRROR:
             overlay = read_store(plan.files["overlay"])
@@ -110,6 +129,11 @@ def read_written(path: Path) -> tuple[int, set[int]] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if "runs" in record:  # exact, from the era (engine/tracking.py)
+        if record["runs"] is None:
+            return None
+        chunks = {block for first, end in record["runs"] for block in range(first, end)}
+        return int(record["chunk_sectors"]) * SECTOR_SIZE, chunks
     if record.get("chunks") is None:
         return None
     return int(record["chunk_sectors"]) * SECTOR_SIZE, set(record["chunks"])

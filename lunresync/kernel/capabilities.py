@@ -22,7 +22,7 @@ from .targets import TARGETS
 #: Targets without which lunresync cannot work at all.
 REQUIRED_TARGETS = ("linear", "error", "snapshot", "snapshot-origin", "snapshot-merge", "mirror")
 #: Targets that enable more (clone engine, thin shadow copies, fault-injection tests).
-OPTIONAL_TARGETS = ("clone", "thin-pool", "thin", "flakey")
+OPTIONAL_TARGETS = ("clone", "thin-pool", "thin", "era", "flakey")
 # lunresync talks to the kernel through ioctls, but udev's device-mapper rules run dmsetup
 # (udevflags, udevcomplete), and lunresync settles udev with udevadm.
 TOOLS = ("dmsetup", "udevadm")

@@ -1,6 +1,7 @@
 """thin-provisioning-tools (Debian package ``thin-provisioning-tools``, 0.9.0 in
 Debian 12): ``thin_check`` before a thin pool is activated, ``thin_delta`` to tell which
-blocks two thin volumes do not share.
+blocks two thin volumes do not share, ``era_invalidate`` to tell which blocks a dm
+``era`` device recorded as written.
 
 Both read the pool's metadata device. ``thin_check`` needs it inactive (after a reboot,
 before the pool's table is loaded); ``thin_delta -m`` reads a live pool through the
@@ -23,7 +24,10 @@ __all__ = [
     "DamagedMetadata",
     "DeltaKind",
     "DeltaRange",
+    "EraBlocks",
     "ThinDelta",
+    "era_invalidate",
+    "parse_era_invalidate",
     "parse_thin_delta",
     "thin_check",
     "thin_delta",
@@ -113,3 +117,50 @@ def thin_delta(runner: Runner, metadata: str, left: int, right: int, *,
     argv = ["thin_delta", *(["-m"] if live else []), "--snap1", str(left),
             "--snap2", str(right), metadata]
     return parse_thin_delta(runner.run(argv, timeout=_CHECK_TIMEOUT).stdout)
+
+
+#: (first block, end block) runs, ``end`` excluded, in the era device's blocks.
+EraBlocks = tuple[tuple[int, int], ...]
+
+
+def parse_era_invalidate(text: str) -> EraBlocks:
+    """Parse era_invalidate's XML (``<blocks><block block=/><range begin= end=/>...``)
+    into sorted, merged runs."""
+    try:
+        root = ET.fromstring(text)  # noqa: S314 - our own tool's output on our own metadata
+    except ET.ParseError as error:
+        raise ParseError("era_invalidate output", text[:200], str(error)) from None
+    if root.tag != "blocks":
+        raise ParseError("era_invalidate output", text[:200], "expected <blocks>")
+    runs: list[tuple[int, int]] = []
+    try:
+        for item in root:
+            if item.tag == "block":
+                first = int(item.attrib["block"])
+                runs.append((first, first + 1))
+            elif item.tag == "range":
+                runs.append((int(item.attrib["begin"]), int(item.attrib["end"])))
+            else:
+                raise ValueError(f"element <{item.tag}>")
+    except (KeyError, ValueError) as error:
+        raise ParseError("era_invalidate output", text[:200], f"unexpected {error}") from None
+    merged: list[tuple[int, int]] = []
+    for first, end in sorted(runs):
+        if first < 0 or end <= first:
+            raise ParseError("era_invalidate output", text[:200],
+                             f"an empty or negative run {first}..{end}")
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((first, end))
+    return tuple(merged)
+
+
+def era_invalidate(runner: Runner, metadata: str, since: int) -> EraBlocks:
+    """The blocks written in era ``since`` or later, read from the metadata device of an
+    era device that is not live (its table replaced or removed: the kernel committed its
+    last era then). A regular file cannot be read (the tool opens with ``O_DIRECT``, which
+    tmpfs refuses): attach it to a loop device."""
+    check_device(metadata)
+    argv = ["era_invalidate", "--written-since", str(since), metadata]
+    return parse_era_invalidate(runner.run(argv, timeout=_CHECK_TIMEOUT).stdout)

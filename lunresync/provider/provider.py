@@ -111,10 +111,11 @@ class Provider:
     # -- resync ----------------------------------------------------------------------------
 
     def resync_luns(self, pairs: Sequence[ResyncPair], *, engine: EngineKind | None = None,
-                    volume_check: bool = True) -> ResyncJob:
+                    volume_check: bool = True, max_rate: int | None = None) -> ResyncJob:
         """Restore shadow copies onto destinations, online (IVssHardwareSnapshotProviderEx::
         ResyncLuns): returns when every destination serves its shadow copy's content; the
-        kernel copies in the background. Follow it with the returned handle."""
+        kernel copies in the background. Follow it with the returned handle. ``max_rate``:
+        bytes per second the copy may take (lunresync.engine.throttle)."""
         if not pairs:
             raise InvalidArgument("name at least one shadow copy to resync")
         with self.storage.changing_kernel():
@@ -131,7 +132,8 @@ class Provider:
             checked = [self._with_provisioned(c) for c in checked]
             options: dict[str, object] = {"engine": engine.value if engine else "auto",
                                           "volume_check": volume_check}
-            return self.resyncer.start(checked, options, started=started)
+            return self.resyncer.start(checked, options, started=started,
+                                       max_rate=max_rate)
 
     def _with_provisioned(self, pair: CheckedPair) -> CheckedPair:
         """A thin shadow copy cloned into an image LUN: what the pool provisioned in it,

@@ -100,7 +100,9 @@ def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[
         thin_refusals.append(thin_refusal)
     engines = choose_set_engine([c.engine for c in checked], thin_refusals, requested,
                                 usable)
-    return [replace(c, engine=engine) for c, engine in zip(checked, engines, strict=True)]
+    track = usable.get("era", False)  # dm-era records what users write meanwhile
+    return [replace(c, engine=engine, track_writes=track and engine.copies)
+            for c, engine in zip(checked, engines, strict=True)]
 
 
 def _destination(catalog: Catalog, pool: Pool, shadow: ShadowCopy, destination: str | None

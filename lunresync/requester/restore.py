@@ -143,7 +143,7 @@ class RestoreSession:
         self.phase = SessionPhase.PRE_RESTORED
 
     def recover_set(self, *, engine: EngineKind | None = None, volume_check: bool = True,
-                    revert_identity: bool = False) -> ResyncJob:
+                    revert_identity: bool = False, max_rate: int | None = None) -> ResyncJob:
         """RecoverSet: start the resync of every pair; each destination is online with
         its shadow copy's content when this returns."""
         self._refuse_phase(SessionPhase.PRE_RESTORED, "recover the set")
@@ -158,7 +158,7 @@ class RestoreSession:
                 self.job = self.provider.resync_luns(
                     [ResyncPair(p.lun.shadow_copy_id, p.target.id if p.target is not None
                                 else p.device) for p in self.pairs],
-                    engine=engine, volume_check=volume_check)
+                    engine=engine, volume_check=volume_check, max_rate=max_rate)
             except BaseException:
                 self._give_back_identities()
                 raise

@@ -179,6 +179,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE job_pairs_v6 RENAME TO job_pairs;
     CREATE INDEX job_pairs_shadow ON job_pairs(shadow_id);
     """,
+    # 7: a job's recent progress, [[unix time, bytes done], ...] (the rate and the ETA come
+    # from a recent window, engine/rate.py); its rate limit (bytes/s, NULL: none) and the
+    # point its budget counts from, [unix time, bytes done] (engine/throttle.py)
+    """
+    ALTER TABLE jobs ADD COLUMN samples TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN max_rate INTEGER CHECK (max_rate IS NULL OR max_rate > 0);
+    ALTER TABLE jobs ADD COLUMN pace TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

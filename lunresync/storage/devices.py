@@ -22,6 +22,7 @@ from lunresync.kernel.dm import DeviceMapper, DmInfo, UdevBatch
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import StatusLine, Table
+from lunresync.kernel.thintools import EraBlocks, era_invalidate
 
 from .undo import Undo
 
@@ -85,6 +86,11 @@ class Devices(Protocol):
 
     def refuse_open(self, name: str, what: str) -> None:
         """InUse if someone has the dm device open (a udev probe is waited out)."""
+        ...
+
+    def written_blocks(self, metadata_file: str, since: int) -> EraBlocks:
+        """The blocks a dm ``era`` device that is no longer live recorded as written in
+        era ``since`` or later, from its metadata file."""
         ...
 
 
@@ -245,3 +251,13 @@ class PoolDevices:
             self.loops.detach(loop.path)
             detached.append(loop.path)
         return detached
+
+    def written_blocks(self, metadata_file: str, since: int) -> EraBlocks:
+        # era_invalidate opens with O_DIRECT, which a file on tmpfs refuses: read through
+        # a loop device (the pair's own, or one attached for the read).
+        attached = Undo()  # detaches a loop device attached here, whatever happens
+        try:
+            return era_invalidate(self.runner, self.attach_file(metadata_file, attached),
+                                  since)
+        finally:
+            attached.rollback()

@@ -33,6 +33,21 @@ def parse_size(text: str | int) -> int:
     return size
 
 
+def parse_rate(text: str) -> int | None:
+    """Bytes per second from ``50M``, ``50M/s``, ``512KiB/s``, ``1048576``; ``none`` (or
+    ``0``): no limit (None). Binary units, as for sizes."""
+    value = text.strip()
+    if value.lower() in ("none", "0"):
+        return None
+    if value.lower().endswith("/s"):
+        value = value[:-2]
+    match = _SIZE_RE.fullmatch(value)
+    if not match:
+        raise InvalidArgument(f"invalid rate {text!r}: bytes per second as a whole number"
+                              " with an optional unit K, M, G (1M = 1 MiB/s), or none")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()] or None
+
+
 def format_size(size: int) -> str:
     for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if size >= factor and size % factor == 0:

@@ -87,7 +87,7 @@ def check_merge_stack(provider: Provider, lun: Lun, shadow: ShadowCopy, job: Job
     plan = job.pairs[0].plan
     assert plan.store_view is not None
     assert plan.overlay is not None
-    (merge,) = provider.dm.table(lun.dm_name).lines
+    (merge,) = provider.dm.table(plan.engine_top).lines  # under the era on the LUN
     assert merge.target == "snapshot-merge"
     assert merge.params.cow == provider.dm.info(plan.overlay).devno  # type: ignore[attr-defined]
     (overlay,) = provider.dm.table(plan.overlay).lines
@@ -136,12 +136,13 @@ def test_restore_in_place_online_with_writes_then_again(
     if view:
         check_merge_stack(provider, lun, shadow, job)
     elif engine is EngineKind.MERGE:  # a small store: copied whole, merged directly
-        (merge,) = provider.dm.table(lun.dm_name).lines
+        (merge,) = provider.dm.table(job.pairs[0].plan.engine_top).lines
         assert job.pairs[0].plan.overlay is None
         assert merge.params.cow == devno(provider.loops.find(  # type: ignore[attr-defined]
             job.pairs[0].plan.files["cow"])[0].path)
     if engine is EngineKind.MIRROR:  # two regions: two mirror targets copy side by side
-        assert [line.target for line in provider.dm.table(lun.dm_name).lines] == [
+        engine_top = job.pairs[0].plan.engine_top
+        assert [line.target for line in provider.dm.table(engine_top).lines] == [
             "mirror"] * min(PARTS, SIZE // (REGION_SECTORS * 512))
     # Online at once: the LUN's usual path shows the shadow copy (regions not copied yet
     # are read from it). A production write lands during the copy.
@@ -165,10 +166,18 @@ def test_restore_in_place_online_with_writes_then_again(
     assert not [p for p in (provider.pool.jobs / handle.id).iterdir()
                 if not p.name.endswith(".written.json")]
     report = provider.resyncer.verify(handle.id)
-    # In place every engine knows what was written: the shadow copy's COW store took each
-    # chunk written during the restore (clone in place copies only the changed chunks).
+    # Every engine knows exactly what was written during the restore: the era on the LUN
+    # recorded the one 8 KiB write, in one block of its own size (engine/tracking.py).
+    plan = job.pairs[0].plan
+    assert plan.tracked
     assert report.ok, report
-    assert report.written_bytes == 8192, report
+    assert report.written_bytes == plan.write_block_sectors * 512, report
+    # A restored block overwritten behind the job's back is found, and named: it was
+    # copied by the restore (the damage), not written during it.
+    write_pattern(lun.path, 1 * MiB + 64 * 1024, b"\x99" * (64 * 1024))
+    wrong = provider.resyncer.verify(handle.id)
+    assert not wrong.ok
+    assert wrong.mismatches == ((f"LUN {lun.name}", 1 * MiB + 64 * 1024, 64 * 1024),), wrong
     # merge and clone copy the changed chunks only: 3 MiB + one 8 KiB chunk of damage.
     changed = (3 * MiB + MORE_DAMAGE + 8192) if engine is not EngineKind.MIRROR else SIZE
     assert done.bytes_total == changed, done
@@ -258,23 +267,41 @@ def test_a_merge_failing_in_its_freeze_changes_nothing(
 def test_one_set_restores_to_a_larger_lun_and_a_block_device(
         devices: DeviceStack, provider: Provider, engine: EngineKind) -> None:
     _, shadow, content = source_lun(provider, devices)
-    other = provider.create_lun("bigger", 2 * SIZE)
+    # Both destinations take writes slowly: users write to them while the copy runs.
+    other = provider.adopt_lun("bigger", devices.slow("bigger", 2 * SIZE, 30).path)
     fill(other.path, 2 * SIZE, seed=3)
     tail = read_at(other.path, SIZE, SIZE)
-    raw = devices.loop("raw", SIZE).path
+    raw = devices.slow("raw", SIZE, 30).path
     handle = provider.resync_luns(
         [ResyncPair(shadow.id, "bigger"), ResyncPair(shadow.id, raw)], engine=engine)
     job = provider.resyncer.job(handle.id)
-    assert [p.dest for p in job.pairs] == ["LUN bigger", raw]
+    shown = os.path.realpath(raw)  # a block device is named by its node
+    assert [p.dest for p in job.pairs] == ["LUN bigger", shown]
     restore_device = f"/dev/mapper/{job.pairs[1].plan.top}"
     assert read_at(other.path, 0, SIZE) == content  # online at the LUN's own path
     assert read_at(restore_device, 0, SIZE) == content
+    write_pattern(other.path, 5 * MiB, b"\x51" * 8192)
+    write_pattern(restore_device, 6 * MiB, b"\x52" * 8192)
+    assert provider.resyncer.job(handle.id).state is JobState.RUNNING  # written during it
+    devices.release("bigger")
+    devices.release("raw")
     wait(provider, handle.id)
-    assert read_at(other.path, 0, SIZE) == content
+    expected = bytearray(content)
+    expected[5 * MiB:5 * MiB + 8192] = b"\x51" * 8192
+    assert read_at(other.path, 0, SIZE) == expected
     assert read_at(other.path, SIZE, SIZE) == tail, "the larger LUN's tail changed"
-    assert read_at(raw, 0, SIZE) == content
+    expected = bytearray(content)
+    expected[6 * MiB:6 * MiB + 8192] = b"\x52" * 8192
+    assert read_at(raw, 0, SIZE) == expected
     assert not os.path.exists(restore_device)
-    assert provider.resyncer.verify(handle.id).ok
+    # The writes made during the restore are known exactly (the era over each engine)
+    report = provider.resyncer.verify(handle.id)
+    assert report.ok, report
+    assert report.written_bytes == 2 * 64 * 1024, report
+    # A restored block changed behind the job's back is found and named.
+    write_pattern(raw, 192 * 1024, b"\x53" * 4096)
+    wrong = provider.resyncer.verify(handle.id)
+    assert wrong.mismatches == ((shown, 192 * 1024, 64 * 1024),), wrong
 
 
 # -- nobody watching, crashes ----------------------------------------------------------------
@@ -312,8 +339,9 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider,
 @pytest.mark.parametrize("view", [False, True], ids=["whole", "view"])
 def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
         devices: DeviceStack, provider: Provider, view: bool, forks: ForkServer) -> None:
-    """The process dies with the LUN suspended, snapshot-merge loaded but not resumed and
-    its handover source waiting: the next command puts the LUN back as it was."""
+    """The process dies with the LUN suspended, snapshot-merge loaded (into the engine
+    device under the LUN's era) but not resumed and its handover source waiting: the next
+    command puts the LUN back as it was."""
     lun, shadow, content = source_lun(provider, devices)
     damaged = read_at(lun.path, 0, SIZE)
     before = kernel_state(provider)
@@ -339,7 +367,10 @@ def test_a_merge_killed_in_its_switch_is_undone_by_the_next_command(
     (job,) = provider.resyncer.jobs()
     assert job.state is JobState.PENDING
     info = provider.dm.info(lun.dm_name)
-    assert (info.suspended, info.inactive_table) == (True, True)
+    assert info.suspended  # frozen; the era not loaded yet
+    engine_top = job.pairs[0].plan.engine_top  # snapshot-merge is loaded under the era
+    assert engine_top != lun.dm_name
+    assert provider.dm.info(engine_top).inactive_table
     assert job.pairs[0].plan.handover in provider.dm.names()
     assert provider.resyncer.poll() == []
     assert provider.resyncer.jobs() == []
@@ -406,7 +437,7 @@ def test_a_sparse_restore_cut_before_its_marking_marks_on_activate(
     assert pair.bytes_total == 3 * MiB + 8192  # the changed chunks only
     # The clone mapping passes no discard down (the marking's discards must not reach
     # the data) and copies in the background.
-    running = provider.dm.status(lun.dm_name)[0].status
+    running = provider.dm.status(pair.plan.engine_top)[0].status
     assert isinstance(running, CloneStatus)
     assert "no_discard_passdown" in running.features
     assert running.hydration_enabled  # the table says no_hydration: switched on after it
@@ -418,7 +449,7 @@ def test_a_sparse_restore_cut_before_its_marking_marks_on_activate(
     assert read_at(lun.path, 0, SIZE) == content  # online again, right content
     (resumed,) = provider.resyncer.job(handle.id).pairs
     assert resumed.plan.copy_started, "activate did not mark and start the copy"
-    status = provider.dm.status(lun.dm_name)[0].status
+    status = provider.dm.status(resumed.plan.engine_top)[0].status
     assert isinstance(status, CloneStatus)
     assert status.hydration_enabled, status
     wait(provider, handle.id)
@@ -576,3 +607,45 @@ def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
     assert job["state"] == "done"
     assert job["pairs"][0]["destination"] == "LUN copy"
     assert read_at(provider.lun("copy").path, 0, SIZE) == content
+
+
+# -- a copy that yields to production ---------------------------------------------------------
+
+
+def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
+        devices: DeviceStack, provider: Provider) -> None:
+    """--max-rate on a clone into another LUN: the followed copy keeps to its limit within
+    10%, and ``job set-rate`` changes it at once (engine/throttle.py)."""
+    size = 96 * MiB
+    _, shadow, content = source_lun(provider, devices, size=size)
+    provider.create_lun("paced", size)
+    first, second = 4 * MiB, 12 * MiB
+    handle = provider.resync_luns([ResyncPair(shadow.id, "paced")], engine=EngineKind.CLONE,
+                                  max_rate=first)
+    assert provider.resyncer.job(handle.id).max_rate == first
+
+    def measured(seconds: float) -> float:
+        """Bytes per second copied over ``seconds``, followed as ``job wait`` does, after
+        a second to settle."""
+        def follow_for(duration: float) -> tuple[float, int]:
+            end = time.monotonic() + duration
+            while True:
+                job = provider.resyncer.poll() and provider.resyncer.job(handle.id)
+                assert job, "the throttled copy ended early"
+                if time.monotonic() >= end:
+                    return time.monotonic(), job.bytes_done
+                time.sleep(0.05)
+
+        t0, done0 = follow_for(1.0)
+        t1, done1 = follow_for(seconds)
+        return (done1 - done0) / (t1 - t0)
+
+    rate = measured(4.0)
+    assert abs(rate - first) <= 0.1 * first, f"{rate / MiB:.2f} MiB/s against 4"
+    assert provider.resyncer.set_rate(handle.id, second).max_rate == second
+    rate = measured(3.0)
+    assert abs(rate - second) <= 0.1 * second, f"{rate / MiB:.2f} MiB/s against 12"
+    provider.resyncer.set_rate(handle.id, None)  # the rest at full speed
+    done = wait(provider, handle.id)
+    assert done.max_rate is None
+    assert read_at(provider.lun("paced").path, 0, size) == content

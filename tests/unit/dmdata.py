@@ -23,6 +23,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dm"
 EXPECTED_FILES = (
     "clone",
     "delay",
+    "era",
     "error",
     "flakey",
     "linear",

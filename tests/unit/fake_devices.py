@@ -33,6 +33,7 @@ from pathlib import Path
 from lunresync.errors import DeviceBusy, InUse, KernelError, NotFound
 from lunresync.kernel.dm import DmInfo
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
+from lunresync.kernel.thintools import EraBlocks
 from lunresync.storage.devices import Devices, UdevEvents
 from lunresync.storage.undo import Undo
 
@@ -43,7 +44,8 @@ FAKE_MAJOR = 4095
 FIRST_LOOP = 100
 
 # Queries: recorded, but they change nothing.
-QUERIES = frozenset({"names", "exists", "info", "table", "status", "refuse_open"})
+QUERIES = frozenset({"names", "exists", "info", "table", "status", "refuse_open",
+                     "written_blocks"})
 # Targets that report an empty status: answered without a script.
 _SILENT_TARGETS = frozenset({"linear", "error", "snapshot-origin"})
 _DEVNO = re.compile(r"\d+:\d+")
@@ -143,6 +145,8 @@ class FakeDevices:
         self._next_minor = 0
         self._next_loop = FIRST_LOOP
         self._timeout = timeout
+        # era metadata file -> the blocks a test says users wrote through it
+        self.era_writes: dict[str, EraBlocks] = {}
 
     # -- what a test sets up and looks at (not recorded) ------------------------------------
 
@@ -255,6 +259,18 @@ class FakeDevices:
         device = self.dm.get(name)
         if device is not None and device.open_count:
             raise InUse(f"{what} is in use (open {device.open_count} times, {device.path})")
+
+    def written_blocks(self, metadata_file: str, since: int) -> EraBlocks:
+        self._record("written_blocks", (metadata_file,))
+        loops = set(self.attached(metadata_file))
+        for device in self.dm.values():
+            live = device.live.lines if device.live is not None else ()
+            if any(line.target == "era" and set(line.params.args()) & loops
+                   for line in live):
+                # era_invalidate opens the metadata exclusively: the live era holds it
+                raise KernelError("era_invalidate", metadata_file, errno.EBUSY,
+                                  "Device or resource busy")
+        return self.era_writes.get(metadata_file, ())
 
     # -- the Devices protocol: changes -------------------------------------------------------
 

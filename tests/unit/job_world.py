@@ -187,15 +187,19 @@ class World:
     # -- jobs -------------------------------------------------------------------------------
 
     def pair(self, shadow: ShadowCopy, dest: Lun | str | None = None,
-             engine: EngineKind = EngineKind.MIRROR, size: int | None = None) -> CheckedPair:
+             engine: EngineKind = EngineKind.MIRROR, size: int | None = None, *,
+             track: bool = False) -> CheckedPair:
         """A checked pair (what check_recovery_set returns): into ``dest``, a LUN or a
-        block device (of ``size`` bytes, default the shadow copy's), or in place."""
+        block device (of ``size`` bytes, default the shadow copy's), or in place;
+        ``track``: the kernel has dm-era (writes during the restore are recorded)."""
         if dest is None:
             dest = self.catalog.lun(shadow.lun_id)
         if isinstance(dest, Lun):
             dest = self.catalog.lun(dest.id)
-            return CheckedPair(shadow, dest, None, f"LUN {dest.name}", dest.size, engine)
-        return CheckedPair(shadow, None, dest, dest, size or shadow.size, engine)
+            return CheckedPair(shadow, dest, None, f"LUN {dest.name}", dest.size, engine,
+                               track_writes=track)
+        return CheckedPair(shadow, None, dest, dest, size or shadow.size, engine,
+                           track_writes=track)
 
     def start(self, *pairs: CheckedPair) -> Job:
         handle = self.resyncer.start(list(pairs), {"engine": "test"})

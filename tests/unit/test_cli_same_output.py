@@ -50,7 +50,8 @@ class Provider(CatalogProvider):
         parse_size(size)
         raise AssertionError("the tests create no LUN")
 
-    def resync_luns(self, pairs: Any, *, engine: Any, volume_check: bool) -> Any:
+    def resync_luns(self, pairs: Any, *, engine: Any, volume_check: bool,
+                    max_rate: int | None = None) -> Any:
         return SimpleNamespace(id=JOB_DONE.id, online_seconds=ONLINE_SECONDS)
 
     def create_snapshot_set(self, luns: list[str], kind: Any) -> SnapshotSetResult:

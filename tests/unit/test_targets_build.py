@@ -20,6 +20,7 @@ from lunresync.kernel.targets import (
     CloneStatus,
     CloneTable,
     DelayTable,
+    EraTable,
     ErrorTable,
     FlakeyTable,
     LinearTable,
@@ -193,6 +194,7 @@ def line(params: TargetParams, length: int = 2048, start: int = 0) -> str:
         pytest.param(ThinTable(DEV_A, 7, DEV_B), f"thin {DEV_A} 7 {DEV_B}", id="thin-origin"),
         pytest.param(FlakeyTable(DEV_A, 0, 5, 0), f"flakey {DEV_A} 0 5 0", id="flakey"),
         pytest.param(DelayTable(DEV_A, 0, 200), f"delay {DEV_A} 0 0 {DEV_A} 0 200", id="delay"),
+        pytest.param(EraTable(DEV_A, DEV_B, 128), f"era {DEV_A} {DEV_B} 128", id="era"),
         pytest.param(DelayTable(DEV_A, 0, 200, flush_ms=0),
                      f"delay {DEV_A} 0 0 {DEV_A} 0 200 {DEV_A} 0 0", id="delay-no-flush-delay"),
         pytest.param(
@@ -340,6 +342,8 @@ DEVICE_USERS: list[tuple[str, Callable[[str], object]]] = [
     ("thin external origin", lambda d: ThinTable(DEV_A, 0, d)),
     ("flakey", lambda d: FlakeyTable(d, 0, 1, 0)),
     ("delay", DelayTable),
+    ("era metadata", lambda d: EraTable(d, DEV_B, 16)),
+    ("era origin", lambda d: EraTable(DEV_A, d, 16)),
 ]
 
 
@@ -767,6 +771,7 @@ thin_pool_tables = st.builds(
     st.booleans(),
 )
 thin_tables = st.builds(ThinTable, devices, st.integers(0, (1 << 24) - 1), st.none() | devices)
+era_tables = st.builds(EraTable, devices, devices, st.integers(4, 30).map(lambda n: 1 << n))
 
 
 @st.composite
@@ -802,6 +807,7 @@ VALID_PARAMS: dict[str, st.SearchStrategy[TargetParams]] = {
     "flakey": flakey_tables(),
     "delay": st.builds(DelayTable, devices, sectors, sectors, sectors,
                        st.none() | sectors),
+    "era": era_tables,
 }
 
 
@@ -1042,6 +1048,7 @@ STATUS_SAMPLES = {
     " hydration_batch_size 64 rw",
     "thin-pool": "0 113/1024 128/128 - out_of_data_space discard_passdown error_if_no_space - 256",
     "thin": "4096 4095",
+    "era": "8 13/2048 2 25",
 }
 
 

@@ -19,6 +19,8 @@ from lunresync.kernel.targets import (
     CloneTable,
     DelayStatus,
     DelayTable,
+    EraStatus,
+    EraTable,
     ErrorTable,
     FlakeyTable,
     LinearTable,
@@ -44,6 +46,7 @@ from lunresync.kernel.targets.flakey import CorruptBioByte
 from lunresync.kernel.targets.mirror import InitialSync, LegHealth, LogKind, MirrorLeg, MirrorLog
 from lunresync.kernel.targets.snapshot import Persistence, SnapshotState
 from lunresync.kernel.targets.thin_pool import PoolMode
+from lunresync.kernel.thintools import parse_era_invalidate
 
 from .dmdata import (
     DATA_DIR,
@@ -69,6 +72,7 @@ MIB_SECTORS = 2048
 EXPECTED_TYPES: dict[str, tuple[type[TargetParams], type[TargetStatus]]] = {
     "clone": (CloneTable, CloneStatus),
     "delay": (DelayTable, DelayStatus),
+    "era": (EraTable, EraStatus),
     "error": (ErrorTable, NoStatus),
     "flakey": (FlakeyTable, NoStatus),
     "linear": (LinearTable, NoStatus),
@@ -609,3 +613,19 @@ def test_delay_writes_only_and_all_io() -> None:
     assert status_of(writes, DelayStatus).held == (0, 0, 0)
     both = table_of(block("delay", "delay: all I/O held 50 ms"), DelayTable)
     assert (both.read_ms, both.write_ms) == (50, 50)
+
+
+def test_era_fresh_and_holding_a_metadata_snapshot() -> None:
+    fresh = block("era", "era fresh")
+    assert table_of(fresh, EraTable) == EraTable("7:1", "7:0", 128)
+    assert status_of(fresh, EraStatus) == EraStatus(8, 10, 2048, 1, None)
+    held = status_of(block("era", "era holding a metadata snapshot, 1 MiB written"),
+                     EraStatus)
+    # take_metadata_snap moved to a new era, and holds the snapshot's root
+    assert (held.era, held.held_root) == (2, 25)
+
+
+def test_era_invalidate_output_of_the_same_capture() -> None:
+    """1 MiB written at 10 MiB, in blocks of 64 KiB: blocks 160 to 175."""
+    text = (DATA_DIR / "era_invalidate.xml").read_text()
+    assert parse_era_invalidate(text) == ((160, 176),)

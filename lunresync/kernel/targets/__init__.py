@@ -15,6 +15,7 @@ from lunresync.errors import ParseError
 from .base import NoStatus, Table, TableLine, TargetParams, TargetStatus, parse_int
 from .clone import CloneStatus, CloneTable
 from .delay import DelayStatus, DelayTable
+from .era import EraStatus, EraTable
 from .error import ErrorTable
 from .flakey import FlakeyTable
 from .linear import LinearTable
@@ -50,6 +51,7 @@ TARGETS: Mapping[str, TargetType] = {
         TargetType("thin", ThinTable, ThinStatus, "dm_thin_pool"),
         TargetType("flakey", FlakeyTable, NoStatus, "dm_flakey"),
         TargetType("delay", DelayTable, DelayStatus, "dm_delay"),
+        TargetType("era", EraTable, EraStatus, "dm_era"),
     )
 }
 
@@ -102,6 +104,8 @@ __all__ = [
     "CloneTable",
     "DelayStatus",
     "DelayTable",
+    "EraStatus",
+    "EraTable",
     "ErrorTable",
     "FlakeyTable",
     "LinearTable",

@@ -59,6 +59,8 @@ class JobObject(RecordObject):
     Bytes = RecordProperty(DBusUInt64, lambda r: r["bytes_total"])
     BytesDone = RecordProperty(DBusUInt64, lambda r: r["bytes_done"])
     Rate = RecordProperty(DBusUInt64, lambda r: r["rate"] or 0)
+    MaxRate = RecordProperty(DBusUInt64, lambda r: r["max_rate"] or 0,
+                             doc="The copy's limit in bytes per second; 0: none.")
     StartTime = RecordProperty(DBusUInt64, lambda r: _usec(r["started"] or r["created"]))
     ExpectedEndTime = RecordProperty(DBusUInt64, lambda r: _usec(r["eta"]))
     Cancelable = RecordProperty(DBusBool, lambda r: not JobState(r["state"]).finished)
@@ -75,6 +77,15 @@ class JobObject(RecordObject):
         api.options(options, {})
         job_id = self.record["id"]
         await self.context.run(lambda p: p.resyncer.cancel(job_id))
+
+    @dbus_method()
+    @changes
+    async def SetRate(self, rate: DBusUInt64, options: DBusDict) -> DBusNothing:
+        """Change the copy's limit (bytes per second; 0: none), at once (see
+        docs/engine.md, *A copy that yields to production*). Options: none."""
+        api.options(options, {})
+        job_id = self.record["id"]
+        await self.context.run(lambda p: p.resyncer.set_rate(job_id, rate or None))
 
     @dbus_signal()
     def Completed(self, success: bool, message: str) -> Annotated[

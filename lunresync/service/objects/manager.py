@@ -154,8 +154,9 @@ class ManagerObject(Exported[ServiceContext]):
     async def Resync(self, pairs: DBusPairs, options: DBusDict) -> DBusObjectPath:
         """Restore shadow copies online: (shadow copy, destination LUN) pairs, "/" as the
         destination for the shadow copy's own LUN. Returns once every destination is online.
-        Options: engine (s: auto, merge, mirror, clone), volume_check (b)."""
-        values = api.options(options, {"engine": "s", "volume_check": "b"})
+        Options: engine (s: auto, merge, mirror, clone), volume_check (b), max_rate (t:
+        bytes per second the copy may take)."""
+        values = api.options(options, {"engine": "s", "volume_check": "b", "max_rate": "t"})
         engine = EngineKind.choice(values.get("engine", "auto"))
         if not pairs:
             raise InvalidArgument("name at least one pair")
@@ -167,7 +168,8 @@ class ManagerObject(Exported[ServiceContext]):
             from lunresync.engine.resync import ResyncPair
 
             handle = p.resync_luns([ResyncPair(s, d) for s, d in wanted], engine=engine,
-                                   volume_check=values.get("volume_check", True))
+                                   volume_check=values.get("volume_check", True),
+                                   max_rate=values.get("max_rate"))
             return handle.status()
 
         job = await self.context.run(start)

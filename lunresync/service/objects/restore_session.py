@@ -90,13 +90,14 @@ class RestoreSessionObject(Exported["RestoreSession"]):
     @changes
     async def RecoverSet(self, options: DBusDict) -> DBusObjectPath:
         """Start the resync of the recovery set; every destination is online on return.
-        Options: engine (s), volume_check (b), revert_identity (b)."""
+        Options: engine (s), volume_check (b), revert_identity (b), max_rate (t)."""
         values = api.options(options, {"engine": "s", "volume_check": "b",
-                                       "revert_identity": "b"})
+                                       "revert_identity": "b", "max_rate": "t"})
         engine = EngineKind.choice(values.get("engine", "auto"))
         handle = await self._step(lambda _: self.session.recover_set(
             engine=engine, volume_check=values.get("volume_check", True),
-            revert_identity=values.get("revert_identity", False)))
+            revert_identity=values.get("revert_identity", False),
+            max_rate=values.get("max_rate")))
         return api.path_of("job", handle.id)
 
     @dbus_method()

@@ -4,7 +4,7 @@ set -u
 OUT=${OUT:?set OUT to the output directory}
 mkdir -p "$OUT"
 W=/run/capwork; mkdir -p $W
-modprobe -a loop dm_snapshot dm_mirror dm_thin_pool dm_flakey dm_delay dm_persistent_data dm_bufio
+modprobe -a loop dm_snapshot dm_mirror dm_thin_pool dm_flakey dm_delay dm_era dm_persistent_data dm_bufio
 # tests/vm.py has loaded the modules, dm-clone included (built out of tree)
 echo "udev: $(ls /run/udev/control 2>&1)"
 dmsetup targets
@@ -28,6 +28,15 @@ cap delay "delay: writes held 200 ms" cap-dl
 dmsetup reload cap-dl --table "0 $S64 delay $L1 0 50"; dmsetup resume cap-dl
 cap delay "delay: all I/O held 50 ms" cap-dl
 dmsetup remove cap-dl
+# era (added 2026-12-02; era.txt was captured with this section alone)
+dmsetup create cap-era --table "0 $S64 era $L4 $L1 128"
+cap era "era fresh" cap-era
+dd if=/dev/urandom of=/dev/mapper/cap-era bs=1M count=1 seek=10 oflag=direct status=none
+dmsetup message cap-era 0 take_metadata_snap
+cap era "era holding a metadata snapshot, 1 MiB written" cap-era
+era_invalidate --metadata-snapshot --written-since 1 "$L4" > "$OUT/era_invalidate.xml"
+dmsetup message cap-era 0 drop_metadata_snap
+dmsetup remove cap-era
 # error
 dmsetup create cap-err --table "0 $S64 error"
 cap error "error target" cap-err

@@ -1,0 +1,396 @@
+"""The exact record of what users write during a restore (engine/tracking.py), over the
+fake devices: the era on top of each destination, the engine's table below it, the record
+read once the era let go of its metadata, and what a crash or a reboot leaves.
+
+What the kernel does with these tables is tested in the VM
+(tests/kernel/test_resync.py: verify after restores with writes during them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lunresync.engine import follow, rate, throttle, tracking
+from lunresync.engine import resync as resync_module
+from lunresync.engine.model import EngineKind, Job, JobState
+from lunresync.engine.verify import read_written
+from lunresync.errors import InvalidArgument, LunresyncError
+from lunresync.kernel.targets import EraTable
+from lunresync.kernel.targets.clone import CloneTable
+from lunresync.kernel.thintools import parse_era_invalidate
+from lunresync.storage.model import Lun, ShadowCopy
+from lunresync.storage.stack import lun_table
+from lunresync.storage.undo import Undo
+from lunresync.storage.units import parse_rate
+from tests.unit.job_world import SIZE, World, open_world
+from tests.unit.test_jobs import (
+    clone_status,
+    crash,
+    helper_name,
+    merge_status,
+    mirror_status,
+    reboot,
+    targets,
+)
+
+pytestmark = pytest.mark.unit
+
+SECTORS = SIZE // 512
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    with open_world(tmp_path, monkeypatch) as w:
+        yield w
+
+
+@pytest.fixture
+def src(world: World) -> Lun:
+    return world.add_lun("src")
+
+
+@pytest.fixture
+def shadow(world: World, src: Lun) -> ShadowCopy:
+    return world.take_shadow_copy(src)
+
+
+def era_of(world: World, name: str) -> EraTable:
+    table = world.devices.dm[name].live
+    assert table is not None
+    (line,) = table.lines
+    assert isinstance(line.params, EraTable), f"{name} has no era on top"
+    return line.params
+
+
+def test_every_destination_gets_an_era_over_its_engine_device(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    """In place (clone) and onto a larger block device (mirror), in one job: each top is
+    frozen before its engine device goes live (the copy starts then), and all tops switch
+    to an era over their engine device in one resume."""
+    device = world.block_device()
+    job = world.start(world.pair(shadow, src, EngineKind.CLONE, track=True),
+                      world.pair(shadow, device, EngineKind.MIRROR, size=2 * SIZE, track=True))
+    assert job.state is JobState.RUNNING
+    tops = tuple(p.plan.top for p in job.pairs)
+    for pair in job.pairs:
+        plan = pair.plan
+        assert plan.tracked
+        assert plan.engine_device == helper_name(job, pair.index, "-eng")
+        assert plan.helpers()[0] == plan.engine_device  # removed first: the era uses it
+        era = era_of(world, plan.top)
+        assert era.origin == world.devices.dm[plan.engine_device].devno
+        assert era.block_sectors == tracking.BLOCK_SECTORS
+        (meta_loop,) = world.devices.attached(plan.files[tracking.ROLE])
+        assert era.metadata == meta_loop
+        assert (world.devices.index("suspend", plan.top)
+                < world.devices.index("resume", plan.engine_device)
+                < world.devices.index("load", plan.top))
+    assert targets(world, job.pairs[0].plan.engine_top) == ["clone"]
+    # the block device keeps its tail: the era covers it, the engine maps it linearly
+    assert world.devices.dm[tops[1]].live.lines[0].length == 2 * SECTORS  # type: ignore[union-attr]
+    assert targets(world, job.pairs[1].plan.engine_top) == ["mirror", "linear"]
+    resumes = [names for op, names in world.devices.ops("resume") if set(names) & set(tops)]
+    assert resumes == [tops]
+    assert not any(d.suspended or d.inactive for d in world.devices.dm.values())
+    assert world.job_files(job) == {"0.meta", "0.era", "1.overlay", "1.log", "1.era"}
+
+
+def test_a_sparse_clone_marks_below_the_era(world: World, src: Lun,
+                                           shadow: ShadowCopy) -> None:
+    """The marking discards go to the clone device itself, or the era would record them
+    as users' writes; hydration is switched on there too."""
+    job = world.start(world.pair(shadow, src, EngineKind.CLONE, track=True))
+    plan = job.pairs[0].plan
+    assert plan.engine_device is not None
+    engine = world.devices.dm[plan.engine_device]
+    loaded = world.devices.calls[world.devices.index("load", plan.engine_device)].table
+    assert loaded is not None
+    params = loaded.lines[0].params
+    assert isinstance(params, CloneTable)
+    assert not params.hydration  # off until marked
+    assert [device for device, _, _ in world.host.marked] == [f"/dev/dm-{engine.minor}"]
+    messages = [(c.names, c.words) for c in world.devices.calls if c.op == "message"]
+    assert messages == [((plan.engine_device,), ("enable_hydration",))]
+
+
+@pytest.mark.parametrize("engine", [EngineKind.MIRROR, EngineKind.CLONE, EngineKind.MERGE],
+                         ids=lambda e: e.value)
+def test_completion_records_what_the_era_saw_after_the_swap(
+        world: World, src: Lun, shadow: ShadowCopy, engine: EngineKind) -> None:
+    job = world.start(world.pair(shadow, src, engine, track=True))
+    plan = job.pairs[0].plan
+    assert plan.engine_device is not None
+    world.devices.era_writes[plan.files[tracking.ROLE]] = ((2, 4), (9, 10))
+    if engine is EngineKind.MIRROR:
+        complete = mirror_status(world, job.pairs[0], 1)
+    elif engine is EngineKind.CLONE:
+        complete = clone_status(SECTORS, 16, 512)
+    else:
+        complete = merge_status(0)
+    world.devices.set_status(plan.engine_device, complete)
+    assert world.resyncer.poll() == []
+    assert world.store.job(job.id).state is JobState.DONE
+    # read once the top had its own table again (the era's metadata is not live then),
+    # before the metadata file went
+    swap = world.devices.index("reload", src.dm_name)
+    read = world.devices.index("written_blocks", plan.files[tracking.ROLE])
+    assert swap < read < world.devices.index("remove", plan.engine_device)
+    assert world.devices.dm[src.dm_name].live == lun_table(world.catalog, src)
+    assert world.job_devices() == set()
+    assert world.job_files(job) == {"0.written.json"}
+    path = world.pool.jobs / job.id / "0.written.json"
+    assert json.loads(path.read_text())["runs"] == [[2, 4], [9, 10]]
+    assert read_written(path) == (tracking.BLOCK_SECTORS * 512, {2, 3, 9})
+
+
+def test_an_unreadable_era_records_nothing_rather_than_too_little(
+        world: World, src: Lun, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = world.start(world.pair(shadow, src, EngineKind.CLONE, track=True))
+    plan = job.pairs[0].plan
+
+    def unreadable(metadata_file: str, since: int) -> tuple[tuple[int, int], ...]:
+        raise LunresyncError("era_invalidate: bad checksum")
+
+    monkeypatch.setattr(world.devices, "written_blocks", unreadable)
+    world.devices.set_status(plan.engine_top, clone_status(SECTORS, 16, 512))
+    world.resyncer.poll()
+    path = world.pool.jobs / job.id / "0.written.json"
+    assert json.loads(path.read_text())["runs"] is None
+    assert read_written(path) is None  # verify says: writes not recorded
+
+
+def test_a_start_killed_before_the_tops_switched_is_undone(
+        world: World, src: Lun, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed with the engine device live under a frozen LUN: the next poll gives the LUN
+    its own table back (resuming it) and removes the engine device with the helpers."""
+    before = world.devices.state()
+    job = crash(world, monkeypatch, "resume", "lunresync-job-*-0-eng",
+                world.pair(shadow, src, EngineKind.MIRROR, track=True))
+    assert world.devices.dm[src.dm_name].suspended
+    world.resyncer.poll()
+    assert world.store.jobs() == []
+    assert world.devices.state() == before
+    del job
+
+
+def test_a_start_killed_after_the_switch_runs_on(
+        world: World, src: Lun, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = crash(world, monkeypatch, "resume", "lunresync-src",
+                world.pair(shadow, src, EngineKind.MIRROR, track=True))
+    world.devices.set_status(job.pairs[0].plan.engine_top,
+                             mirror_status(world, job.pairs[0], 0))
+    assert [j.id for j in world.resyncer.poll()] == [job.id]
+    assert world.store.job(job.id).state is JobState.RUNNING
+
+
+def test_reactivate_makes_the_engine_device_then_the_era_over_it(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    other = world.add_lun("other")
+    job = world.start(world.pair(shadow, other, EngineKind.CLONE, track=True))
+    plan = job.pairs[0].plan
+    assert plan.engine_device is not None
+    reboot(world, other)
+    seen = len(world.devices.calls)
+    with Undo() as undo:
+        assert world.resyncer.reactivate(undo) == [other.dm_name]
+        undo.commit()
+    made = [c.names for c in world.devices.calls[seen:] if c.op in ("create", "attach_file")]
+    assert made == [(plan.files["meta"],), (plan.files[tracking.ROLE],),
+                    (plan.engine_device,), (other.dm_name,)]
+    assert targets(world, plan.engine_device) == ["clone"]
+    assert era_of(world, other.dm_name).origin == world.devices.dm[plan.engine_device].devno
+    # deactivate takes both away again, the files stay for the next activate
+    world.devices.remove(other.dm_name)
+    assert plan.engine_device in world.resyncer.deactivate()
+    assert world.job_devices() == set()
+    assert Path(plan.files[tracking.ROLE]).exists()
+
+
+def test_a_kernel_without_era_restores_untracked(world: World, src: Lun,
+                                                 shadow: ShadowCopy) -> None:
+    job: Job = world.start(world.pair(shadow, src, EngineKind.CLONE))
+    plan = job.pairs[0].plan
+    assert not plan.tracked
+    assert plan.engine_top == plan.top
+    assert tracking.ROLE not in plan.files
+    assert targets(world, src.dm_name) == ["clone"]
+
+
+def test_era_invalidate_output_is_merged_into_runs() -> None:
+    text = ('<blocks>\n  <block block="7"/>\n  <range begin="0" end = "3"/>\n'
+            '  <block block="3"/>\n  <range begin="10" end="12"/>\n</blocks>\n')
+    assert parse_era_invalidate(text) == ((0, 4), (7, 8), (10, 12))
+    assert parse_era_invalidate("<blocks>\n</blocks>") == ()
+
+
+@pytest.mark.parametrize("text", ["", "<superblock/>", '<blocks><block/></blocks>',
+                                  '<blocks><range begin="5" end="5"/></blocks>',
+                                  '<blocks><range begin="-2" end="1"/></blocks>',
+                                  '<blocks><mark block="1"/></blocks>',
+                                  '<blocks><block block="x"/></blocks>'])
+def test_era_invalidate_output_that_is_not_runs_is_refused(text: str) -> None:
+    with pytest.raises(LunresyncError):
+        parse_era_invalidate(text)
+
+
+# -- the rate, from a recent window -----------------------------------------------------------
+
+
+def test_the_rate_is_from_the_last_seconds_not_from_the_start() -> None:
+    samples: list[rate.Sample] = []
+    samples, first = rate.add_sample(samples, 1000.0, 0)
+    assert first is None  # one sample: no rate yet
+    # 10 MB/s for 60 s, then 1 MB/s for 30 s
+    for t in range(1, 61):
+        samples, r = rate.add_sample(samples, 1000.0 + t, t * 10_000_000)
+    assert r == pytest.approx(10_000_000)
+    for t in range(1, 31):
+        samples, r = rate.add_sample(samples, 1060.0 + t, 600_000_000 + t * 1_000_000)
+    assert r == pytest.approx(1_000_000)  # the average since the start would be 7 MB/s
+    assert all(at >= 1090.0 - rate.WINDOW for at, _ in samples)
+
+
+def test_polls_further_apart_than_the_window_measure_from_the_one_before() -> None:
+    samples, _ = rate.add_sample([], 1000.0, 0)
+    samples, r = rate.add_sample(samples, 1100.0, 50_000_000)
+    assert r == pytest.approx(500_000)
+    assert samples == [(1000.0, 0), (1100.0, 50_000_000)]
+    samples, r = rate.add_sample(samples, 1300.0, 150_000_000)
+    assert samples == [(1100.0, 50_000_000), (1300.0, 150_000_000)]
+
+
+def test_a_clock_going_back_or_bytes_going_back_give_no_nonsense() -> None:
+    samples, _ = rate.add_sample([(1000.0, 10)], 990.0, 20)  # the clock went back
+    assert samples == [(990.0, 20)]
+    _, r = rate.add_sample([(1000.0, 100)], 1001.0, 50)  # a pair's total was re-counted
+    assert r == 0.0
+
+
+def test_a_job_rebuilt_after_a_reboot_forgets_its_samples(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    other = world.add_lun("other")
+    job = world.start(world.pair(shadow, other, EngineKind.MIRROR))
+    world.devices.set_status(other.dm_name, mirror_status(world, job.pairs[0], 0))
+    world.resyncer.poll()
+    assert world.store.job(job.id).samples
+    reboot(world, other)
+    with Undo() as undo:
+        world.resyncer.reactivate(undo)
+        undo.commit()
+    assert world.store.job(job.id).samples == ()
+
+
+# -- a copy that yields to production ---------------------------------------------------------
+
+
+def test_a_rate_limit_is_refused_for_engines_that_cannot_pause(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    other = world.add_lun("other")
+    for engine, pair in ((EngineKind.MIRROR, world.pair(shadow, other, EngineKind.MIRROR)),
+                         (EngineKind.MERGE, world.pair(shadow, src, EngineKind.MERGE))):
+        before = world.devices.state()
+        with pytest.raises(InvalidArgument, match=f"the {engine.value} engine cannot be"):
+            world.resyncer.start([pair], {}, max_rate=8 << 20)
+        assert world.devices.state() == before
+        assert world.store.jobs() == []
+    with pytest.raises(InvalidArgument, match="at least"):
+        world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {}, max_rate=1)
+
+
+def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
+        world: World, src: Lun, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = world.add_lun("other")
+    clock = [2000.0]
+    for module in (follow, resync_module):
+        monkeypatch.setattr(module, "now", lambda: clock[0])
+    handle = world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {},
+                                  max_rate=1 << 20)
+    job = world.store.job(handle.id)
+    plan = job.pairs[0].plan
+    assert job.max_rate == 1 << 20
+    loaded = world.devices.dm[other.dm_name].live
+    assert loaded is not None
+    params = loaded.lines[0].params
+    assert isinstance(params, CloneTable)
+    # 0.1 s of 1 MiB/s in 64 KiB regions: one region at a time
+    assert (params.hydration_threshold, params.hydration_batch_size) == (1, 1)
+    assert job.pace is not None
+    since = job.pace[0]
+    regions = SECTORS // plan.region_sectors
+
+    def poll_at(seconds: float, hydrated: int, enabled: bool) -> list[tuple[str, ...]]:
+        clock[0] = since + seconds
+        status = clone_status(SECTORS, plan.region_sectors, hydrated)
+        if not enabled:
+            status = status.replace("0 1 no_discard_passdown", "0 1 no_hydration")
+        world.devices.set_status(other.dm_name, status)
+        seen = len(world.devices.calls)
+        world.resyncer.poll()
+        return [c.words for c in world.devices.calls[seen:] if c.op == "message"]
+
+    # 1 s in, 2 MiB copied (32 regions): ahead of the 1 MiB budget, hydration goes off
+    assert poll_at(1.0, 32, True) == [("disable_hydration",)]
+    assert poll_at(1.5, 32, False) == []  # still ahead: stays off
+    assert poll_at(2.5, 32, False) == [("enable_hydration",)]  # behind 2.5 MiB: on again
+    # Still further behind with hydration on: the storage is slower than one region in
+    # flight allows, so twice as many
+    assert poll_at(3.0, 33, True) == [("hydration_threshold", "2"),
+                                      ("hydration_batch_size", "2")]
+    assert world.store.job(handle.id).pairs[0].plan.hydration_threshold == 2
+    assert poll_at(3.1, 50, True) == [("disable_hydration",)]  # ahead again
+    # A new limit counts from now, with as many regions in flight as it allows
+    seen = len(world.devices.calls)
+    world.resyncer.set_rate(handle.id, 16 << 20)
+    words = [c.words for c in world.devices.calls[seen:] if c.op == "message"]
+    assert [w for w in words if w[0].startswith("hydration_")] == [
+        ("hydration_threshold", "25"), ("hydration_batch_size", "25")]
+    changed = world.store.job(handle.id)
+    assert changed.max_rate == 16 << 20
+    assert changed.pace is not None
+    assert changed.pace[1] == changed.bytes_done
+    assert changed.pairs[0].plan.hydration_threshold == 25
+    # No limit: the engine's own in flight, hydration on for good
+    seen = len(world.devices.calls)
+    world.resyncer.set_rate(handle.id, None)
+    words = [c.words for c in world.devices.calls[seen:] if c.op == "message"]
+    assert ("hydration_threshold", "512") in words
+    assert ("enable_hydration",) in words
+    unlimited = world.store.job(handle.id)
+    assert (unlimited.max_rate, unlimited.pace) == (None, None)
+    assert regions == 64
+
+
+def test_a_rate_cannot_be_set_on_an_ended_job(world: World, src: Lun,
+                                              shadow: ShadowCopy) -> None:
+    other = world.add_lun("other")
+    handle = world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {})
+    world.devices.set_status(other.dm_name, clone_status(SECTORS, 128, 0))
+    world.resyncer.cancel(handle.id)
+    with pytest.raises(InvalidArgument, match="already ended"):
+        world.resyncer.set_rate(handle.id, 1 << 20)
+
+
+def test_budget_and_in_flight_arithmetic() -> None:
+    assert throttle.in_flight(None, 128) == (None, None)
+    assert throttle.in_flight(64 << 20, 128) == (102, 64)
+    assert throttle.in_flight(10 << 30, 128) == (512, 64)
+    assert throttle.check_rate(None) is None
+    with pytest.raises(InvalidArgument):
+        throttle.check_rate(True)
+
+
+@pytest.mark.parametrize(("text", "rate"), [("50M", 50 << 20), ("50M/s", 50 << 20),
+                                            ("512KiB/s", 512 << 10), ("1000", 1000),
+                                            ("none", None), ("0", None)])
+def test_rates_as_people_write_them(text: str, rate: int | None) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["fast", "-1M", "1.5M", "5M/min", ""])
+def test_rates_that_are_not_rates(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_rate(text)
