@@ -94,9 +94,12 @@ class CloneEngine:
         # Sparse: no discard passdown, so that the marking discards never reach the data
         # (a user's discard during the restore is not passed down either); hydration off
         # until the marking is done.
+        # Under a rate limit hydration starts off too: the governor switches it on
+        # (engine/throttle.py).
         return Table.single(CloneTable(
             made["meta"], plan.leg, plan.source, plan.region_sectors,
-            hydration=plan.copy_started, discard_passdown=not plan.sparse,
+            hydration=plan.copy_started and plan.hydration_threshold is None,
+            discard_passdown=not plan.sparse,
             hydration_threshold=plan.hydration_threshold or HYDRATION_THRESHOLD,
             hydration_batch_size=plan.hydration_batch or HYDRATION_BATCH),
             plan.sectors)

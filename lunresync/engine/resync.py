@@ -128,6 +128,9 @@ class Resyncer:
                     online = time.monotonic() - started
                     for pair in job.pairs:  # sparse clone: mark what it need not copy
                         start_copy(ctx, job.id, pair)
+                    if max_rate is not None:  # the budget counts from the copy's start
+                        with ctx.catalog.transaction():
+                            self.store.update(job.id, pace=f"[{now()!r}, 0]")
                     undo.commit()
             except OSError as exc:
                 # A file or device read or written on the way (a COW store, a helper);

@@ -33,8 +33,11 @@ from .model import EngineKind, Job, JobPair, JobState, PairPlan
 
 #: The slowest limit: one 64 KiB region every 0.1 s.
 MIN_RATE = 64 * 1024 * 10
-#: Seconds of budget in flight at a time.
-IN_FLIGHT_SECONDS = 0.1
+#: Seconds of budget in flight at first (more when the storage is slower, below).
+IN_FLIGHT_SECONDS = 0.01
+#: Seconds of budget the copy may be behind, or ahead, before it gets more, or less, in
+#: flight.
+SLACK_SECONDS = 0.25
 # dm-clone's own maxima as the engine sets them (engine/clone.py)
 _MAX_THRESHOLD = 512
 _MAX_BATCH = 64
@@ -62,7 +65,7 @@ def check_rate(rate: int | None) -> int | None:
 
 def in_flight(rate: int | None, region_sectors: int) -> tuple[int | None, int | None]:
     """(hydration threshold, batch size) in regions for a clone under ``rate`` (None: the
-    engine's own)."""
+    engine's own) to start with."""
     if rate is None:
         return None, None
     region = region_sectors * SECTOR_SIZE
@@ -109,9 +112,13 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
             continue
         threshold = pair.plan.hydration_threshold
         region = pair.plan.region_sectors * SECTOR_SIZE
-        if (wanted and status.hydration_enabled and threshold is not None
-                and threshold < _MAX_THRESHOLD and short > 2 * threshold * region):
-            _set_in_flight(ctx, job, pair, min(_MAX_THRESHOLD, 2 * threshold))
+        slack = max(2 * (threshold or 1) * region, (job.max_rate or 0) * SLACK_SECONDS)
+        if threshold is not None and status.hydration_enabled:
+            if wanted and threshold < _MAX_THRESHOLD and short > slack:
+                _set_in_flight(ctx, job, pair, min(_MAX_THRESHOLD, 2 * threshold))
+            elif threshold > 1 and -short > slack:
+                # far ahead after one poll's worth of copying: smaller bursts
+                _set_in_flight(ctx, job, pair, threshold // 2)
         if status.hydration_enabled != wanted:
             ctx.devices.message(pair.plan.engine_top,
                                 "enable_hydration" if wanted else "disable_hydration")

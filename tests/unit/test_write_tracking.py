@@ -316,8 +316,9 @@ def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
     assert loaded is not None
     params = loaded.lines[0].params
     assert isinstance(params, CloneTable)
-    # 0.1 s of 1 MiB/s in 64 KiB regions: one region at a time
+    # one region at a time to start with; no copy until the governor's first step
     assert (params.hydration_threshold, params.hydration_batch_size) == (1, 1)
+    assert not params.hydration
     assert job.pace is not None
     since = job.pace[0]
     regions = SECTORS // plan.region_sectors
@@ -347,12 +348,12 @@ def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
     world.resyncer.set_rate(handle.id, 16 << 20)
     words = [c.words for c in world.devices.calls[seen:] if c.op == "message"]
     assert [w for w in words if w[0].startswith("hydration_")] == [
-        ("hydration_threshold", "25"), ("hydration_batch_size", "25")]
+        ("hydration_threshold", "2"), ("hydration_batch_size", "2")]
     changed = world.store.job(handle.id)
     assert changed.max_rate == 16 << 20
     assert changed.pace is not None
     assert changed.pace[1] == changed.bytes_done
-    assert changed.pairs[0].plan.hydration_threshold == 25
+    assert changed.pairs[0].plan.hydration_threshold == 2
     # No limit: the engine's own in flight, hydration on for good
     seen = len(world.devices.calls)
     world.resyncer.set_rate(handle.id, None)
@@ -376,7 +377,8 @@ def test_a_rate_cannot_be_set_on_an_ended_job(world: World, src: Lun,
 
 def test_budget_and_in_flight_arithmetic() -> None:
     assert throttle.in_flight(None, 128) == (None, None)
-    assert throttle.in_flight(64 << 20, 128) == (102, 64)
+    assert throttle.in_flight(64 << 20, 128) == (10, 10)
+    assert throttle.in_flight(1 << 30, 128) == (163, 64)
     assert throttle.in_flight(10 << 30, 128) == (512, 64)
     assert throttle.check_rate(None) is None
     with pytest.raises(InvalidArgument):
