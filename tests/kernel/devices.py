@@ -14,15 +14,19 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from lunresync.kernel.dm import DeviceMapper, DmInfo
 from lunresync.kernel.loop import LoopDevice, LoopDevices
+from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import DelayTable, Table
 
 TEST_PREFIX = "lrt-"
+T = TypeVar("T")
 MiB = 1024 * 1024
 
 
@@ -96,6 +100,38 @@ class DeviceStack:
         self.dm.load(name, Table.single(replace(line.params, read_ms=0, write_ms=0,
                                                 flush_ms=0), line.length))
         self.dm.resume(name)
+
+    @contextlib.contextmanager
+    def released_before(self, request: tuple[str, ...], *suffixes: str) -> Iterator[None]:
+        """Release the slow devices ``suffixes`` (see :meth:`release`) just before the
+        kernel request ``request`` is made in the body, as :meth:`Runner.kernel_call`
+        names it (``("dm-ioctl", "remove", NAME)``); at the end of the body if it never
+        was.
+
+        For a step that suspends a copy's device (a deactivate's removal of the LUN, a
+        cancel's resume into its fencing table): that suspend waits for every write the
+        slow devices hold, and a mirror's for the copy of its whole region. The step runs
+        with the copy held up to that request, then the rest goes at full speed.
+        """
+        released = False
+        original = Runner.kernel_call
+
+        def kernel_call(runner: Runner, argv: tuple[str, ...], call: Callable[[], T]) -> T:
+            nonlocal released
+            if not released and tuple(argv) == request:
+                released = True  # first: release() makes kernel requests of its own
+                for suffix in suffixes:
+                    self.release(suffix)
+            return original(runner, argv, call)
+
+        setattr(Runner, "kernel_call", kernel_call)  # noqa: B010 - undone below
+        try:
+            yield
+        finally:
+            setattr(Runner, "kernel_call", original)  # noqa: B010
+        if not released:
+            for suffix in suffixes:
+                self.release(suffix)
 
     def set_delay(self, device: SlowDevice, write_ms: int) -> None:
         """Reload a slow device's delay (0: a held copy can finish)."""

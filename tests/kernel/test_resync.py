@@ -441,7 +441,10 @@ def test_a_sparse_restore_cut_before_its_marking_marks_on_activate(
     assert isinstance(running, CloneStatus)
     assert "no_discard_passdown" in running.features
     assert running.hydration_enabled  # the table says no_hydration: switched on after it
-    provider.deactivate()
+    # The "crash" comes while the copy is held; the removal of the LUN's device waits for
+    # the copies in flight: from that request on, they land at once.
+    with devices.released_before(("dm-ioctl", "remove", lun.dm_name), "src"):
+        provider.deactivate()
     with provider.catalog.transaction():
         provider.resyncer.store.update_pair(
             handle.id, pair.index, plan=replace(pair.plan, copy_started=False))
@@ -549,8 +552,11 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
                                                       provider: Provider) -> None:
     lun, shadow, _ = source_lun(provider, devices)
     other = provider.create_lun("other", SIZE)
-    # Writes held 5 s: the copy runs for the whole test.
-    provider.adopt_lun("slow", devices.slow("slow", SIZE, 5000).path)
+    # Writes held 5 s: the copy runs for the whole test. Flushes are not held: dm-mirror
+    # flushes its legs between log updates in the worker that serves the reads of regions
+    # not yet copied, and udev's probe of the LUN (which the volume check below waits for)
+    # would wait on held flushes too, 10-15 s.
+    dest = provider.adopt_lun("slow", devices.slow("slow", SIZE, 5000, flush_ms=0).path)
     running = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
     before = kernel_state(provider)
     # What needs real devices and a real running job; the rest of the refusals (smaller,
@@ -578,7 +584,10 @@ def test_bad_recovery_sets_are_refused_without_change(devices: DeviceStack,
         provider.delete_shadow_copy(shadow.id)
     with pytest.raises(InUse, match="being restored"):
         provider.create_snapshot_set(["slow"])
-    running.cancel()
+    # The cancel's suspend waits for the region being copied: as it resumes the LUN into
+    # its fencing table, the rest at speed.
+    with devices.released_before(("dm-ioctl", "resume", dest.dm_name), "slow"):
+        running.cancel()
 
 
 # -- the command line ----------------------------------------------------------------------------

@@ -197,9 +197,12 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     src = provider.create_lun("src", SIZE)
     make_ext4(src.path)
     (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
-    # Writes held 5 s: the copies run until the test speeds them up.
-    slow = devices.slow("slow", SIZE, 5000)
-    blk = devices.slow("blk", SIZE, 5000)
+    # Writes held 5 s: the copies run until the test lets them go. Flushes are not held:
+    # dm-mirror flushes its legs between log updates, in the worker that also serves
+    # the reads of regions not yet copied, so udev's probe of the LUN (and with it the
+    # event that carries the job) would wait for held flushes, 10-15 s.
+    slow = devices.slow("slow", SIZE, 5000, flush_ms=0)
+    blk = devices.slow("blk", SIZE, 5000, flush_ms=0)
     dest: Lun = provider.adopt_lun("slow", slow.path)
     provider.create_snapshot_set(["slow"])  # its own shadow copy: the copy uses a -dst leg
     handle = provider.resync_luns([ResyncPair(shadow.id, "slow"),
@@ -237,14 +240,16 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     settle()
     assert restoring(props(dest.path))
     # After a reboot's activate (deactivate + activate here) the rebuilt device has it too.
-    provider.deactivate()
+    # The deactivate starts with the copies held; as it removes the LUN's top (a removal
+    # that waits for the region being copied) the held writes go, and the copies finish
+    # at full speed from then on.
+    with devices.released_before(("dm-ioctl", "remove", dest.dm_name), "slow", "blk"):
+        provider.deactivate()
     assert not os.path.exists(dest.path)
     provider.activate()
     wait_props(dest.path, restoring, "LUNRESYNC_RESTORE_JOB after activate")
 
-    # Let the copies finish: the property goes when the LUN's pair completes.
-    for held in (slow, blk):
-        devices.set_delay(held, 0)
+    # The copies finish: the property goes when the LUN's pair completes.
     done = provider.resyncer.wait(job.id, timeout=patience(300), interval=0.2)
     assert done.state is JobState.DONE
     after = wait_props(dest.path, lambda p: "LUNRESYNC_RESTORE_JOB" not in p,
@@ -263,7 +268,7 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
     # Keep the handover source (removed once the LUN is online) for the pair's teardown.
     monkeypatch.setattr(MergeEngine, "start_copy",
                         lambda self, provider, plan: replace(plan, copy_started=True))
-    slow = devices.slow("m", SIZE, 5000)  # the merge's writes held 5 s
+    slow = devices.slow("m", SIZE, 5000, flush_ms=0)  # the merge's writes held 5 s
     lun = provider.adopt_lun("m", slow.path)
     (shadow,) = provider.create_snapshot_set(["m"]).snapshot_set.shadow_copies
     with open(lun.path, "r+b", buffering=0) as f:  # one chunk to merge back
@@ -275,7 +280,7 @@ def test_merge_helpers_are_hidden_and_unprobed(udev_rules: Path, devices: Device
     for name in (plan.overlay, plan.store_view, plan.handover):
         assert name is not None
         assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
-    devices.set_delay(slow, 0)
+    devices.release("m")
     done = provider.resyncer.wait(handle.id, timeout=patience(300), interval=0.2)
     assert done.state is JobState.DONE
     assert plan.handover not in provider.dm.names()  # the pair's teardown removed it
@@ -285,12 +290,16 @@ def test_cancelled_restore_clears_the_job(udev_rules: Path, devices: DeviceStack
                                           provider: Provider) -> None:
     src = provider.create_lun("src", SIZE)
     (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
-    slow = devices.slow("slow", SIZE, 5000)
+    # Writes held 5 s, flushes not (see test_lun_under_restore_carries_the_job).
+    slow = devices.slow("slow", SIZE, 5000, flush_ms=0)
     dest = provider.adopt_lun("slow", slow.path)
     handle = provider.resync_luns([ResyncPair(shadow.id, "slow")], engine=EngineKind.MIRROR)
     wait_props(dest.path, lambda p: p.get("LUNRESYNC_RESTORE_JOB") == handle.id,
                "LUNRESYNC_RESTORE_JOB")
-    assert handle.cancel().state is JobState.CANCELLED
+    # Cancelled while the copy is held; as the cancel resumes the LUN into its fencing
+    # table (a suspend that waits for the region being copied) the held writes go.
+    with devices.released_before(("dm-ioctl", "resume", dest.dm_name), "slow"):
+        assert handle.cancel().state is JobState.CANCELLED
     wait_props(dest.path, lambda p: "LUNRESYNC_RESTORE_JOB" not in p,
                "LUNRESYNC_RESTORE_JOB gone after cancel")
     assert src.size == dest.size
