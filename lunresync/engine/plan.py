@@ -114,9 +114,10 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
             need += (Path(c.shadow.store).stat().st_blocks * SECTOR_SIZE
                      + copied_at_most(c.shadow.chunk_sectors))
         else:
-            need += sum(sizes[index].values())
-        if c.engine is EngineKind.MERGE and c.track_writes:
-            need += sizes[index][tracking.ROLE]
+            need += sum(size for role, size in sizes[index].items()
+                        if role != tracking.ROLE)
+        if c.track_writes:  # sparse: what it takes, not its size
+            need += tracking.metadata_use(c.size // SECTOR_SIZE)
         plan = throttle.limited(_pair_plan(catalog, pool, job_id, index, c, region,
                                            sizes[index]), c.engine, max_rate)
         pairs.append(JobPair(index, c.engine, c.shadow.id, c.lun.id if c.lun else None,

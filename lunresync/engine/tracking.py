@@ -39,6 +39,14 @@ def metadata_bytes(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int
     return (4 << 20) + blocks * 16
 
 
+def metadata_use(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int:
+    """What the sparse metadata file takes at most during a restore (the era array and a
+    few write sets, a few hundred KiB for a GiB): the pool's free-space check counts this,
+    not the file's size."""
+    blocks = -(-dest_sectors // block_sectors)
+    return (256 << 10) + blocks * 8
+
+
 def planned(plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:
     """The tracking part of a new plan (its metadata file is among ``plan.files``)."""
     return replace(plan, engine_device=f"{helper}-eng", engine_device_uuid=f"{helper_uuid}-eng",

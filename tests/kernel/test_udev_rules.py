@@ -222,7 +222,8 @@ def test_lun_under_restore_carries_the_job(udev_rules: Path, devices: DeviceStac
     assert lun_pair.plan.overlay
     assert lun_pair.plan.leg_helper
     assert blk_pair.plan.own_top
-    for name in (lun_pair.plan.overlay, lun_pair.plan.leg_helper, blk_pair.plan.overlay):
+    for name in (lun_pair.plan.overlay, lun_pair.plan.leg_helper, blk_pair.plan.overlay,
+                 lun_pair.plan.engine_device, blk_pair.plan.engine_device):
         assert name is not None
         assert_hidden_unprobed(f"/dev/mapper/{name}", "restore-helper")
     restore = props(f"/dev/mapper/{blk_pair.plan.top}")  # the user's view of the block device
