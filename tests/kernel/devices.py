@@ -173,6 +173,21 @@ class DeviceStack:
 BLKFLSBUF = 0x1261  # <linux/fs.h>: write back and drop a block device's page cache
 
 
+def suspend_waits_in(pid: int) -> bool:
+    """Whether a thread of process ``pid`` is in a device-mapper suspend that waits for
+    I/O in flight. A resume into a loaded table clears the device's "inactive table" flag
+    before it suspends, so only the waiting thread shows that the request was made."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return False
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            if (thread / "wchan").read_text().strip() == "dm_wait_for_completion":
+                return True
+    return False
+
+
 def drop_cache(fd: int) -> None:
     """Forget what the page cache holds of a block device (nothing for a file).
 

@@ -31,7 +31,7 @@ from tests.conftest import patience
 from tests.dbus_support import PrivateBus, ServiceProcess
 from tests.forkserver import ForkServer
 
-from .devices import DeviceStack, MiB, fill, read_at
+from .devices import DeviceStack, MiB, fill, read_at, suspend_waits_in
 from .test_resync import SIZE, damage, source_lun
 
 pytestmark = pytest.mark.kernel
@@ -333,7 +333,8 @@ def test_cli_says_the_same_directly_and_through_the_service(
     # are not delayed (dm-clone's commits flush the destination first).
     slow = provider.adopt_lun("slow", devices.slow("slow", SIZE, 600000, flush_ms=0).path)
     pool = str(provider.pool.root)
-    with service(scratch_pool, provider, forks) as (bus, _):
+    with service(scratch_pool, provider, forks) as (bus, daemon):
+        service_pid = daemon.process.pid
         through = ("--via-dbus", "--bus", bus.address)
         direct = ("--pool", pool)
 
@@ -355,8 +356,11 @@ def test_cli_says_the_same_directly_and_through_the_service(
         assert timed_out.returncode == 7, timed_out.stderr
         canceller = forks.spawn_cli([*through, "job", "cancel", job], env=cli_env(),
                                     cwd=REPO)
+        # The fencing table shows as inactive only until the service's resume into it
+        # begins; from then on the service's thread waits in the suspend.
         wait_until(lambda: provider.dm.info(slow.dm_name).inactive_table
-                   or canceller.poll() is not None, "the cancel's fencing table")
+                   or suspend_waits_in(service_pid) or canceller.poll() is not None,
+                   "the cancel's fencing table")
         devices.release("slow")
         assert canceller.wait(patience(600)) == 0, canceller.output()
         assert canceller.output()[0] == f"job {job} cancelled; incomplete: LUN slow\n"

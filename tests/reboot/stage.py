@@ -87,7 +87,7 @@ def write_during_restores() -> None:
     """The block of :data:`WRITTEN_DURING` to every destination, side by side (their
     disks hold writes for seconds)."""
     offset, length = WRITTEN_DURING
-    data = expected(1, offset + length)[offset:]
+    data = expected(1, offset + length)[offset:offset + length]
 
     def write(name: str) -> None:
         fd = os.open(f"/dev/mapper/lunresync-{name}", os.O_WRONLY)
