@@ -10,6 +10,8 @@
 3. 4 KiB random-read latency on the destination (fio, QD1) during an unthrottled copy,
    during a copy limited to ``--rate`` MiB/s that a thread follows (as ``job wait`` does),
    and idle.
+4. Refresh of a tracked test bed (``lun create --track-changes``) with 1% of it changed
+   in 64 KiB blocks, against the full copy that made it (target: at most 3% of its time).
 
 Needs root, device-mapper, dm-era and dm-clone (the test VM has them):
 
@@ -190,6 +192,34 @@ def bench_throttled_latency(root: Path, size: int, rate: int, seconds: int
     return out
 
 
+def bench_refresh(root: Path, size: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with Provider.open(root / "pool-refresh") as provider:
+        provider.create_lun("src", size)
+        bed = provider.create_lun("bed", size, track_changes=True)
+        write_data(provider.lun("src").path, size)
+        (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
+        for label in ("full copy", "refresh"):
+            if label == "refresh":  # the tests change 1% of the bed, 64 KiB at a time
+                blocks = size // (64 * 1024)
+                fd = os.open(bed.path, os.O_WRONLY)
+                try:
+                    for block in range(0, blocks, 100):
+                        os.pwrite(fd, os.urandom(64 * 1024), block * 64 * 1024)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            started = time.monotonic()
+            handle = provider.resync_luns([ResyncPair(shadow.id, "bed")],
+                                          engine=EngineKind.CLONE)
+            job = provider.resyncer.wait(handle.id, interval=0.05)
+            out[label] = time.monotonic() - started
+            out[f"{label} MiB"] = job.bytes_total / MiB
+        provider.deactivate()
+    shutil.rmtree(root / "pool-refresh")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", help="where the pools go (default: a tmpfs mounted for the"
@@ -203,6 +233,7 @@ def main() -> int:
         cost = bench_era_cost(root, size, args.seconds)
         restores = bench_tracked_restore(root, size)
         latency = bench_throttled_latency(root, size, args.rate * MiB, args.seconds)
+        refreshed = bench_refresh(root, size)
     print(f"## What dm-era costs production writes ({args.size} MiB, fio, QD1, direct)\n")
     print("| writes | linear | era over linear | era / linear |")
     print("| --- | --- | --- | --- |")
@@ -228,6 +259,13 @@ def main() -> int:
         print(f"| {name} | {latency[label]:.3f} | {latency[label] / idle:.2f} |"
               f" {latency[f'{label} copied MiB/s']:.1f} |")
     print(f"| idle | {idle:.3f} | 1.00 | - |")
+    print(f"\n## Refresh of a tracked {args.size} MiB test bed, 1% changed\n")
+    print("| restore | copied MiB | seconds | / full copy |")
+    print("| --- | --- | --- | --- |")
+    full = refreshed["full copy"]
+    for label in ("full copy", "refresh"):
+        print(f"| {label} | {refreshed[f'{label} MiB']:.1f} | {refreshed[label]:.2f} |"
+              f" {refreshed[label] / full:.3f} |")
     return 0
 
 

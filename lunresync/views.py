@@ -45,7 +45,9 @@ def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
             "backing": lun.backing, "path": lun.path, "created": when(lun.created),
             "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
             "offline": lun.offline,
-            "thin_pool": thin_pool_mode if lun.kind.value == "thin" else None}
+            "thin_pool": thin_pool_mode if lun.kind.value == "thin" else None,
+            "tracked": lun.tracked,
+            "restored_from": None if lun.baseline is None else lun.baseline.shadow_id}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:

@@ -92,8 +92,10 @@ class DirectBackend:
     def lun(self, name: str) -> dict[str, Any]:
         return lun_json(self.provider.lun(name), self.provider.thin_pool_mode())
 
-    def create_lun(self, name: str, size: str, *, thin: bool = False) -> dict[str, Any]:
-        return lun_json(self.provider.create_lun(name, size, thin=thin))
+    def create_lun(self, name: str, size: str, *, thin: bool = False,
+                   track_changes: bool = False) -> dict[str, Any]:
+        return lun_json(self.provider.create_lun(name, size, thin=thin,
+                                                 track_changes=track_changes))
 
     def delete_lun(self, name: str, *, force: bool) -> None:
         self.provider.delete_lun(name, force=force)

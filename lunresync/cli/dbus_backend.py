@@ -157,12 +157,15 @@ class DbusBackend:
     def lun(self, name: str) -> dict[str, Any]:
         return self._record(self._find("lun", name), api.LUN)
 
-    def create_lun(self, name: str, size: str, *, thin: bool = False) -> dict[str, Any]:
+    def create_lun(self, name: str, size: str, *, thin: bool = False,
+                   track_changes: bool = False) -> dict[str, Any]:
         # The same checks, in the same order, as the provider's create_lun: the service
         # takes a size in bytes, so the text is parsed here.
         check_lun_name(name)
         size_bytes = parse_size(size)
         options = {"thin": _b(True)} if thin else {}
+        if track_changes:
+            options["track_changes"] = _b(True)
         (path,) = self.client.manager("CreateLun", "sta{sv}", name, size_bytes, options)
         return self._record(path, api.LUN)
 

@@ -18,6 +18,12 @@ from .output import emit_json, print_table, show_record
 # -- LUNs ------------------------------------------------------------------------------------
 
 
+TRACK_CHANGES_HELP = (
+    "Record which blocks are written, so that restoring it again from the shadow copy it"
+    " was last restored from (or a newer one of the same LUN) copies only what changed."
+    " The first write to each 64 KiB block after a restore waits for the record.")
+
+
 @click.group(cls=CommandGroup)
 def lun() -> None:
     """Create, adopt, list, show and delete LUNs."""
@@ -29,12 +35,14 @@ def lun() -> None:
 @click.option("--size", required=True, help="Size, e.g. 4G, 512M (binary units).")
 @click.option("--thin", is_flag=True,
               help="A volume of the pool's thin pool (lunresync pool create-thin).")
+@click.option("--track-changes", is_flag=True, help=TRACK_CHANGES_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def lun_create(ctx: click.Context, name: str, size: str, thin: bool, as_json: bool) -> None:
+def lun_create(ctx: click.Context, name: str, size: str, thin: bool, track_changes: bool,
+               as_json: bool) -> None:
     """Create LUN NAME over a sparse image in the pool, or on its thin pool."""
     with backend_for(ctx) as backend:
-        created = backend.create_lun(name, size, thin=thin)
+        created = backend.create_lun(name, size, thin=thin, track_changes=track_changes)
     if as_json:
         emit_json(created)
     else:
@@ -45,11 +53,12 @@ def lun_create(ctx: click.Context, name: str, size: str, thin: bool, as_json: bo
 @lun.command("adopt")
 @click.argument("name")
 @click.argument("device")
+@click.option("--track-changes", is_flag=True, help=TRACK_CHANGES_HELP)
 @click.pass_context
-def lun_adopt(ctx: click.Context, name: str, device: str) -> None:
+def lun_adopt(ctx: click.Context, name: str, device: str, track_changes: bool) -> None:
     """Use the existing block DEVICE as LUN NAME."""
     with opened(ctx) as provider:
-        adopted = provider.adopt_lun(name, device)
+        adopted = provider.adopt_lun(name, device, track_changes=track_changes)
     click.echo(f"adopted {adopted.backing} as LUN {adopted.name} at {adopted.path}")
 
 
@@ -73,6 +82,9 @@ def _notes(lun: dict[str, Any]) -> str:
     notes = [lun["state"]] if lun["state"] != "ok" else []
     if lun["read_only"]:
         notes.append("read-only")
+    if lun.get("tracked"):
+        notes.append("tracked" if lun.get("restored_from") is None else
+                     f"tracked since restored from {lun['restored_from']}")
     if lun["masked"]:
         notes.append("masked")
     if lun["offline"]:
@@ -83,7 +95,7 @@ def _notes(lun: dict[str, Any]) -> str:
 
 
 LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "path", "created", "state",
-                 "thin_pool", "read_only", "masked", "offline"]
+                 "thin_pool", "read_only", "masked", "offline", "tracked", "restored_from"]
 
 
 @through_service

@@ -49,6 +49,7 @@ from lunresync.kernel.targets.clone import CloneMode, CloneStatus, CloneTable
 from lunresync.storage.devices import Devices
 from lunresync.storage.undo import Undo
 
+from . import refresh
 from .base import HelperDevice, PairSpec, Progress
 from .cowfile import read_store
 from .model import EngineKind, PairPlan
@@ -116,6 +117,10 @@ class CloneEngine:
             assert plan.dest_image is not None
             same = intersect_runs([(a, b) for a, b in plan.zero_source_runs],
                                   hole_runs(plan.dest_image, regions, region_bytes))
+        elif plan.refresh:
+            # A tracked LUN: what changed since its baseline (engine/refresh.py). Read now,
+            # after the switch, for the same reason.
+            same = unchanged_runs(refresh.changed_regions(devices, plan), regions)
         else:
             assert plan.source_store is not None
             store = read_store(plan.source_store)

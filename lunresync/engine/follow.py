@@ -20,13 +20,13 @@ from lunresync.storage.catalog import now
 from lunresync.storage.model import LunState
 from lunresync.storage.stack import lun_table
 
-from . import throttle
+from . import refresh, throttle
 from .context import JobContext
 from .engines import ENGINES
 from .model import Job, JobPair, JobState
 from .online import announce, remove_own_top, start_copy, teardown, update_totals
 from .recovery import recover_pending
-from .verify import record_writes
+from .verify import record_writes, written_record
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,16 @@ def advance(ctx: JobContext, job: Job, present: set[str],
 def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
     """The kernel's copy of a pair is complete: swap to the destination alone. Every step
     may be done again (a process that died half way through leaves it ``completing``)."""
-    plan = pair.plan
     with ctx.catalog.transaction():
         ctx.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)
+    # A tracked LUN's era moves on while the top still records users' writes: every
+    # write after the final table is in the new era (engine/refresh.py).
+    moved_on = refresh.checkpoint(ctx.devices, ctx.catalog, pair)
+    if moved_on is not None:
+        with ctx.catalog.transaction():
+            ctx.store.update_pair(job.id, pair.index, plan=moved_on)
+        pair = replace(pair, plan=moved_on)
+    plan = pair.plan
     if not plan.tracked:
         record_writes(ctx, job, pair)  # from the COW stores, before the swap
     lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
@@ -108,6 +115,9 @@ def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
                               bytes_done=pair.bytes_total)
         if lun is not None:
             ctx.catalog.set_lun_state(lun.id, LunState.OK)
+            if lun.tracked:
+                ctx.catalog.set_lun_baseline(lun.id, refresh.baseline(
+                    pair, str(written_record(ctx, job.id, pair.index))))
     announce(pair, "none")
     log.info("job %s: %s restored", job.id, pair.dest)
 

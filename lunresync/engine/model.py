@@ -138,6 +138,18 @@ class PairPlan:
     engine_device: str | None = None
     engine_device_uuid: str | None = None
     write_block_sectors: int = 0
+    # A refresh of a tracked LUN (engine/refresh.py): a sparse clone that copies only the
+    # regions changed since the LUN's baseline: its era device and metadata file, the
+    # baseline's era, the blocks written during that restore ([first, end) runs), and the
+    # COW stores of both shadow copies when the source is not the baseline's own.
+    refresh_era_device: str | None = None
+    refresh_era_file: str | None = None
+    refresh_since: int | None = None
+    refresh_written: list[list[int]] | None = None
+    refresh_stores: list[str] | None = None
+    # A tracked LUN's era once the copy is complete, moved on before the top's final table
+    # (every later write is recorded in it or after): the LUN's next baseline.
+    baseline_era: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +169,11 @@ class PairPlan:
     def changed_bytes(self) -> int:
         """merge, sparse clone: what the copy covers, the changed chunks (or regions)."""
         return self.exceptions_at_start * self.region_sectors * SECTOR_SIZE
+
+    @property
+    def refresh(self) -> bool:
+        """Whether this is a refresh of a tracked LUN (engine/refresh.py)."""
+        return self.refresh_since is not None
 
     @property
     def tracked(self) -> bool:

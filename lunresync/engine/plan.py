@@ -10,11 +10,11 @@ from lunresync.errors import InvalidArgument, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import LinearTable, Table, TableLine
 from lunresync.storage.catalog import Catalog, now
-from lunresync.storage.model import Lun, LunKind, ShadowCopy, new_id
+from lunresync.storage.model import TRACK_BLOCK_SECTORS, Lun, LunKind, ShadowCopy, new_id
 from lunresync.storage.pool import Pool
 from lunresync.storage.stack import has_differentials
 
-from . import throttle, tracking
+from . import refresh, throttle, tracking
 from .base import PairSpec
 from .engines import ENGINES
 from .merge import copied_at_most
@@ -192,6 +192,11 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         dest_sectors=c.size // SECTOR_SIZE, region_sectors=region, files=files,
         sparse=sparse, copy_started=not sparse, zero_source_runs=zero_runs,
         dest_image=dest_image)
+    if (c.engine is EngineKind.CLONE and not c.in_place and c.lun is not None
+            and region == TRACK_BLOCK_SECTORS):
+        base = refresh.refresh_base(catalog, c.shadow, c.lun)
+        if base is not None:  # a tracked LUN: only what changed since is copied
+            plan = refresh.planned(plan, c.lun, base, pool.era)
     if c.track_writes:
         plan = tracking.planned(plan, helper, helper_uuid)
     return ENGINES[c.engine].planned(plan, helper, helper_uuid)

@@ -21,11 +21,12 @@ can be run again at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from lunresync.errors import InvalidArgument, JobFailed, JobTimeout, LunresyncError
 from lunresync.kernel.kmsg import KernelLog
 from lunresync.storage.catalog import now
+from lunresync.storage.model import LunBaseline
 from lunresync.storage.undo import Undo
 
 from . import follow, recovery, thin, throttle
@@ -121,9 +122,15 @@ class Resyncer:
                                   max_rate=max_rate)
             try:
                 with Undo() as undo:
+                    # A tracked destination's content stops being its baseline now: the
+                    # job's completion sets a new one (engine/refresh.py).
+                    baselines = {c.lun.id: c.lun.baseline for c in checked
+                                 if c.lun is not None and c.lun.baseline is not None}
                     with ctx.catalog.transaction():
                         self.store.add(job)
-                    undo.push(f"forget job {job.id}", self._forget, job.id)
+                        for lun_id in baselines:
+                            ctx.catalog.set_lun_baseline(lun_id, None)
+                    undo.push(f"forget job {job.id}", self._forget, job.id, baselines)
                     job = go_online(ctx, job, sizes, undo)
                     online = time.monotonic() - started
                     for pair in job.pairs:  # sparse clone: mark what it need not copy
@@ -156,9 +163,11 @@ class Resyncer:
             job = thin.restore(ctx, job)
         return ResyncJob(self, job, time.monotonic() - started)
 
-    def _forget(self, job_id: str) -> None:
+    def _forget(self, job_id: str, baselines: Mapping[str, LunBaseline | None]) -> None:
         with self.ctx.catalog.transaction():
             self.store.forget(job_id)
+            for lun_id, baseline in baselines.items():
+                self.ctx.catalog.set_lun_baseline(lun_id, baseline)
 
     # -- following -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from lunresync.kernel.blockdev import SECTOR_SIZE
-from lunresync.kernel.targets import EraTable, Table
+from lunresync.kernel.targets import EraTable, Table, era
 from lunresync.kernel.thintools import EraBlocks
 from lunresync.storage.devices import Devices
 
@@ -33,18 +33,13 @@ FIRST_ERA = 1
 
 
 def metadata_bytes(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int:
-    """The era's metadata file: superblock and space maps, 4 bytes a block for the era
-    array and a bit a block for each era's write set, generously (it is sparse)."""
-    blocks = -(-dest_sectors // block_sectors)
-    return (4 << 20) + blocks * 16
+    return era.metadata_bytes(dest_sectors, block_sectors)
 
 
 def metadata_use(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int:
-    """What the sparse metadata file takes at most during a restore (the era array and a
-    few write sets, a few hundred KiB for a GiB): the pool's free-space check counts this,
-    not the file's size."""
-    blocks = -(-dest_sectors // block_sectors)
-    return (256 << 10) + blocks * 8
+    """What the era's sparse file takes at most during a restore: the pool's free-space
+    check counts this, not the file's size."""
+    return era.metadata_use(dest_sectors, block_sectors)
 
 
 def planned(plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:

@@ -156,11 +156,16 @@ def parse_era_invalidate(text: str) -> EraBlocks:
     return tuple(merged)
 
 
-def era_invalidate(runner: Runner, metadata: str, since: int) -> EraBlocks:
+def era_invalidate(runner: Runner, metadata: str, since: int, *,
+                   metadata_snapshot: bool = False) -> EraBlocks:
     """The blocks written in era ``since`` or later, read from the metadata device of an
     era device that is not live (its table replaced or removed: the kernel committed its
-    last era then). A regular file cannot be read (the tool opens with ``O_DIRECT``, which
-    tmpfs refuses): attach it to a loop device."""
+    last era then), or (``metadata_snapshot``) from the snapshot a live era holds
+    (``take_metadata_snap``). A regular file cannot be read (the tool opens with
+    ``O_DIRECT``, which tmpfs refuses): attach it to a loop device."""
     check_device(metadata)
-    argv = ["era_invalidate", "--written-since", str(since), metadata]
+    argv = ["era_invalidate", "--written-since", str(since)]
+    if metadata_snapshot:
+        argv.append("--metadata-snapshot")
+    argv.append(metadata)
     return parse_era_invalidate(runner.run(argv, timeout=_CHECK_TIMEOUT).stdout)

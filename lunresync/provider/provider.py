@@ -158,10 +158,12 @@ class Provider:
         """By id only; NotFound if no LUN has it (a LUN named so does not count)."""
         return self._luns.get_by_id(lun_id)
 
-    def create_lun(self, name: str, size: str | int, *, thin: bool = False) -> Lun:
+    def create_lun(self, name: str, size: str | int, *, thin: bool = False,
+                   track_changes: bool = False) -> Lun:
         """A new LUN over a sparse image in the pool, or (``thin``) on the pool's thin
-        pool, active when this returns."""
-        return self._luns.create(name, size, thin=thin)
+        pool, active when this returns; ``track_changes``: see
+        :meth:`lunresync.storage.luns.Luns.create`."""
+        return self._luns.create(name, size, thin=thin, track_changes=track_changes)
 
     # -- the thin pool (docs/thin.md) ------------------------------------------------------
 
@@ -199,9 +201,9 @@ class Provider:
         with self.storage.changing_kernel():
             return self._thin.grow_if_low()
 
-    def adopt_lun(self, name: str, device: str) -> Lun:
+    def adopt_lun(self, name: str, device: str, *, track_changes: bool = False) -> Lun:
         """Use an existing block device (not mounted, not held) as a LUN."""
-        return self._luns.adopt(name, device)
+        return self._luns.adopt(name, device, track_changes=track_changes)
 
     def delete_lun(self, name: str, *, force: bool = False) -> None:
         """Remove a LUN; ``force`` deletes its differential shadow copies too and keeps its

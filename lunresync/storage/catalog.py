@@ -8,6 +8,7 @@ refused rather than misread. Every change runs in one transaction (:meth:`transa
 from __future__ import annotations
 
 import contextlib
+import json
 import mmap
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from lunresync.errors import LunresyncError, NotFound
 
 from .model import (
     Lun,
+    LunBaseline,
     LunKind,
     LunState,
     ShadowCopy,
@@ -187,6 +189,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN max_rate INTEGER CHECK (max_rate IS NULL OR max_rate > 0);
     ALTER TABLE jobs ADD COLUMN pace TEXT;
     """,
+    # 8: changed-block tracking (storage/tracking.py): whether a LUN's -real is an era,
+    # and what its content was last restored from, as JSON (storage.model.LunBaseline)
+    """
+    ALTER TABLE luns ADD COLUMN tracked INTEGER NOT NULL DEFAULT 0 CHECK (tracked IN (0, 1));
+    ALTER TABLE luns ADD COLUMN baseline TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -272,11 +280,19 @@ class Catalog:
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
             "INSERT INTO luns (id, name, size, kind, backing, created, state, read_only,"
-            " masked, offline, thin_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " masked, offline, thin_id, tracked, baseline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
              lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline),
-             lun.thin_id),
+             lun.thin_id, int(lun.tracked),
+             None if lun.baseline is None else json.dumps(lun.baseline.to_json())),
         )
+
+    def set_lun_baseline(self, lun_id: str, baseline: LunBaseline | None) -> None:
+        """What a tracked LUN was last restored from (None: unknown, the next restore
+        copies everything)."""
+        self.db.execute("UPDATE luns SET baseline = ? WHERE id = ?",
+                        (None if baseline is None else json.dumps(baseline.to_json()),
+                         lun_id))
 
     def set_lun_state(self, lun_id: str, state: LunState) -> None:
         self.db.execute("UPDATE luns SET state = ? WHERE id = ?", (state.value, lun_id))
@@ -414,7 +430,10 @@ class Catalog:
 def _lun(row: sqlite3.Row) -> Lun:
     return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
                row["created"], LunState(row["state"]), bool(row["read_only"]),
-               bool(row["masked"]), bool(row["offline"]), row["thin_id"])
+               bool(row["masked"]), bool(row["offline"]), row["thin_id"],
+               bool(row["tracked"]),
+               None if row["baseline"] is None
+               else LunBaseline.from_json(json.loads(row["baseline"])))
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

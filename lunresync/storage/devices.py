@@ -21,7 +21,7 @@ from lunresync.kernel import udev
 from lunresync.kernel.dm import DeviceMapper, DmInfo, UdevBatch
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
-from lunresync.kernel.targets import StatusLine, Table
+from lunresync.kernel.targets import EraStatus, StatusLine, Table
 from lunresync.kernel.thintools import EraBlocks, era_invalidate
 
 from .undo import Undo
@@ -91,6 +91,16 @@ class Devices(Protocol):
     def written_blocks(self, metadata_file: str, since: int) -> EraBlocks:
         """The blocks a dm ``era`` device that is no longer live recorded as written in
         era ``since`` or later, from its metadata file."""
+        ...
+
+    def era_checkpoint(self, name: str) -> int:
+        """Move the live era device ``name`` into a new era, committed: every write from
+        now on is recorded in the era returned or a later one, after a crash too."""
+        ...
+
+    def written_blocks_live(self, name: str, metadata_file: str, since: int) -> EraBlocks:
+        """The blocks the live era device ``name`` recorded as written in era ``since`` or
+        later (up to now), from a snapshot of its metadata."""
         ...
 
 
@@ -261,3 +271,39 @@ class PoolDevices:
                                   since)
         finally:
             attached.rollback()
+
+    def era_checkpoint(self, name: str) -> int:
+        # take_metadata_snap moves to a new era and commits (a "checkpoint" message
+        # moves on without committing: after a crash the era could be the old one).
+        with self._era_snapshot(name):
+            return self._era_status(name).era
+
+    def written_blocks_live(self, name: str, metadata_file: str, since: int) -> EraBlocks:
+        with self._era_snapshot(name):
+            # The era holds its own loop device exclusively: read through another one.
+            attached = Undo()
+            try:
+                return era_invalidate(
+                    self.runner, self.attach_file(metadata_file, attached, fresh=True,
+                                                  read_only=True),
+                    since, metadata_snapshot=True)
+            finally:
+                attached.rollback()
+
+    @contextlib.contextmanager
+    def _era_snapshot(self, name: str) -> Iterator[None]:
+        """A metadata snapshot held by the era ``name`` for the body (one left held by a
+        process that died is dropped first: the kernel holds one at a time)."""
+        if self._era_status(name).held_root is not None:
+            self.dm.message(name, "drop_metadata_snap")
+        self.dm.message(name, "take_metadata_snap")
+        try:
+            yield
+        finally:
+            self.dm.message(name, "drop_metadata_snap")
+
+    def _era_status(self, name: str) -> EraStatus:
+        (line,) = self.dm.status(name)
+        if not isinstance(line.status, EraStatus):
+            raise NotFound(f"{name} is not an era device")
+        return line.status

@@ -11,12 +11,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InUse, InvalidArgument, NotFound
+from lunresync.errors import InUse, InvalidArgument, NotFound, NotSupported
 from lunresync.kernel import blockdev
+from lunresync.kernel.capabilities import usable_targets
+from lunresync.kernel.targets import era
 
 from .catalog import now
-from .model import Lun, LunKind, ShadowKind, check_id, check_lun_name, new_id
-from .stack import DeviceStacks
+from .model import (
+    TRACK_BLOCK_SECTORS,
+    Lun,
+    LunKind,
+    ShadowKind,
+    check_id,
+    check_lun_name,
+    new_id,
+)
+from .stack import DeviceStacks, era_file
 from .storage import Storage
 from .thinpool import ThinPool
 from .undo import Undo
@@ -49,23 +59,30 @@ class Luns:
 
     # -- create and delete -----------------------------------------------------------------
 
-    def create(self, name: str, size: str | int, *, thin: bool = False) -> Lun:
+    def create(self, name: str, size: str | int, *, thin: bool = False,
+               track_changes: bool = False) -> Lun:
         """A new LUN over a sparse image in the pool, or (``thin``) a volume of the pool's
-        thin pool, active when this returns."""
+        thin pool, active when this returns. ``track_changes``: its writes are recorded,
+        so that a refresh copies only what changed (docs/engine.md)."""
         check_lun_name(name)
         size_bytes = parse_size(size)
         s = self.storage
         if thin:
+            if track_changes:
+                raise InvalidArgument("a thin LUN is not tracked: its refresh is a swap of"
+                                      " volumes, done at once (leave out --track-changes)")
             return self._create_thin(name, size_bytes)
         with s.changing_kernel():
             self._refuse_existing(name)
             s.pool.check_space(size_bytes, f"LUN {name}")
             lun_id = new_id()
             image = s.pool.images / f"{lun_id}.img"
-            lun = Lun(lun_id, name, size_bytes, LunKind.IMAGE, str(image), now())
+            lun = Lun(lun_id, name, size_bytes, LunKind.IMAGE, str(image), now(),
+                      tracked=track_changes)
             with Undo() as undo:
                 s.pool.new_file(image, size_bytes)
                 undo.push(f"delete {image}", image.unlink, True)
+                self._new_era_file(lun, undo)
                 self._stacks.activate_lun(lun, undo)
                 with s.catalog.transaction():
                     s.catalog.add_lun(lun)
@@ -90,7 +107,20 @@ class Luns:
                 undo.commit()
         return lun
 
-    def adopt(self, name: str, device: str) -> Lun:
+    def _new_era_file(self, lun: Lun, undo: Undo) -> None:
+        """A tracked LUN's era metadata (zeros: the kernel formats it at the first load)."""
+        if not lun.tracked:
+            return
+        if not usable_targets().get("era", False):
+            raise NotSupported("--track-changes needs the device-mapper era target, which"
+                               " this kernel lacks (see lunresync doctor)")
+        path = era_file(self.storage.pool.era, lun)
+        self.storage.pool.check_space(era.metadata_use(lun.sectors, TRACK_BLOCK_SECTORS),
+                                      f"the change record of LUN {lun.name}")
+        self.storage.pool.new_file(path, era.metadata_bytes(lun.sectors, TRACK_BLOCK_SECTORS))
+        undo.push(f"delete {path}", path.unlink, True)
+
+    def adopt(self, name: str, device: str, *, track_changes: bool = False) -> Lun:
         """Use an existing block device (not mounted, not held) as a LUN."""
         check_lun_name(name)
         device_path = blockdev.resolve(device)
@@ -101,8 +131,10 @@ class Luns:
                 raise InUse(f"{device} already backs a LUN")
             blockdev.refuse_busy(device_path)
             size = blockdev.size(device_path)
-            lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now())
+            lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now(),
+                      tracked=track_changes)
             with Undo() as undo:
+                self._new_era_file(lun, undo)
                 self._stacks.activate_lun(lun, undo)
                 with s.catalog.transaction():
                     s.catalog.add_lun(lun)
@@ -139,6 +171,8 @@ class Luns:
                 Path(shadow.store).unlink(missing_ok=True)
             if lun.kind is LunKind.IMAGE:
                 Path(lun.backing).unlink(missing_ok=True)
+            if lun.tracked:
+                era_file(s.pool.era, lun).unlink(missing_ok=True)
             if lun.thin_id is not None:
                 # After the catalog: a crash in between leaves a volume nobody names (its
                 # id is skipped later), never a LUN without its volume.

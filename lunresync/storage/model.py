@@ -107,6 +107,35 @@ class ShadowState(Enum):
     INVALID = "invalid"  # the COW store overflowed or failed: never a restore source
 
 
+#: A tracked LUN's era counts writes in blocks of this many sectors (64 KiB): the region
+#: of a clone copy into another LUN, so that a refresh copies whole regions.
+TRACK_BLOCK_SECTORS = 128
+
+
+@dataclass(frozen=True)
+class LunBaseline:
+    """What a tracked LUN's content was when a restore into it ended: the shadow copy it
+    was restored from, the era its -real went into then (every block written on the LUN
+    since is recorded in that era or later), and the blocks written during that restore
+    (recorded by the job's own era: they differ from the shadow copy too), as
+    [first, end) runs of blocks of ``TRACK_BLOCK_SECTORS``."""
+
+    shadow_id: str
+    era: int
+    written: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"shadow_copy": self.shadow_id, "era": self.era,
+                "written": [list(run) for run in self.written]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> LunBaseline:
+        written = data["written"]
+        assert isinstance(written, list)
+        return cls(str(data["shadow_copy"]), int(str(data["era"])),
+                   tuple((int(a), int(b)) for a, b in written))
+
+
 @dataclass(frozen=True)
 class Lun:
     id: str
@@ -120,11 +149,18 @@ class Lun:
     masked: bool = False  # kept in the pool but not exposed (swap --mask-original)
     offline: bool = False  # its backing device disappeared (see provider/watch.py)
     thin_id: int | None = None  # the thin volume's id in the thin pool (THIN only)
+    # changed-block tracking: -real is an era over the backing device (storage/tracking.py)
+    tracked: bool = False
+    baseline: LunBaseline | None = None  # tracked: what it was last restored from
+
 
     def __post_init__(self) -> None:
         if (self.kind is LunKind.THIN) != (self.thin_id is not None):
             raise InvalidArgument(f"LUN {self.name}: a thin volume id goes with a thin LUN,"
                                   " and only with one")
+        if self.tracked and self.kind is LunKind.THIN:
+            raise InvalidArgument(f"LUN {self.name}: a thin LUN is not tracked (a refresh of a"
+                                  " thin LUN is a swap of volumes, at once)")
 
     @property
     def dm_name(self) -> str:

@@ -24,7 +24,7 @@ from lunresync.kernel.blockdev import SECTOR_SIZE
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
-SUBDIRS = ("images", "cow", "clones", "jobs", "thin")
+SUBDIRS = ("images", "cow", "clones", "jobs", "thin", "era")
 
 
 class PoolFull(LunresyncError):
@@ -66,6 +66,11 @@ class Pool:
     @property
     def thin(self) -> Path:
         return self.root / "thin"
+
+    @property
+    def era(self) -> Path:
+        """The era metadata of tracked LUNs (storage/stack.py), ``<lun id>.era``."""
+        return self.root / "era"
 
     def ensure(self) -> None:
         """Create the pool's directories (0700) and check that it can hold sparse files."""

@@ -4,7 +4,9 @@ Device stack of a LUN (names for LUN ``db``)::
 
     /dev/mapper/lunresync-db          linear over -real; snapshot-origin while it has
                                       differential shadow copies (UUID LUNRESYNC-<id>)
-    /dev/mapper/lunresync-db-real     linear over the backing device
+    /dev/mapper/lunresync-db-real     linear over the backing device; a tracked LUN's
+                                      is an era over it (metadata POOL/era/<id>.era):
+                                      changed-block tracking, docs/engine.md
     backing                           loop device over POOL/images/<id>.img, or adopted
                                       (a thin LUN's -real is ``thin`` on the thin pool,
                                       lunresync-pool-<id12>: docs/thin.md)
@@ -25,6 +27,7 @@ from pathlib import Path
 from lunresync.errors import NotFound
 from lunresync.kernel import blockdev
 from lunresync.kernel.targets import (
+    EraTable,
     ErrorTable,
     LinearTable,
     SnapshotOriginTable,
@@ -35,7 +38,15 @@ from lunresync.kernel.targets import (
 
 from .catalog import Catalog
 from .devices import PoolDevices
-from .model import Lun, LunKind, LunState, ShadowCopy, ShadowKind, ThinPoolRecord
+from .model import (
+    TRACK_BLOCK_SECTORS,
+    Lun,
+    LunKind,
+    LunState,
+    ShadowCopy,
+    ShadowKind,
+    ThinPoolRecord,
+)
 from .undo import Undo
 
 
@@ -46,11 +57,21 @@ def top_table(lun: Lun, *, has_snapshots: bool) -> Table:
     return Table.single(params, lun.sectors)
 
 
-def real_params(lun: Lun, backing: str) -> LinearTable | ThinTable:
-    """What a LUN's -real device maps: its backing device, or its thin volume."""
+def real_params(lun: Lun, backing: str, era_metadata: str | None = None
+                ) -> LinearTable | ThinTable | EraTable:
+    """What a LUN's -real device maps: its backing device, or its thin volume; a tracked
+    LUN's backing device through an era (``era_metadata``: the loop device of its file)."""
     if lun.thin_id is not None:
         return ThinTable(backing, lun.thin_id)
+    if lun.tracked:
+        assert era_metadata is not None
+        return EraTable(era_metadata, backing, TRACK_BLOCK_SECTORS)
     return LinearTable(backing)
+
+
+def era_file(era_dir: Path, lun: Lun) -> Path:
+    """The metadata file of a tracked LUN's era."""
+    return era_dir / f"{lun.id}.era"
 
 
 def has_differentials(catalog: Catalog, lun: Lun, exclude: Iterable[str] = ()) -> bool:
@@ -73,6 +94,7 @@ class DeviceStacks:
 
     catalog: Catalog
     devices: PoolDevices
+    era_dir: Path  # POOL/era
 
     # -- LUNs ------------------------------------------------------------------------------
 
@@ -97,7 +119,9 @@ class DeviceStacks:
         backing, created = self.backing_device(lun, undo)
         real = lun.real_dm_name
         if not devices.exists_as(real, f"{lun.dm_uuid}-real"):
-            devices.create(real, Table.single(real_params(lun, backing), lun.sectors),
+            era_metadata = self._era_device(lun, undo, created) if lun.tracked else None
+            devices.create(real, Table.single(real_params(lun, backing, era_metadata),
+                                              lun.sectors),
                            f"{lun.dm_uuid}-real", undo)
             created.append(real)
         differentials = [s for s in self.catalog.shadow_copies(lun_id=lun.id)
@@ -134,6 +158,17 @@ class DeviceStacks:
             raise NotFound(f"the thin pool of {of} is not active")
         return pool
 
+    def _era_device(self, lun: Lun, undo: Undo, created: list[str]) -> str:
+        metadata = era_file(self.era_dir, lun)
+        loop = self.devices.attached(str(metadata))
+        if loop is not None:
+            return loop
+        if not metadata.exists():
+            raise NotFound(f"the change record {metadata} of LUN {lun.name} is gone")
+        loop = self.devices.attach_file(str(metadata), undo, fresh=True)
+        created.append(loop)
+        return loop
+
     def _cow_device(self, shadow: ShadowCopy, undo: Undo, created: list[str]) -> str:
         loop = self.devices.attached(shadow.store)
         if loop is not None:
@@ -153,6 +188,8 @@ class DeviceStacks:
                 removed.append(name)
         if lun.kind is LunKind.IMAGE:
             removed += self.devices.detach_file(lun.backing)
+        if lun.tracked:
+            removed += self.devices.detach_file(str(era_file(self.era_dir, lun)))
         return removed
 
     def recreate_top(self, lun: Lun) -> None:

@@ -88,7 +88,7 @@ class Storage:
 
     @property
     def stacks(self) -> DeviceStacks:
-        return DeviceStacks(self.catalog, self.devices)
+        return DeviceStacks(self.catalog, self.devices, self.pool.era)
 
     @contextlib.contextmanager
     def changing_kernel(self) -> Iterator[None]:

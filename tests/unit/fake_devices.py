@@ -147,6 +147,7 @@ class FakeDevices:
         self._timeout = timeout
         # era metadata file -> the blocks a test says users wrote through it
         self.era_writes: dict[str, EraBlocks] = {}
+        self.eras: dict[str, int] = {}  # a live era device -> its current era
 
     # -- what a test sets up and looks at (not recorded) ------------------------------------
 
@@ -270,6 +271,15 @@ class FakeDevices:
                 # era_invalidate opens the metadata exclusively: the live era holds it
                 raise KernelError("era_invalidate", metadata_file, errno.EBUSY,
                                   "Device or resource busy")
+        return self.era_writes.get(metadata_file, ())
+
+    def era_checkpoint(self, name: str) -> int:
+        self._record("era_checkpoint", (name,))
+        self.eras[name] = self.eras.get(name, 1) + 1
+        return self.eras[name]
+
+    def written_blocks_live(self, name: str, metadata_file: str, since: int) -> EraBlocks:
+        self._record("written_blocks_live", (name, metadata_file))
         return self.era_writes.get(metadata_file, ())
 
     # -- the Devices protocol: changes -------------------------------------------------------

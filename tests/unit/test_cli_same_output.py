@@ -45,7 +45,8 @@ ONLINE_SECONDS = 1.5
 class Provider(CatalogProvider):
     """Adds what resync, snapshot create and lun create need."""
 
-    def create_lun(self, name: str, size: str, *, thin: bool = False) -> Any:
+    def create_lun(self, name: str, size: str, *, thin: bool = False,
+                   track_changes: bool = False) -> Any:
         check_lun_name(name)
         parse_size(size)
         raise AssertionError("the tests create no LUN")

@@ -73,7 +73,8 @@ def test_layout() -> None:
     assert pool.clones == Path("/p/clones")
     assert pool.jobs == Path("/p/jobs")
     assert pool.thin == Path("/p/thin")
-    assert SUBDIRS == ("images", "cow", "clones", "jobs", "thin")
+    assert pool.era == Path("/p/era")
+    assert SUBDIRS == ("images", "cow", "clones", "jobs", "thin", "era")
 
 
 # -- ensure -------------------------------------------------------------------------------

@@ -24,6 +24,21 @@ from .base import check_device, parse_int
 MIN_BLOCK_SECTORS = 16
 
 
+def metadata_bytes(sectors: int, block_sectors: int) -> int:
+    """A metadata file for an era over ``sectors``: superblock and space maps, 4 bytes a
+    block for the era array and a bit a block for each era's write set, generously (it
+    is sparse)."""
+    blocks = -(-sectors // block_sectors)
+    return (4 << 20) + blocks * 16
+
+
+def metadata_use(sectors: int, block_sectors: int) -> int:
+    """What that sparse file takes at most while a few eras' write sets are kept (a few
+    hundred KiB for a GiB): a free-space check counts this, not the file's size."""
+    blocks = -(-sectors // block_sectors)
+    return (256 << 10) + blocks * 8
+
+
 @dataclass(frozen=True)
 class EraTable:
     TARGET: ClassVar[str] = "era"

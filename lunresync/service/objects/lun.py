@@ -35,4 +35,8 @@ class LunObject(RecordObject):
     RestoringJob = RecordProperty(DBusObjectPath, _restoring_job)
     # A thin LUN's pool: "out_of_data_space" means writes to new blocks fail.
     ThinPool = RecordProperty(DBusStr, lambda r: r.get("thin_pool") or "")
+    # Changed-block tracking: a refresh from RestoredFrom (or a newer shadow copy of the
+    # same LUN) copies only what changed ("" : none known, a restore copies everything).
+    Tracked = RecordProperty(DBusBool, lambda r: bool(r.get("tracked")))
+    RestoredFrom = RecordProperty(DBusStr, lambda r: r.get("restored_from") or "")
     Record = record_json("restoring_job")

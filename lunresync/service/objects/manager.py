@@ -96,12 +96,15 @@ class ManagerObject(Exported[ServiceContext]):
     @changes
     async def CreateLun(self, name: DBusStr, size_bytes: DBusUInt64,
                         options: DBusDict) -> DBusObjectPath:
-        thin = bool(api.options(options, {"thin": "b"}).get("thin", False))
+        given = api.options(options, {"thin": "b", "track_changes": "b"})
+        thin = bool(given.get("thin", False))
+        track = bool(given.get("track_changes", False))
         check_lun_name(name)
         if size_bytes <= 0 or size_bytes % SECTOR_SIZE:
             raise InvalidArgument(f"size {size_bytes} is not a positive multiple of"
                                   f" {SECTOR_SIZE} bytes")
-        lun = await self.context.run(lambda p: p.create_lun(name, size_bytes, thin=thin))
+        lun = await self.context.run(
+            lambda p: p.create_lun(name, size_bytes, thin=thin, track_changes=track))
         return api.path_of("lun", lun.id)
 
     @dbus_method()
