@@ -170,8 +170,11 @@ def bench_throttled_latency(root: Path, size: int, rate: int, seconds: int
             stop = threading.Event()
 
             def follow(stop: threading.Event = stop) -> None:
-                while not stop.is_set() and provider.resyncer.poll():
-                    time.sleep(0.1)  # as job wait follows a throttled job
+                # A catalog connection of its own (SQLite's are not shared by threads),
+                # as a second lunresync process following the job would have.
+                with Provider.open(root / "pool-rate") as follower:
+                    while not stop.is_set() and follower.resyncer.poll():
+                        time.sleep(0.1)  # as job wait follows a throttled job
 
             follower = threading.Thread(target=follow)
             follower.start()
