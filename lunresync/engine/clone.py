@@ -123,9 +123,7 @@ class CloneEngine:
             same = unchanged_runs(refresh.changed_regions(devices, plan), regions)
         else:
             assert plan.source_store is not None
-            store = read_store(plan.source_store)
-            changed = regions_of((old for old, _ in store.exceptions), store.chunk_sectors,
-                                 plan.region_sectors)
+            changed = read_store(plan.source_store).origin_regions(plan.region_sectors)
             same = unchanged_runs(changed, regions)
         # Through the clone device itself: under a tracking era, below it (the era would
         # record the marking discards as users' writes).
@@ -162,11 +160,6 @@ def node(device: str) -> str:
     if device.startswith("/"):
         return device
     return f"/dev/dm-{device.split(':')[1]}"
-
-
-def regions_of(chunks: Iterable[int], chunk_sectors: int, region_sectors: int) -> set[int]:
-    """The regions holding the given chunks."""
-    return {chunk * chunk_sectors // region_sectors for chunk in chunks}
 
 
 def unchanged_runs(changed: set[int], regions: int) -> list[tuple[int, int]]:

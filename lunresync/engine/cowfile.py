@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -70,6 +70,15 @@ class CowStore:
 
     def origin_chunks(self, first: int = 0) -> set[int]:
         return {old for old, _ in self.since(first)}
+
+    def origin_regions(self, region_sectors: int) -> set[int]:
+        """The regions (of ``region_sectors``) holding the chunks the store lists."""
+        return regions_of(self.origin_chunks(), self.chunk_sectors, region_sectors)
+
+
+def regions_of(chunks: Iterable[int], chunk_sectors: int, region_sectors: int) -> set[int]:
+    """The regions holding the given chunks."""
+    return {chunk * chunk_sectors // region_sectors for chunk in chunks}
 
 
 def read_store(path: str | os.PathLike[str], first_area: int = 0) -> CowStore:

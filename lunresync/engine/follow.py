@@ -87,9 +87,10 @@ def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
     may be done again (a process that died half way through leaves it ``completing``)."""
     with ctx.catalog.transaction():
         ctx.store.update_pair(job.id, pair.index, state=JobState.COMPLETING)
+    lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
     # A tracked LUN's era moves on while the top still records users' writes: every
     # write after the final table is in the new era (engine/refresh.py).
-    moved_on = refresh.checkpoint(ctx.devices, ctx.catalog, pair)
+    moved_on = refresh.checkpoint(ctx.devices, lun, pair)
     if moved_on is not None:
         with ctx.catalog.transaction():
             ctx.store.update_pair(job.id, pair.index, plan=moved_on)
@@ -97,7 +98,6 @@ def complete_pair(ctx: JobContext, job: Job, pair: JobPair) -> None:
     plan = pair.plan
     if not plan.tracked:
         record_writes(ctx, job, pair)  # from the COW stores, before the swap
-    lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
     if lun is not None:
         final = lun_table(ctx.catalog, replace(lun, state=LunState.OK))
     else:

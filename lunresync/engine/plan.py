@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lunresync.errors import InvalidArgument, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
-from lunresync.kernel.targets import LinearTable, Table, TableLine
+from lunresync.kernel.targets import LinearTable, Table, TableLine, era
 from lunresync.storage.catalog import Catalog, now
 from lunresync.storage.model import TRACK_BLOCK_SECTORS, Lun, LunKind, ShadowCopy, new_id
 from lunresync.storage.pool import Pool
@@ -107,7 +107,8 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
         region = engine.default_region(spec)
         sizes[index] = engine.file_sizes(spec, region)
         if c.track_writes:
-            sizes[index][tracking.ROLE] = tracking.metadata_bytes(c.size // SECTOR_SIZE)
+            sizes[index][tracking.ROLE] = era.metadata_bytes(c.size // SECTOR_SIZE,
+                                                             tracking.BLOCK_SECTORS)
         if c.engine is EngineKind.MERGE:
             # Its files are sparse: the overlay holds at most what the store holds, the
             # copy the store's header and its current metadata area.
@@ -117,7 +118,7 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
             need += sum(size for role, size in sizes[index].items()
                         if role != tracking.ROLE)
         if c.track_writes:  # sparse: what it takes, not its size
-            need += tracking.metadata_use(c.size // SECTOR_SIZE)
+            need += era.metadata_use(c.size // SECTOR_SIZE, tracking.BLOCK_SECTORS)
         plan = throttle.limited(_pair_plan(catalog, pool, job_id, index, c, region,
                                            sizes[index]), c.engine, max_rate)
         pairs.append(JobPair(index, c.engine, c.shadow.id, c.lun.id if c.lun else None,

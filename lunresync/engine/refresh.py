@@ -103,21 +103,17 @@ def changed_regions(devices: Devices, plan: PairPlan) -> set[int]:
     for first, end in runs:
         changed.update(range(first, end))
     for path in plan.refresh_stores or ():
-        store = read_store(path)
-        changed.update(old * store.chunk_sectors // plan.region_sectors
-                       for old, _ in store.exceptions)
+        changed |= read_store(path).origin_regions(plan.region_sectors)
     regions = -(-plan.sectors // plan.region_sectors)
     return {r for r in changed if r < regions}
 
 
-def checkpoint(devices: Devices, catalog: Catalog, pair: JobPair) -> PairPlan | None:
-    """Before a completed restore into a tracked LUN gets its final table: move the LUN's
+def checkpoint(devices: Devices, lun: Lun | None, pair: JobPair) -> PairPlan | None:
+    """Before a completed restore into ``lun`` gets its final table: move a tracked LUN's
     era on, and return the plan with that era (None: not a tracked LUN, or done already)."""
     plan = pair.plan
-    if plan.baseline_era is not None or pair.dest_lun_id is None:
-        return None
-    lun = catalog.lun_by_id(pair.dest_lun_id)
-    if lun is None or not lun.tracked or pair.engine is EngineKind.THIN:
+    if plan.baseline_era is not None or lun is None or not lun.tracked \
+            or pair.engine is EngineKind.THIN:
         return None
     return replace(plan, baseline_era=devices.era_checkpoint(lun.real_dm_name))
 

@@ -18,28 +18,20 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from lunresync.kernel.blockdev import SECTOR_SIZE
-from lunresync.kernel.targets import EraTable, Table, era
+from lunresync.kernel.targets import EraTable, Table
 from lunresync.kernel.thintools import EraBlocks
 from lunresync.storage.devices import Devices
+from lunresync.storage.model import TRACK_BLOCK_SECTORS
 
 from .model import PairPlan
 
 #: 64 KiB, the clone engine's region. dm-era splits I/O at its block size; a finer
-#: record costs production more bios (and 4 bytes of metadata a block).
-BLOCK_SECTORS = 128
+#: record costs production more bios (and 4 bytes of metadata a block). The same as a
+#: tracked LUN's, so that a refresh adds this record to the LUN's own (engine/refresh.py).
+BLOCK_SECTORS = TRACK_BLOCK_SECTORS
 ROLE = "era"  # the role of the era's metadata file among the pair's files
 #: The era a fresh metadata device starts in: every write of the restore is in it or later.
 FIRST_ERA = 1
-
-
-def metadata_bytes(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int:
-    return era.metadata_bytes(dest_sectors, block_sectors)
-
-
-def metadata_use(dest_sectors: int, block_sectors: int = BLOCK_SECTORS) -> int:
-    """What the era's sparse file takes at most during a restore: the pool's free-space
-    check counts this, not the file's size."""
-    return era.metadata_use(dest_sectors, block_sectors)
 
 
 def planned(plan: PairPlan, helper: str, helper_uuid: str) -> PairPlan:

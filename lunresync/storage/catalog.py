@@ -189,8 +189,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN max_rate INTEGER CHECK (max_rate IS NULL OR max_rate > 0);
     ALTER TABLE jobs ADD COLUMN pace TEXT;
     """,
-    # 8: changed-block tracking (storage/tracking.py): whether a LUN's -real is an era,
-    # and what its content was last restored from, as JSON (storage.model.LunBaseline)
+    # 8: changed-block tracking (storage/stack.py, engine/refresh.py): whether a LUN's
+    # -real is an era, and what its content was last restored from, as JSON
+    # (storage.model.LunBaseline)
     """
     ALTER TABLE luns ADD COLUMN tracked INTEGER NOT NULL DEFAULT 0 CHECK (tracked IN (0, 1));
     ALTER TABLE luns ADD COLUMN baseline TEXT;
@@ -283,16 +284,14 @@ class Catalog:
             " masked, offline, thin_id, tracked, baseline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
              lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline),
-             lun.thin_id, int(lun.tracked),
-             None if lun.baseline is None else json.dumps(lun.baseline.to_json())),
+             lun.thin_id, int(lun.tracked), _baseline_text(lun.baseline)),
         )
 
     def set_lun_baseline(self, lun_id: str, baseline: LunBaseline | None) -> None:
         """What a tracked LUN was last restored from (None: unknown, the next restore
         copies everything)."""
         self.db.execute("UPDATE luns SET baseline = ? WHERE id = ?",
-                        (None if baseline is None else json.dumps(baseline.to_json()),
-                         lun_id))
+                        (_baseline_text(baseline), lun_id))
 
     def set_lun_state(self, lun_id: str, state: LunState) -> None:
         self.db.execute("UPDATE luns SET state = ? WHERE id = ?", (state.value, lun_id))
@@ -425,6 +424,10 @@ class Catalog:
         members = self.db.execute(
             "SELECT * FROM shadow_copies WHERE set_id = ? ORDER BY lun_name", (set_id,))
         return SnapshotSet(row["id"], row["created"], tuple(_shadow(r) for r in members))
+
+
+def _baseline_text(baseline: LunBaseline | None) -> str | None:
+    return None if baseline is None else json.dumps(baseline.to_json())
 
 
 def _lun(row: sqlite3.Row) -> Lun:

@@ -263,14 +263,7 @@ class PoolDevices:
         return detached
 
     def written_blocks(self, metadata_file: str, since: int) -> EraBlocks:
-        # era_invalidate opens with O_DIRECT, which a file on tmpfs refuses: read through
-        # a loop device (the pair's own, or one attached for the read).
-        attached = Undo()  # detaches a loop device attached here, whatever happens
-        try:
-            return era_invalidate(self.runner, self.attach_file(metadata_file, attached),
-                                  since)
-        finally:
-            attached.rollback()
+        return self._read_era(metadata_file, since, live=False)
 
     def era_checkpoint(self, name: str) -> int:
         # take_metadata_snap moves to a new era and commits (a "checkpoint" message
@@ -280,15 +273,19 @@ class PoolDevices:
 
     def written_blocks_live(self, name: str, metadata_file: str, since: int) -> EraBlocks:
         with self._era_snapshot(name):
-            # The era holds its own loop device exclusively: read through another one.
-            attached = Undo()
-            try:
-                return era_invalidate(
-                    self.runner, self.attach_file(metadata_file, attached, fresh=True,
-                                                  read_only=True),
-                    since, metadata_snapshot=True)
-            finally:
-                attached.rollback()
+            return self._read_era(metadata_file, since, live=True)
+
+    def _read_era(self, metadata_file: str, since: int, *, live: bool) -> EraBlocks:
+        """era_invalidate on a metadata file. It opens with O_DIRECT, which a file on
+        tmpfs refuses: read through a loop device (the pair's own, or one attached for the
+        read). ``live``: the era holds its own loop device exclusively, so through a new
+        read-only one, from the metadata snapshot it holds."""
+        attached = Undo()  # detaches a loop device attached here, whatever happens
+        try:
+            loop = self.attach_file(metadata_file, attached, fresh=live, read_only=live)
+            return era_invalidate(self.runner, loop, since, metadata_snapshot=live)
+        finally:
+            attached.rollback()
 
     @contextlib.contextmanager
     def _era_snapshot(self, name: str) -> Iterator[None]:

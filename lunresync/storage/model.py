@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
@@ -129,11 +130,9 @@ class LunBaseline:
                 "written": [list(run) for run in self.written]}
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> LunBaseline:
-        written = data["written"]
-        assert isinstance(written, list)
-        return cls(str(data["shadow_copy"]), int(str(data["era"])),
-                   tuple((int(a), int(b)) for a, b in written))
+    def from_json(cls, data: Mapping[str, Any]) -> LunBaseline:
+        return cls(str(data["shadow_copy"]), int(data["era"]),
+                   tuple((int(a), int(b)) for a, b in data["written"]))
 
 
 @dataclass(frozen=True)

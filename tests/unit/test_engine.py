@@ -21,10 +21,9 @@ from lunresync.engine.clone import (
     hole_runs,
     hydration_failures,
     intersect_runs,
-    regions_of,
     unchanged_runs,
 )
-from lunresync.engine.cowfile import SNAP_MAGIC, read_store, read_tail
+from lunresync.engine.cowfile import SNAP_MAGIC, read_store, read_tail, regions_of
 from lunresync.engine.merge import (
     MergeEngine,
     copied_at_most,
