@@ -9,7 +9,7 @@
    leaving it out of the usable targets): time to online and to done.
 3. 4 KiB random-read latency on the destination (fio, QD1) during an unthrottled copy,
    during a copy limited to ``--rate`` MiB/s that a thread follows (as ``job wait`` does),
-   and idle.
+   and idle; clone (hydration paused and resumed) and mirror (the kernel's copy share).
 4. Refresh of a tracked test bed (``lun create --track-changes``) with 1% of it changed
    in 64 KiB blocks, against the full copy that made it (target: at most 3% of its time).
 
@@ -164,31 +164,33 @@ def bench_throttled_latency(root: Path, size: int, rate: int, seconds: int
         dst = provider.create_lun("dst", size)
         write_data(provider.lun("src").path, size)
         (shadow,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
-        for label, limit in (("unthrottled", None), ("throttled", rate)):
-            handle = provider.resync_luns([ResyncPair(shadow.id, "dst")],
-                                          engine=EngineKind.CLONE, max_rate=limit)
-            stop = threading.Event()
+        for engine in (EngineKind.CLONE, EngineKind.MIRROR):
+            for label, limit in (("unthrottled", None), ("throttled", rate)):
+                handle = provider.resync_luns([ResyncPair(shadow.id, "dst")],
+                                              engine=engine, max_rate=limit)
+                stop = threading.Event()
 
-            def follow(stop: threading.Event = stop) -> None:
-                # A catalog connection of its own (SQLite's are not shared by threads),
-                # as a second lunresync process following the job would have.
-                with Provider.open(root / "pool-rate") as follower:
-                    while not stop.is_set() and follower.resyncer.poll():
-                        time.sleep(0.1)  # as job wait follows a throttled job
+                def follow(stop: threading.Event = stop) -> None:
+                    # A catalog connection of its own (SQLite's are not shared by
+                    # threads), as a second lunresync process following the job would have.
+                    with Provider.open(root / "pool-rate") as follower:
+                        while not stop.is_set() and follower.resyncer.poll():
+                            time.sleep(0.1)  # as job wait follows a throttled job
 
-            follower = threading.Thread(target=follow)
-            follower.start()
-            began = provider.resyncer.job(handle.id).bytes_done
-            t0 = time.monotonic()
-            out[label] = fio(dst.path, "randread", "4k", seconds)["ms"]
-            job = provider.resyncer.job(handle.id)
-            out[f"{label} copied MiB/s"] = (job.bytes_done - began) / MiB / (
-                time.monotonic() - t0)
-            stop.set()
-            follower.join()
-            if limit is not None:
-                provider.resyncer.set_rate(handle.id, None)
-            provider.resyncer.wait(handle.id, interval=0.05)
+                follower = threading.Thread(target=follow)
+                follower.start()
+                began = provider.resyncer.job(handle.id).bytes_done
+                t0 = time.monotonic()
+                key = f"{engine.value} {label}"
+                out[key] = fio(dst.path, "randread", "4k", seconds)["ms"]
+                job = provider.resyncer.job(handle.id)
+                out[f"{key} copied MiB/s"] = (job.bytes_done - began) / MiB / (
+                    time.monotonic() - t0)
+                stop.set()
+                follower.join()
+                if limit is not None:
+                    provider.resyncer.set_rate(handle.id, None)
+                provider.resyncer.wait(handle.id, interval=0.05)
         out["idle"] = fio(dst.path, "randread", "4k", seconds)["ms"]
         provider.deactivate()
     shutil.rmtree(root / "pool-rate")
@@ -252,16 +254,18 @@ def main() -> int:
         off, on = restores[f"{engine} no era"], restores[f"{engine} era"]
         print(f"| {engine} | {off['online']:.3f} | {on['online']:.3f} | {off['total']:.2f} |"
               f" {on['total']:.2f} | {on['total'] / off['total']:.2f} |")
-    print(f"\n## 4 KiB random reads on the destination during a clone copy ({args.size} MiB,"
+    print(f"\n## 4 KiB random reads on the destination during a copy ({args.size} MiB,"
           " fio QD1)\n")
-    print("| copy | read ms | / idle | copied MiB/s meanwhile |")
-    print("| --- | --- | --- | --- |")
+    print("| engine | copy | read ms | / idle | copied MiB/s meanwhile |")
+    print("| --- | --- | --- | --- | --- |")
     idle = latency["idle"]
-    for label in ("unthrottled", "throttled"):
-        name = label if label == "unthrottled" else f"limited to {args.rate} MiB/s"
-        print(f"| {name} | {latency[label]:.3f} | {latency[label] / idle:.2f} |"
-              f" {latency[f'{label} copied MiB/s']:.1f} |")
-    print(f"| idle | {idle:.3f} | 1.00 | - |")
+    for engine in ("clone", "mirror"):
+        for label in ("unthrottled", "throttled"):
+            name = label if label == "unthrottled" else f"limited to {args.rate} MiB/s"
+            key = f"{engine} {label}"
+            print(f"| {engine} | {name} | {latency[key]:.3f} | {latency[key] / idle:.2f} |"
+                  f" {latency[f'{key} copied MiB/s']:.1f} |")
+    print(f"| - | idle | {idle:.3f} | 1.00 | - |")
     print(f"\n## Refresh of a tracked {args.size} MiB test bed, 1% changed\n")
     print("| restore | copied MiB | seconds | / full copy |")
     print("| --- | --- | --- | --- |")

@@ -24,8 +24,9 @@ DIRECT_HINT = "run it without --via-dbus, as root on the machine of the pool"
 
 #: ``--engine`` of resync and restore.
 ENGINE_CHOICE = click.Choice(["auto", *(k.value for k in EngineKind)])
-MAX_RATE_HELP = ("Bytes per second the copy may take (e.g. 50M: 50 MiB/s; clone engine only;"
-                 " a follower paces it: job wait, --wait or the service).")
+MAX_RATE_HELP = ("Bytes per second the copy may take (e.g. 50M: 50 MiB/s; a follower paces it:"
+                 " job wait, --wait or the service; mirror and merge through the kernel's"
+                 " copy share, one for the whole machine).")
 
 
 class LunresyncCommand(click.Command):

@@ -43,6 +43,7 @@ def poll_locked(ctx: JobContext, kernel_log: Sequence[KernelMessage]) -> list[Jo
             recover_pending(ctx, job, present)
         else:
             advance(ctx, job, present, kernel_log)
+    throttle.release(ctx)  # the shares of limited copies that ended
     return ctx.store.jobs(active_only=True)
 
 
@@ -142,6 +143,7 @@ def end(ctx: JobContext, job: Job, state: JobState, error: str) -> None:
             announce(pair, "none")
     with ctx.catalog.transaction():
         ctx.store.update(job.id, state=state, finished=now(), error=error)
+    throttle.release(ctx)
     log.warning("job %s %s: %s", job.id, state.value, error)
 
 

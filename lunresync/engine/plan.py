@@ -87,10 +87,6 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
     """A new pending job for the checked pairs, and the sizes of its files; refused if
     the pool cannot hold the files. ``thin_transaction``: the thin pool's transaction id,
     for a job of the thin engine; ``max_rate``: the copy's limit (bytes/s)."""
-    if max_rate is not None:
-        why = throttle.refusal(c.engine for c in checked)
-        if why is not None:
-            raise InvalidArgument(f"--max-rate: {why}")
     job_id = new_id()
     pairs = []
     sizes: FileSizes = {}
@@ -104,7 +100,7 @@ def plan_job(catalog: Catalog, pool: Pool, checked: Sequence[CheckedPair],
             continue
         engine = ENGINES[c.engine]
         spec = PairSpec(c.shadow.size, c.shadow.store, c.shadow.chunk_sectors, c.in_place)
-        region = engine.default_region(spec)
+        region = throttle.region(c.engine, engine.default_region(spec), max_rate)
         sizes[index] = engine.file_sizes(spec, region)
         if c.track_writes:
             sizes[index][tracking.ROLE] = era.metadata_bytes(c.size // SECTOR_SIZE,

@@ -13,7 +13,7 @@ from lunresync.storage.catalog import now
 from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
-from . import thin
+from . import thin, throttle
 from .context import JobContext
 from .model import EngineKind, Job, JobPair, JobState
 from .online import (
@@ -83,6 +83,7 @@ def reactivate(ctx: JobContext, undo: Undo) -> list[str]:
         made = build_helpers(ctx, pair, undo, None)
         plan = replace(pair.plan, log_since_seq=since)
         make_engine_device(ctx, pair, plan, made, undo)
+        throttle.hold_back(ctx, ctx.store.job(job_id))  # no full speed before a poll
         ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
         with ctx.catalog.transaction():
             ctx.store.update_pair(job_id, pair.index, plan=plan)
@@ -107,6 +108,7 @@ def deactivate(ctx: JobContext) -> list[str]:
                 removed.append(name)
         for path in pair.plan.files.values():
             removed += ctx.devices.detach_file(path)
+    throttle.release(ctx, everything=True)  # no copy of the pool runs any more
     return removed
 
 

@@ -130,7 +130,9 @@ class Resyncer:
                         self.store.add(job)
                         for lun_id in baselines:
                             ctx.catalog.set_lun_baseline(lun_id, None)
+                    undo.push("put back the copy throttles", throttle.release, ctx)
                     undo.push(f"forget job {job.id}", self._forget, job.id, baselines)
+                    throttle.hold_back(ctx, job)  # a limited copy starts slow
                     job = go_online(ctx, job, sizes, undo)
                     online = time.monotonic() - started
                     for pair in job.pairs:  # sparse clone: mark what it need not copy

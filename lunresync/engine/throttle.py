@@ -13,17 +13,29 @@ throttled copy with nobody
 following it stays as the last poll left it: run ``lunresync job wait`` or the service.
 
 The merge and mirror engines cannot be paused (snapshot-merge and dm-mirror take no such
-message, and suspending them would stop production I/O too): a rate limit is refused for
-them, with the engine to use instead.
+message, and suspending them would stop production I/O too). Their copies run through the
+kernel's dm-kcopyd, whose module parameter gives the share of time a module's copies may
+keep I/O in flight (kernel/kcopyd.py). The governor moves that share instead: one point
+up while the copy is behind its budget, back down while it is ahead, and the pair of
+shares it alternates between moves up (down) when even the upper (lower) one leaves the
+copy behind (ahead) by more than the slack. The share is one for the whole machine: while
+a limited mirror (merge) copy runs, every mirror (snapshot) copy on the machine runs at
+it. The share found before the first limited copy, and the governor's low share, are kept
+in ``POOL/jobs/copy-throttle.json``; the share found is put back when no limited copy of
+that engine is left.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets.clone import CloneStatus
 
 from .clone import HYDRATION_BATCH as CLONE_BATCH
@@ -38,19 +50,33 @@ IN_FLIGHT_SECONDS = 0.01
 #: Seconds of budget the copy may be behind, or ahead, before it gets more, or less, in
 #: flight.
 SLACK_SECONDS = 0.25
+#: The most budget a copy that fell behind may make up, in seconds of it: above its limit
+#: for a moment, never for long.
+OWED_SECONDS = 0.25
+#: Seconds of budget a copy under a kernel share may be behind (ahead) at the upper (low)
+#: share before the shares move: it answers within a poll, unlike a clone's burst.
+SHARE_SLACK_SECONDS = 0.1
 # dm-clone's own maxima as the engine sets them (engine/clone.py)
 _MAX_THRESHOLD = 512
 _MAX_BATCH = 64
 
-
-def refusal(engines: Iterable[EngineKind]) -> str | None:
-    """Why a job of these engines cannot be throttled, or None."""
-    for engine in engines:
-        if engine is EngineKind.MERGE or engine is EngineKind.MIRROR:
-            return (f"the {engine.value} engine cannot be throttled (the kernel's"
-                    f" {engine.target} copy cannot be paused): use --engine clone, which"
-                    " needs dm-clone")
-    return None
+#: The kernel's copy throttle each engine's copy runs under.
+SHARED_THROTTLE = {EngineKind.MIRROR: CopyThrottle.MIRROR,
+                   EngineKind.MERGE: CopyThrottle.SNAPSHOT}
+#: The share (percent of time) a limited copy starts at, before the first poll: low, so
+#: that it does not copy at full speed until someone follows it.
+INITIAL_SHARE = 1
+#: The most the governor gives: 100 is the kernel's "no limit".
+MAX_SHARE = 99
+#: The most the low share grows (or shrinks) in one poll: by half, when the copy owes (or
+#: is ahead by) :data:`OWED_SECONDS` of budget; in proportion below that, one point at
+#: least.
+SHARE_STEP = 0.5
+#: A limited mirror copies regions of about this many seconds of its budget (its progress
+#: is counted in whole regions), from 512 KiB (dm-kcopyd's sub-job) to the engine's own.
+REGION_SECONDS = 0.1
+MIN_MIRROR_REGION = 1024
+KEPT_SHARES = "copy-throttle.json"
 
 
 def check_rate(rate: int | None) -> int | None:
@@ -71,6 +97,19 @@ def in_flight(rate: int | None, region_sectors: int) -> tuple[int | None, int | 
     region = region_sectors * SECTOR_SIZE
     threshold = max(1, min(_MAX_THRESHOLD, int(rate * IN_FLIGHT_SECONDS) // region))
     return threshold, min(threshold, _MAX_BATCH)
+
+
+def region(engine: EngineKind, default: int, rate: int | None) -> int:
+    """The region (sectors) of a pair of ``engine`` under ``rate``: a mirror's progress
+    moves a whole region at a time, so a limited one has regions of about
+    :data:`REGION_SECONDS` of its budget (a power of two); other engines keep theirs."""
+    if rate is None or engine is not EngineKind.MIRROR:
+        return default
+    wanted = min(default, int(rate * REGION_SECONDS) // SECTOR_SIZE)
+    sectors = MIN_MIRROR_REGION
+    while sectors * 2 <= wanted:
+        sectors *= 2
+    return min(sectors, default)
 
 
 def limited(plan: PairPlan, engine: EngineKind, rate: int | None) -> PairPlan:
@@ -103,9 +142,16 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
     while the copy is behind its budget, off when it is ahead (``statuses``: each clone
     pair's status as just read, by pair index). A copy that falls further behind with
     hydration on has too little in flight for the storage's latency: it gets twice as
-    much (up to the engine's own)."""
+    much (up to the engine's own). A copy never owes more than :data:`OWED_SECONDS` of
+    its budget: one that fell behind (a slow start, a follower that paused) goes on at its
+    limit, it does not make up for lost time above it."""
+    short = deficit(job, at)  # how far it fell behind: a clone needs more in flight
+    if job.max_rate is not None and short > job.max_rate * OWED_SECONDS:
+        pace = (at, job.bytes_done + int(job.max_rate * OWED_SECONDS))
+        with ctx.catalog.transaction():
+            ctx.store.update(job.id, pace=json.dumps(pace))
+        job = replace(job, pace=pace)
     wanted = behind(job, at)
-    short = deficit(job, at)
     for pair in _clones(job):
         status = statuses.get(pair.index)
         if status is None:
@@ -122,6 +168,129 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
         if status.hydration_enabled != wanted:
             ctx.devices.message(pair.plan.engine_top,
                                 "enable_hydration" if wanted else "disable_hydration")
+    if job.max_rate is not None:
+        for knob in _shared(job):
+            _govern_share(ctx, knob, deficit(job, at) / job.max_rate)
+
+
+def _govern_share(ctx: JobContext, knob: CopyThrottle, behind: float) -> None:
+    """One step of the governor of a kernel's copy share, for a copy ``behind`` seconds of
+    its budget (negative: ahead). The share alternates between a *low* share and the one
+    above: up while behind, down while ahead, so the budget holds the average between
+    them (the share is a whole percentage). When even the upper one falls behind by more
+    than the slack, the low share moves up; when even the low one gets ahead, down: in
+    proportion to itself (a fast storage needs a large share, a slow one a small one)."""
+    kept = _kept(ctx)
+    share = ctx.devices.copy_throttle(knob)
+    state = kept.get(knob.module, KeptShare(min(share, 100), INITIAL_SHARE))
+    low = INITIAL_SHARE if share >= 100 else state.low  # 100: reset (a reboot): start low
+    step = max(1, round(max(low, 1) * SHARE_STEP * min(1.0, abs(behind) / OWED_SECONDS)))
+    if behind > SHARE_SLACK_SECONDS and share > low:
+        low += step
+    elif -behind > SHARE_SLACK_SECONDS and share <= low:
+        low -= step
+    low = max(0, min(MAX_SHARE - 1, low))
+    new = low + 1 if behind > 0 else low
+    if new != share:
+        ctx.devices.set_copy_throttle(knob, new)
+    if state.low != low or knob.module not in kept:
+        _write_kept(ctx, {**kept, knob.module: replace(state, low=low)})
+
+
+def hold_back(ctx: JobContext, job: Job) -> None:
+    """Before a limited job's copy starts (its switch, a new limit, ``activate``): the
+    shares its mirror and merge copies run under start low; the shares found are kept."""
+    if job.max_rate is None:
+        return
+    for knob in _shared(job):
+        kept = _kept(ctx)
+        found = kept[knob.module].found if knob.module in kept else min(
+            ctx.devices.copy_throttle(knob), 100)
+        _write_kept(ctx, {**kept, knob.module: KeptShare(found, INITIAL_SHARE)})
+        ctx.devices.set_copy_throttle(knob, INITIAL_SHARE)
+
+
+def release(ctx: JobContext, *, everything: bool = False) -> None:
+    """Put back each share kept by :func:`hold_back` that no limited copy runs under any
+    more (a job ended, lost its limit, or was never started); ``everything``: all of them
+    (the pool's devices are going away)."""
+    kept = _kept(ctx)
+    if not kept:
+        return
+    in_use = set() if everything else {
+        knob for job in ctx.store.jobs(active_only=True) if job.max_rate is not None
+        for knob in _shared(job)}
+    still = {}
+    for knob in CopyThrottle:
+        if knob.module not in kept:
+            continue
+        if knob in in_use:
+            still[knob.module] = kept[knob.module]
+        else:
+            ctx.devices.set_copy_throttle(knob, kept[knob.module].found)
+    _write_kept(ctx, still)
+
+
+@dataclass(frozen=True)
+class KeptShare:
+    """A kernel copy share the governor holds: the share found before (put back at the
+    end) and its current low share."""
+
+    found: int
+    low: int
+
+    @classmethod
+    def parse(cls, value: object) -> KeptShare:
+        """From the file; anything torn or odd: the kernel's default, and start low."""
+        if isinstance(value, dict):
+            found, low = value.get("found"), value.get("low")
+            if isinstance(found, int) and isinstance(low, int) and 0 <= found <= 100 \
+                    and 0 <= low < MAX_SHARE:
+                return cls(found, low)
+        return cls(100, INITIAL_SHARE)
+
+
+def _shared(job: Job) -> set[CopyThrottle]:
+    """The copy throttles the job's unfinished pairs run under."""
+    return {SHARED_THROTTLE[p.engine] for p in job.pairs
+            if not p.state.finished and p.engine in SHARED_THROTTLE}
+
+
+def _kept_path(ctx: JobContext) -> Path:
+    return ctx.pool.jobs / KEPT_SHARES
+
+
+def _kept(ctx: JobContext) -> dict[str, KeptShare]:
+    """The shares the governor holds, by module."""
+    try:
+        fd = os.open(_kept_path(ctx), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return {}
+    with os.fdopen(fd) as file:
+        try:
+            kept = json.load(file)
+        except ValueError:  # torn: every module as if the kernel's default was found
+            return {knob.module: KeptShare(100, INITIAL_SHARE) for knob in CopyThrottle}
+    if not isinstance(kept, dict):
+        return {}
+    return {module: KeptShare.parse(value) for module, value in kept.items()
+            if module in {knob.module for knob in CopyThrottle}}
+
+
+def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare]) -> None:
+    path = _kept_path(ctx)
+    if not kept:
+        path.unlink(missing_ok=True)
+        return
+    temporary = path.with_suffix(".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as file:
+        json.dump({module: {"found": share.found, "low": share.low}
+                   for module, share in kept.items()}, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 def _set_in_flight(ctx: JobContext, job: Job, pair: JobPair, threshold: int) -> None:
@@ -139,10 +308,6 @@ def set_rate(ctx: JobContext, job: Job, rate: int | None, at: float) -> None:
     lock and has polled the job)."""
     if job.state.finished:
         raise InvalidArgument(f"job {job.id} has already ended ({job.state.value})")
-    if rate is not None:
-        why = refusal(p.engine for p in job.pairs if not p.state.finished)
-        if why is not None:
-            raise InvalidArgument(f"job {job.id}: {why}")
     for pair in _clones(job):
         plan = limited(pair.plan, pair.engine, rate)
         threshold, batch = in_flight(rate, plan.region_sectors)
@@ -157,6 +322,10 @@ def set_rate(ctx: JobContext, job: Job, rate: int | None, at: float) -> None:
     with ctx.catalog.transaction():
         ctx.store.update(job.id, max_rate=rate,
                          pace=None if rate is None else f"[{at!r}, {job.bytes_done:d}]")
+    if rate is None:
+        release(ctx)
+    elif job.max_rate is None:
+        hold_back(ctx, replace(job, max_rate=rate))  # it copied at full speed so far
 
 
 def _clones(job: Job) -> list[JobPair]:

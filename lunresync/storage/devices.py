@@ -14,11 +14,13 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from lunresync.errors import InUse, NotFound
 from lunresync.kernel import udev
 from lunresync.kernel.dm import DeviceMapper, DmInfo, UdevBatch
+from lunresync.kernel.kcopyd import SYS_MODULE, CopyThrottle
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import EraStatus, StatusLine, Table
@@ -103,6 +105,14 @@ class Devices(Protocol):
         later (up to now), from a snapshot of its metadata."""
         ...
 
+    def copy_throttle(self, knob: CopyThrottle) -> int:
+        """The share of time (percent) the kernel gives the copies of ``knob``'s module."""
+        ...
+
+    def set_copy_throttle(self, knob: CopyThrottle, percent: int) -> None:
+        """Set that share (0 to 100; 100: no limit). One for the whole machine."""
+        ...
+
 
 @dataclass
 class PoolDevices:
@@ -111,6 +121,7 @@ class PoolDevices:
     dm: DeviceMapper
     loops: LoopDevices
     runner: Runner
+    sys_module: Path = SYS_MODULE  # the copy throttles' parameters (kernel/kcopyd.py)
     # During listed(): every dm device, read once; creations and removals keep it whole.
     _present: dict[str, DmInfo] | None = field(default=None, init=False, repr=False)
 
@@ -274,6 +285,12 @@ class PoolDevices:
     def written_blocks_live(self, name: str, metadata_file: str, since: int) -> EraBlocks:
         with self._era_snapshot(name):
             return self._read_era(metadata_file, since, live=True)
+
+    def copy_throttle(self, knob: CopyThrottle) -> int:
+        return knob.read(self.sys_module)
+
+    def set_copy_throttle(self, knob: CopyThrottle, percent: int) -> None:
+        knob.write(percent, self.sys_module)
 
     def _read_era(self, metadata_file: str, since: int, *, live: bool) -> EraBlocks:
         """era_invalidate on a metadata file. It opens with O_DIRECT, which a file on

@@ -71,9 +71,10 @@ def bed(devices: DeviceStack, provider: Provider) -> tuple[ShadowCopy, str]:
 
 
 def test_a_refresh_copies_only_what_changed(
-        provider: Provider, bed: tuple[ShadowCopy, str]) -> None:
-    """From the same shadow copy, from a newer one of the same LUN; a cancelled refresh
-    leaves no baseline. (One bed for all: it takes a full copy to make.)"""
+        provider: Provider, bed: tuple[ShadowCopy, str], forks: ForkServer) -> None:
+    """From the same shadow copy, killed in the middle too, from a newer one of the same
+    LUN; a cancelled refresh leaves no baseline. (One bed for all: it takes a full copy to
+    make.)"""
     shadow, expected = bed
     path = provider.lun("bed").path
     run_tests_on(path, CHANGED, 0xA5)
@@ -86,39 +87,10 @@ def test_a_refresh_copies_only_what_changed(
     assert digest(path) == expected
     # Again at once: nothing changed since (the refresh's own copy is not a change).
     again = restore(provider, shadow, "bed")
-    assert again.bytes_total == 0, again
-    assert digest(path) == expected
+    assert again.bytes_total == 0, again  # (the content is checked after the next one)
 
-    # From a newer shadow copy of the source: what the source wrote since the older one
-    # is copied too (the older's COW store lists it).
-    src = provider.lun("src").path
-    write_pattern(src, 100 * MiB, b"\x11" * MiB)  # the source moves on: 16 blocks
-    (newer,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
-    write_pattern(src, 200 * MiB, b"\x22" * MiB)  # after the newer one, still listed
-    run_tests_on(path, CHANGED[:8], 0x33)  # the tests: 8 blocks
-    job = restore(provider, newer, "bed")
-    assert job.state is JobState.DONE
-    assert job.bytes_total == (8 + 16 + 16) * BLOCK, job
-    assert digest(path) == digest(newer.path)
-    assert provider.lun("bed").baseline.shadow_id == newer.id  # type: ignore[union-attr]
-
-    # A cancelled restore leaves the bed without a baseline: the next one copies it all.
-    write_pattern(path, 1 * MiB, b"\x77" * (64 * MiB))
-    handle = provider.resync_luns([ResyncPair(newer.id, "bed")], engine=EngineKind.CLONE,
-                                  max_rate=640 * 1024)  # 64 MiB to copy: 100 s
-    provider.resyncer.cancel(handle.id)
-    assert provider.lun("bed").baseline is None
-    assert provider.lun("bed").state is LunState.INCOMPLETE
-    with pytest.raises(InvalidArgument, match="thin LUN is not tracked"):
-        provider.create_lun("thinbed", 4 * MiB, thin=True, track_changes=True)
-
-
-def test_a_refresh_killed_in_the_middle_finishes_with_the_same_result(
-        provider: Provider, bed: tuple[ShadowCopy, str], forks: ForkServer) -> None:
-    """kill -9 while the refresh marks what it need not copy (the LUN is online, its copy
-    not started): the next command marks again and copies the changes only."""
-    shadow, expected = bed
-    path = provider.lun("bed").path
+    # kill -9 while the refresh marks what it need not copy (the LUN is online, its copy
+    # not started): the next command marks again and copies the changes only.
     run_tests_on(path, CHANGED, 0x5A)
     script = (
         "import os, signal, sys\n"
@@ -150,3 +122,26 @@ def test_a_refresh_killed_in_the_middle_finishes_with_the_same_result(
     assert done.bytes_total == len(CHANGED) * BLOCK, done
     assert digest(path) == expected
     assert provider.lun("bed").baseline is not None
+
+    # From a newer shadow copy of the source: what the source wrote since the older one
+    # is copied too (the older's COW store lists it).
+    src = provider.lun("src").path
+    write_pattern(src, 100 * MiB, b"\x11" * MiB)  # the source moves on: 16 blocks
+    (newer,) = provider.create_snapshot_set(["src"]).snapshot_set.shadow_copies
+    write_pattern(src, 200 * MiB, b"\x22" * MiB)  # after the newer one, still listed
+    run_tests_on(path, CHANGED[:8], 0x33)  # the tests: 8 blocks
+    job = restore(provider, newer, "bed")
+    assert job.state is JobState.DONE
+    assert job.bytes_total == (8 + 16 + 16) * BLOCK, job
+    assert digest(path) == digest(newer.path)
+    assert provider.lun("bed").baseline.shadow_id == newer.id  # type: ignore[union-attr]
+
+    # A cancelled restore leaves the bed without a baseline: the next one copies it all.
+    write_pattern(path, 1 * MiB, b"\x77" * (64 * MiB))
+    handle = provider.resync_luns([ResyncPair(newer.id, "bed")], engine=EngineKind.CLONE,
+                                  max_rate=640 * 1024)  # 64 MiB to copy: 100 s
+    provider.resyncer.cancel(handle.id)
+    assert provider.lun("bed").baseline is None
+    assert provider.lun("bed").state is LunState.INCOMPLETE
+    with pytest.raises(InvalidArgument, match="thin LUN is not tracked"):
+        provider.create_lun("thinbed", 4 * MiB, thin=True, track_changes=True)

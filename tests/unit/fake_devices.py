@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lunresync.errors import DeviceBusy, InUse, KernelError, NotFound
 from lunresync.kernel.dm import DmInfo
+from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
 from lunresync.kernel.thintools import EraBlocks
 from lunresync.storage.devices import Devices, UdevEvents
@@ -148,6 +149,8 @@ class FakeDevices:
         # era metadata file -> the blocks a test says users wrote through it
         self.era_writes: dict[str, EraBlocks] = {}
         self.eras: dict[str, int] = {}  # a live era device -> its current era
+        # the kernel's copy throttles (kernel/kcopyd.py), percent
+        self.copy_throttles: dict[CopyThrottle, int] = dict.fromkeys(CopyThrottle, 100)
 
     # -- what a test sets up and looks at (not recorded) ------------------------------------
 
@@ -339,6 +342,14 @@ class FakeDevices:
         with self._call("message", name, words=words):
             self._device(name)
         return ""
+
+    def copy_throttle(self, knob: CopyThrottle) -> int:
+        return self.copy_throttles[knob]
+
+    def set_copy_throttle(self, knob: CopyThrottle, percent: int) -> None:
+        with self._call("copy_throttle", knob.module, words=(str(percent),)):
+            assert 0 <= percent <= 100
+            self.copy_throttles[knob] = percent
 
     def remove(self, name: str, *, missing_ok: bool = False,
                udev_sync: bool | None = None) -> None:

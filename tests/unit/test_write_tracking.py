@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lunresync.engine import follow, rate, throttle, tracking
+from lunresync.engine import follow, mirror, rate, throttle, tracking
 from lunresync.engine import resync as resync_module
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.verify import read_written
 from lunresync.errors import InvalidArgument, LunresyncError
+from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets import EraTable
 from lunresync.kernel.targets.clone import CloneTable
 from lunresync.kernel.thintools import parse_era_invalidate
@@ -287,16 +289,83 @@ def test_a_job_rebuilt_after_a_reboot_forgets_its_samples(
 # -- a copy that yields to production ---------------------------------------------------------
 
 
-def test_a_rate_limit_is_refused_for_engines_that_cannot_pause(
+def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
         world: World, src: Lun, shadow: ShadowCopy) -> None:
-    other = world.add_lun("other")
-    for engine, pair in ((EngineKind.MIRROR, world.pair(shadow, other, EngineKind.MIRROR)),
-                         (EngineKind.MERGE, world.pair(shadow, src, EngineKind.MERGE))):
-        before = world.devices.state()
-        with pytest.raises(InvalidArgument, match=f"the {engine.value} engine cannot be"):
-            world.resyncer.start([pair], {}, max_rate=8 << 20)
-        assert world.devices.state() == before
-        assert world.store.jobs() == []
+    """snapshot-merge cannot be paused: the governor moves dm-snapshot's copy throttle,
+    in proportion to how far the copy is from its budget, and puts back the share it found
+    when the job ends."""
+    knobs = world.devices.copy_throttles
+    knobs[CopyThrottle.SNAPSHOT] = 50  # an administrator's own share
+    handle = world.resyncer.start([world.pair(shadow, src, EngineKind.MERGE)], {},
+                                  max_rate=1 << 20)
+    # low before its copy started, and only the throttle its copy runs under
+    assert knobs == {CopyThrottle.SNAPSHOT: throttle.INITIAL_SHARE, CopyThrottle.MIRROR: 100}
+    kept = world.pool.jobs / throttle.KEPT_SHARES
+    assert json.loads(kept.read_text()) == {"dm_snapshot": {"found": 50, "low": 1}}
+    job = world.store.job(handle.id)
+    assert job.pace is not None
+    since = job.pace[0]
+
+    def governed(seconds: float, done: int) -> int:
+        throttle.govern(world.ctx, replace(job, bytes_done=done), {}, since + seconds)
+        return knobs[CopyThrottle.SNAPSHOT]
+
+    # Behind: one above the low share; still behind by more than the slack there (half a
+    # second of budget): the low share moves up
+    assert governed(1.0, 512 << 10) == 2
+    assert governed(1.0, 512 << 10) == 3
+    assert json.loads(kept.read_text())["dm_snapshot"] == {"found": 50, "low": 2}
+    assert governed(1.0, (1 << 20) + (100 << 10)) == 2  # a little ahead: the low share
+    assert governed(1.0, 3 << 20) == 1  # far ahead at the low share: it moves down
+    # Far behind: it owes no more than a quarter of a second of budget from then on
+    assert governed(30.0, 0) == 2
+    assert world.store.job(handle.id).pace == (since + 30.0, 256 << 10)
+    # ... and the low share grows by half at each poll: in proportion to itself
+    assert [governed(30.0, 0) for _ in range(6)] == [3, 4, 6, 8, 12, 18]
+    for _ in range(10):
+        governed(30.0, 0)
+    assert knobs[CopyThrottle.SNAPSHOT] == throttle.MAX_SHARE  # 100 means no limit
+    knobs[CopyThrottle.SNAPSHOT] = 100  # reset behind its back (a reboot): low again
+    assert governed(1.0, 1 << 20) == throttle.INITIAL_SHARE
+    world.devices.set_status(src.dm_name, merge_status(2))
+    world.resyncer.cancel(handle.id)
+    assert knobs[CopyThrottle.SNAPSHOT] == 50
+    assert not kept.exists()
+
+
+def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    """A mirror's progress moves a region at a time: limited, it copies regions of about
+    0.1 s of its budget. A limit set on a running mirror starts its share low; no limit
+    puts the share back."""
+    other, third = world.add_lun("other"), world.add_lun("third")
+    knobs = world.devices.copy_throttles
+    handle = world.resyncer.start([world.pair(shadow, other, EngineKind.MIRROR)], {})
+    pair = world.store.job(handle.id).pairs[0]
+    assert pair.plan.region_sectors == mirror.REGION_SECTORS
+    assert knobs[CopyThrottle.MIRROR] == 100
+    world.devices.set_status(other.dm_name, mirror_status(world, pair, 0))
+    world.resyncer.set_rate(handle.id, 16 << 20)
+    # low; one above it if the governor's step in set-rate found it behind already
+    assert knobs[CopyThrottle.MIRROR] in (throttle.INITIAL_SHARE, throttle.INITIAL_SHARE + 1)
+    world.resyncer.set_rate(handle.id, None)
+    assert knobs[CopyThrottle.MIRROR] == 100
+    assert not (world.pool.jobs / throttle.KEPT_SHARES).exists()
+    limited = world.resyncer.start([world.pair(shadow, third, EngineKind.MIRROR)], {},
+                                   max_rate=16 << 20)
+    assert world.store.job(limited.id).pairs[0].plan.region_sectors == 2048  # 1 MiB
+    assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
+    # The pool's devices go away (deactivate): no copy of it runs, the share is put back;
+    # activate rebuilds the copy, and it starts low again
+    for lun in (other, third):  # the LUN tops go first
+        world.devices.remove(lun.dm_name)
+    world.resyncer.deactivate()
+    assert knobs[CopyThrottle.MIRROR] == 100
+    reboot(world, other, third)
+    with Undo() as undo:
+        world.resyncer.reactivate(undo)
+        undo.commit()
+    assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
     with pytest.raises(InvalidArgument, match="at least"):
         world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {}, max_rate=1)
 
@@ -342,7 +411,9 @@ def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
     assert poll_at(3.0, 33, True) == [("hydration_threshold", "2"),
                                       ("hydration_batch_size", "2")]
     assert world.store.job(handle.id).pairs[0].plan.hydration_threshold == 2
-    assert poll_at(3.1, 50, True) == [("disable_hydration",)]  # ahead again
+    # ahead again, far: it owed 0.25 s at most at 3.0 s, its budget counts from there
+    assert poll_at(3.1, 50, True) == [("hydration_threshold", "1"),
+                                      ("hydration_batch_size", "1"), ("disable_hydration",)]
     # A new limit counts from now, with as many regions in flight as it allows
     seen = len(world.devices.calls)
     world.resyncer.set_rate(handle.id, 16 << 20)
@@ -383,6 +454,12 @@ def test_budget_and_in_flight_arithmetic() -> None:
     assert throttle.check_rate(None) is None
     with pytest.raises(InvalidArgument):
         throttle.check_rate(True)
+    # a limited mirror's regions: about 0.1 s of its budget, 512 KiB to the engine's own
+    assert throttle.region(EngineKind.MIRROR, 32768, 16 << 20) == 2048
+    assert throttle.region(EngineKind.MIRROR, 32768, throttle.MIN_RATE) == 1024
+    assert throttle.region(EngineKind.MIRROR, 32768, 1 << 30) == 32768
+    assert throttle.region(EngineKind.MIRROR, 32768, None) == 32768
+    assert throttle.region(EngineKind.CLONE, 128, 1 << 20) == 128
 
 
 @pytest.mark.parametrize(("text", "rate"), [("50M", 50 << 20), ("50M/s", 50 << 20),
