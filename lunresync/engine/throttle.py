@@ -27,13 +27,14 @@ that engine is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument
+from lunresync.errors import InvalidArgument, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets.clone import CloneStatus
@@ -181,7 +182,10 @@ def _govern_share(ctx: JobContext, knob: CopyThrottle, behind: float) -> None:
     than the slack, the low share moves up; when even the low one gets ahead, down: in
     proportion to itself (a fast storage needs a large share, a slow one a small one)."""
     kept = _kept(ctx)
-    share = ctx.devices.copy_throttle(knob)
+    try:
+        share = ctx.devices.copy_throttle(knob)
+    except NotSupported:
+        return  # not loaded: its copies are not running (deactivated, before activate)
     state = kept.get(knob.module, KeptShare(min(share, 100), INITIAL_SHARE))
     low = INITIAL_SHARE if share >= 100 else state.low  # 100: reset (a reboot): start low
     step = max(1, round(max(low, 1) * SHARE_STEP * min(1.0, abs(behind) / OWED_SECONDS)))
@@ -226,7 +230,9 @@ def release(ctx: JobContext, *, everything: bool = False) -> None:
             continue
         if knob in in_use:
             still[knob.module] = kept[knob.module]
-        else:
+            continue
+        # not loaded (a reboot unloaded it): it comes back with its own default
+        with contextlib.suppress(NotSupported):
             ctx.devices.set_copy_throttle(knob, kept[knob.module].found)
     _write_kept(ctx, still)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from lunresync.errors import DeviceBusy, InUse, KernelError, NotFound
+from lunresync.errors import DeviceBusy, InUse, KernelError, NotFound, NotSupported
 from lunresync.kernel.dm import DmInfo
 from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets import StatusLine, Table, parse_status_line
@@ -344,11 +344,14 @@ class FakeDevices:
         return ""
 
     def copy_throttle(self, knob: CopyThrottle) -> int:
+        if knob not in self.copy_throttles:
+            raise NotSupported(f"{knob.module} is not loaded")
         return self.copy_throttles[knob]
 
     def set_copy_throttle(self, knob: CopyThrottle, percent: int) -> None:
         with self._call("copy_throttle", knob.module, words=(str(percent),)):
             assert 0 <= percent <= 100
+            self.copy_throttle(knob)  # a module that is not loaded has no parameter
             self.copy_throttles[knob] = percent
 
     def remove(self, name: str, *, missing_ok: bool = False,

@@ -331,6 +331,15 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
     world.resyncer.cancel(handle.id)
     assert knobs[CopyThrottle.SNAPSHOT] == 50
     assert not kept.exists()
+    # A module that is not loaded any more has nothing to put back: it comes back with its
+    # own default; the next poll does not fail on it
+    again = world.resyncer.start([world.pair(shadow, src, EngineKind.MERGE)], {},
+                                 max_rate=1 << 20)
+    assert kept.exists()
+    del knobs[CopyThrottle.SNAPSHOT]
+    world.devices.set_status(src.dm_name, merge_status(2))
+    world.resyncer.cancel(again.id)
+    assert not kept.exists()
 
 
 def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
