@@ -140,13 +140,15 @@ class PairPlan:
     write_block_sectors: int = 0
     # A refresh of a tracked LUN (engine/refresh.py): a sparse clone that copies only the
     # regions changed since the LUN's baseline: its era device and metadata file, the
-    # baseline's era, the blocks written during that restore ([first, end) runs), and the
-    # COW stores of both shadow copies when the source is not the baseline's own.
+    # baseline's era, the blocks written during that restore ([first, end) runs), and what
+    # differs between the two shadow copies when the source is not the baseline's own:
+    # both COW stores (differential), or the byte ranges thin_delta gave (thin).
     refresh_era_device: str | None = None
     refresh_era_file: str | None = None
     refresh_since: int | None = None
     refresh_written: list[list[int]] | None = None
     refresh_stores: list[str] | None = None
+    refresh_differ: list[list[int]] | None = None  # [offset, length] in bytes
     # A tracked LUN's era once the copy is complete, moved on before the top's final table
     # (every later write is recorded in it or after): the LUN's next baseline.
     baseline_era: int | None = None
@@ -288,6 +290,10 @@ class CheckedPair:
     provisioned: tuple[tuple[int, int], ...] | None = None
     # Record what users write during the restore (the kernel has dm-era; engine/tracking.py)
     track_writes: bool = False
+    # A thin shadow copy restored into a tracked LUN whose baseline is another thin shadow
+    # copy of the same LUN: (offset, length) where the two differ (thin_delta; None: not
+    # that case, engine/refresh.py)
+    differs_from_baseline: tuple[tuple[int, int], ...] | None = None
 
     @property
     def in_place(self) -> bool:

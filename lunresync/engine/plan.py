@@ -191,7 +191,7 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         dest_image=dest_image)
     if (c.engine is EngineKind.CLONE and not c.in_place and c.lun is not None
             and region == TRACK_BLOCK_SECTORS):
-        base = refresh.refresh_base(catalog, c.shadow, c.lun)
+        base = refresh.refresh_base(catalog, c.shadow, c.lun, c.differs_from_baseline)
         if base is not None:  # a tracked LUN: only what changed since is copied
             plan = refresh.planned(plan, c.lun, base, pool.era)
     if c.track_writes:

@@ -83,8 +83,9 @@ def reactivate(ctx: JobContext, undo: Undo) -> list[str]:
         made = build_helpers(ctx, pair, undo, None)
         plan = replace(pair.plan, log_since_seq=since)
         make_engine_device(ctx, pair, plan, made, undo)
-        ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
         throttle.hold_back(ctx, ctx.store.job(job_id))  # no full speed until a poll
+        ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
+        throttle.hold_back(ctx, ctx.store.job(job_id))  # (the table loaded its module)
         with ctx.catalog.transaction():
             ctx.store.update_pair(job_id, pair.index, plan=plan)
             # The machine was down: no copying time (the rate is from a recent window),

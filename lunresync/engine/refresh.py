@@ -9,9 +9,10 @@ the shadow copy's, except for those blocks and for whatever is written in that e
 later.
 
 Restoring the LUN again with the clone engine, from the same shadow copy or from another
-differential shadow copy of the same source LUN, goes the way of the sparse clone
-(engine/clone.py): online at once with hydration off, then every region outside the
-changed ones is marked hydrated and only those are copied. The changed regions are
+shadow copy of the same source LUN (both differential, or both thin), goes the way of the
+sparse clone (engine/clone.py): online at once with hydration off, then every region
+outside the changed ones is marked hydrated and only those are copied. The changed
+regions are
 
 - the blocks written on the LUN since the baseline's era (read from a metadata snapshot
   of the live era, after the switch: a block written since the switch was hydrated first,
@@ -19,7 +20,8 @@ changed ones is marked hydrated and only those are copied. The changed regions a
 - the blocks written during the last restore,
 - from another shadow copy: every chunk either one's COW store lists (a chunk of the
   source LUN not written since the older was taken is the same in both; the newer's
-  store lists only chunks the older's does too, so which is older need not be known).
+  store lists only chunks the older's does too, so which is older need not be known); of
+  two thin shadow copies, every range the pool's ``thin_delta`` says they do not share.
 
 The baseline is cleared when a restore into the LUN starts and set again when it
 completes, so a cancelled or failed one leaves none (the next restore copies everything).
@@ -32,6 +34,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.devices import Devices
 from lunresync.storage.model import (
@@ -52,29 +55,55 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RefreshBase:
-    """A restore into a tracked LUN that can be a refresh; ``stores``: the COW stores
-    that list what differs between its shadow copy and the LUN's baseline's (none: the
-    same shadow copy)."""
+    """A restore into a tracked LUN that can be a refresh, and what differs between its
+    shadow copy and the LUN's baseline's: ``stores``, the COW stores that list it
+    (differential), ``ranges``, (offset, length) in bytes (thin); neither: the same
+    shadow copy."""
 
     stores: tuple[str, ...] = ()
+    ranges: tuple[tuple[int, int], ...] = ()
 
 
-def refresh_base(catalog: Catalog, shadow: ShadowCopy, lun: Lun) -> RefreshBase | None:
-    """Whether restoring ``shadow`` into ``lun`` can be a refresh (None: it cannot)."""
+def baseline_thin_copy(catalog: Catalog, shadow: ShadowCopy, lun: Lun) -> ShadowCopy | None:
+    """The thin shadow copy of the same LUN and size that ``lun``'s baseline was restored
+    from, when ``shadow`` is another thin one: the provider asks the pool what differs
+    (thin_delta) before planning (None: not that case)."""
+    base = lun.baseline
+    if not lun.tracked or base is None or base.shadow_id == shadow.id \
+            or shadow.thin_id is None:
+        return None
+    other = _baseline_copy(catalog, shadow, base.shadow_id)
+    if other is None or other.thin_id is None:
+        return None
+    return other
+
+
+def refresh_base(catalog: Catalog, shadow: ShadowCopy, lun: Lun,
+                 differs: tuple[tuple[int, int], ...] | None = None) -> RefreshBase | None:
+    """Whether restoring ``shadow`` into ``lun`` can be a refresh (None: it cannot).
+    ``differs``: where a thin ``shadow`` and the baseline's thin copy differ
+    (:func:`baseline_thin_copy`)."""
     base = lun.baseline
     if not lun.tracked or base is None or lun.state is not LunState.OK:
         return None
     if base.shadow_id == shadow.id:
         return RefreshBase()
-    others = [s for s in catalog.shadow_copies(lun_id=shadow.lun_id)
-              if s.id == base.shadow_id]
-    if not others:
+    other = _baseline_copy(catalog, shadow, base.shadow_id)
+    if other is None:
         return None
-    other = others[0]
-    if (other.size != shadow.size or other.kind is not ShadowKind.DIFFERENTIAL
-            or shadow.kind is not ShadowKind.DIFFERENTIAL):
+    if other.thin_id is not None and shadow.thin_id is not None:
+        return None if differs is None else RefreshBase(ranges=differs)
+    if other.kind is not ShadowKind.DIFFERENTIAL or shadow.kind is not ShadowKind.DIFFERENTIAL:
         return None
     return RefreshBase((other.store, shadow.store))
+
+
+def _baseline_copy(catalog: Catalog, shadow: ShadowCopy, base_id: str) -> ShadowCopy | None:
+    """The baseline's shadow copy when it is of the same LUN and size as ``shadow``."""
+    others = [s for s in catalog.shadow_copies(lun_id=shadow.lun_id) if s.id == base_id]
+    if not others or others[0].size != shadow.size:
+        return None
+    return others[0]
 
 
 def planned(plan: PairPlan, lun: Lun, base: RefreshBase, era_dir: Path) -> PairPlan:
@@ -88,7 +117,8 @@ def planned(plan: PairPlan, lun: Lun, base: RefreshBase, era_dir: Path) -> PairP
         refresh_era_file=str(era_file(era_dir, lun)),
         refresh_since=lun.baseline.era,
         refresh_written=[list(run) for run in lun.baseline.written],
-        refresh_stores=list(base.stores))
+        refresh_stores=list(base.stores),
+        refresh_differ=[list(r) for r in base.ranges] or None)
 
 
 def changed_regions(devices: Devices, plan: PairPlan) -> set[int]:
@@ -104,6 +134,9 @@ def changed_regions(devices: Devices, plan: PairPlan) -> set[int]:
         changed.update(range(first, end))
     for path in plan.refresh_stores or ():
         changed |= read_store(path).origin_regions(plan.region_sectors)
+    region = plan.region_sectors * SECTOR_SIZE
+    for offset, length in plan.refresh_differ or ():
+        changed.update(range(offset // region, -(-(offset + length) // region)))
     regions = -(-plan.sectors // plan.region_sectors)
     return {r for r in changed if r < regions}
 

@@ -132,9 +132,10 @@ class Resyncer:
                             ctx.catalog.set_lun_baseline(lun_id, None)
                     undo.push("put back the copy throttles", throttle.release, ctx)
                     undo.push(f"forget job {job.id}", self._forget, job.id, baselines)
+                    # A limited mirror's or merge's copy starts slow: before the switch when
+                    # its module is loaded, and after it when the switch loaded it
+                    throttle.hold_back(ctx, job)
                     job = go_online(ctx, job, sizes, undo)
-                    # A limited mirror's or merge's copy slows down at once: its module is
-                    # loaded now (the kernel loads it with the first table of its target)
                     throttle.hold_back(ctx, job)
                     online = time.monotonic() - started
                     for pair in job.pairs:  # sparse clone: mark what it need not copy

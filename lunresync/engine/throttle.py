@@ -69,10 +69,8 @@ SHARED_THROTTLE = {EngineKind.MIRROR: CopyThrottle.MIRROR,
 INITIAL_SHARE = 1
 #: The most the governor gives: 100 is the kernel's "no limit".
 MAX_SHARE = 99
-#: The most the low share grows (or shrinks) in one poll: by half, when the copy owes (or
-#: is ahead by) :data:`OWED_SECONDS` of budget; in proportion below that, one point at
-#: least.
-SHARE_STEP = 0.5
+#: Seconds between two steps of the low share.
+SHARE_SETTLE_SECONDS = 0.5
 #: A limited mirror copies regions of about this many seconds of its budget (its progress
 #: is counted in whole regions), from 512 KiB (dm-kcopyd's sub-job) to the engine's own.
 REGION_SECONDS = 0.1
@@ -171,45 +169,75 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
                                 "enable_hydration" if wanted else "disable_hydration")
     if job.max_rate is not None:
         for knob in _shared(job):
-            _govern_share(ctx, knob, deficit(job, at) / job.max_rate)
+            _govern_share(ctx, knob, job, at)
 
 
-def _govern_share(ctx: JobContext, knob: CopyThrottle, behind: float) -> None:
-    """One step of the governor of a kernel's copy share, for a copy ``behind`` seconds of
-    its budget (negative: ahead). The share alternates between a *low* share and the one
-    above: up while behind, down while ahead, so the budget holds the average between
-    them (the share is a whole percentage). When even the upper one falls behind by more
-    than the slack, the low share moves up; when even the low one gets ahead, down: in
-    proportion to itself (a fast storage needs a large share, a slow one a small one)."""
+def _govern_share(ctx: JobContext, knob: CopyThrottle, job: Job, at: float) -> None:
+    """One step of the governor of a kernel's copy share for ``job`` at ``at``. The share
+    alternates between a *low* share and the one above: up while the copy is behind its
+    budget, down while ahead, so the budget holds the average between them (the share is
+    a whole percentage). When even the upper one leaves the copy behind by more than the
+    slack, the low share moves up; when even the low one gets it ahead, down. By how much
+    comes from the rate the copy made since the low share last moved: to where the limit
+    would be, at most half as much again (or half as much). It moves
+    at most once in :data:`SHARE_SETTLE_SECONDS`: the kernel's accounting, and a copy
+    whose progress moves in runs, answer late, and reacting twice to the same error swings
+    the share from one end to the other."""
+    assert job.max_rate is not None
+    behind = deficit(job, at) / job.max_rate
     kept = _kept(ctx)
     try:
         share = ctx.devices.copy_throttle(knob)
     except NotSupported:
         return  # not loaded: its copies are not running (deactivated, before activate)
     state = kept.get(knob.module, KeptShare(min(share, 100), INITIAL_SHARE))
-    low = INITIAL_SHARE if share >= 100 else state.low  # 100: reset (a reboot): start low
-    step = max(1, round(max(low, 1) * SHARE_STEP * min(1.0, abs(behind) / OWED_SECONDS)))
-    if behind > SHARE_SLACK_SECONDS and share > low:
-        low += step
-    elif -behind > SHARE_SLACK_SECONDS and share <= low:
-        low -= step
+    low = state.low
+    settled = at - state.moved >= SHARE_SETTLE_SECONDS or at < state.moved
+    if share >= 100:  # reset behind its back (a reboot): start low again
+        low, settled = INITIAL_SHARE, False
+    grow = settled and behind > SHARE_SLACK_SECONDS and share > low
+    shrink = settled and -behind > SHARE_SLACK_SECONDS and share <= low
+    if grow or shrink:
+        # behind at the upper share, ahead at the low one: that one was in force
+        wanted = _wanted_low(state, share, job.bytes_done, job.max_rate, at)
+        if grow:  # by half at most: a share that goes up lets a copy that waited burst
+            low = max(low + 1, min(wanted, low + low // 2))
+        else:
+            low = min(low - 1, max(wanted, low // 2))
     low = max(0, min(MAX_SHARE - 1, low))
     new = low + 1 if behind > 0 else low
     if new != share:
         ctx.devices.set_copy_throttle(knob, new)
     if state.low != low or knob.module not in kept:
-        _write_kept(ctx, {**kept, knob.module: replace(state, low=low)})
+        moved = (at, job.bytes_done) if state.low != low else (state.moved, state.done)
+        _write_kept(ctx, {**kept, knob.module: KeptShare(state.found, low, *moved)})
+
+
+def _wanted_low(state: KeptShare, share: int, done: int, rate: int, at: float) -> int:
+    """The low share that would copy ``rate`` (with the one above it in turns, about half
+    a point more), from the rate made since it last moved at ``share`` (the one in force:
+    the copy stays behind at the upper share, ahead at the low one). Unknown (it has not
+    moved yet, or another job's copy counted): where it is."""
+    if state.moved <= 0 or at <= state.moved or done < state.done:
+        return state.low
+    made = (done - state.done) / (at - state.moved)
+    return round(max(share, 0.5) * rate / max(made, rate / 4) - 0.5)
 
 
 def hold_back(ctx: JobContext, job: Job) -> None:
     """Before a limited job's copy starts (its switch, a new limit, ``activate``): the
-    shares its mirror and merge copies run under start low; the shares found are kept."""
+    shares its mirror and merge copies run under start low; the shares found are kept.
+    A module that is not loaded yet is skipped (its first table loads it: call again
+    then)."""
     if job.max_rate is None:
         return
     for knob in _shared(job):
         kept = _kept(ctx)
-        found = kept[knob.module].found if knob.module in kept else min(
-            ctx.devices.copy_throttle(knob), 100)
+        try:
+            share = ctx.devices.copy_throttle(knob)
+        except NotSupported:
+            continue
+        found = kept[knob.module].found if knob.module in kept else min(share, 100)
         _write_kept(ctx, {**kept, knob.module: KeptShare(found, INITIAL_SHARE)})
         ctx.devices.set_copy_throttle(knob, INITIAL_SHARE)
 
@@ -244,15 +272,19 @@ class KeptShare:
 
     found: int
     low: int
+    moved: float = 0.0  # when the low share last moved (unix time; 0: not yet)
+    done: int = 0  # the bytes the job had copied then
 
     @classmethod
     def parse(cls, value: object) -> KeptShare:
         """From the file; anything torn or odd: the kernel's default, and start low."""
         if isinstance(value, dict):
             found, low = value.get("found"), value.get("low")
+            moved, done = value.get("moved", 0.0), value.get("done", 0)
             if isinstance(found, int) and isinstance(low, int) and 0 <= found <= 100 \
-                    and 0 <= low < MAX_SHARE:
-                return cls(found, low)
+                    and 0 <= low < MAX_SHARE and isinstance(moved, (int, float)) \
+                    and isinstance(done, int):
+                return cls(found, low, float(moved), done)
         return cls(100, INITIAL_SHARE)
 
 
@@ -292,8 +324,8 @@ def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare]) -> None:
     temporary.unlink(missing_ok=True)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as file:
-        json.dump({module: {"found": share.found, "low": share.low}
-                   for module, share in kept.items()}, file)
+        json.dump({module: {"found": share.found, "low": share.low, "moved": share.moved,
+                            "done": share.done} for module, share in kept.items()}, file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)

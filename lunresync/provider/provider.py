@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from lunresync.engine import refresh
 from lunresync.engine.context import JobContext
 from lunresync.engine.model import CheckedPair, EngineKind, ResyncPair
 from lunresync.engine.resync import Resyncer, ResyncJob
@@ -44,7 +45,7 @@ from lunresync.storage.pool import Pool
 from lunresync.storage.snapshots import ShadowCopyUse, Snapshots, SnapshotSetResult
 from lunresync.storage.storage import Storage
 from lunresync.storage.swap import swap_snapshot_set
-from lunresync.storage.thinpool import ThinPool
+from lunresync.storage.thinpool import ThinPool, byte_ranges
 from lunresync.storage.transport import Transport
 from lunresync.storage.undo import Undo
 
@@ -137,13 +138,21 @@ class Provider:
 
     def _with_provisioned(self, pair: CheckedPair) -> CheckedPair:
         """A thin shadow copy cloned into an image LUN: what the pool provisioned in it,
-        so that only that is copied where the image is a hole (engine/clone.py)."""
+        so that only that is copied where the image is a hole (engine/clone.py); into a
+        tracked LUN restored from another thin copy of the same LUN, what differs between
+        the two, so that a refresh copies only that (engine/refresh.py)."""
         shadow, lun = pair.shadow, pair.lun
         if (pair.engine is not EngineKind.CLONE or shadow.thin_id is None or lun is None
                 or lun.kind is not LunKind.IMAGE):
             return pair
         provisioned = self._thin.provisioned(shadow.thin_id, shadow.size)
-        return dataclasses.replace(pair, provisioned=tuple(provisioned))
+        pair = dataclasses.replace(pair, provisioned=tuple(provisioned))
+        base = refresh.baseline_thin_copy(self.catalog, shadow, lun)
+        if base is None or base.thin_id is None:
+            return pair
+        delta = self._thin.delta(base.thin_id, shadow.thin_id)
+        return dataclasses.replace(pair, differs_from_baseline=tuple(
+            byte_ranges(delta.changed(), shadow.size)))
 
     # -- LUNs ------------------------------------------------------------------------------
 

@@ -623,10 +623,11 @@ def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
 
 # (engine, LUN size, first limit, second limit). Switched on, a clone copies a few MiB
 # between two polls whatever its limit (docs/engine.md): at 8 MiB/s that is a quarter of
-# what 3 s copy. A mirror's or a merge's share is finer.
+# what 3 s copy. A merge's progress moves a few runs at a time when its share goes up
+# (the kernel lets a copy that waited catch up): 4-5 MiB, a fifth of 3 s at 8 MiB/s.
 THROTTLED = [(EngineKind.CLONE, 256 * MiB, 16 * MiB, 32 * MiB),
              (EngineKind.MIRROR, 128 * MiB, 8 * MiB, 16 * MiB),
-             (EngineKind.MERGE, 128 * MiB, 8 * MiB, 16 * MiB)]
+             (EngineKind.MERGE, 256 * MiB, 16 * MiB, 32 * MiB)]
 
 
 @pytest.mark.parametrize(("engine", "size", "first", "second"), THROTTLED,
@@ -658,9 +659,10 @@ def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
                                   max_rate=first)
     assert provider.resyncer.job(handle.id).max_rate == first
 
-    def measured(seconds: float) -> float:
+    def measured(seconds: float, settle: float) -> float:
         """Bytes per second copied over ``seconds``, followed as ``job wait`` does, after
-        a second to settle."""
+        ``settle`` seconds (a mirror's or a merge's share is found in one or two on this
+        busy machine, a new limit's nearer)."""
         def follow_for(duration: float) -> tuple[float, int]:
             end = time.monotonic() + duration
             while True:
@@ -670,16 +672,16 @@ def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
                     return time.monotonic(), job.bytes_done
                 time.sleep(0.05)
 
-        t0, done0 = follow_for(1.0)
+        t0, done0 = follow_for(settle)
         t1, done1 = follow_for(seconds)
         return (done1 - done0) / (t1 - t0)
 
-    rate = measured(3.0)
+    rate = measured(3.0, 2.0)
     assert abs(rate - first) <= 0.1 * first, f"{rate / MiB:.2f} MiB/s against {first // MiB}"
     if knob is not None:
         assert knob.read() < 100  # the governor holds the kernel's share
     assert provider.resyncer.set_rate(handle.id, second).max_rate == second
-    rate = measured(3.0)
+    rate = measured(3.0, 1.0)
     assert abs(rate - second) <= 0.1 * second, \
         f"{rate / MiB:.2f} MiB/s against {second // MiB}"
     provider.resyncer.set_rate(handle.id, None)  # the rest at full speed

@@ -266,7 +266,8 @@ def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
     write_pattern(lun.path, 8 * MiB, os.urandom(MiB))  # 1 MiB of 32 ever written
     (copy,) = provider.create_snapshot_set(["prod"]).snapshot_set.shadow_copies
     content = sha256_of(copy.path)
-    fresh = provider.create_lun("fresh", 32 * MiB)  # a new image: one hole
+    # a new image, one hole; tracked: refreshed later (engine/refresh.py)
+    fresh = provider.create_lun("fresh", 32 * MiB, track_changes=True)
     used = provider.create_lun("used", 32 * MiB)
     fill(used.path, 32 * MiB, seed=71)  # data everywhere: every region is copied
 
@@ -280,3 +281,18 @@ def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
         timeout=patience(300), interval=0.2)
     assert job.bytes_total == 32 * MiB
     assert sha256_of(used.path) == content  # zeros where the copy has nothing
+
+    # A refresh of the tracked image from a newer thin copy of the same LUN: what "tests"
+    # wrote on it (2 blocks of 64 KiB) and what differs between the two copies (thin_delta:
+    # the MiB the LUN wrote since), not what they share (the MiB at 8 MiB).
+    assert provider.lun("fresh").baseline is not None
+    write_pattern(fresh.path, 0, b"\x01" * 4096)
+    write_pattern(fresh.path, 20 * MiB, b"\x02" * 4096)
+    write_pattern(lun.path, 16 * MiB, os.urandom(MiB))
+    (newer,) = provider.create_snapshot_set(["prod"]).snapshot_set.shadow_copies
+    job = provider.resyncer.wait(
+        provider.resync_luns([ResyncPair(newer.id, "fresh")], engine=EngineKind.CLONE).id,
+        timeout=patience(300), interval=0.2)
+    assert job.pairs[0].plan.refresh
+    assert job.bytes_total == MiB + 2 * 64 * 1024, job
+    assert sha256_of(fresh.path) == sha256_of(newer.path)

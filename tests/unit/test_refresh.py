@@ -14,8 +14,17 @@ import pytest
 from lunresync.engine import refresh
 from lunresync.engine.model import EngineKind, JobPair, JobState, PairPlan
 from lunresync.engine.plan import plan_job
-from lunresync.storage.catalog import Catalog
-from lunresync.storage.model import TRACK_BLOCK_SECTORS, Lun, LunBaseline, LunKind, LunState
+from lunresync.storage.catalog import Catalog, now
+from lunresync.storage.model import (
+    TRACK_BLOCK_SECTORS,
+    Lun,
+    LunBaseline,
+    LunKind,
+    LunState,
+    ShadowCopy,
+    ShadowKind,
+    new_id,
+)
 
 from .job_world import World, open_world
 
@@ -76,6 +85,41 @@ def test_when_a_restore_is_a_refresh(world: World) -> None:
     assert refresh.refresh_base(world.catalog, older, replace(bed, tracked=False)) is None
     clone = world.take_clone_copy(src)
     assert refresh.refresh_base(world.catalog, clone, bed) is None  # no COW store
+
+
+def test_a_refresh_between_two_thin_copies_copies_what_thin_delta_says_differs(
+        world: World) -> None:
+    src = world.add_lun("src")
+
+    def thin_copy(thin_id: int) -> ShadowCopy:
+        shadow = ShadowCopy(new_id(), new_id(), src.id, src.name, ShadowKind.THIN, src.size,
+                            "/dev/mapper/lunresync-pool-thin", 0, now(), thin_id=thin_id)
+        with world.catalog.transaction():
+            world.catalog.add_snapshot_set(shadow.set_id, shadow.created)
+            world.catalog.add_shadow_copy(shadow)
+        return shadow
+
+    older, newer = thin_copy(3), thin_copy(4)
+    bed = tracked(world, "bed", LunBaseline(older.id, 4, ()))
+    # The provider asks the pool for the delta only in this case
+    assert refresh.baseline_thin_copy(world.catalog, newer, bed) == older
+    assert refresh.baseline_thin_copy(world.catalog, older, bed) is None  # the same one
+    differential = world.take_shadow_copy(src)
+    assert refresh.baseline_thin_copy(world.catalog, differential, bed) is None
+    differs = ((0, 4096), (1 << 20, 1 << 20))
+    assert refresh.refresh_base(world.catalog, newer, bed, differs) == \
+        refresh.RefreshBase(ranges=differs)
+    assert refresh.refresh_base(world.catalog, newer, bed) is None  # no delta: everything
+    assert refresh.refresh_base(world.catalog, differential, bed) is None  # no COW store
+    # The regions: every 64 KiB block a range touches
+    plan = PairPlan(
+        top="t", top_uuid="u", own_top=False, leg="/dev/x", leg_helper=None,
+        leg_helper_uuid=None, source="/dev/y", source_store=None, sectors=64 * 128,
+        dest_sectors=64 * 128, region_sectors=TRACK_BLOCK_SECTORS,
+        refresh_era_device="lunresync-bed-real", refresh_era_file="/p/era/y.era",
+        refresh_since=3, refresh_written=[], refresh_differ=[[0, 4096], [100_000, 70_000]])
+    world.devices.era_writes["/p/era/y.era"] = ()
+    assert refresh.changed_regions(world.ctx.devices, plan) == {0, 1, 2}
 
 
 def test_a_clone_restore_into_a_tracked_lun_is_planned_as_a_refresh(world: World) -> None:

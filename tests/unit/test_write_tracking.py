@@ -301,7 +301,8 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
     # low before its copy started, and only the throttle its copy runs under
     assert knobs == {CopyThrottle.SNAPSHOT: throttle.INITIAL_SHARE, CopyThrottle.MIRROR: 100}
     kept = world.pool.jobs / throttle.KEPT_SHARES
-    assert json.loads(kept.read_text()) == {"dm_snapshot": {"found": 50, "low": 1}}
+    assert json.loads(kept.read_text()) == {
+        "dm_snapshot": {"found": 50, "low": 1, "moved": 0.0, "done": 0}}
     job = world.store.job(handle.id)
     assert job.pace is not None
     since = job.pace[0]
@@ -310,23 +311,28 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
         throttle.govern(world.ctx, replace(job, bytes_done=done), {}, since + seconds)
         return knobs[CopyThrottle.SNAPSHOT]
 
-    # Behind: one above the low share; still behind by more than the slack there (half a
-    # second of budget): the low share moves up
+    # Behind: one above the low share; still behind by more than the slack there (a
+    # quarter of a second of budget, all it may owe): the low share moves up
     assert governed(1.0, 512 << 10) == 2
     assert governed(1.0, 512 << 10) == 3
-    assert json.loads(kept.read_text())["dm_snapshot"] == {"found": 50, "low": 2}
+    assert json.loads(kept.read_text())["dm_snapshot"] == {
+        "found": 50, "low": 2, "moved": since + 1.0, "done": 512 << 10}
     assert governed(1.0, (1 << 20) + (100 << 10)) == 2  # a little ahead: the low share
-    assert governed(1.0, 3 << 20) == 1  # far ahead at the low share: it moves down
+    # Far ahead at the low share: it moves down (to what the rate made since says), but
+    # not twice within half a second
+    assert governed(1.0, 3 << 20) == 2
+    assert governed(1.6, 3 << 20) == 1
     # Far behind: it owes no more than a quarter of a second of budget from then on
     assert governed(30.0, 0) == 2
     assert world.store.job(handle.id).pace == (since + 30.0, 256 << 10)
-    # ... and the low share grows by half at each poll: in proportion to itself
-    assert [governed(30.0, 0) for _ in range(6)] == [3, 4, 6, 8, 12, 18]
-    for _ in range(10):
-        governed(30.0, 0)
+    # one point (no rate known since it last moved), then half as much again at each
+    # step: nothing was copied meanwhile
+    assert [governed(30.0 + 0.5 * i, 0) for i in range(1, 6)] == [3, 4, 5, 7, 10]
+    for i in range(20):
+        governed(33.0 + 0.5 * i, 0)
     assert knobs[CopyThrottle.SNAPSHOT] == throttle.MAX_SHARE  # 100 means no limit
     knobs[CopyThrottle.SNAPSHOT] = 100  # reset behind its back (a reboot): low again
-    assert governed(1.0, 1 << 20) == throttle.INITIAL_SHARE
+    assert governed(90.0, 90 << 20) == throttle.INITIAL_SHARE  # on its budget
     world.devices.set_status(src.dm_name, merge_status(2))
     world.resyncer.cancel(handle.id)
     assert knobs[CopyThrottle.SNAPSHOT] == 50
@@ -340,6 +346,19 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
     world.devices.set_status(src.dm_name, merge_status(2))
     world.resyncer.cancel(again.id)
     assert not kept.exists()
+
+
+def test_the_low_share_moves_to_where_the_rate_made_says_the_limit_is() -> None:
+    """From the rate made at the share in force since the low share last moved: twice
+    the rate wanted, twice the share (four times at most, when nothing was copied), less
+    the half point the share above it adds; unknown, where it is."""
+    state = throttle.KeptShare(100, 3, moved=10.0, done=0)
+    rate = 14 << 20
+    assert throttle._wanted_low(state, 4, 7 << 20, rate, 11.0) == 8  # 4 x 2 - 0.5
+    assert throttle._wanted_low(state, 3, 28 << 20, rate, 11.0) == 1  # 3 / 2 - 0.5
+    assert throttle._wanted_low(state, 4, 0, rate, 11.0) == 16  # 4 x 4 - 0.5
+    assert throttle._wanted_low(replace(state, moved=0.0), 4, 7 << 20, rate, 11.0) == 3
+    assert throttle._wanted_low(replace(state, done=8 << 20), 4, 7 << 20, rate, 11.0) == 3
 
 
 def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
