@@ -364,6 +364,23 @@ def set_rate(ctx: JobContext, job: Job, rate: int | None, at: float) -> None:
         release(ctx)
     elif job.max_rate is None:
         hold_back(ctx, replace(job, max_rate=rate))  # it copied at full speed so far
+    else:
+        _scale_shares(ctx, job, rate / job.max_rate, at)
+
+
+def _scale_shares(ctx: JobContext, job: Job, factor: float, at: float) -> None:
+    """A new limit on a governed copy: its low share moves in proportion at once (the
+    rate a share gives is about in proportion to it), instead of being found again."""
+    for knob in _shared(job):
+        kept = _kept(ctx)
+        if knob.module not in kept:
+            continue
+        state = kept[knob.module]
+        low = max(0, min(MAX_SHARE - 1, round((state.low + 0.5) * factor - 0.5)))
+        with contextlib.suppress(NotSupported):
+            ctx.devices.set_copy_throttle(knob, low)
+        _write_kept(ctx, {**kept, knob.module: KeptShare(state.found, low, at,
+                                                         job.bytes_done)})
 
 
 def _clones(job: Job) -> list[JobPair]:
