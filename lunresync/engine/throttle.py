@@ -17,8 +17,9 @@ message, and suspending them would stop production I/O too). Their copies run th
 kernel's dm-kcopyd, whose module parameter gives the share of time a module's copies may
 keep I/O in flight (kernel/kcopyd.py). The governor moves that share instead: one point
 up while the copy is behind its budget, back down while it is ahead, and the pair of
-shares it alternates between moves up (down) when even the upper (lower) one leaves the
-copy behind (ahead) by more than the slack. The share is one for the whole machine: while
+shares it alternates between moves (at most every half second, to where the rate made
+says the limit is) when even the upper (lower) one leaves the copy behind (ahead) by more
+than the slack; a new limit moves it in proportion. The share is one for the whole machine: while
 a limited mirror (merge) copy runs, every mirror (snapshot) copy on the machine runs at
 it. The share found before the first limited copy, and the governor's low share, are kept
 in ``POOL/jobs/copy-throttle.json``; the share found is put back when no limited copy of

@@ -130,13 +130,13 @@ class Provider:
                        if c.lun is not None and c.lun.kind is LunKind.THIN and c.engine.copies)
             if need:
                 self._thin.make_room(need, "the copy into thin LUNs")
-            checked = [self._with_provisioned(c) for c in checked]
+            checked = [self._with_pool_ranges(c) for c in checked]
             options: dict[str, object] = {"engine": engine.value if engine else "auto",
                                           "volume_check": volume_check}
             return self.resyncer.start(checked, options, started=started,
                                        max_rate=max_rate)
 
-    def _with_provisioned(self, pair: CheckedPair) -> CheckedPair:
+    def _with_pool_ranges(self, pair: CheckedPair) -> CheckedPair:
         """A thin shadow copy cloned into an image LUN: what the pool provisioned in it,
         so that only that is copied where the image is a hole (engine/clone.py); into a
         tracked LUN restored from another thin copy of the same LUN, what differs between
