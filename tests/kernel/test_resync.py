@@ -621,25 +621,27 @@ def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
 # -- a copy that yields to production ---------------------------------------------------------
 
 
-# (engine, LUN size, first limit, second limit). Switched on, a clone copies a few MiB
-# between two polls whatever its limit (docs/engine.md): at 8 MiB/s that is a quarter of
-# what 3 s copy. A merge's progress moves a few runs at a time when its share goes up
-# (the kernel lets a copy that waited catch up): 4-5 MiB, a fifth of 3 s at 8 MiB/s.
-# The last: how close it holds, over 3 s. A mirror's or a merge's share (the kernel's,
-# one for the machine) lets a copy that waited burst when it goes up: beside another test
-# VM they held 8 and 16 MiB/s within 10% in most runs, and missed by up to 12% in a full
-# ./dev.sh test (docs/engine.md; the issue's 10% is not met for them yet).
-THROTTLED = [(EngineKind.CLONE, 256 * MiB, 16 * MiB, 32 * MiB, 0.1),
-             (EngineKind.MIRROR, 128 * MiB, 8 * MiB, 16 * MiB, 0.2),
-             (EngineKind.MERGE, 256 * MiB, 16 * MiB, 32 * MiB, 0.2)]
+# (engine, LUN size, first limit, second limit), each held within 10% over 6 s. Over 3 s
+# they swing by up to 20% under load (traced 2026-12-03 beside another test VM: clone
+# -10/+6%, mirror -13/+12%, merge -15/+20%; over 6 s clone -4/+3%, mirror -6/+5%, merge
+# -5/+8%): switched on, a clone copies a few MiB between two polls whatever its limit, a
+# mirror's or a merge's share (the kernel's) lets a copy that waited burst when it goes
+# up, and a merge's progress moves a few runs at a time (docs/engine.md). Sized for 3 s
+# + 6 s at the first limit and 1 s + 6 s at the second, 10% over.
+THROTTLED = [(EngineKind.CLONE, 256 * MiB, 8 * MiB, 16 * MiB),
+             (EngineKind.MIRROR, 256 * MiB, 8 * MiB, 16 * MiB),
+             (EngineKind.MERGE, 448 * MiB, 16 * MiB, 32 * MiB)]
+#: How long a rate is measured, and how close it must hold.
+HELD_SECONDS = 6.0
+HELD_WITHIN = 0.1
 
 
-@pytest.mark.parametrize(("engine", "size", "first", "second", "within"), THROTTLED,
+@pytest.mark.parametrize(("engine", "size", "first", "second"), THROTTLED,
                          ids=[engine.value for engine, *_ in THROTTLED])
 def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
         devices: DeviceStack, provider: Provider, engine: EngineKind, size: int, first: int,
-        second: int, within: float) -> None:
-    """--max-rate: the followed copy keeps to its limit (a clone within 10%), and ``job set-rate``
+        second: int) -> None:
+    """--max-rate: the followed copy keeps to its limit, and ``job set-rate``
     changes it at once (engine/throttle.py): a clone by pausing its hydration, a mirror
     or a merge by the kernel's copy share, which is put back when the job ends."""
     lun, shadow, content = source_lun(provider, devices, size=size)
@@ -680,14 +682,14 @@ def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
         t1, done1 = follow_for(seconds)
         return (done1 - done0) / (t1 - t0)
 
-    rate = measured(3.0, 3.0)
-    assert abs(rate - first) <= within * first, \
+    rate = measured(HELD_SECONDS, 3.0)
+    assert abs(rate - first) <= HELD_WITHIN * first, \
         f"{rate / MiB:.2f} MiB/s against {first // MiB}"
     if knob is not None:
         assert knob.read() < 100  # the governor holds the kernel's share
     assert provider.resyncer.set_rate(handle.id, second).max_rate == second
-    rate = measured(3.0, 1.0)
-    assert abs(rate - second) <= within * second, \
+    rate = measured(HELD_SECONDS, 1.0)
+    assert abs(rate - second) <= HELD_WITHIN * second, \
         f"{rate / MiB:.2f} MiB/s against {second // MiB}"
     provider.resyncer.set_rate(handle.id, None)  # the rest at full speed
     done = wait(provider, handle.id)
