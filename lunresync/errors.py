@@ -27,7 +27,15 @@ __all__ = [
     "NotSupported",
     "ParseError",
     "UdevTimeout",
+    "shown",
 ]
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters: a value
+    given as 5,000 digits is named, not printed."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 12]}…{text[-8:]} ({len(text)} chars)"
 
 
 class ExitCode(IntEnum):

@@ -3,7 +3,7 @@
 Every object of the service carries a ``Record`` property: the JSON text of the very
 record a direct command prints (:mod:`lunresync.views`), so the output is the same by
 construction. Names and ids are turned into object paths here, with the same rules and
-the same messages as the pool's catalog (a name first, then an id; an id prefix of 8+ hex
+the same messages as the pool's catalog (an id as an id, else a name; an id prefix of 8+ hex
 digits), and the service's errors come back as the lunresync errors they were made from
 (:mod:`lunresync.service.client`), so the exit codes are the same too.
 

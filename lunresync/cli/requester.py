@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,13 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
             click.echo(f"job {started.job.id}: every destination online after"
                        f" {started.online_seconds or 0:.2f} s")
         if wait_:
-            if as_json:
-                session.wait()
-            else:
-                follow_job(lambda show: session.wait(on_progress=show))
+            # A job that fails or is cancelled while waited for still ends in
+            # post-restore, with its result: writers stopped at pre-restore must hear it.
+            with contextlib.suppress(JobFailed):
+                if as_json:
+                    session.wait()
+                else:
+                    follow_job(lambda show: session.wait(on_progress=show))
         status = session.post_restore()
         job = session.status()
         session_id = session.id

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lunresync.errors import InvalidArgument, NotFound
+from lunresync.errors import InvalidArgument, NotFound, shown
+from lunresync.kernel import jsontext
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.storage.model import ShadowKind, check_id, check_lun_name
 
@@ -32,6 +34,8 @@ from .writers import Component
 FORMAT = "lunresync-backup-components"
 SCHEMA_VERSION = 1
 MAX_DOCUMENT_BYTES = 16 << 20
+#: 10000-01-01T00:00:00Z: a document's time must print as a date.
+MAX_EPOCH = 253402300800
 
 
 class BadDocument(InvalidArgument):
@@ -130,6 +134,9 @@ def _parse(data: object) -> BackupDocument:
     created = data["created_epoch"]
     if not isinstance(created, int | float) or isinstance(created, bool):
         raise ValueError("created_epoch is not a number")
+    if not 0 <= created < MAX_EPOCH:
+        raise ValueError(f"created_epoch {shown(created)} is not a time between 1970 and"
+                         " the year 9999")
     return BackupDocument(check_id(_text(data["session_id"], "session_id"), "session id"),
                           check_id(_text(data["snapshot_set_id"], "snapshot_set_id"),
                                    "snapshot set id"),
@@ -157,7 +164,7 @@ def _lun(item: object) -> DocumentLun:
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % SECTOR_SIZE:
         raise ValueError(f"bad LUN size {size!r}")
     return DocumentLun(check_id(_text(item["id"], "LUN id"), "LUN id"),
-                       check_lun_name(_text(item["name"], "LUN name")), size,
+                       check_lun_name(_text(item["name"], "LUN name"), new=False), size,
                        check_id(_text(shadow["id"], "shadow copy id"), "shadow copy id"),
                        ShadowKind(shadow["kind"]))
 
@@ -178,14 +185,23 @@ def load_document(path: str | os.PathLike[str]) -> BackupDocument:
     """Read and check a document; every problem is a :class:`BadDocument` or NotFound."""
     source = Path(path)
     try:
-        with source.open("rb") as stream:
-            raw = stream.read(MAX_DOCUMENT_BYTES + 1)
+        # Without waiting: a FIFO (or a device) given as the document must not hold the
+        # command, and the pool's lock, until someone writes to it.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"no backup components document at {source}") from None
-    except IsADirectoryError:
-        raise BadDocument(f"{source} is a directory, not a document") from None
     except OSError as exc:
         raise BadDocument(f"cannot read {source}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise BadDocument(f"{source} is {what}, not a document")
+    with os.fdopen(fd, "rb") as stream:
+        try:
+            raw = stream.read(MAX_DOCUMENT_BYTES + 1)
+        except OSError as exc:
+            raise BadDocument(f"cannot read {source}: {exc.strerror}") from None
     return parse_document(raw, str(source))
 
 
@@ -196,13 +212,15 @@ def parse_document(raw: bytes, source: str = "the document") -> BackupDocument:
         raise BadDocument(f"{source} is larger than {MAX_DOCUMENT_BYTES >> 20} MiB: not a"
                           " backup components document")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = jsontext.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadDocument(f"{source} is not UTF-8 text: not a backup components document"
                           ) from None
     except json.JSONDecodeError as exc:
         raise BadDocument(f"{source} is corrupt or truncated: {exc.msg} at line {exc.lineno}"
                           f" column {exc.colno}") from None
+    except ValueError as exc:  # NaN, Infinity, 1e400, nested too deeply
+        raise BadDocument(f"{source} is not a backup components document: {exc}") from None
     try:
         return BackupDocument.from_json(data)
     except BadDocument as exc:

@@ -11,6 +11,7 @@ from lunresync.errors import ExitCode, InvalidArgument, LunresyncError
 from lunresync.storage.model import ShadowKind
 
 from .document import BackupDocument, load_document
+from .restore import SessionPhase
 from .script import ScriptCommand, Verb
 from .workflow import RestoreSession, backup, load_writers
 from .writer_set import STABLE
@@ -77,7 +78,7 @@ class ScriptRunner:
             raise InvalidArgument("no job: resync first")
         return self.job
 
-    def execute(self, command: ScriptCommand) -> None:  # noqa: PLR0912 - one branch per verb
+    def execute(self, command: ScriptCommand) -> None:
         from lunresync.engine.model import EngineKind
 
         verb, args = command.verb, command.args
@@ -127,11 +128,7 @@ class ScriptRunner:
             job = self._need_job().cancel()
             self.say(f"job {job.id} {job.state.value}")
         elif verb is Verb.END_RESTORE:
-            for status in self._need_session().post_restore():
-                self.say(f"writer {status.writer}: {status.state} {status.message}".rstrip())
-                if status.state != STABLE:
-                    self.writer_failures.append(
-                        f"writer {status.writer} {status.state}: {status.message}")
+            self._post_restore(self._need_session())
         elif verb is Verb.SWAP:
             luns = self.provider.swap_snapshot_set(
                 args[0], mask_original=command.option("mask-original") is not None,
@@ -142,11 +139,28 @@ class ScriptRunner:
         elif verb is Verb.ECHO:
             self.say(" ".join(args))
 
+    def _post_restore(self, session: RestoreSession) -> None:
+        for status in session.post_restore():
+            self.say(f"writer {status.writer}: {status.state} {status.message}".rstrip())
+            if status.state != STABLE:
+                self.writer_failures.append(
+                    f"writer {status.writer} {status.state}: {status.message}")
+
     def _wait(self, timeout: float | None) -> None:
         from lunresync.errors import JobFailed
 
-        job = self._need_job().wait(timeout)
+        handle = self._need_job()
+        try:
+            job = handle.wait(timeout)
+        except JobFailed:
+            job = handle.status()
         self.say(f"job {job.id} {job.state.value}")
         if job.state.value != "done":
+            # The script stops here: writers stopped at pre-restore hear post-restore
+            # with the job's result first, as the script's end-restore would have told them.
+            session = self.session
+            if session is not None and session.phase is SessionPhase.RECOVERING \
+                    and session.job is handle:
+                self._post_restore(session)
             raise JobFailed(f"job {job.id} ended {job.state.value}: {job.error or ''}"
                             .rstrip(": "))

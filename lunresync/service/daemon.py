@@ -293,7 +293,8 @@ class Daemon:
         load = self._writers(writer_timeout)
 
         def run(p: Provider) -> str:
-            names = [p.lun_by_id(i).name for i in lun_ids]
+            # by id: ids are looked up as ids, whatever the LUNs are named
+            names = [p.lun_by_id(i).id for i in lun_ids]
             documents = p.pool.root / "documents"
             documents.mkdir(mode=0o700, exist_ok=True)
             target = documents / f"backup-{os.urandom(8).hex()}.json"

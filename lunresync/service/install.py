@@ -27,6 +27,7 @@ from typing import Any
 
 from lunresync.errors import CommandNotFound, InvalidArgument, LunresyncError, NotFound
 from lunresync.kernel.runner import Runner
+from lunresync.kernel.trust import check_trusted_path
 
 PLACEHOLDER = "@LUNRESYNC@"
 RELOAD_TIMEOUT = 60.0  # seconds for each reload command
@@ -105,6 +106,37 @@ def check_executable(path: str, *, must_exist: bool) -> str:
     return path
 
 
+#: The packages the service imports, besides lunresync: root runs their code.
+SERVICE_PACKAGES = ("lunresync", "click", "dbus_fast", "pyudev", "sh")
+
+
+def check_trusted_installation(executable: str, *, this_installation: bool) -> None:
+    """Refuse to install units that run, as root, files another user could change: the
+    executable, the interpreter its ``#!`` line names, and (when it is this
+    installation) the packages it imports, each with every directory above it
+    (kernel/trust.py). A virtual environment in a user's home directory fails here."""
+    check_trusted_path(executable, "the executable")
+    interpreter = _interpreter(executable)
+    if interpreter is not None:
+        check_trusted_path(interpreter, "the executable's interpreter")
+    if this_installation:
+        for name in SERVICE_PACKAGES:
+            module = sys.modules.get(name) or __import__(name)
+            location = getattr(module, "__file__", None)
+            if location is not None:
+                check_trusted_path(Path(location).parent, f"the {name} package")
+
+
+def _interpreter(executable: str) -> str | None:
+    """The program a ``#!`` line names (None: a binary, or no such line)."""
+    with open(executable, "rb") as file:
+        first = file.readline(4096)
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
 def data_text(name: str) -> str:
     """A file of lunresync/service/data/, as shipped with the package."""
     return (resources.files(__package__) / "data" / name).read_text(encoding="utf-8")
@@ -122,6 +154,8 @@ def install(destdir: str | os.PathLike[str] = "/", executable: str | None = None
     live = root == Path("/")
     exe = check_executable(executable if executable is not None
                            else str(running_executable()), must_exist=live)
+    if live:
+        check_trusted_installation(exe, this_installation=executable is None)
     written = []
     for name, target, templated in FILES:
         text = rendered(name, exe) if templated else data_text(name)

@@ -28,6 +28,7 @@ from .model import (
     ShadowState,
     SnapshotSet,
     ThinPoolRecord,
+    is_id,
 )
 
 # Each entry upgrades the schema from version i to i + 1. Append; never edit a past one.
@@ -317,12 +318,19 @@ class Catalog:
         return [_lun(r) for r in self.db.execute("SELECT * FROM luns ORDER BY name")]
 
     def lun(self, name_or_id: str) -> Lun:
-        """By name, else by id (a name wins: a 32-hex-digit name may equal another's id)."""
-        row = self.db.execute("SELECT * FROM luns WHERE name = ?", (name_or_id,)).fetchone()
+        """By id when given one (32 hex digits: no LUN is given such a name now), else by
+        name. A LUN an older lunresync let be named like an id is still found by that
+        name when no LUN has it as its id."""
+        by_id = "SELECT * FROM luns WHERE id = ?"
+        by_name = "SELECT * FROM luns WHERE name = ?"
+        row = None
+        for query in (by_id, by_name) if is_id(name_or_id) else (by_name,):
+            row = self.db.execute(query, (name_or_id,)).fetchone()
+            if row is not None:
+                break
         if row is None:
-            row = self.db.execute("SELECT * FROM luns WHERE id = ?", (name_or_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no LUN named {name_or_id!r}")
+            raise NotFound(f"no LUN {'with id' if is_id(name_or_id) else 'named'}"
+                           f" {name_or_id!r}")
         return _lun(row)
 
     def find_lun(self, name_or_id: str) -> Lun | None:

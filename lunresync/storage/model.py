@@ -31,16 +31,23 @@ __all__ = [
     "ThinPoolRecord",
     "check_id",
     "check_lun_name",
+    "is_id",
     "new_id",
 ]
 
 
-def check_lun_name(name: str) -> str:
+def check_lun_name(name: str, *, new: bool = True) -> str:
+    """``name`` if it is a valid LUN name. ``new``: a name being given now, which must not
+    look like an id either (32 hex digits: ids are looked up as ids); False for a name
+    read from a record (a bundle, a document) that an older lunresync may have given."""
     if not isinstance(name, str) or not _LUN_NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidArgument(
             f"invalid LUN name {name!r}: use 1-64 of a-z 0-9 . _ -, starting with a letter or"
             " digit, no '..'"
         )
+    if new and is_id(name):
+        raise InvalidArgument(f"invalid LUN name {name!r}: 32 hex digits are an id (a LUN"
+                              " is looked up by id when given one)")
     # LUN "db" owns lunresync-db-real and shadow copies own lunresync-sc-*: a LUN named
     # "db-real" or "sc-..." would share a device-mapper name with another object.
     # Likewise resync jobs' helper devices are lunresync-job-*.
@@ -56,6 +63,11 @@ def check_lun_name(name: str) -> str:
 def new_id() -> str:
     """A new 128-bit identifier, as 32 hex digits (the analogue of a SCSI page-83 id)."""
     return uuid.uuid4().hex
+
+
+def is_id(value: object) -> bool:
+    """Whether ``value`` has the form of a lunresync id (32 lowercase hex digits)."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lunresync.errors import InvalidArgument, LunresyncError, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.trust import Untrusted, untrusted_reason
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
@@ -32,11 +34,12 @@ class PoolFull(LunresyncError):
 
 
 def pool_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """--pool, else $LUNRESYNC_POOL, else /var/lib/lunresync."""
+    """--pool, else $LUNRESYNC_POOL, else /var/lib/lunresync; made absolute (a job's
+    files name it, and a command run elsewhere must find the same pool)."""
     if explicit is not None:
-        return Path(explicit)
+        return Path(os.path.abspath(explicit))
     env = os.environ.get(POOL_ENV)
-    return Path(env) if env else DEFAULT_POOL
+    return Path(os.path.abspath(env)) if env else DEFAULT_POOL
 
 
 @dataclass(frozen=True)
@@ -73,23 +76,47 @@ class Pool:
         return self.root / "era"
 
     def ensure(self) -> None:
-        """Create the pool's directories (0700) and check that it can hold sparse files."""
+        """Create the pool's directories (0700) and check that it can hold sparse files;
+        refuse a pool another user could change (:meth:`check_trusted`)."""
         if self.root.exists() and not self.root.is_dir():
             raise InvalidArgument(f"pool {self.root} exists and is not a directory")
         fresh = not self.root.exists()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.check_trusted()  # before anything is made in it
         for sub in SUBDIRS:
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        self.check_trusted()
         if fresh:
             self.check_sparse()
+
+    def check_trusted(self) -> None:
+        """Refuse a pool that another user owns or may write, or whose parts are symbolic
+        links: root runs what the catalog says on devices made from files found here. The
+        pool's own path may be a link (an administrator's choice); what it points to is
+        checked."""
+        parts = [(self.root, os.stat(self.root))]
+        for sub in SUBDIRS:
+            with contextlib.suppress(FileNotFoundError):
+                parts.append((self.root / sub, os.lstat(self.root / sub)))
+        for path, info in parts:
+            reason = untrusted_reason(info)
+            if reason is None and not stat.S_ISDIR(info.st_mode):
+                reason = "is not a directory"
+            if reason is not None:
+                raise Untrusted(f"refusing pool {self.root}: {path} {reason}")
 
     def check_sparse(self) -> None:
         """Refuse a file system without sparse files: LUN images would be written in full."""
         probe = self.root / ".sparse-probe"
+        probe.unlink(missing_ok=True)  # left by a crash
         try:
-            with probe.open("wb") as f:
-                f.truncate(64 << 20)
-            allocated = probe.stat().st_blocks * SECTOR_SIZE
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, 64 << 20)
+                allocated = os.fstat(fd).st_blocks * SECTOR_SIZE
+            finally:
+                os.close(fd)
         finally:
             probe.unlink(missing_ok=True)
         if allocated >= 1 << 20:
@@ -110,7 +137,8 @@ class Pool:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the pool's exclusive lock (one kernel-changing operation at a time)."""
-        fd = os.open(self.root / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(self.root / "lock",
+                     os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -119,7 +147,8 @@ class Pool:
 
     def new_file(self, path: Path, size: int) -> Path:
         """Create a sparse file of ``size`` bytes, mode 0600; refuse to overwrite."""
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         try:
             os.ftruncate(fd, size)
         except BaseException:

@@ -73,7 +73,7 @@ class Storage:
     @classmethod
     def open(cls, pool_dir: str | os.PathLike[str], *, runner: Runner | None = None) -> Storage:
         runner = runner or Runner()
-        pool = Pool(Path(pool_dir))
+        pool = Pool(Path(os.path.abspath(pool_dir)))
         pool.ensure()
         devices = PoolDevices(DeviceMapper(runner, timeout=DM_TIMEOUT), LoopDevices(runner),
                               runner)

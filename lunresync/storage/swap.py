@@ -105,7 +105,7 @@ def _plan(s: Storage, shadow: ShadowCopy, set_id: str, revert_identity: bool,
         lun_id, name = shadow.lun_id, shadow.lun_name
     else:
         lun_id, name = new_id(), f"{shadow.lun_name[:55]}-{set_id[:8]}"
-    check_lun_name(name)
+    check_lun_name(name, new=not revert_identity)
     if s.catalog.find_lun(name) is not None:
         raise InvalidArgument(f"a LUN named {name!r} exists already: rename or"
                               " delete it first")

@@ -12,10 +12,13 @@ the importing pool.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +34,17 @@ from .undo import Undo
 from .units import parse_size
 
 COPY_BLOCK = 4 << 20
+CONTENT = "content.img"
+MANIFEST = "manifest.json"
+#: The largest manifest read (a delta's ranges: about 20 bytes each).
+MANIFEST_LIMIT = 64 << 20
 BUNDLE_FORMAT = "lunresync-shadow-copy-bundle"
 BUNDLE_VERSION = 1
 DELTA_BUNDLE_VERSION = 2  # written with --since; version 1 bundles are read as before
 
 
-class CorruptBundle(LunresyncError):
-    pass
+class CorruptBundle(InvalidArgument):
+    """A bundle that is damaged, or not what its manifest says (exit 6, INVALID)."""
 
 
 @dataclass
@@ -57,42 +64,44 @@ class Transport:
             raise NotFound(f"shadow copy {shadow.id} is not active (run lunresync activate)")
         base = None if since is None else self._base(shadow, since)
         bundle = Path(directory)
-        if bundle.exists() and any(bundle.iterdir()):
-            raise InvalidArgument(f"{bundle} exists and is not empty")
         ranges = self._ranges(shadow, base)
-        bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
-        content = bundle / "content.img"
-        try:
-            if ranges is None:
-                digest = copy_device(shadow.path, content, shadow.size, create=True)
-            else:
-                # A delta hashes its ranges alone; a whole thin copy, every byte (the gaps
-                # as the zeros they read as), as any version 1 bundle does.
-                digest = copy_ranges(shadow.path, content, shadow.size, ranges,
-                                     hash_gaps=base is None, create=True)
-            manifest = {
-                "format": BUNDLE_FORMAT,
-                "version": BUNDLE_VERSION if base is None else DELTA_BUNDLE_VERSION,
-                "shadow_copy_id": shadow.id,
-                "snapshot_set_id": shadow.set_id,
-                "lun_id": shadow.lun_id,
-                "lun_name": shadow.lun_name,
-                "size": shadow.size,
-                "created": shadow.created,
-                "exported": now(),
-                "sha256": digest,
-            }
-            if base is not None:
-                assert ranges is not None
-                manifest["base_shadow_copy_id"] = base.id
-                manifest["ranges"] = [list(r) for r in ranges]
-            tmp = bundle / "manifest.json.tmp"
-            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-            tmp.rename(bundle / "manifest.json")
-        except BaseException:
-            content.unlink(missing_ok=True)
-            (bundle / "manifest.json.tmp").unlink(missing_ok=True)
-            raise
+        with open_bundle(bundle, create=True) as at:
+            if os.listdir(at):
+                raise InvalidArgument(f"{bundle} exists and is not empty")
+            try:
+                with create_file(at, CONTENT, bundle) as content:
+                    if ranges is None:
+                        digest = copy_device(shadow.path, content, shadow.size, create=True)
+                    else:
+                        # A delta hashes its ranges alone; a whole thin copy, every byte
+                        # (the gaps as the zeros they read as), as any version 1 bundle.
+                        digest = copy_ranges(shadow.path, content, shadow.size, ranges,
+                                             hash_gaps=base is None, create=True)
+                manifest = {
+                    "format": BUNDLE_FORMAT,
+                    "version": BUNDLE_VERSION if base is None else DELTA_BUNDLE_VERSION,
+                    "shadow_copy_id": shadow.id,
+                    "snapshot_set_id": shadow.set_id,
+                    "lun_id": shadow.lun_id,
+                    "lun_name": shadow.lun_name,
+                    "size": shadow.size,
+                    "created": shadow.created,
+                    "exported": now(),
+                    "sha256": digest,
+                }
+                if base is not None:
+                    assert ranges is not None
+                    manifest["base_shadow_copy_id"] = base.id
+                    manifest["ranges"] = [list(r) for r in ranges]
+                with create_file(at, MANIFEST + ".tmp", bundle) as fd:
+                    _write_all(fd, (json.dumps(manifest, indent=2) + "\n").encode())
+                    os.fsync(fd)
+                os.rename(MANIFEST + ".tmp", MANIFEST, src_dir_fd=at, dst_dir_fd=at)
+            except BaseException:
+                for name in (CONTENT, MANIFEST + ".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=at)
+                raise
         return bundle
 
     def _base(self, shadow: ShadowCopy, since: str) -> ShadowCopy:
@@ -124,11 +133,12 @@ class Transport:
     def import_(self, directory: str | os.PathLike[str]) -> ShadowCopy:
         """Register a bundle as a clone shadow copy of this pool, after checking it."""
         bundle = Path(directory)
-        manifest = read_manifest(bundle)
-        content = bundle / "content.img"
-        if content.stat().st_size != manifest["size"]:
-            raise CorruptBundle(f"{content} has {content.stat().st_size} bytes, the manifest"
-                                f" says {manifest['size']}")
+        with open_bundle(bundle, create=False) as at:
+            manifest = read_manifest_at(at, bundle)
+            with open_content(at, bundle, manifest["size"]) as content:
+                return self._import(bundle, manifest, content)
+
+    def _import(self, bundle: Path, manifest: dict[str, Any], content: int) -> ShadowCopy:
         s = self.storage
         with s.changing_kernel():
             sc_id = manifest["shadow_copy_id"]
@@ -144,10 +154,10 @@ class Transport:
                 s.pool.new_file(image, shadow.size)
                 undo.push(f"delete {image}", image.unlink, True)
                 if base is None:
-                    digest = copy_device(str(content), image, shadow.size)
+                    digest = copy_device(content, image, shadow.size)
                 else:
                     copy_device(base.path, image, shadow.size)
-                    digest = copy_ranges(str(content), image, shadow.size,
+                    digest = copy_ranges(content, image, shadow.size,
                                          manifest["ranges"], hash_gaps=False,
                                          create=False, over=True)
                 if digest != manifest["sha256"]:
@@ -179,13 +189,55 @@ class Transport:
         return base
 
 
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / "manifest.json"
+def open_bundle(bundle: Path, *, create: bool) -> contextlib.closing[Any]:
+    """The bundle directory, open (its descriptor, closed on leaving), never through a
+    symbolic link at its end: what is read or written in it is then named relative to
+    that descriptor, and a link planted in it is not followed. ``create``: made
+    (0700, with its parents) when missing."""
+    if create:
+        try:
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(bundle, 0o700)
+        except (FileExistsError, NotADirectoryError):  # a file on the way
+            raise InvalidArgument(f"{bundle}: {bundle.parent} is not a directory") from None
+        except OSError as exc:
+            raise LunresyncError(f"cannot make {bundle}: {exc.strerror}") from None
     try:
-        manifest = json.loads(path.read_text())
+        fd = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
+        if bundle.is_symlink():  # O_DIRECTORY | O_NOFOLLOW on a link: ENOTDIR
+            raise InvalidArgument(f"{bundle} is a symbolic link: give the directory it"
+                                  " points to") from None
+        if create:
+            raise InvalidArgument(f"{bundle} is not a directory") from None
         raise NotFound(f"{bundle} is not a shadow copy bundle (no manifest.json)") from None
-    except ValueError as exc:
+    except OSError as exc:
+        raise LunresyncError(f"cannot open {bundle}: {exc.strerror}") from None
+    return contextlib.closing(_Descriptor(fd))
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """The checked manifest of the bundle directory ``bundle``."""
+    with open_bundle(bundle, create=False) as at:
+        return read_manifest_at(at, bundle)
+
+
+def read_manifest_at(at: int, bundle: Path) -> dict[str, Any]:
+    """The checked manifest of the bundle open as ``at``: read from a regular file no
+    larger than :data:`MANIFEST_LIMIT`, opened without following a link or waiting on a
+    FIFO; its content.img must be a regular file too."""
+    path = bundle / MANIFEST
+    try:
+        with open_file(at, MANIFEST, bundle) as fd:
+            if os.fstat(fd).st_size > MANIFEST_LIMIT:
+                raise CorruptBundle(f"{path} is larger than {MANIFEST_LIMIT} bytes")
+            raw = _read_all(fd, MANIFEST_LIMIT)
+    except FileNotFoundError:
+        raise NotFound(f"{bundle} is not a shadow copy bundle (no manifest.json)") from None
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise CorruptBundle(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise CorruptBundle(f"{path} is not a lunresync bundle manifest")
@@ -199,7 +251,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         check_id(manifest["shadow_copy_id"], "shadow copy id")
         check_id(manifest["snapshot_set_id"], "snapshot set id")
         check_id(manifest["lun_id"], "LUN id")
-        check_lun_name(manifest["lun_name"])
+        check_lun_name(manifest["lun_name"], new=False)
         size = manifest["size"]
         if type(size) is not int:
             raise CorruptBundle(f"{path}: size {size!r} is not a whole number of bytes")
@@ -220,9 +272,87 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         if isinstance(exc, CorruptBundle):
             raise
         raise CorruptBundle(f"{path}: {exc}") from None
-    if not (bundle / "content.img").is_file():
-        raise CorruptBundle(f"{bundle} has no content.img")
+    try:
+        info = os.stat(CONTENT, dir_fd=at, follow_symlinks=False)
+    except FileNotFoundError:
+        raise CorruptBundle(f"{bundle} has no content.img") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CorruptBundle(f"{bundle / CONTENT} is not a regular file")
     return manifest
+
+
+class _Descriptor(int):
+    """An open file descriptor that :func:`contextlib.closing` can close."""
+
+    def close(self) -> None:
+        os.close(self)
+
+
+@contextlib.contextmanager
+def open_file(at: int, name: str, bundle: Path) -> Iterator[int]:
+    """``name`` in the bundle open as ``at``, for reading: a regular file, opened without
+    following a link and without waiting (a FIFO would block the pool's lock)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=at)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise
+        if exc.errno == errno.ELOOP:
+            raise CorruptBundle(f"{bundle / name} is a symbolic link") from None
+        raise CorruptBundle(f"cannot open {bundle / name}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptBundle(f"{bundle / name} is not a regular file")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def open_content(at: int, bundle: Path, size: int) -> Iterator[int]:
+    """The bundle's content, opened once and checked on what was opened (its size)."""
+    try:
+        with open_file(at, CONTENT, bundle) as fd:
+            actual = os.fstat(fd).st_size
+            if actual != size:
+                raise CorruptBundle(f"{bundle / CONTENT} has {actual} bytes, the manifest"
+                                    f" says {size}")
+            yield fd
+    except FileNotFoundError:
+        raise CorruptBundle(f"{bundle} has no content.img") from None
+
+
+@contextlib.contextmanager
+def create_file(at: int, name: str, bundle: Path) -> Iterator[int]:
+    """A new file ``name`` in the bundle open as ``at`` (0600): never an existing one,
+    never through a link planted there."""
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=at)
+    except FileExistsError:
+        raise InvalidArgument(f"{bundle / name} appeared while the bundle was written:"
+                              " refused") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks, total = [], 0
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise CorruptBundle(f"a manifest is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def check_ranges(value: object, size: int) -> list[tuple[int, int]]:
@@ -245,44 +375,47 @@ def check_ranges(value: object, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def copy_ranges(source: str, target: Path, size: int, ranges: Sequence[tuple[int, int]],
-                *, hash_gaps: bool, create: bool, over: bool = False) -> str:
+def copy_ranges(source: str | int, target: Path | int, size: int,
+                ranges: Sequence[tuple[int, int]], *, hash_gaps: bool, create: bool,
+                over: bool = False) -> str:
     """Copy the ``ranges`` (offset, length) of ``source`` into ``target`` (``create``: a
     new sparse file of ``size``; zero blocks are not written unless ``over``: the target
-    holds other data there, a base). The SHA-256 returned covers the
-    ranges' bytes in order, or with ``hash_gaps`` the whole content, the bytes between
-    the ranges counted as the zeros they read as."""
+    holds other data there, a base). Either may be a descriptor, used as it is and left
+    open. The SHA-256 returned covers the ranges' bytes in order, or with ``hash_gaps``
+    the whole content, the bytes between the ranges counted as the zeros they read as."""
     digest = hashlib.sha256()
     zero = bytes(COPY_BLOCK)
-    src = os.open(source, os.O_RDONLY)
-    try:
-        dst = os.open(target, os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
-        try:
-            if create:
-                os.ftruncate(dst, size)
-            position = 0
-            for start, length in ranges:
-                if hash_gaps:
-                    _hash_zeros(digest, start - position, zero)
-                offset, end = start, start + length
-                while offset < end:
-                    block = os.pread(src, min(COPY_BLOCK, end - offset), offset)
-                    if not block:
-                        raise CorruptBundle(f"{source} ended at {offset} bytes, expected"
-                                            f" {end}")
-                    digest.update(block)
-                    if over or block != zero[: len(block)]:
-                        os.pwrite(dst, block, offset)
-                    offset += len(block)
-                position = end
+    with contextlib.ExitStack() as stack:
+        src = source if isinstance(source, int) else _closed_at_exit(
+            stack, os.open(source, os.O_RDONLY | os.O_CLOEXEC))
+        dst = target if isinstance(target, int) else _closed_at_exit(
+            stack, os.open(target, os.O_WRONLY | os.O_CLOEXEC
+                           | (os.O_CREAT | os.O_EXCL if create else 0), 0o600))
+        if create:
+            os.ftruncate(dst, size)
+        position = 0
+        for start, length in ranges:
             if hash_gaps:
-                _hash_zeros(digest, size - position, zero)
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
+                _hash_zeros(digest, start - position, zero)
+            offset, end = start, start + length
+            while offset < end:
+                block = os.pread(src, min(COPY_BLOCK, end - offset), offset)
+                if not block:
+                    raise CorruptBundle(f"{source} ended at {offset} bytes, expected {end}")
+                digest.update(block)
+                if over or block != zero[: len(block)]:
+                    os.pwrite(dst, block, offset)
+                offset += len(block)
+            position = end
+        if hash_gaps:
+            _hash_zeros(digest, size - position, zero)
+        os.fsync(dst)
     return digest.hexdigest()
+
+
+def _closed_at_exit(stack: contextlib.ExitStack, fd: int) -> int:
+    stack.callback(os.close, fd)
+    return fd
 
 
 def _hash_zeros(digest: Any, count: int, zero: bytes) -> None:
@@ -292,7 +425,8 @@ def _hash_zeros(digest: Any, count: int, zero: bytes) -> None:
         count -= piece
 
 
-def copy_device(source: str, target: Path, size: int, *, create: bool = False) -> str:
+def copy_device(source: str | int, target: Path | int, size: int, *,
+                create: bool = False) -> str:
     """Copy ``size`` bytes from ``source`` into ``target``, skipping zero blocks (the
     target stays sparse); return the SHA-256 of the content."""
     return copy_ranges(source, target, size, [(0, size)] if size else [], hash_gaps=True,

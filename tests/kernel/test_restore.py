@@ -140,15 +140,13 @@ def applications(runner: Runner, root: Path, specs: list[tuple[str, str, str]]
                 time.sleep(0.2)
 
 
-def example_writers(runner: Runner, root: Path, apps: list[App],
-                    monkeypatch: pytest.MonkeyPatch) -> list[Writer]:
+def example_writers(runner: Runner, root: Path, apps: list[App]) -> list[Writer]:
     """The writers directory: the example writer, configured for ``apps``."""
     directory = root / "writers.d"
     directory.mkdir(exist_ok=True)
     shutil.copy(EXAMPLE_WRITER, directory / EXAMPLE_WRITER.name)
-    config = root / "sqlite-app.json"
-    config.write_text(json.dumps({"apps": [app.config() for app in apps]}))
-    monkeypatch.setenv("LUNRESYNC_SQLITE_APP_CONFIG", str(config))
+    # where the writer reads it: above its writers directory
+    (root / "sqlite-app.json").write_text(json.dumps({"apps": [app.config() for app in apps]}))
     # A hang guard: the example writer is a Python program, whose start-up alone took
     # up to 20 s in the TCG VM on a slow day.
     return load_writers(runner, directory, timeout=patience(120))
@@ -208,13 +206,12 @@ def check_database(app: App, rows: int) -> None:
 # -- the full cycle ----------------------------------------------------------------------------
 
 
-def test_full_cycle_ext4_and_xfs_databases(provider: Provider, scratch_pool: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_cycle_ext4_and_xfs_databases(provider: Provider, scratch_pool: Path) -> None:
     ext = provider.create_lun("dbext4", 64 * MiB)
     xfs = provider.create_lun("dbxfs", XFS_SIZE)
     with applications(provider.runner, scratch_pool,
                       [("orders", ext.name, ext.path), ("events", xfs.name, xfs.path)]) as apps:
-        writers = example_writers(provider.runner, scratch_pool, apps, monkeypatch)
+        writers = example_writers(provider.runner, scratch_pool, apps)
         document_path = scratch_pool / "backup.json"
         result = backup(provider, [ext.name, xfs.name], document_path, writers,
                         kind=ShadowKind.DIFFERENTIAL)

@@ -67,7 +67,7 @@ def job(ident: str, copy: ShadowCopyUse, dest: Lun, *,
 
 LUN_A = lun("alpha", "a" * 32)
 LUN_B = lun("beta", "b" * 32, state=LunState.INCOMPLETE)
-LUN_C = lun("1" * 32, "c" * 32)  # a name that looks like an id: a name wins
+LUN_C = lun("1" * 32, "c" * 32)  # named like an id, as an older lunresync allowed
 SHADOW_1 = shadow("1234abcd" + "0" * 24, LUN_A)
 SHADOW_2 = shadow("1234abce" + "0" * 24, LUN_B, set_id="6" * 32, created=T0 + 61, cow=None,
                   kind=ShadowKind.CLONE)

@@ -92,12 +92,13 @@ def lun_objects() -> dict[str, dict[str, Any]]:
 # -- names and ids to object paths: the service finds them, as the catalog does ------------------
 
 
-def test_a_lun_is_found_by_name_first_then_by_id() -> None:
+def test_a_lun_is_found_by_id_when_given_one_else_by_name() -> None:
     client = FakeClient(Pool())
     found = backend(client)
     assert found.lun("alpha")["id"] == LUN_A.id
     assert found.lun(LUN_B.id)["id"] == LUN_B.id
-    # LUN_C is named like an id: the name wins, as in the catalog.
+    # LUN_C is named like an id (an older lunresync allowed it): no LUN has that id,
+    # so its name finds it, as in the catalog.
     assert found.lun("1" * 32)["id"] == LUN_C.id
     with pytest.raises(NotFound) as caught:
         found.lun("nosuch")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lunresync.errors import LunresyncError, NotFound
+from lunresync.errors import InvalidArgument, LunresyncError, NotFound
 from lunresync.kernel.targets.snapshot import cow_store_size
 from lunresync.storage import transport as transport_module
 from lunresync.storage.model import new_id
@@ -27,6 +27,9 @@ from lunresync.storage.transport import (
     CorruptBundle,
     copy_device,
     copy_ranges,
+    create_file,
+    open_bundle,
+    open_content,
     read_manifest,
 )
 from lunresync.storage.undo import Undo
@@ -525,7 +528,90 @@ def test_missing_content_is_corrupt(tmp_path: Path) -> None:
     with pytest.raises(CorruptBundle, match=r"no content\.img"):
         read_manifest(bundle)
     (bundle / "content.img").mkdir()  # not a file either
-    with pytest.raises(CorruptBundle, match=r"no content\.img"):
+    with pytest.raises(CorruptBundle, match=r"content\.img is not a regular file"):
+        read_manifest(bundle)
+
+
+# -- bundles cannot be turned against root (a directory another user can write) ---------
+
+
+def test_a_planted_link_or_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", good_manifest(), content=False)
+    os.mkfifo(bundle / "content.img")  # opened blocking, it would hold the pool's lock
+    with pytest.raises(CorruptBundle, match=r"content\.img is not a regular file"):
+        read_manifest(bundle)
+    with open_bundle(bundle, create=False) as at, pytest.raises(
+            CorruptBundle, match=r"content\.img is not a regular file"), \
+            open_content(at, bundle, 4096):
+        pass
+    (bundle / "content.img").unlink()
+    (bundle / "content.img").symlink_to("/dev/zero")
+    with pytest.raises(CorruptBundle, match=r"content\.img is not a regular file"):
+        read_manifest(bundle)
+    with open_bundle(bundle, create=False) as at, pytest.raises(
+            CorruptBundle, match=r"content\.img is a symbolic link"), \
+            open_content(at, bundle, 4096):
+        pass
+    (bundle / "manifest.json").rename(tmp_path / "elsewhere.json")
+    (bundle / "manifest.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(CorruptBundle, match=r"manifest\.json is a symbolic link"):
+        read_manifest(bundle)
+    (bundle / "manifest.json").unlink()
+    os.mkfifo(bundle / "manifest.json")
+    with pytest.raises(CorruptBundle, match=r"manifest\.json is not a regular file"):
+        read_manifest(bundle)
+
+
+def test_content_is_checked_on_what_was_opened(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", good_manifest())
+    with open_bundle(bundle, create=False) as at:
+        with open_content(at, bundle, 4096) as fd:
+            # swapped after the check: the descriptor still reads what was checked
+            (bundle / "content.img").unlink()
+            os.mkfifo(bundle / "content.img")
+            assert os.pread(fd, 16, 0) == bytes(16)
+        (bundle / "content.img").unlink()
+        (bundle / "content.img").touch()
+        with pytest.raises(CorruptBundle, match="has 0 bytes, the manifest says 4096"), \
+                open_content(at, bundle, 4096):
+            pass
+
+
+def test_a_bundle_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    write_bundle(tmp_path / "b", good_manifest())
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    with pytest.raises(InvalidArgument, match="is a symbolic link"):
+        read_manifest(tmp_path / "link")
+    with pytest.raises(InvalidArgument, match="is a symbolic link"):
+        open_bundle(tmp_path / "link", create=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match="is not a directory"):
+        open_bundle(tmp_path / "file", create=True)
+
+
+def test_files_are_created_new_in_the_bundle_never_through_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("root's file")
+    with open_bundle(tmp_path / "new" / "bundle", create=True) as at:
+        assert (tmp_path / "new" / "bundle").stat().st_mode & 0o777 == 0o700
+        (tmp_path / "new" / "bundle" / "manifest.json.tmp").symlink_to(victim)
+        with pytest.raises(InvalidArgument, match="appeared while the bundle was written"), \
+                create_file(at, "manifest.json.tmp", tmp_path / "new" / "bundle"):
+            pass
+        with create_file(at, "content.img", tmp_path / "new" / "bundle") as fd:
+            os.write(fd, b"x")
+    assert victim.read_text() == "root's file"
+    assert (tmp_path / "new" / "bundle" / "content.img").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_huge_or_deep_manifest_is_corrupt(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = write_bundle(tmp_path / "b", None, raw="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptBundle, match="not valid JSON"):
+        read_manifest(bundle)
+    monkeypatch.setattr(transport_module, "MANIFEST_LIMIT", 100)
+    write_bundle(bundle, good_manifest())
+    with pytest.raises(CorruptBundle, match="larger than 100 bytes"):
         read_manifest(bundle)
 
 

@@ -7,11 +7,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from lunresync.errors import InUse, InvalidArgument, NotFound
+from lunresync.engine.model import JobState
+from lunresync.errors import InUse, InvalidArgument, JobFailed, NotFound
 from lunresync.requester.document import (
     SCHEMA_VERSION,
     BackupDocument,
@@ -21,6 +23,8 @@ from lunresync.requester.document import (
     load_document,
     save_document,
 )
+from lunresync.requester.script import parse_script
+from lunresync.requester.script_runner import ScriptRunner
 from lunresync.requester.workflow import RestoreSession, WriterFailed, WriterSet
 from lunresync.requester.writers import Component, WriterEvent, WriterResult
 from lunresync.storage.catalog import Catalog
@@ -257,6 +261,50 @@ def test_unselected_components_on_a_destination_are_refused(
     assert "--no-volume-check" in str(caught.value)
     assert session.provider.started == []  # type: ignore[attr-defined]
     assert all(w.heard[-1][0] is WriterEvent.POST_RESTORE for w in writers)
+
+
+@dataclass
+class EndingJob:
+    """A started job (the handle RestoreSession keeps) that ends ``state`` when waited."""
+
+    state: JobState
+    id: str = "f" * 32
+    online_seconds: float = 0.1
+    error: str = "the copy failed: I/O error"
+
+    def wait(self, timeout: float | None = None, **_: object) -> SimpleNamespace:
+        if self.state is not JobState.DONE:
+            raise JobFailed(f"job {self.id} {self.state.value}: {self.error}")
+        return self.status()
+
+    def status(self) -> SimpleNamespace:
+        return SimpleNamespace(id=self.id, state=self.state, error=self.error)
+
+
+@pytest.mark.parametrize("state", [JobState.FAILED, JobState.CANCELLED])
+def test_a_waited_resync_that_fails_still_tells_the_writers(
+        restore_setup: tuple[RestoreSession, BackupDocument, list[ScriptedWriter]],
+        state: JobState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script's ``resync wait`` (or ``wait``) that sees the job fail stops the script,
+    after post-restore with the job's result: applications stopped at pre-restore are
+    told."""
+    session, doc, writers = restore_setup
+    writers[1].fails.clear()
+    job = EndingJob(state)
+    monkeypatch.setattr(session.provider, "resync_luns", lambda pairs, **options: job)
+    said: list[str] = []
+    runner = ScriptRunner(session.provider, "/s/script", say=said.append)
+    runner.session = session
+    session.add(doc.luns[0].shadow_copy_id)
+    runner.execute(parse_script("begin restore")[0])
+    with pytest.raises(JobFailed, match=f"ended {state.value}: the copy failed"):
+        runner.execute(parse_script("resync wait")[0])
+    for writer in writers:
+        assert [e for e, _ in writer.heard] == [WriterEvent.PRE_RESTORE,
+                                                 WriterEvent.POST_RESTORE]
+        assert writer.heard[-1][1]["result"] == state.value
+    assert f"job {job.id} {state.value}" in said
+    assert "writer 10-db: stable post-restore ok" in said
 
 
 def test_catalog_v2_gains_read_only_and_masked(tmp_path: Path) -> None:

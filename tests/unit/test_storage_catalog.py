@@ -24,6 +24,7 @@ from lunresync.storage.model import (
     ShadowKind,
     ShadowState,
     ThinPoolRecord,
+    check_lun_name,
     new_id,
 )
 
@@ -603,17 +604,35 @@ def test_catalog_uses_the_rollback_journal_where_shared_maps_fail(
 
 
 def test_an_id_finds_the_lun_with_that_id_never_one_named_so(cat: Catalog) -> None:
-    """A name may be 32 hex digits, even another LUN's id: where the caller holds an id
-    (an object path, a shadow copy's LUN, a job's destination) only the id counts."""
+    """No new LUN is named like an id, but an older lunresync allowed it, even another
+    LUN's id: an id finds the LUN with that id; the old name still finds its LUN when no
+    LUN has it as its id."""
     target = make_lun("target")
-    impostor = make_lun(target.id)  # named like the target's id
+    impostor = make_lun(target.id)  # named like the target's id (an older catalog)
+    oddly_named = make_lun("1" * 32)
     with cat.transaction():
-        cat.add_lun(target)
-        cat.add_lun(impostor)
-    assert cat.lun(target.id) == impostor  # a name, as users give them, wins
+        for lun in (target, impostor, oddly_named):
+            cat.add_lun(lun)
+    assert cat.lun(target.id) == target
+    assert cat.lun("target") == target
+    assert cat.lun(impostor.id) == impostor
+    assert cat.lun("1" * 32) == oddly_named
     assert cat.lun_by_id(target.id) == target
     assert cat.lun_by_id(impostor.id) == impostor
     assert cat.lun_by_id("0" * 32) is None
+    with pytest.raises(NotFound, match=r"no LUN with id '0{32}'"):
+        cat.lun("0" * 32)
+    with pytest.raises(NotFound, match="no LUN named 'nosuch'"):
+        cat.lun("nosuch")
+
+
+@pytest.mark.parametrize("name", ["0" * 32, "abcdef0123456789abcdef0123456789"])
+def test_a_new_lun_is_never_named_like_an_id(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="32 hex digits are an id"):
+        check_lun_name(name)
+    assert check_lun_name(name, new=False) == name  # read from an older record
+    assert check_lun_name("0" * 31) == "0" * 31
+    assert check_lun_name("g" + "0" * 31) == "g" + "0" * 31
 
 
 def test_version_3_catalogs_gain_thin_luns_and_copies_and_keep_what_they_had(

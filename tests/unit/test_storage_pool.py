@@ -15,6 +15,7 @@ from typing import cast
 import pytest
 
 from lunresync.errors import ExitCode, InvalidArgument, LunresyncError, NotSupported
+from lunresync.kernel.trust import Untrusted
 from lunresync.storage.pool import (
     DEFAULT_POOL,
     POOL_ENV,
@@ -116,6 +117,74 @@ def test_ensure_refuses_a_file(tmp_path: Path) -> None:
     assert root.read_text() == "not a pool"
 
 
+def test_a_relative_pool_path_is_made_absolute(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert pool_path("p/../pool") == tmp_path / "pool"
+    monkeypatch.setenv(POOL_ENV, "env-pool")
+    assert pool_path() == tmp_path / "env-pool"
+
+
+# A pool another user could change is refused before anything is made or read in it: root
+# builds devices from what the catalog says about the files found there.
+@pytest.mark.parametrize(("where", "mode", "reason"), [
+    (".", 0o770, "is writable by group"),
+    (".", 0o703, "is writable by others"),
+    (".", 0o1777, "is writable by group and others"),  # sticky is no excuse for a pool
+    ("images", 0o757, "is writable by others"),
+])
+def test_a_pool_others_can_write_is_refused(tmp_path: Path, where: str, mode: int,
+                                            reason: str) -> None:
+    root = tmp_path / "pool"
+    Pool(root).ensure()
+    (root / where).chmod(mode)
+    changed = (root / where).resolve()
+    with pytest.raises(Untrusted, match=f"^refusing pool {root}: {changed} {reason}"):
+        Pool(root).ensure()
+    assert Untrusted("x").exit_code is ExitCode.INVALID
+
+
+def test_a_part_of_the_pool_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "pool"
+    Pool(root).ensure()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (root / "images").rmdir()
+    (root / "images").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Untrusted, match=f"{root / 'images'} is a symbolic link"):
+        Pool(root).ensure()
+    (root / "images").unlink()
+    (root / "images").write_text("")
+    with pytest.raises(Untrusted, match=f"{root / 'images'} is not a directory"):
+        Pool(root).ensure()
+
+
+def test_the_pool_path_itself_may_be_a_link(tmp_path: Path) -> None:
+    Pool(tmp_path / "real").ensure()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    Pool(tmp_path / "link").ensure()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_a_pool_of_another_user_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "pool"
+    Pool(root).ensure()
+    os.chown(root, 1000, 1000)
+    with pytest.raises(Untrusted, match=f"{root} is owned by uid 1000, not by root"):
+        Pool(root).ensure()
+    os.chown(root, 0, 0)
+    os.chown(root / "jobs", 1000, 0)
+    with pytest.raises(Untrusted, match=f"{root / 'jobs'} is owned by uid 1000"):
+        Pool(root).ensure()
+
+
+def test_the_lock_is_never_taken_through_a_link(pool: Pool, tmp_path: Path) -> None:
+    (tmp_path / "victim").write_text("root's")
+    (pool.root / "lock").symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"), pool.locked():
+        pass
+    assert (tmp_path / "victim").read_text() == "root's"
+
+
 def test_check_sparse_passes_on_tmp_path(pool: Pool) -> None:
     pool.check_sparse()
     assert not (pool.root / ".sparse-probe").exists()
@@ -123,17 +192,17 @@ def test_check_sparse_passes_on_tmp_path(pool: Pool) -> None:
 
 def test_check_sparse_refuses_a_file_system_without_holes(
         pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_stat = Path.stat
+    real_fstat = os.fstat
 
-    def dense_stat(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
-        result = real_stat(self, follow_symlinks=follow_symlinks)
-        if self.name != ".sparse-probe":
+    def dense_fstat(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith("/.sparse-probe"):
             return result
         # As on a file system without holes: every byte of the probe allocated.
         return cast(os.stat_result, SimpleNamespace(st_size=result.st_size,
                                                     st_blocks=result.st_size // 512))
 
-    monkeypatch.setattr(Path, "stat", dense_stat)
+    monkeypatch.setattr(os, "fstat", dense_fstat)
     with pytest.raises(NotSupported, match="no sparse files") as caught:
         pool.check_sparse()
     assert caught.value.exit_code is ExitCode.UNSUPPORTED

@@ -20,7 +20,7 @@ from lunresync.storage.model import (
     check_lun_name,
     new_id,
 )
-from lunresync.storage.units import format_size, parse_size
+from lunresync.storage.units import MAX_SIZE, format_size, parse_rate, parse_size
 
 from .hypothesis_settings import PROPERTY
 
@@ -145,7 +145,22 @@ def test_exact_formats_parse_back(sectors: int) -> None:
 def test_whole_units_format_exactly(count: int, unit: str) -> None:
     factor = {"K": KiB, "M": MiB, "G": GiB, "T": TiB}[unit]
     size = (count + 1) * factor
-    assert parse_size(format_size(size)) == size
+    if size > MAX_SIZE:
+        with pytest.raises(InvalidArgument, match="larger than"):
+            parse_size(format_size(size))
+    else:
+        assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize("text", ["9" * 25, "9" * 5000, "9223372036854775808",
+                                  "8388608T"])
+def test_sizes_too_large_or_too_long_are_refused_in_one_short_line(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_size(text)
+    assert len(str(caught.value)) < 200
+    assert parse_size(str(MAX_SIZE)) == MAX_SIZE
+    with pytest.raises(InvalidArgument, match=r"invalid rate|more than"):
+        parse_rate(text)
 
 
 # -- names and ids ------------------------------------------------------------------------

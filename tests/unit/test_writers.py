@@ -8,7 +8,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 
 from lunresync.errors import CommandError, CommandTimeout, InvalidArgument
 from lunresync.kernel.runner import CommandLog, CommandResult, Runner
+from lunresync.kernel.trust import Untrusted
 from lunresync.requester.writers import (
     DEFAULT_TIMEOUT,
     OUTPUT_LIMIT,
@@ -163,18 +164,30 @@ def test_writer_runs_through_its_runner(tmp_path: Path,
     assert f"running {shlex.join([str(path), 'thaw'])}" in caplog.messages
 
 
-def test_event_stdin_environment_and_cwd_reach_the_writer(tmp_path: Path) -> None:
+def test_event_stdin_environment_and_cwd_reach_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = tmp_path / "seen"
     writer = executable(script(tmp_path, "w", f"""
 echo "arg=$1 count=$#" > {seen}
-echo "env=$LUNRESYNC_WRITER_EVENT" >> {seen}
 echo "cwd=$(pwd)" >> {seen}
+/usr/bin/env -0 > {seen}.env
 cat > {seen}.json
 """))
+    # Nothing of lunresync's caller reaches a writer run as root but the locale.
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    monkeypatch.setenv("LUNRESYNC_SQLITE_APP_CONFIG", "/tmp/x.json")
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    monkeypatch.setenv("LANG", "C.UTF-8")
     description = {"session_id": "s1", "luns": [{"name": "db", "device": "/dev/x y"}]}
     assert writer.call(WriterEvent.PRE_RESTORE, description).ok
-    assert seen.read_text().splitlines() == ["arg=pre-restore count=1", "env=pre-restore",
-                                             "cwd=/"]
+    assert seen.read_text().splitlines() == ["arg=pre-restore count=1", "cwd=/"]
+    environment = dict(item.split("=", 1) for item in
+                       (tmp_path / "seen.env").read_text().split("\0") if item)
+    environment.pop("PWD", None)  # the shell's own
+    assert environment == {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8", "LC_TIME": "C.UTF-8", "LUNRESYNC_WRITER_EVENT": "pre-restore"}
     assert json.loads((tmp_path / "seen.json").read_text()) == description
 
 
@@ -312,17 +325,97 @@ def test_discovery_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     for name in ("50-pg", "10-app", "90-last", "20-app.sh", ".hidden", "30-app~",
                  "40.dpkg-old", "40.dpkg-new", "40.dpkg-dist", "40.rpmsave", "60.disabled"):
         script(tmp_path, name, "exit 0\n")
-    script(tmp_path, "70-notexec", "exit 0\n", mode=0o644)
+    # not run, so not refused: writable by anyone
+    script(tmp_path, "70-notexec", "exit 0\n", mode=0o666)
     (tmp_path / "80-dir").mkdir()
-    (tmp_path / "15-link").symlink_to(tmp_path / "10-app")
-    (tmp_path / "16-dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / ".91-hidden-link").symlink_to(tmp_path / "10-app")
     with caplog.at_level(logging.WARNING, logger="lunresync.requester.writers"):
         writers = discover_writers(runner := Runner(), tmp_path, timeout=5)
-    assert [w.name for w in writers] == ["10-app", "15-link", "20-app.sh", "50-pg", "90-last"]
+    assert [w.name for w in writers] == ["10-app", "20-app.sh", "50-pg", "90-last"]
     assert all(w.timeout == 5 and w.path.parent == tmp_path for w in writers)
     assert all(w.runner is runner for w in writers)
     assert [r.getMessage() for r in caplog.records] == [
         f"writers: skipping {tmp_path / '70-notexec'}: not executable"]
+
+
+def test_a_relative_writers_directory_is_made_absolute(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "w").mkdir()
+    script(tmp_path / "w", "10-app", "exit 0\n")
+    monkeypatch.chdir(tmp_path)
+    (writer,) = discover_writers(Runner(), Path("w/../w"))
+    assert writer.path == tmp_path / "w" / "10-app"
+
+
+# Writers run as root: one another user could change is refused, with every writer (a
+# writer left out is an application left running through its restore).
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda d: (d / "15-link").symlink_to(d / "10-app"), "15-link: it is a symbolic link"),
+    (lambda d: (d / "16-dangling").symlink_to(d / "nowhere"),
+     "16-dangling: it is a symbolic link"),
+    (lambda d: script(d, "20-group", "exit 0\n", mode=0o775), "20-group: it is writable by group"),
+    (lambda d: script(d, "20-all", "exit 0\n", mode=0o757), "20-all: it is writable by others"),
+    (lambda d: script(d, "20-both", "exit 0\n", mode=0o777),
+     r"20-both: it is writable by group and others \(chmod go-w\)"),
+], ids=["symlink", "dangling-symlink", "group-writable", "others-writable", "both"])
+def test_a_writer_root_must_not_run_is_refused(
+        tmp_path: Path, make: Callable[[Path], object], reason: str) -> None:
+    script(tmp_path, "10-app", "exit 0\n")
+    make(tmp_path)
+    with pytest.raises(Untrusted, match=f"^refusing the writer {tmp_path}/{reason}"):
+        discover_writers(Runner(), tmp_path)
+
+
+@pytest.mark.parametrize(("mode", "where", "reason"), [
+    (0o775, "writers.d", "is writable by group"),
+    (0o1777, "writers.d", "is writable by group and others"),  # sticky: not at the end
+    (0o757, "above", "is writable by others"),
+    (0o770, "above", "is writable by group"),
+])
+def test_a_writers_directory_others_can_change_is_refused(
+        tmp_path: Path, mode: int, where: str, reason: str) -> None:
+    directory = tmp_path / "above" / "writers.d"
+    directory.mkdir(parents=True)
+    script(directory, "10-app", "exit 0\n")
+    changed = tmp_path / "above" if where == "above" else directory
+    changed.chmod(mode)
+    with pytest.raises(Untrusted, match=(f"^refusing the writers directory {directory}:"
+                                         f" {changed} {reason}")):
+        discover_writers(Runner(), directory)
+
+
+def test_a_symbolic_link_on_the_way_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    script(tmp_path / "real", "10-app", "exit 0\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(Untrusted, match=f"{tmp_path / 'link'} is a symbolic link"):
+        discover_writers(Runner(), tmp_path / "link")
+    # ".." is taken as written (tmp_path), not through the link
+    with pytest.raises(Untrusted, match=f"writer {tmp_path / 'link'}: it is a symbolic link"):
+        discover_writers(Runner(), tmp_path / "link" / "..")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_files_of_another_user_are_refused_and_root_sticky_directories_pass(
+        tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)  # like /tmp: writable by all, sticky, root's
+    directory = shared / "writers.d"
+    directory.mkdir()
+    script(directory, "10-app", "exit 0\n")
+    assert [w.name for w in discover_writers(Runner(), directory)] == ["10-app"]
+    os.chown(directory / "10-app", 1000, 0)
+    with pytest.raises(Untrusted, match="10-app: it is owned by uid 1000, not by root"):
+        discover_writers(Runner(), directory)
+    os.chown(directory / "10-app", 0, 0)
+    os.chown(directory, 1000, 1000)
+    with pytest.raises(Untrusted, match=f"{directory} is owned by uid 1000"):
+        discover_writers(Runner(), directory)
+    os.chown(directory, 0, 0)
+    os.chown(shared, 1000, 1000)  # sticky, but not root's: its owner could swap ours
+    with pytest.raises(Untrusted, match=f"{shared} is owned by uid 1000"):
+        discover_writers(Runner(), directory)
 
 
 def test_discovery_of_a_missing_directory(tmp_path: Path) -> None:

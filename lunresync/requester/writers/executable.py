@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument, LunresyncError
+from lunresync.errors import LunresyncError
 from lunresync.kernel.process import ProgramResult, signal_name
 from lunresync.kernel.runner import Runner
+from lunresync.kernel.trust import Untrusted, open_trusted_directory, untrusted_reason
 
 from .protocol import DEFAULT_TIMEOUT, WriterEvent, WriterResult, check_timeout, logged
 
@@ -25,6 +26,16 @@ OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 2.0
 _MESSAGE_LIMIT = 300
 _SKIPPED_SUFFIXES = ("~", ".dpkg-old", ".dpkg-new", ".dpkg-dist", ".rpmsave", ".disabled")
+#: A writer's PATH: the system's directories, whatever lunresync's caller had.
+WRITER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def writer_environment(event: WriterEvent) -> dict[str, str]:
+    """A writer's whole environment: a fixed PATH, the locale, and the event. Nothing
+    else of lunresync's caller reaches a program run as root (docs/requester.md)."""
+    locale = {name: value for name, value in os.environ.items()
+              if name in ("LANG", "LANGUAGE") or name.startswith("LC_")}
+    return {"PATH": WRITER_PATH, **locale, "LUNRESYNC_WRITER_EVENT": event.value}
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,7 @@ class ExecutableWriter:
         log.debug("calling writer %s %s", self.name, event)
         ran = self.runner.run_program(
             [str(self.path), event.value], input=data, timeout=self.timeout, cwd="/",
-            # lunresync's own environment plus the event (docs/requester.md).
-            env={**os.environ, "LUNRESYNC_WRITER_EVENT": event.value},
+            env=writer_environment(event),
             output_limit=OUTPUT_LIMIT, kill_grace=KILL_GRACE)
         return logged(self._answer(event, ran))
 
@@ -86,38 +96,48 @@ def _last_line(text: str) -> str:
 
 def discover_writers(runner: Runner, directory: Path, *, timeout: float = DEFAULT_TIMEOUT,
                      ) -> list[ExecutableWriter]:
-    """The writers in ``directory``, sorted by file name; [] when it does not exist."""
+    """The writers in ``directory``, sorted by file name; [] when it does not exist. The
+    directory, every directory above it and every writer must be root's and writable by
+    nobody else, and none a symbolic link (kernel/trust.py): anything else is refused
+    (:class:`Untrusted`), not skipped, since a writer left out is an application left
+    running through its restore."""
     check_timeout(timeout)
+    directory = Path(os.path.abspath(directory))
     try:
-        mode = directory.stat().st_mode
+        fd = open_trusted_directory(directory, "the writers directory")
     except FileNotFoundError:
         log.debug("no writers directory %s", directory)
         return []
     except OSError as exc:
         raise LunresyncError(f"cannot read the writers directory {directory}:"
                              f" {exc.strerror}") from None
-    if not stat.S_ISDIR(mode):
-        raise InvalidArgument(f"the writers directory {directory} is not a directory")
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        names = sorted(os.listdir(fd))
+        return [ExecutableWriter(runner, directory / name, timeout) for name in names
+                if _is_writer(fd, directory, name)]
     except OSError as exc:
         raise LunresyncError(f"cannot read the writers directory {directory}:"
                              f" {exc.strerror}") from None
-    writers = []
-    for entry in entries:
-        # Package managers and editors leave copies next to the real file.
-        if entry.name.startswith(".") or entry.name.endswith(_SKIPPED_SUFFIXES):
-            log.debug("writers: skipping %s", entry.path)
-            continue
-        try:
-            regular = entry.is_file()  # follows symlinks
-        except OSError:
-            regular = False
-        if not regular:
-            log.debug("writers: skipping %s: not a regular file", entry.path)
-            continue
-        if not os.access(entry.path, os.X_OK):
-            log.warning("writers: skipping %s: not executable", entry.path)
-            continue
-        writers.append(ExecutableWriter(runner, directory / entry.name, timeout))
-    return writers
+    finally:
+        os.close(fd)
+
+
+def _is_writer(fd: int, directory: Path, name: str) -> bool:
+    """Whether ``name`` in the (trusted, open) writers directory is a writer to run;
+    raises :class:`Untrusted` for one root must not run."""
+    path = directory / name
+    # Package managers and editors leave copies next to the real file.
+    if name.startswith(".") or name.endswith(_SKIPPED_SUFFIXES):
+        log.debug("writers: skipping %s", path)
+        return False
+    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if not stat.S_ISLNK(info.st_mode) and not stat.S_ISREG(info.st_mode):
+        log.debug("writers: skipping %s: not a regular file", path)
+        return False
+    if not info.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+        log.warning("writers: skipping %s: not executable", path)
+        return False
+    reason = untrusted_reason(info)  # a symbolic link's mode says executable by all
+    if reason is not None:
+        raise Untrusted(f"refusing the writer {path}: it {reason}")
+    return True

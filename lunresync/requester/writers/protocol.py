@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from lunresync.errors import InvalidArgument
+from lunresync.errors import InvalidArgument, shown
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,13 @@ def logged(result: WriterResult) -> WriterResult:
     return result
 
 
+#: The longest a writer may take (a day): longer is a mistake, and the system's timers
+#: refuse much longer ones.
+MAX_TIMEOUT = 86400.0
+
+
 def check_timeout(timeout: float) -> None:
     if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-            or not math.isfinite(timeout) or timeout <= 0):
-        raise InvalidArgument(f"a writer timeout must be a positive number of seconds,"
-                              f" not {timeout!r}")
+            or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT):
+        raise InvalidArgument(f"a writer timeout must be a positive number of seconds up"
+                              f" to {MAX_TIMEOUT:g}, not {shown(timeout)}")

@@ -113,7 +113,7 @@ class ManagerObject(Exported[ServiceContext]):
         """Options: force (b): delete its differential shadow copies too."""
         values = api.options(options, {"force": "b"})
         lun_id = api.id_of(lun, "lun")
-        await self.context.run(lambda p: p.delete_lun(p.lun_by_id(lun_id).name,
+        await self.context.run(lambda p: p.delete_lun(p.lun_by_id(lun_id).id,
                                                       force=values.get("force", False)))
 
     @dbus_method()
@@ -125,7 +125,7 @@ class ManagerObject(Exported[ServiceContext]):
         shadow_kind = ShadowKind.choice(kind)
 
         def create(p: Provider) -> Any:
-            return p.create_snapshot_set([p.lun_by_id(i).name for i in ids], shadow_kind)
+            return p.create_snapshot_set([p.lun_by_id(i).id for i in ids], shadow_kind)
 
         result = await self.context.run(create)
         snapshot_set = result.snapshot_set
@@ -202,7 +202,7 @@ class ManagerObject(Exported[ServiceContext]):
     @dbus_method()
     @api.mapped
     async def Lookup(self, kind: DBusStr, name: DBusStr) -> DBusObjectPath:
-        """The object of a LUN (``kind`` ``lun``: by name, else by id), a shadow copy
+        """The object of a LUN (``kind`` ``lun``: by id when given one, else by name), a shadow copy
         (``shadow``) or a job (``job``: by id or a unique prefix of 8+ hex digits), found
         as the command line finds it, with the same errors."""
         found = await self.context.run(lambda p: lookup(p, kind, name), refresh=False)
