@@ -39,6 +39,7 @@ INVALID_ARGUMENT = f"{ERROR_PREFIX}.InvalidArgument"
 NOT_SUPPORTED = f"{ERROR_PREFIX}.NotSupported"
 PERMISSION_DENIED = f"{ERROR_PREFIX}.PermissionDenied"
 TIMEOUT = f"{ERROR_PREFIX}.Timeout"
+LIMITS_EXCEEDED = f"{ERROR_PREFIX}.LimitsExceeded"
 FAILED = f"{ERROR_PREFIX}.Failed"
 
 # Object paths: /org/lunresync1/<kind>/<32 hex digits>, or a small number for writers.

@@ -36,10 +36,14 @@ class ServiceUnavailable(LunresyncError):
     """The service is not on the bus (or the bus is not there)."""
 
 
+class ServiceBusy(LunresyncError):
+    """The service refused a call: this client has too many in flight already."""
+
+
 _ERRORS: dict[str, type[LunresyncError]] = {
     api.NOT_FOUND: NotFound, api.IN_USE: InUse, api.INVALID_ARGUMENT: InvalidArgument,
     api.NOT_SUPPORTED: NotSupported, api.TIMEOUT: JobTimeout,
-    api.PERMISSION_DENIED: PermissionDenied,
+    api.PERMISSION_DENIED: PermissionDenied, api.LIMITS_EXCEEDED: ServiceBusy,
     "org.freedesktop.DBus.Error.AccessDenied": PermissionDenied,
     "org.freedesktop.DBus.Error.ServiceUnknown": ServiceUnavailable,
     "org.freedesktop.DBus.Error.NameHasNoOwner": ServiceUnavailable,

@@ -9,8 +9,9 @@ keep (their client may disconnect at any time, and the daemon forgets them then)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
@@ -25,6 +26,16 @@ class ServiceContext(Protocol):
     @property
     def pool(self) -> Path:
         """The pool directory the service serves."""
+        ...
+
+    def admitted(self) -> AbstractContextManager[None]:
+        """Count the current method call as in flight for its client while inside; refuse
+        it (LimitsExceeded) when that client has too many in flight already."""
+        ...
+
+    async def capabilities(self) -> dict[str, Any]:
+        """What ``lunresync doctor --json`` reports, as last probed (not in the caller's
+        time: at most a minute old)."""
         ...
 
     async def check_caller(self, *, owner: str | None = None) -> None:

@@ -26,11 +26,12 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, Message, MessageType, RequestNameReply
+from dbus_fast import BusType, DBusError, Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from lunresync.engine.model import JobState
@@ -41,7 +42,7 @@ from lunresync.views import job_json, lun_json, shadow_json
 
 from . import api
 from .callers import ADMIN_GROUP, Callers
-from .objects.exported import Exported, RecordObject
+from .objects.exported import MAX_CALLS_IN_FLIGHT, Exported, RecordObject
 from .objects.job import JobObject
 from .objects.lun import LunObject
 from .objects.manager import ManagerObject
@@ -57,6 +58,7 @@ T = TypeVar("T")
 
 POLL_ACTIVE = 1.0  # seconds between polls while a job runs (and progress signals)
 POLL_IDLE = 10.0  # seconds between looks at the pool when nothing runs (other clients)
+CAPABILITIES_MAX_AGE = 60.0  # seconds a capabilities probe is answered from
 
 # The classes of the objects of the pool, by their kind in read_world and object paths.
 RECORD_CLASSES: dict[str, type[RecordObject]] = {
@@ -110,6 +112,9 @@ class Daemon:
         self._refreshing = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_watch = threading.Event()
+        self._in_flight: dict[str, int] = {}  # calls in flight, by client
+        self._capabilities: tuple[float, dict[str, Any]] | None = None  # (when, what)
+        self._probing: asyncio.Future[dict[str, Any]] | None = None
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class Daemon:
             raise LunresyncError(f"the bus name {api.BUS_NAME} is taken (reply {reply}):"
                                  " another lunresync daemon runs")
         self._spawn(self._poll_forever())
+        self._start_probe()  # the capabilities, before anyone asks
         if watch_udev:
             threading.Thread(target=self._watch_backings, args=(asyncio.get_running_loop(),),
                              name="lunresync-udev", daemon=True).start()
@@ -172,6 +178,49 @@ class Daemon:
 
     async def check_caller(self, *, owner: str | None = None) -> None:
         await self.callers.check(owner=owner)
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count the current call in flight for its client; refuse a client that has
+        :data:`MAX_CALLS_IN_FLIGHT` already (on the bus loop: no lock needed)."""
+        sender = self.callers.current()
+        if sender is None:  # from inside the service
+            yield
+            return
+        count = self._in_flight.get(sender, 0)
+        if count >= MAX_CALLS_IN_FLIGHT:
+            raise DBusError(api.LIMITS_EXCEEDED,
+                            f"{sender} has {count} calls in flight already: wait for their"
+                            " answers")
+        self._in_flight[sender] = count + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight.pop(sender) - 1
+            if left:
+                self._in_flight[sender] = left
+
+    async def capabilities(self) -> dict[str, Any]:
+        """The last probe (:data:`CAPABILITIES_MAX_AGE` at most: an older one is answered
+        while a new one is made); every caller waits for the same first one."""
+        if self._capabilities is not None:
+            probed_at, caps = self._capabilities
+            if time.monotonic() - probed_at > CAPABILITIES_MAX_AGE:
+                self._start_probe()
+            return caps
+        return await asyncio.shield(self._start_probe())
+
+    def _start_probe(self) -> asyncio.Future[dict[str, Any]]:
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._probe())
+        return self._probing
+
+    async def _probe(self) -> dict[str, Any]:
+        from lunresync.kernel.capabilities import probe
+
+        caps: dict[str, Any] = await self.worker.run(lambda p: probe(p.dm).to_json())
+        self._capabilities = (time.monotonic(), caps)
+        return caps
 
     # -- running work ------------------------------------------------------------------
 

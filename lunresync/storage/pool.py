@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import math
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument, LunresyncError, NotSupported
+from lunresync.errors import ExitCode, InvalidArgument, LunresyncError, NotSupported, shown
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.trust import Untrusted, untrusted_reason
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POOL = Path("/var/lib/lunresync")
 POOL_ENV = "LUNRESYNC_POOL"
@@ -31,6 +36,56 @@ SUBDIRS = ("images", "cow", "clones", "jobs", "thin", "era")
 
 class PoolFull(LunresyncError):
     pass
+
+
+class PoolLocked(LunresyncError):
+    """Another command held the pool's lock longer than this one would wait."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
+#: Seconds a command waits for the pool's lock before it gives up (one operation holds it
+#: at a time: most take a second, a clone backup or an import as long as its copy).
+DEFAULT_LOCK_TIMEOUT = 600.0
+LOCK_TIMEOUT_ENV = "LUNRESYNC_LOCK_TIMEOUT"
+#: Seconds of waiting before a command says who holds the lock.
+LOCK_NOTICE_SECONDS = 1.0
+_LOCK_POLL_SECONDS = 0.05
+_HOLDER_LIMIT = 300
+
+
+def lock_timeout() -> float:
+    """$LUNRESYNC_LOCK_TIMEOUT (seconds, > 0), else :data:`DEFAULT_LOCK_TIMEOUT`."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise InvalidArgument(f"{LOCK_TIMEOUT_ENV}={shown(text)}: give seconds, more than 0"
+                              " and at most 86400")
+    return value
+
+
+def _command_line() -> str:
+    """This process's command line, as ps shows it (best effort)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as file:
+            words = file.read(1024).split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(word.decode(errors="replace") for word in words if word)[:200]
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it into the file."""
+    try:
+        text = os.pread(fd, _HOLDER_LIMIT, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
 
 
 def pool_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -45,6 +100,7 @@ def pool_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 @dataclass(frozen=True)
 class Pool:
     root: Path
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
     @property
     def catalog_path(self) -> Path:
@@ -136,14 +192,42 @@ class Pool:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the pool's exclusive lock (one kernel-changing operation at a time)."""
+        """Hold the pool's exclusive lock (one kernel-changing operation at a time). A
+        command that finds it held says who holds it after :data:`LOCK_NOTICE_SECONDS`
+        and gives up after ``lock_timeout`` seconds (:class:`PoolLocked`, exit 7): a
+        stuck holder must not hold every later command, and the service's worker, for
+        ever. The holder writes who it is into the lock file."""
         fd = os.open(self.root / "lock",
                      os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            self._take(fd)
+            holder = f"pid {os.getpid()} ({_command_line()}) since {time.strftime('%H:%M:%S')}"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(errors="replace")[:_HOLDER_LIMIT], 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
         finally:
-            os.close(fd)
+            os.close(fd)  # the lock goes with the descriptor
+
+    def _take(self, fd: int) -> None:
+        started = time.monotonic()
+        noticed = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - started
+            if waited >= self.lock_timeout:
+                raise PoolLocked(f"the pool {self.root} is locked by {_holder(fd)}: gave up"
+                                 f" after {waited:.0f} s (LUNRESYNC_LOCK_TIMEOUT)")
+            if not noticed and waited >= LOCK_NOTICE_SECONDS:
+                log.warning("waiting for the pool lock, held by %s", _holder(fd))
+                noticed = True
+            time.sleep(_LOCK_POLL_SECONDS)
 
     def new_file(self, path: Path, size: int) -> Path:
         """Create a sparse file of ``size`` bytes, mode 0600; refuse to overwrite."""

@@ -26,7 +26,7 @@ from lunresync.kernel.runner import Runner
 from .catalog import Catalog
 from .devices import PoolDevices
 from .model import Lun, ShadowCopy
-from .pool import Pool
+from .pool import Pool, lock_timeout
 from .stack import DeviceStacks
 
 # 120 s per device-mapper wait for udev: a create waits for udev, whose probes of a
@@ -73,7 +73,7 @@ class Storage:
     @classmethod
     def open(cls, pool_dir: str | os.PathLike[str], *, runner: Runner | None = None) -> Storage:
         runner = runner or Runner()
-        pool = Pool(Path(os.path.abspath(pool_dir)))
+        pool = Pool(Path(os.path.abspath(pool_dir)), lock_timeout())
         pool.ensure()
         devices = PoolDevices(DeviceMapper(runner, timeout=DM_TIMEOUT), LoopDevices(runner),
                               runner)

@@ -622,20 +622,22 @@ def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
 
 
 # (engine, LUN size, first limit, second limit). The first is held within 10% over 6 s;
-# the second, set mid-copy, takes effect: within 20% over 3 s, 1 s after set-rate. Over
-# 3 s a copy swings by up to 20% under load (traced 2026-12-03 beside another test VM:
-# clone -10/+6%, mirror -13/+12%, merge -15/+20%; over 6 s clone -4/+3%, mirror -6/+5%,
-# merge -5/+8%): switched on, a clone copies a few MiB between two polls whatever its
-# limit, a mirror's or a merge's share (the kernel's) lets a copy that waited burst when
-# it goes up, and a merge's progress moves a few runs at a time (docs/engine.md). Sized
-# for 3 s + 6 s at the first limit and 1 s + 3 s at the second, 20% over.
+# the second, set mid-copy, takes effect: within 20% over 3 s, 2 s after set-rate (a
+# merge's share took 1-3 s to reach 32 MiB/s beside the reboot tier's VM, so it goes from
+# 16 to 24). Over 3 s a copy swings by up to 20% under load (traced 2026-12-03 beside
+# another test VM: clone -10/+6%, mirror -13/+12%, merge -15/+20%; over 6 s clone -4/+3%,
+# mirror -6/+5%, merge -5/+8%): switched on, a clone copies a few MiB between two polls
+# whatever its limit, a mirror's or a merge's share (the kernel's) lets a copy that
+# waited burst when it goes up, and a merge's progress moves a few runs at a time
+# (docs/engine.md). Sized for 3 s + 6 s at the first limit and 2 s + 3 s at the second,
+# 10% and 20% over.
 THROTTLED = [(EngineKind.CLONE, 192 * MiB, 8 * MiB, 16 * MiB),
              (EngineKind.MIRROR, 192 * MiB, 8 * MiB, 16 * MiB),
-             (EngineKind.MERGE, 352 * MiB, 16 * MiB, 32 * MiB)]
+             (EngineKind.MERGE, 352 * MiB, 16 * MiB, 24 * MiB)]
 #: How long the first limit is measured, and how close it must hold.
 HELD_SECONDS, HELD_WITHIN = 6.0, 0.1
-#: How long the second limit is measured, and how close: it took effect.
-CHANGED_SECONDS, CHANGED_WITHIN = 3.0, 0.2
+#: How long the second limit is measured (after how long), and how close: it took effect.
+CHANGED_SECONDS, CHANGED_SETTLE, CHANGED_WITHIN = 3.0, 2.0, 0.2
 
 
 @pytest.mark.parametrize(("engine", "size", "first", "second"), THROTTLED,
@@ -690,7 +692,7 @@ def test_a_throttled_copy_holds_its_rate_and_a_new_rate_takes_effect(
     if knob is not None:
         assert knob.read() < 100  # the governor holds the kernel's share
     assert provider.resyncer.set_rate(handle.id, second).max_rate == second
-    rate = measured(CHANGED_SECONDS, 1.0)
+    rate = measured(CHANGED_SECONDS, CHANGED_SETTLE)
     assert abs(rate - second) <= CHANGED_WITHIN * second, \
         f"{rate / MiB:.2f} MiB/s against {second // MiB}"
     provider.resyncer.set_rate(handle.id, None)  # the rest at full speed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,6 +99,12 @@ class StandIn:
 
     async def check_caller(self, *, owner: str | None = None) -> None:
         pass
+
+    def admitted(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def capabilities(self) -> dict[str, Any]:
+        return {"ready": True}
 
     async def run(self, fn: Callable[[Any], T], *, refresh: bool = True) -> T:
         try:

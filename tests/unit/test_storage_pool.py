@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -16,12 +20,15 @@ import pytest
 
 from lunresync.errors import ExitCode, InvalidArgument, LunresyncError, NotSupported
 from lunresync.kernel.trust import Untrusted
+from lunresync.storage import pool as pool_module
 from lunresync.storage.pool import (
     DEFAULT_POOL,
     POOL_ENV,
     SUBDIRS,
     Pool,
     PoolFull,
+    PoolLocked,
+    lock_timeout,
     pool_path,
 )
 
@@ -398,3 +405,59 @@ def _fd_target(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
+
+
+# -- a lock nobody holds for ever --------------------------------------------------------
+
+
+def test_a_command_gives_up_on_a_held_lock_and_says_who_holds_it(
+        pool: Pool, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "LOCK_NOTICE_SECONDS", 0.1)
+    holder = subprocess.Popen(  # another process, as another command would be
+        [sys.executable, "-c", "import sys, time\n"
+         "from pathlib import Path\n"
+         "from lunresync.storage.pool import Pool\n"
+         "with Pool(Path(sys.argv[1])).locked():\n"
+         "    print('in', flush=True)\n"
+         "    time.sleep(30)\n", str(pool.root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "in\n"
+        waiting = replace(pool, lock_timeout=0.5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="lunresync.storage.pool"), \
+                pytest.raises(PoolLocked) as caught, waiting.locked():
+            pass
+        assert 0.5 <= time.monotonic() - started < 5
+        message = str(caught.value)
+        assert message.startswith(f"the pool {pool.root} is locked by pid {holder.pid} (")
+        assert "from lunresync.storage.pool import Pool" in message
+        assert message.endswith(("gave up after 0 s (LUNRESYNC_LOCK_TIMEOUT)",
+                                 "gave up after 1 s (LUNRESYNC_LOCK_TIMEOUT)"))
+        assert caught.value.exit_code is ExitCode.TIMEOUT
+        (notice,) = [r.getMessage() for r in caplog.records]
+        assert notice.startswith(f"waiting for the pool lock, held by pid {holder.pid} (")
+    finally:
+        holder.kill()
+        holder.wait()
+    with pool.locked():  # the holder's death let it go
+        assert (pool.root / "lock").read_text().startswith(f"pid {os.getpid()} (")
+    assert (pool.root / "lock").read_text() == ""
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("", 600.0), ("5", 5.0), ("0.25", 0.25),
+                                                ("86400", 86400.0)])
+def test_the_lock_timeout_comes_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, text: str, seconds: float) -> None:
+    monkeypatch.setenv("LUNRESYNC_LOCK_TIMEOUT", text)
+    assert lock_timeout() == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "1e400", "abc", "86401",
+                                  "9" * 5000])
+def test_a_bad_lock_timeout_is_refused(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("LUNRESYNC_LOCK_TIMEOUT", text)
+    with pytest.raises(InvalidArgument, match=r"LUNRESYNC_LOCK_TIMEOUT=.*give seconds"):
+        lock_timeout()

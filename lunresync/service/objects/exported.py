@@ -21,6 +21,7 @@ from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property
 
+from lunresync.errors import InvalidArgument
 from lunresync.service import api
 from lunresync.service.context import ServiceContext
 from lunresync.views import epoch
@@ -157,15 +158,52 @@ def epoch_seconds(text: str | None) -> int:
     return int(epoch(text) or 0)
 
 
-def changes(fn: M) -> M:
-    """A method that changes something: the caller is checked before anything else (the
-    bus policy should have refused it already; this is the second fence) - root or the
-    admin group, and the owner for a session's or a writer's methods - and lunresync errors
-    reach it as named D-Bus errors."""
+#: The most a client may have in flight at once (its further calls are refused until
+#: some are answered): one client cannot queue the worker up for everyone else.
+MAX_CALLS_IN_FLIGHT = 8
+#: The longest text argument (a backup document: 16 MiB, its own limit, and some room),
+#: the most items in a list argument, and options in an ``a{sv}``.
+MAX_TEXT = (16 << 20) + 4096
+MAX_ITEMS = 1024
+MAX_OPTIONS = 32
+
+
+def check_sizes(args: Sequence[Any]) -> None:
+    """Refuse an argument larger than any the API takes, before it costs anything."""
+    for arg in args:
+        if isinstance(arg, str) and len(arg) > MAX_TEXT:
+            raise InvalidArgument(f"a text argument of {len(arg)} characters: at most"
+                                  f" {MAX_TEXT}")
+        if isinstance(arg, list) and len(arg) > MAX_ITEMS:
+            raise InvalidArgument(f"a list of {len(arg)} items: at most {MAX_ITEMS}")
+        if isinstance(arg, dict) and len(arg) > MAX_OPTIONS:
+            raise InvalidArgument(f"{len(arg)} options: at most {MAX_OPTIONS}")
+
+
+def reads(fn: M) -> M:
+    """A method anyone may call (it changes nothing): admitted while its client has fewer
+    than :data:`MAX_CALLS_IN_FLIGHT` calls in flight, its arguments checked for size, and
+    lunresync errors reach it as named D-Bus errors."""
     @functools.wraps(fn)
     async def call(self: Exported[Any], *args: Any) -> Any:
-        await self.context.check_caller(owner=self.owner)
-        return await fn(self, *args)
+        with self.context.admitted():
+            check_sizes(args)
+            return await fn(self, *args)
+
+    return api.mapped(call)  # type: ignore[return-value]
+
+
+def changes(fn: M) -> M:
+    """A method that changes something: admitted as :func:`reads` admits, then the caller
+    is checked before anything else (the bus policy should have refused it already; this
+    is the second fence) - root or the admin group, and the owner for a session's or a
+    writer's methods - and lunresync errors reach it as named D-Bus errors."""
+    @functools.wraps(fn)
+    async def call(self: Exported[Any], *args: Any) -> Any:
+        with self.context.admitted():
+            await self.context.check_caller(owner=self.owner)
+            check_sizes(args)
+            return await fn(self, *args)
 
     return api.mapped(call)  # type: ignore[return-value]
 

@@ -26,7 +26,15 @@ from lunresync.service.context import ServiceContext
 from lunresync.storage.model import ShadowKind, check_lun_name
 from lunresync.views import thin_pool_of
 
-from .exported import DBusNothing, DBusPathList, DBusStrList, Exported, Property, changes
+from .exported import (
+    DBusNothing,
+    DBusPathList,
+    DBusStrList,
+    Exported,
+    Property,
+    changes,
+    reads,
+)
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
@@ -84,13 +92,12 @@ class ManagerObject(Exported[ServiceContext]):
         return self.context
 
     @dbus_method()
-    @api.mapped
+    @reads
     async def GetCapabilities(self) -> DBusDict:
-        """What ``lunresync doctor --json`` reports."""
-        from lunresync.kernel.capabilities import probe
-
-        caps = await self.context.run(lambda p: probe(p.dm), refresh=False)
-        return {key: _variant(value) for key, value in caps.to_json().items()}
+        """What ``lunresync doctor --json`` reports, as the service last probed it (at most
+        a minute ago): answered without the worker, whatever it is doing."""
+        caps = await self.context.capabilities()
+        return {key: _variant(value) for key, value in caps.items()}
 
     @dbus_method()
     @changes
@@ -179,7 +186,7 @@ class ManagerObject(Exported[ServiceContext]):
         return api.path_of("job", job.id)
 
     @dbus_method()
-    @api.mapped
+    @reads
     async def GetThinPool(self) -> DBusStr:
         """The thin pool as ``lunresync pool show --json`` prints it (JSON text; data and
         metadata use, mode), or an empty string when the pool has none."""
@@ -200,7 +207,7 @@ class ManagerObject(Exported[ServiceContext]):
         return json.dumps(await self.context.run(grow))
 
     @dbus_method()
-    @api.mapped
+    @reads
     async def Lookup(self, kind: DBusStr, name: DBusStr) -> DBusObjectPath:
         """The object of a LUN (``kind`` ``lun``: by id when given one, else by name), a shadow copy
         (``shadow``) or a job (``job``: by id or a unique prefix of 8+ hex digits), found

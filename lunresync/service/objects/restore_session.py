@@ -13,7 +13,7 @@ from lunresync.engine.model import EngineKind
 from lunresync.service import api
 from lunresync.service.context import ServiceContext
 
-from .exported import DBusNothing, DBusStrList, Exported, Property, changes
+from .exported import DBusNothing, DBusStrList, Exported, Property, changes, reads
 
 if TYPE_CHECKING:
     from lunresync.provider.provider import Provider
@@ -106,7 +106,7 @@ class RestoreSessionObject(Exported["RestoreSession"]):
         await self._step(lambda _: self.session.post_restore())
 
     @dbus_method()
-    @api.mapped
+    @reads
     async def GetWriterStatus(self) -> DBusWriterStatus:
         """(writer, state, message) of each writer: "stable" or "failed-at-<event>"."""
         # In the worker: a step of the session may be changing it there.
