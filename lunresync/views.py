@@ -45,6 +45,7 @@ def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
             "backing": lun.backing, "path": lun.path, "created": when(lun.created),
             "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
             "offline": lun.offline,
+            "offline_reason": lun.offline_reason,
             "thin_pool": thin_pool_mode if lun.kind.value == "thin" else None,
             "tracked": lun.tracked,
             "restored_from": None if lun.baseline is None else lun.baseline.shadow_id}

@@ -88,14 +88,16 @@ def _notes(lun: dict[str, Any]) -> str:
     if lun["masked"]:
         notes.append("masked")
     if lun["offline"]:
-        notes.append("offline")
+        reason = lun.get("offline_reason")
+        notes.append(f"offline: {reason}" if reason else "offline")
     if lun.get("thin_pool") not in (None, "rw"):
         notes.append(f"thin pool {lun['thin_pool']}")  # out_of_data_space: writes fail
     return ", ".join(notes)
 
 
 LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "path", "created", "state",
-                 "thin_pool", "read_only", "masked", "offline", "tracked", "restored_from"]
+                 "thin_pool", "read_only", "masked", "offline", "offline_reason", "tracked",
+                 "restored_from"]
 
 
 @through_service

@@ -197,6 +197,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE luns ADD COLUMN tracked INTEGER NOT NULL DEFAULT 0 CHECK (tracked IN (0, 1));
     ALTER TABLE luns ADD COLUMN baseline TEXT;
     """,
+    # 9: why an offline LUN is offline (activate brings up what it can: storage/luns.py)
+    """
+    ALTER TABLE luns ADD COLUMN offline_reason TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -282,10 +286,12 @@ class Catalog:
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
             "INSERT INTO luns (id, name, size, kind, backing, created, state, read_only,"
-            " masked, offline, thin_id, tracked, baseline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " masked, offline, thin_id, tracked, baseline, offline_reason)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
              lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline),
-             lun.thin_id, int(lun.tracked), _baseline_text(lun.baseline)),
+             lun.thin_id, int(lun.tracked), _baseline_text(lun.baseline),
+             lun.offline_reason),
         )
 
     def set_lun_baseline(self, lun_id: str, baseline: LunBaseline | None) -> None:
@@ -300,8 +306,10 @@ class Catalog:
     def set_lun_masked(self, lun_id: str, masked: bool) -> None:
         self.db.execute("UPDATE luns SET masked = ? WHERE id = ?", (int(masked), lun_id))
 
-    def set_lun_offline(self, lun_id: str, offline: bool) -> None:
-        self.db.execute("UPDATE luns SET offline = ? WHERE id = ?", (int(offline), lun_id))
+    def set_lun_offline(self, lun_id: str, offline: bool, reason: str | None = None) -> None:
+        """Take a LUN offline, saying why, or bring it back (the reason goes)."""
+        self.db.execute("UPDATE luns SET offline = ?, offline_reason = ? WHERE id = ?",
+                        (int(offline), reason if offline else None, lun_id))
 
     def set_lun_id(self, lun_id: str, new_lun_id: str) -> None:
         """Give a LUN another identity (restore or swap with --revert-identity)."""
@@ -444,7 +452,8 @@ def _lun(row: sqlite3.Row) -> Lun:
                bool(row["masked"]), bool(row["offline"]), row["thin_id"],
                bool(row["tracked"]),
                None if row["baseline"] is None
-               else LunBaseline.from_json(json.loads(row["baseline"])))
+               else LunBaseline.from_json(json.loads(row["baseline"])),
+               row["offline_reason"])
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InUse, InvalidArgument, NotFound, NotSupported
+from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
 from lunresync.kernel import blockdev
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.targets import era
@@ -188,29 +189,44 @@ class Luns:
     # -- activation ------------------------------------------------------------------------
 
     def activate(self, *, restoring: frozenset[str] = frozenset()) -> list[str]:
-        """Bring up every LUN's stack; a LUN whose disk is gone stays offline, the others
-        come up. ``restoring``: ids of LUNs whose top device a restore's mapping takes
-        (rebuilt by the resync engine). The caller holds the lock, and has brought the
-        thin pool up first (``Provider.activate``: all or nothing, after thin_check)."""
+        """Bring up every LUN's stack it can: a LUN whose disk or image is gone, or whose
+        stack cannot be made, is marked offline with the reason and the others come up.
+        ``restoring``: ids of LUNs whose top device a restore's mapping takes (rebuilt by
+        the resync engine). The caller holds the lock, and has brought the thin pool up
+        first (``Provider.activate``: all or nothing, after thin_check)."""
         created: list[str] = []
         s = self.storage
         for lun in s.catalog.luns():
-            device = self.missing_backing(lun)
-            if device is not None:
-                # One LUN whose disk is gone must not keep the others down.
-                if not lun.offline:
-                    self._set_offline(lun, device)
-                log.warning("LUN %s stays offline: %s is missing", lun.name, device)
-                continue
-            if lun.offline:
-                with s.catalog.transaction():
-                    s.catalog.set_lun_offline(lun.id, False)
-                log.info("LUN %s is back online", lun.name)
-            with Undo() as undo:
-                created += self._stacks.activate_lun(lun, undo,
-                                                     with_top=lun.id not in restoring)
-                undo.commit()
+            reason = self.missing_storage(lun)
+            if reason is None:
+                try:
+                    with Undo() as undo:
+                        made = self._stacks.activate_lun(lun, undo,
+                                                         with_top=lun.id not in restoring)
+                        undo.commit()
+                except LunresyncError as exc:  # rolled back: one LUN must not stop the rest
+                    reason = f"its devices could not be made: {exc}"
+                else:
+                    created += made
+                    if lun.offline:
+                        with s.catalog.transaction():
+                            s.catalog.set_lun_offline(lun.id, False)
+                        log.info("LUN %s is back online", lun.name)
+                    continue
+            if not lun.offline or lun.offline_reason != reason:
+                self._set_offline(lun, reason)
+            log.warning("LUN %s stays offline: %s", lun.name, reason)
         return created
+
+    def missing_storage(self, lun: Lun) -> str | None:
+        """Why a LUN cannot come up (its backing device gone, its image file missing),
+        or None."""
+        device = self.missing_backing(lun)
+        if device is not None:
+            return f"its backing device {device} is missing"
+        if lun.kind is LunKind.IMAGE and not os.path.lexists(lun.backing):
+            return f"its image {lun.backing} is missing"
+        return None
 
     def remove_tops(self) -> list[str]:
         """Remove every LUN's top device (writes stop, so none can miss a snapshot)."""
@@ -239,7 +255,7 @@ class Luns:
             device = self.missing_backing(lun)
             if device is None or lun.offline:
                 continue
-            self._set_offline(lun, device)
+            self._set_offline(lun, f"its backing device {device} disappeared")
             gone.append(dataclasses.replace(lun, offline=True))
         return gone
 
@@ -248,10 +264,10 @@ class Luns:
         return any(self.missing_backing(lun) is not None and not lun.offline
                    for lun in self.storage.catalog.luns())
 
-    def _set_offline(self, lun: Lun, device: str) -> None:
-        log.warning("LUN %s is offline: its backing device %s disappeared", lun.name, device)
+    def _set_offline(self, lun: Lun, reason: str) -> None:
+        log.warning("LUN %s is offline: %s", lun.name, reason)
         with self.storage.catalog.transaction():
-            self.storage.catalog.set_lun_offline(lun.id, True)
+            self.storage.catalog.set_lun_offline(lun.id, True, reason)
 
     # -- identity and masking --------------------------------------------------------------
 

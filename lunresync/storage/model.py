@@ -158,11 +158,12 @@ class Lun:
     state: LunState = LunState.OK
     read_only: bool = False  # a swapped shadow copy stays read-only unless asked otherwise
     masked: bool = False  # kept in the pool but not exposed (swap --mask-original)
-    offline: bool = False  # its backing device disappeared (see provider/watch.py)
+    offline: bool = False  # its storage is missing (see provider/watch.py, Luns.activate)
     thin_id: int | None = None  # the thin volume's id in the thin pool (THIN only)
     # changed-block tracking: -real is an era over the backing device (storage/tracking.py)
     tracked: bool = False
     baseline: LunBaseline | None = None  # tracked: what it was last restored from
+    offline_reason: str | None = None  # offline: why (a disk gone, an image missing...)
 
 
     def __post_init__(self) -> None:

@@ -8,12 +8,13 @@ A thin set (thin LUNs only) is one ``create_snap`` per LUN to the thin pool in t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument, NotFound
+from lunresync.errors import InvalidArgument, LunresyncError, NotFound
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.targets import SnapshotStatus, SnapshotTable, Table
 from lunresync.kernel.targets.snapshot import cow_store_size
@@ -34,6 +35,8 @@ from .stack import DeviceStacks, has_differentials, top_table
 from .storage import Storage
 from .thinpool import ThinPool
 from .undo import Undo
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SECTORS = 16  # 8 KiB: small chunks keep copy-on-write cheap for small writes
 
@@ -290,9 +293,13 @@ class Snapshots:
         for shadow in s.catalog.shadow_copies():
             if (shadow.kind is not ShadowKind.DIFFERENTIAL
                     or s.catalog.lun_by_id(shadow.lun_id) is None):
-                with Undo() as undo:
-                    created += self._stacks.activate_clone(shadow, undo)
-                    undo.commit()
+                try:
+                    with Undo() as undo:
+                        created += self._stacks.activate_clone(shadow, undo)
+                        undo.commit()
+                except LunresyncError as exc:
+                    # rolled back; the others come up (it shows as not active)
+                    log.warning("shadow copy %s stays inactive: %s", shadow.id, exc)
         return created
 
     def remove_all(self) -> list[str]:

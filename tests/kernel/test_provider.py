@@ -278,6 +278,26 @@ def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
     state = kernel_state(provider)
     assert provider.activate() == []
     assert kernel_state(provider) == state
+    # An image gone while the pool was down: activate brings up every other LUN and marks
+    # that one offline, saying why; with its image back, it comes back online.
+    written = sha256_of(a.path)
+    provider.deactivate()
+    away = Path(a.backing).with_name("moved-away")
+    Path(a.backing).rename(away)
+    try:
+        provider.activate()
+        gone = provider.lun("a")
+        assert (gone.offline, gone.offline_reason) == (True, f"its image {a.backing} is missing")
+        assert not Path(a.path).exists()
+        assert sha256_of(b.path) == before[1]
+        assert Path(clone.path).is_block_device()
+    finally:
+        away.rename(a.backing)
+    provider.activate()
+    back = provider.lun("a")
+    assert (back.offline, back.offline_reason) == (False, None)
+    assert sha256_of(a.path) == written
+    assert [sha256_of(s.path) for s in shadows] == before[2:4]
 
 
 # -- transport -------------------------------------------------------------------------------

@@ -695,3 +695,24 @@ def test_a_thin_lun_has_a_volume_id_and_only_a_thin_one() -> None:
         Lun("a" * 32, "x", 4096, LunKind.THIN, "p", 1.0)
     with pytest.raises(InvalidArgument):
         Lun("a" * 32, "x", 4096, LunKind.IMAGE, "p", 1.0, thin_id=3)
+
+
+def test_version_8_catalogs_gain_the_reason_a_lun_is_offline(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "MIGRATIONS", catalog_module.MIGRATIONS[:8])
+    monkeypatch.setattr(catalog_module, "SCHEMA_VERSION", 8)
+    with Catalog(db_path) as old, old.transaction() as db:
+        db.execute("INSERT INTO luns (id, name, size, kind, backing, created, offline)"
+                   " VALUES (?, 'gone', 4096, 'adopted', '/dev/sdz', 1.5, 1)", ("a" * 32,))
+    monkeypatch.undo()
+    with Catalog(db_path) as catalog:
+        assert catalog.version == catalog_module.SCHEMA_VERSION == 9
+        lun = catalog.lun("gone")
+        assert (lun.offline, lun.offline_reason) == (True, None)  # offline, reason unknown
+        with catalog.transaction():
+            catalog.set_lun_offline(lun.id, True, "its image /p/x.img is missing")
+        assert catalog.lun("gone").offline_reason == "its image /p/x.img is missing"
+        with catalog.transaction():
+            catalog.set_lun_offline(lun.id, False, "ignored: online has no reason")
+        back = catalog.lun("gone")
+        assert (back.offline, back.offline_reason) == (False, None)

@@ -381,7 +381,7 @@ def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
     assert not (world.pool.jobs / throttle.KEPT_SHARES).exists()
     limited = world.resyncer.start([world.pair(shadow, third, EngineKind.MIRROR)], {},
                                    max_rate=16 << 20)
-    assert world.store.job(limited.id).pairs[0].plan.region_sectors == 2048  # 1 MiB
+    assert world.store.job(limited.id).pairs[0].plan.region_sectors == 8192  # 4 MiB: 0.25 s
     assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
     # The pool's devices go away (deactivate): no copy of it runs, the share is put back;
     # activate rebuilds the copy, and it starts low again
@@ -483,7 +483,7 @@ def test_budget_and_in_flight_arithmetic() -> None:
     with pytest.raises(InvalidArgument):
         throttle.check_rate(True)
     # a limited mirror's regions: about 0.1 s of its budget, 512 KiB to the engine's own
-    assert throttle.region(EngineKind.MIRROR, 32768, 16 << 20) == 2048
+    assert throttle.region(EngineKind.MIRROR, 32768, 16 << 20) == 8192  # 0.25 s: 4 MiB
     assert throttle.region(EngineKind.MIRROR, 32768, throttle.MIN_RATE) == 1024
     assert throttle.region(EngineKind.MIRROR, 32768, 1 << 30) == 32768
     assert throttle.region(EngineKind.MIRROR, 32768, None) == 32768

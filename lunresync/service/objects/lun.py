@@ -32,6 +32,7 @@ class LunObject(RecordObject):
     ReadOnly = RecordProperty(DBusBool, lambda r: r["read_only"])
     Masked = RecordProperty(DBusBool, lambda r: r["masked"])
     Offline = RecordProperty(DBusBool, lambda r: r["offline"])
+    OfflineReason = RecordProperty(DBusStr, lambda r: r.get("offline_reason") or "")
     RestoringJob = RecordProperty(DBusObjectPath, _restoring_job)
     # A thin LUN's pool: "out_of_data_space" means writes to new blocks fail.
     ThinPool = RecordProperty(DBusStr, lambda r: r.get("thin_pool") or "")
