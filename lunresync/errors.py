@@ -73,6 +73,11 @@ class NotFound(LunresyncError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class DeviceChanged(NotFound):
+    """A disk lunresync keeps by its identity (an adopted LUN's, a restore's destination)
+    is not the device at its path any more (kernel/identity.py): nothing is written to it."""
+
+
 class InUse(LunresyncError):
     exit_code = ExitCode.IN_USE
 

@@ -42,7 +42,9 @@ def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
     """A LUN; ``thin_pool_mode``: the mode of the thin pool a thin LUN is on (``rw``,
     ``out_of_data_space``: writes to new blocks fail, ``ro``, ``Fail``, ``inactive``)."""
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
-            "backing": lun.backing, "path": lun.path, "created": when(lun.created),
+            "backing": lun.backing,
+            "identity": None if lun.identity is None else lun.identity.describe(),
+            "path": lun.path, "created": when(lun.created),
             "state": lun.state.value, "read_only": lun.read_only, "masked": lun.masked,
             "offline": lun.offline,
             "offline_reason": lun.offline_reason,

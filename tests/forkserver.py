@@ -181,6 +181,18 @@ class ForkServer:
         child = self.spawn_cli(args, **options)
         return self._completed(["lunresync", *args], child, timeout)
 
+    def first_line_then_kill(self, code: str, *args: str, timeout: float,
+                             **options: Any) -> tuple[str, int, tuple[str, str]]:
+        """``python -c CODE ARGS...`` in a forked child, killed (SIGKILL) once it has
+        written its first line (or died, or ``timeout`` passed): (that line, its exit
+        status, its output). A child that kills itself shows -SIGKILL too."""
+        child = self.spawn_python(code, *args, **options)
+        try:
+            line = child.readline(timeout=timeout).strip()
+        finally:
+            child.kill(signal.SIGKILL)
+        return line, child.wait(60), child.output()
+
     def run_python(self, code: str, *args: str, timeout: float | None = None,
                    **options: Any) -> subprocess.CompletedProcess[str]:
         child = self.spawn_python(code, *args, **options)

@@ -100,8 +100,34 @@ class DirectBackend:
     def delete_lun(self, name: str, *, force: bool) -> None:
         self.provider.delete_lun(name, force=force)
 
+    def adopt_lun(self, name: str, device: str, *, track_changes: bool = False
+                  ) -> dict[str, Any]:
+        return lun_json(self.provider.adopt_lun(name, device, track_changes=track_changes))
+
+    def unmask_lun(self, name: str) -> dict[str, Any]:
+        return lun_json(self.provider.unmask_lun(name))
+
     def activate(self) -> list[str]:
         return self.provider.activate()
+
+    def deactivate(self) -> list[str]:
+        return self.provider.deactivate()
+
+    def swap(self, snapshot_set: str, *, mask_original: bool, read_write: bool,
+             revert_identity: bool) -> list[dict[str, Any]]:
+        luns = self.provider.swap_snapshot_set(snapshot_set, mask_original=mask_original,
+                                               read_write=read_write,
+                                               revert_identity=revert_identity)
+        mode = self.provider.thin_pool_mode()
+        return [lun_json(lun, mode) for lun in luns]
+
+    def export_shadow_copy(self, shadow_copy: str, directory: str, *,
+                           since: str | None) -> str:
+        return str(self.provider.export_shadow_copy(shadow_copy, directory, since=since))
+
+    def import_shadow_copy(self, directory: str) -> dict[str, Any]:
+        provider = self.provider
+        return shadow_json(provider.shadow_copy_use(provider.import_shadow_copy(directory)))
 
     # -- shadow copies -------------------------------------------------------------------
 

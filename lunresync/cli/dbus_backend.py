@@ -149,7 +149,7 @@ class DbusBackend:
         return sorted(records, key=lambda r: str(r["name"]))
 
     def _find(self, kind: str, name: str) -> str:
-        """The object path of a LUN, shadow copy or job, found by the service as the
+        """The object path of a LUN, shadow copy, snapshot set or job, found by the service as the
         catalog finds it (same rules, same errors)."""
         (path,) = self.client.manager("Lookup", "ss", kind, name)
         return str(path)
@@ -173,9 +173,47 @@ class DbusBackend:
         path = self._find("lun", name)
         self.client.manager("DeleteLun", "oa{sv}", path, {"force": _b(force)})
 
+    def adopt_lun(self, name: str, device: str, *, track_changes: bool = False
+                  ) -> dict[str, Any]:
+        check_lun_name(name)
+        options = {"track_changes": _b(True)} if track_changes else {}
+        (path,) = self.client.manager("AdoptLun", "ssa{sv}", name, os.path.abspath(device),
+                                      options)
+        return self._record(path, api.LUN)
+
+    def unmask_lun(self, name: str) -> dict[str, Any]:
+        path = self._find("lun", name)
+        self.client.call(path, api.LUN, "Unmask", "a{sv}", [{}])
+        return self._record(path, api.LUN)
+
     def activate(self) -> list[str]:
         (created,) = self.client.manager("Activate", "a{sv}", {})
         return [str(name) for name in created]
+
+    def deactivate(self) -> list[str]:
+        (removed,) = self.client.manager("Deactivate", "a{sv}", {})
+        return [str(name) for name in removed]
+
+    def swap(self, snapshot_set: str, *, mask_original: bool, read_write: bool,
+             revert_identity: bool) -> list[dict[str, Any]]:
+        path = self._find("set", snapshot_set)
+        options = {"mask_original": _b(mask_original), "read_write": _b(read_write),
+                   "revert_identity": _b(revert_identity)}
+        (luns,) = self.client.call(path, api.SNAPSHOT_SET, "Swap", "a{sv}", [options])
+        return [self._record(lun, api.LUN) for lun in luns]
+
+    def export_shadow_copy(self, shadow_copy: str, directory: str, *,
+                           since: str | None) -> str:
+        path = self._find("shadow", shadow_copy)
+        options = {} if since is None else {"since": Variant("o", self._find("shadow", since))}
+        (bundle,) = self.client.call(path, api.SHADOW_COPY, "Export", "sa{sv}",
+                                     [os.path.abspath(directory), options])
+        return str(bundle)
+
+    def import_shadow_copy(self, directory: str) -> dict[str, Any]:
+        (path,) = self.client.manager("ImportShadowCopy", "sa{sv}",
+                                      os.path.abspath(directory), {})
+        return self._record(path, api.SHADOW_COPY)
 
     # -- shadow copies -------------------------------------------------------------------
 
@@ -204,11 +242,9 @@ class DbusBackend:
         for pair in pairs:  # checked in the order the engine checks them
             shadow = self._find("shadow", pair.shadow_copy)
             if pair.destination is None:
-                destination = api.NO_OBJECT  # the shadow copy's own LUN
+                destination = ""  # the shadow copy's own LUN
             elif pair.destination.startswith("/"):
-                raise NotSupported(
-                    f"restoring into the block device {pair.destination} is not available"
-                    " through the service", hint="restore into a LUN, or " + DIRECT_HINT)
+                destination = pair.destination  # a block device: the service checks it
             else:
                 destination = self._find("lun", pair.destination)
             wanted.append([shadow, destination])
@@ -216,7 +252,7 @@ class DbusBackend:
         options = {"engine": _s(engine), "volume_check": _b(volume_check)}
         if max_rate is not None:
             options["max_rate"] = _t(max_rate)
-        (path,) = self.client.manager("Resync", "a(oo)a{sv}", wanted, options)
+        (path,) = self.client.manager("ResyncTo", "a(os)a{sv}", wanted, options)
         online = self.clock() - began
         return Started(self._job_status(path), online)
 
@@ -262,8 +298,9 @@ class DbusBackend:
         return self._job_status(path)
 
     def verify(self, job_id: str) -> dict[str, Any]:
-        raise NotSupported("verifying a job is not available through the service",
-                           hint=DIRECT_HINT)
+        (report,) = self.client.call(self._find("job", job_id), api.JOB, "Verify", "a{sv}",
+                                     [{}])
+        return dict(json.loads(report))
 
     # -- the requester's workflow --------------------------------------------------------
 

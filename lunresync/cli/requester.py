@@ -12,7 +12,6 @@ import click
 from lunresync.errors import InvalidArgument, JobFailed
 from lunresync.storage.model import ShadowKind
 from lunresync.storage.units import parse_rate
-from lunresync.views import lun_json
 
 from .backend_choice import backend_for, opened
 from .base import ENGINE_CHOICE, MAX_RATE_HELP, given, through_service
@@ -179,6 +178,7 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
             f"writer {s['writer']} {s['state']}: {s['message']}" for s in failed))
 
 
+@through_service
 @click.command()
 @click.argument("snapshot_set")
 @click.option("--mask-original", is_flag=True,
@@ -192,16 +192,15 @@ def restore(ctx: click.Context, document: str, additions: tuple[str, ...],
 def swap(ctx: click.Context, snapshot_set: str, mask_original: bool, read_write: bool,
          revert_identity: bool, as_json: bool) -> None:
     """Turn the shadow copies of a clone set into ordinary LUNs, irreversibly (no copy)."""
-    with opened(ctx) as provider:
-        luns = provider.swap_snapshot_set(snapshot_set, mask_original=mask_original,
-                                          read_write=read_write,
-                                          revert_identity=revert_identity)
+    with backend_for(ctx) as backend:
+        luns = backend.swap(snapshot_set, mask_original=mask_original, read_write=read_write,
+                            revert_identity=revert_identity)
     if as_json:
-        emit_json([lun_json(lun) for lun in luns])
+        emit_json(luns)
         return
     for lun in luns:
-        mode = "read-only" if lun.read_only else "read-write"
-        click.echo(f"LUN {lun.name} ({mode}) at {lun.path}, id {lun.id}")
+        mode = "read-only" if lun["read_only"] else "read-write"
+        click.echo(f"LUN {lun['name']} ({mode}) at {lun['path']}, id {lun['id']}")
 
 
 @click.command()

@@ -12,11 +12,9 @@ from lunresync.storage.units import format_size, parse_rate
 
 from .backend_choice import backend_for
 from .base import (
-    DIRECT_HINT,
     ENGINE_CHOICE,
     MAX_RATE_HELP,
     CommandGroup,
-    refuse_through_service,
     through_service,
 )
 from .output import emit_json, follow_job, job_line, print_table, show_record
@@ -79,23 +77,19 @@ def resync_json(job: JobStatus, online_seconds: float | None,
 @click.option("--max-rate", "max_rate", metavar="RATE", help=MAX_RATE_HELP)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the copy to complete.")
 @click.option("--verify", is_flag=True,
-              help="Wait, then compare each destination with its shadow copy"
-                   " (not through the service).")
+              help="Wait, then compare each destination with its shadow copy.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resync(ctx: click.Context, items: tuple[str, ...], engine: str, no_volume_check: bool,
            max_rate: str | None, wait_: bool, verify: bool, as_json: bool) -> None:
     """Restore shadow copies online: SHADOW_COPY [--to DEST] ...
 
-    DEST is a LUN name or a block device (not through the service); without --to, the
-    shadow copy's own LUN. All pairs form one recovery set and one job. Each destination
-    serves the shadow copy's content when this returns; the kernel copies the rest in the
-    background.
+    DEST is a LUN name or a block device; without --to, the shadow copy's own LUN. All
+    pairs form one recovery set and one job. Each destination serves the shadow copy's
+    content when this returns; the kernel copies the rest in the background.
     """
     pairs = parse_pairs(items)
     rate = parse_rate(max_rate) if max_rate is not None else None
-    if verify:  # refused before anything starts
-        refuse_through_service(ctx, "resync --verify", DIRECT_HINT)
     with backend_for(ctx) as backend:
         started = backend.resync(pairs, engine=engine, volume_check=not no_volume_check,
                                  max_rate=rate)
@@ -227,6 +221,7 @@ def job_set_rate(ctx: click.Context, job_id: str, rate: str) -> None:
     click.echo(f"job {changed.id}: rate limit {shown}")
 
 
+@through_service
 @job.command("verify")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)

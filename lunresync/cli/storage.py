@@ -50,6 +50,7 @@ def lun_create(ctx: click.Context, name: str, size: str, thin: bool, track_chang
                    f" {created['path']}, id {created['id']}")
 
 
+@through_service
 @lun.command("adopt")
 @click.argument("name")
 @click.argument("device")
@@ -57,9 +58,9 @@ def lun_create(ctx: click.Context, name: str, size: str, thin: bool, track_chang
 @click.pass_context
 def lun_adopt(ctx: click.Context, name: str, device: str, track_changes: bool) -> None:
     """Use the existing block DEVICE as LUN NAME."""
-    with opened(ctx) as provider:
-        adopted = provider.adopt_lun(name, device, track_changes=track_changes)
-    click.echo(f"adopted {adopted.backing} as LUN {adopted.name} at {adopted.path}")
+    with backend_for(ctx) as backend:
+        adopted = backend.adopt_lun(name, device, track_changes=track_changes)
+    click.echo(f"adopted {adopted['backing']} as LUN {adopted['name']} at {adopted['path']}")
 
 
 @through_service
@@ -95,7 +96,7 @@ def _notes(lun: dict[str, Any]) -> str:
     return ", ".join(notes)
 
 
-LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "path", "created", "state",
+LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "identity", "path", "created", "state",
                  "thin_pool", "read_only", "masked", "offline", "offline_reason", "tracked",
                  "restored_from"]
 
@@ -132,14 +133,15 @@ def watch(ctx: click.Context) -> None:
             f"LUN {lun.name} offline: {lun.backing} disappeared"))
 
 
+@through_service
 @lun.command("unmask")
 @click.argument("name")
 @click.pass_context
 def lun_unmask(ctx: click.Context, name: str) -> None:
     """Expose a LUN that a swap with --mask-original hid."""
-    with opened(ctx) as provider:
-        lun = provider.unmask_lun(name)
-    click.echo(f"LUN {lun.name} is exposed again at {lun.path}")
+    with backend_for(ctx) as backend:
+        lun = backend.unmask_lun(name)
+    click.echo(f"LUN {lun['name']} is exposed again at {lun['path']}")
 
 
 @through_service
@@ -168,12 +170,13 @@ def activate(ctx: click.Context) -> None:
                (f" ({', '.join(created)})" if created else ""))
 
 
+@through_service
 @click.command()
 @click.pass_context
 def deactivate(ctx: click.Context) -> None:
     """Tear every device down; the pool keeps all data."""
-    with opened(ctx) as provider:
-        removed = provider.deactivate()
+    with backend_for(ctx) as backend:
+        removed = backend.deactivate()
     click.echo(f"deactivated: {len(removed)} devices removed")
 
 
@@ -267,6 +270,7 @@ def snapshot_delete(ctx: click.Context, shadow_copy: str) -> None:
     click.echo(f"deleted shadow copy {shadow_copy}")
 
 
+@through_service
 @snapshot.command("export")
 @click.argument("shadow_copy")
 @click.argument("directory", type=click.Path(file_okay=False))
@@ -277,16 +281,18 @@ def snapshot_delete(ctx: click.Context, shadow_copy: str) -> None:
 def snapshot_export(ctx: click.Context, shadow_copy: str, directory: str,
                     since: str | None) -> None:
     """Write a transportable bundle (content + manifest with checksum) to DIRECTORY."""
-    with opened(ctx) as provider:
-        bundle = provider.export_shadow_copy(shadow_copy, directory, since=since)
+    with backend_for(ctx) as backend:
+        bundle = backend.export_shadow_copy(shadow_copy, directory, since=since)
     click.echo(f"exported to {bundle}")
 
 
+@through_service
 @snapshot.command("import")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @click.pass_context
 def snapshot_import(ctx: click.Context, directory: str) -> None:
     """Register a bundle as a clone shadow copy in this pool (checksum verified)."""
-    with opened(ctx) as provider:
-        shadow = provider.import_shadow_copy(directory)
-    click.echo(f"imported shadow copy {shadow.id} of {shadow.lun_name} at {shadow.path}")
+    with backend_for(ctx) as backend:
+        shadow = backend.import_shadow_copy(directory)
+    click.echo(f"imported shadow copy {shadow['id']} of {shadow['lun_name']} at"
+               f" {shadow['path']}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from lunresync.kernel.kmsg import KernelMessage
 from lunresync.kernel.targets import ErrorTable, LinearTable, Table
@@ -156,10 +155,12 @@ def lost_destination(ctx: JobContext, job: Job) -> str | None:
         if pair.dest_lun_id is not None:
             lun = ctx.catalog.lun_by_id(pair.dest_lun_id)
             if lun is not None and lun.offline:
-                return (f"LUN {lun.name} went offline: its backing device {lun.backing}"
-                        " disappeared")
-        elif pair.plan.leg is not None and not Path(pair.plan.leg).exists():
-            return f"the destination {pair.plan.leg} disappeared"
+                return (f"LUN {lun.name} went offline: "
+                        f"{lun.offline_reason or 'its storage is missing'}")
+        else:
+            changed = pair.plan.destination_changed()
+            if changed is not None:
+                return changed
     return None
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.identity import DeviceIdentity, mismatch_at
 from lunresync.storage.model import Lun, ShadowCopy, ShadowKind
 
 __all__ = [
@@ -152,6 +154,19 @@ class PairPlan:
     # A tracked LUN's era once the copy is complete, moved on before the top's final table
     # (every later write is recorded in it or after): the LUN's next baseline.
     baseline_era: int | None = None
+    # A block-device destination: what the device is (kernel/identity.py), checked before
+    # its mapping is rebuilt after a reboot. None: a LUN, or a plan from before 2026-12-03.
+    dest_identity: dict[str, Any] | None = None
+
+    def destination_changed(self) -> str | None:
+        """Why a block-device destination is not the device the job began on (another
+        disk under its name, or none), or None."""
+        if self.own_top and not Path(self.leg).exists():
+            return f"the destination {self.leg} disappeared"
+        if self.dest_identity is None:
+            return None
+        differ = mismatch_at(self.leg, DeviceIdentity.from_json(self.dest_identity))
+        return None if differ is None else f"the destination {differ}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

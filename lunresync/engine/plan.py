@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lunresync.errors import InvalidArgument, NotSupported
+from lunresync.errors import InUse, InvalidArgument, NotSupported
 from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.identity import identity_of
 from lunresync.kernel.targets import LinearTable, Table, TableLine, era
 from lunresync.storage.catalog import Catalog, now
 from lunresync.storage.model import TRACK_BLOCK_SECTORS, Lun, LunKind, ShadowCopy, new_id
@@ -163,6 +164,7 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
     helper = f"lunresync-job-{job_id[:12]}-{index}"
     helper_uuid = f"LUNRESYNC-job-{job_id}-{index}"
     leg_helper = leg_helper_uuid = None
+    dest_identity = None
     if c.lun is not None:
         top, top_uuid, own = c.lun.dm_name, c.lun.dm_uuid, False
         leg = c.lun.real_path
@@ -174,6 +176,10 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
     else:
         assert c.device is not None
         top, top_uuid, own, leg = helper, helper_uuid, True, c.device
+        try:
+            dest_identity = identity_of(c.device).to_json()
+        except OSError as exc:
+            raise InUse(f"{c.device} cannot be read: {exc.strerror}") from None
     sparse = c.engine is EngineKind.CLONE and c.in_place
     zero_runs = dest_image = None
     if (c.engine is EngineKind.CLONE and c.provisioned is not None and c.lun is not None
@@ -188,7 +194,7 @@ def _pair_plan(catalog: Catalog, pool: Pool, job_id: str, index: int, c: Checked
         source_store=c.shadow.store, sectors=c.shadow.sectors,
         dest_sectors=c.size // SECTOR_SIZE, region_sectors=region, files=files,
         sparse=sparse, copy_started=not sparse, zero_source_runs=zero_runs,
-        dest_image=dest_image)
+        dest_image=dest_image, dest_identity=dest_identity)
     if (c.engine is EngineKind.CLONE and not c.in_place and c.lun is not None
             and region == TRACK_BLOCK_SECTORS):
         base = refresh.refresh_base(catalog, c.shadow, c.lun, c.differs_from_baseline)

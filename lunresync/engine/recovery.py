@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import replace
 
+from lunresync.errors import DeviceChanged
 from lunresync.kernel import kmsg
 from lunresync.storage.catalog import now
 from lunresync.storage.stack import lun_table
@@ -15,7 +16,7 @@ from lunresync.storage.undo import Undo
 
 from . import thin, throttle
 from .context import JobContext
-from .model import EngineKind, Job, JobPair, JobState
+from .model import EngineKind, Job, JobPair, JobState, PairPlan
 from .online import (
     announce,
     build_helpers,
@@ -73,30 +74,59 @@ def recover_all_pending(ctx: JobContext) -> None:
             recover_pending(ctx, job, present)
 
 
-def reactivate(ctx: JobContext, undo: Undo) -> list[str]:
-    """Rebuild the restore mapping of every running pair whose device is missing."""
-    created: list[str] = []
+def to_rebuild(ctx: JobContext) -> dict[str, list[JobPair]]:
+    """Job id -> its running pairs whose restore mapping is missing (after a reboot)."""
+    jobs: dict[str, list[JobPair]] = {}
     for job_id, pair in ctx.store.active_pairs():
-        if pair.state is JobState.PENDING or ctx.devices.exists(pair.plan.top):
-            continue
-        since = kmsg.mark(f"job {job_id} rebuilds {pair.plan.top}")
-        made = build_helpers(ctx, pair, undo, None)
-        plan = replace(pair.plan, log_since_seq=since)
-        make_engine_device(ctx, pair, plan, made, undo)
-        throttle.hold_back(ctx, ctx.store.job(job_id))  # no full speed until a poll
-        ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
-        throttle.hold_back(ctx, ctx.store.job(job_id))  # (the table loaded its module)
-        with ctx.catalog.transaction():
-            ctx.store.update_pair(job_id, pair.index, plan=plan)
-            # The machine was down: no copying time (the rate is from a recent window),
-            # and no budget saved up for a throttled copy (engine/throttle.py)
-            job = ctx.store.job(job_id)
-            pace = None if job.max_rate is None else json.dumps([now(), job.bytes_done])
-            ctx.store.update(job_id, samples="[]", pace=pace)
+        if pair.state is not JobState.PENDING and not ctx.devices.exists(pair.plan.top):
+            jobs.setdefault(job_id, []).append(pair)
+    return jobs
+
+
+def reactivate(ctx: JobContext, job_id: str, pairs: list[JobPair], undo: Undo) -> list[str]:
+    """Rebuild the restore mappings of a job's ``pairs`` and let their copies go on."""
+    created = []
+    for pair in pairs:
+        plan = _reactivate_pair(ctx, job_id, pair, undo)
         start_copy(ctx, job_id, replace(pair, plan=plan))
         announce(pair, job_id)
         created.append(plan.top)
     return created
+
+
+def _reactivate_pair(ctx: JobContext, job_id: str, pair: JobPair, undo: Undo) -> PairPlan:
+    changed = pair.plan.destination_changed()
+    if changed is not None:  # never a mapping over another disk
+        raise DeviceChanged(changed)
+    since = kmsg.mark(f"job {job_id} rebuilds {pair.plan.top}")
+    made = build_helpers(ctx, pair, undo, None)
+    plan = replace(pair.plan, log_since_seq=since)
+    make_engine_device(ctx, pair, plan, made, undo)
+    throttle.hold_back(ctx, ctx.store.job(job_id))  # no full speed until a poll
+    ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
+    throttle.hold_back(ctx, ctx.store.job(job_id))  # (the table loaded its module)
+    with ctx.catalog.transaction():
+        ctx.store.update_pair(job_id, pair.index, plan=plan)
+        # The machine was down: no copying time (the rate is from a recent window),
+        # and no budget saved up for a throttled copy (engine/throttle.py)
+        job = ctx.store.job(job_id)
+        pace = None if job.max_rate is None else json.dumps([now(), job.bytes_done])
+        ctx.store.update(job_id, samples="[]", pace=pace)
+    return plan
+
+
+def fence_destinations(ctx: JobContext, pairs: list[JobPair]) -> list[str]:
+    """The top devices of a failed job's LUN destinations, fenced (incomplete: every
+    read fails until a restore completes), in place of the restore mappings that could
+    not be made."""
+    made = []
+    for pair in pairs:
+        lun = ctx.catalog.lun_by_id(pair.dest_lun_id) if pair.dest_lun_id else None
+        if lun is None or lun.masked or ctx.devices.exists(lun.dm_name):
+            continue
+        ctx.devices.create(lun.dm_name, lun_table(ctx.catalog, lun), lun.dm_uuid, Undo())
+        made.append(lun.dm_name)
+    return made
 
 
 def deactivate(ctx: JobContext) -> list[str]:

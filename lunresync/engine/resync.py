@@ -250,9 +250,24 @@ class Resyncer:
         """Before activation: settle jobs a crash left pending."""
         recovery.recover_all_pending(self.ctx)
 
-    def reactivate(self, undo: Undo) -> list[str]:
-        """Rebuild the restore mapping of every running pair whose device is missing."""
-        return recovery.reactivate(self.ctx, undo)
+    def reactivate(self) -> list[str]:
+        """Rebuild the restore mapping of every running pair whose device is missing, job
+        by job: a job whose mapping cannot be made (its source clone did not come up, its
+        destination is another disk now) is rolled back and failed, its LUN destinations
+        fenced, and the other jobs go on."""
+        created: list[str] = []
+        for job_id, pairs in recovery.to_rebuild(self.ctx).items():
+            try:
+                with Undo() as undo:
+                    made = recovery.reactivate(self.ctx, job_id, pairs, undo)
+                    undo.commit()
+            except LunresyncError as exc:
+                error = f"its restore mapping could not be made again: {exc}"
+                follow.end(self.ctx, self.ctx.store.job(job_id), JobState.FAILED, error)
+                created += recovery.fence_destinations(self.ctx, pairs)
+                continue
+            created += made
+        return created
 
     def deactivate(self) -> list[str]:
         """Remove every job's own devices and loop devices (LUN tops are already gone)."""

@@ -44,7 +44,7 @@ from lunresync.storage.model import (
 from lunresync.storage.pool import Pool
 from lunresync.storage.snapshots import ShadowCopyUse, Snapshots, SnapshotSetResult
 from lunresync.storage.storage import Storage
-from lunresync.storage.swap import swap_snapshot_set
+from lunresync.storage.swap import recover_swaps, swap_snapshot_set
 from lunresync.storage.thinpool import ThinPool, byte_ranges
 from lunresync.storage.transport import Transport
 from lunresync.storage.undo import Undo
@@ -243,13 +243,12 @@ class Provider:
                     created += self._thin.activate(undo)
                     undo.commit()
             resyncer.recover_pending()
+            recover_swaps(storage)  # before the LUNs and clones it undoes come up
             created += self._luns.activate(restoring=frozenset(resyncer.restoring_lun_ids()))
             resyncer.fail_lost_destinations()
             created += self._snapshots.activate_clones()
             # Restores last: their mappings read the shadow copies made above.
-            with Undo() as undo:
-                created += resyncer.reactivate(undo)
-                undo.commit()
+            created += resyncer.reactivate()
         return created
 
     def deactivate(self) -> list[str]:

@@ -112,6 +112,14 @@ def mapped(fn: F) -> F:
 
 # -- options (a{sv}) ----------------------------------------------------------------------
 
+def absolute_path(path: str, what: str) -> str:
+    """A file or device path a method is given: absolute (the service's working directory
+    is not the caller's), without NUL."""
+    if not path.startswith("/") or "\0" in path:
+        raise InvalidArgument(f"the {what} {path!r} is not an absolute path")
+    return path
+
+
 def options(given: Mapping[str, Variant], allowed: Mapping[str, str]) -> dict[str, Any]:
     """The values of an ``a{sv}`` argument, checked: ``allowed`` maps each known option to
     its D-Bus signature. An unknown option or a value of another type is refused."""

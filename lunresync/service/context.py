@@ -49,6 +49,10 @@ class ServiceContext(Protocol):
         neither checks the caller nor maps errors: the methods do that."""
         ...
 
+    async def lookup(self, kind: str, name: str) -> str:
+        """The object path of what ``name`` names (Manager.Lookup), without the worker."""
+        ...
+
     async def refresh(self) -> None:
         """Bring the exported objects in line with the pool."""
         ...

@@ -38,6 +38,7 @@ from lunresync.engine.model import JobState
 from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.provider.provider import Provider
 from lunresync.storage.model import ShadowKind
+from lunresync.storage.pool import Pool
 from lunresync.views import job_json, lun_json, shadow_json
 
 from . import api
@@ -45,11 +46,12 @@ from .callers import ADMIN_GROUP, Callers
 from .objects.exported import MAX_CALLS_IN_FLIGHT, Exported, RecordObject
 from .objects.job import JobObject
 from .objects.lun import LunObject
-from .objects.manager import ManagerObject
+from .objects.manager import ManagerObject, lookup
 from .objects.restore_session import RestoreSessionObject
 from .objects.shadow_copy import ShadowCopyObject
 from .objects.snapshot_set import SnapshotSetObject
 from .objects.writer import WriterObject
+from .reader import CatalogReader
 from .worker import Worker
 from .writers import DbusWriter, check_writer_name, parse_registered_components
 
@@ -95,10 +97,11 @@ class Daemon:
     the exported objects' ServiceContext."""
 
     def __init__(self, bus: MessageBus, worker: Worker, pool: Path, *,
-                 writers_dir: Path | None = None, writer_timeout: float = 60.0,
-                 admin_group: str = ADMIN_GROUP) -> None:
+                 reader: CatalogReader, writers_dir: Path | None = None,
+                 writer_timeout: float = 60.0, admin_group: str = ADMIN_GROUP) -> None:
         self.bus = bus
         self.worker = worker
+        self.reader = reader  # answers lookups without the worker
         self.pool = pool
         self.writers_dir = writers_dir
         self.writer_timeout = writer_timeout
@@ -221,6 +224,15 @@ class Daemon:
         caps: dict[str, Any] = await self.worker.run(lambda p: probe(p.dm).to_json())
         self._capabilities = (time.monotonic(), caps)
         return caps
+
+    async def lookup(self, kind: str, name: str) -> str:
+        """The object path of what ``name`` names, from the reader's own connection to
+        the catalog (never behind the worker); the objects are refreshed when it is not
+        exported yet (made since the last look at the pool)."""
+        found = await self.reader.run(lambda catalog, jobs: lookup(catalog, jobs, kind, name))
+        if not self.is_exported(found):
+            await self.refresh()
+        return found
 
     # -- running work ------------------------------------------------------------------
 
@@ -420,8 +432,11 @@ async def serve(pool: Path, *, bus_address: str | None = None,
                 watch_udev: bool = True, ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or the bus goes away)."""
     bus = await MessageBus(bus_address=bus_address, bus_type=BusType.SYSTEM).connect()
-    worker = await asyncio.get_running_loop().run_in_executor(None, Worker, pool)
-    daemon = Daemon(bus, worker, pool, writers_dir=writers_dir, writer_timeout=writer_timeout)
+    loop = asyncio.get_running_loop()
+    worker = await loop.run_in_executor(None, Worker, pool)
+    reader = await loop.run_in_executor(None, CatalogReader, Pool(pool).catalog_path)
+    daemon = Daemon(bus, worker, pool, reader=reader, writers_dir=writers_dir,
+                    writer_timeout=writer_timeout)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     with _signals(loop, stopped):
@@ -438,6 +453,7 @@ async def serve(pool: Path, *, bus_address: str | None = None,
             daemon.stop()
             bus.disconnect()
             await loop.run_in_executor(None, worker.close)
+            await loop.run_in_executor(None, reader.close)
     log.info("stopped")
 
 

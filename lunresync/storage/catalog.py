@@ -15,8 +15,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lunresync.errors import LunresyncError, NotFound
+from lunresync.kernel.identity import DeviceIdentity
 
 from .model import (
     Lun,
@@ -201,6 +203,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE luns ADD COLUMN offline_reason TEXT;
     """,
+    # 10: what an adopted LUN's disk is, whatever its /dev name (kernel/identity.py)
+    """
+    ALTER TABLE luns ADD COLUMN identity TEXT;
+    """,
+    # 11: what an operation that moves files outside one transaction is about to do, so
+    # that ``activate`` can undo it after a crash (storage/swap.py)
+    """
+    CREATE TABLE intents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('swap')),
+        record TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -286,12 +302,12 @@ class Catalog:
     def add_lun(self, lun: Lun) -> None:
         self.db.execute(
             "INSERT INTO luns (id, name, size, kind, backing, created, state, read_only,"
-            " masked, offline, thin_id, tracked, baseline, offline_reason)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " masked, offline, thin_id, tracked, baseline, offline_reason, identity)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lun.id, lun.name, lun.size, lun.kind.value, lun.backing, lun.created,
              lun.state.value, int(lun.read_only), int(lun.masked), int(lun.offline),
              lun.thin_id, int(lun.tracked), _baseline_text(lun.baseline),
-             lun.offline_reason),
+             lun.offline_reason, _identity_text(lun.identity)),
         )
 
     def set_lun_baseline(self, lun_id: str, baseline: LunBaseline | None) -> None:
@@ -310,6 +326,31 @@ class Catalog:
         """Take a LUN offline, saying why, or bring it back (the reason goes)."""
         self.db.execute("UPDATE luns SET offline = ?, offline_reason = ? WHERE id = ?",
                         (int(offline), reason if offline else None, lun_id))
+
+    def set_lun_backing(self, lun_id: str, backing: str, identity: DeviceIdentity) -> None:
+        """An adopted LUN's disk is ``backing`` now (it came up under another name), or
+        its identity is known at last (a LUN adopted before lunresync kept it)."""
+        self.db.execute("UPDATE luns SET backing = ?, identity = ? WHERE id = ?",
+                        (backing, _identity_text(identity), lun_id))
+
+    # -- intents ---------------------------------------------------------------------------
+
+    def add_intent(self, kind: str, record: dict[str, Any]) -> int:
+        """Record what an operation is about to do (committed before it does it)."""
+        cursor = self.db.execute(
+            "INSERT INTO intents (kind, record, created) VALUES (?, ?, ?)",
+            (kind, json.dumps(record), now()))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def intents(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
+        """(id, record) of the operations of ``kind`` a crash left unfinished."""
+        rows = self.db.execute("SELECT id, record FROM intents WHERE kind = ? ORDER BY id",
+                               (kind,)).fetchall()
+        return [(row["id"], json.loads(row["record"])) for row in rows]
+
+    def remove_intent(self, intent_id: int) -> None:
+        self.db.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
 
     def set_lun_id(self, lun_id: str, new_lun_id: str) -> None:
         """Give a LUN another identity (restore or swap with --revert-identity)."""
@@ -446,6 +487,10 @@ def _baseline_text(baseline: LunBaseline | None) -> str | None:
     return None if baseline is None else json.dumps(baseline.to_json())
 
 
+def _identity_text(identity: DeviceIdentity | None) -> str | None:
+    return None if identity is None else json.dumps(identity.to_json())
+
+
 def _lun(row: sqlite3.Row) -> Lun:
     return Lun(row["id"], row["name"], row["size"], LunKind(row["kind"]), row["backing"],
                row["created"], LunState(row["state"]), bool(row["read_only"]),
@@ -453,7 +498,9 @@ def _lun(row: sqlite3.Row) -> Lun:
                bool(row["tracked"]),
                None if row["baseline"] is None
                else LunBaseline.from_json(json.loads(row["baseline"])),
-               row["offline_reason"])
+               row["offline_reason"],
+               None if row["identity"] is None
+               else DeviceIdentity.from_json(json.loads(row["identity"])))
 
 
 def _shadow(row: sqlite3.Row) -> ShadowCopy:

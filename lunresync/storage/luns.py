@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound, NotSupported
-from lunresync.kernel import blockdev
+from lunresync.kernel import blockdev, identity
 from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.targets import era
 
@@ -131,9 +131,16 @@ class Luns:
             if any(lun.backing == device_path for lun in s.catalog.luns()):
                 raise InUse(f"{device} already backs a LUN")
             blockdev.refuse_busy(device_path)
-            size = blockdev.size(device_path)
-            lun = Lun(new_id(), name, size, LunKind.ADOPTED, device_path, now(),
-                      tracked=track_changes)
+            try:
+                known = identity.identity_of(device_path)
+            except OSError as exc:
+                raise InUse(f"{device} cannot be read: {exc.strerror}") from None
+            if not known.strong:
+                log.warning("%s has no identity but its size (no WWN, serial, partition or"
+                            " loop file): after a reboot it is recognised by its name and"
+                            " size only", device_path)
+            lun = Lun(new_id(), name, known.size, LunKind.ADOPTED, device_path, now(),
+                      tracked=track_changes, identity=known)
             with Undo() as undo:
                 self._new_era_file(lun, undo)
                 self._stacks.activate_lun(lun, undo)
@@ -196,8 +203,10 @@ class Luns:
         first (``Provider.activate``: all or nothing, after thin_check)."""
         created: list[str] = []
         s = self.storage
-        for lun in s.catalog.luns():
-            reason = self.missing_storage(lun)
+        for listed in s.catalog.luns():
+            lun, reason = listed, self.missing_storage(listed)
+            if reason is not None and lun.kind is LunKind.ADOPTED:
+                lun, reason = self._follow_disk(lun, reason)
             if reason is None:
                 try:
                     with Undo() as undo:
@@ -208,6 +217,8 @@ class Luns:
                     reason = f"its devices could not be made: {exc}"
                 else:
                     created += made
+                    if lun.kind is LunKind.ADOPTED and lun.identity is None:
+                        self._record_identity(lun)
                     if lun.offline:
                         with s.catalog.transaction():
                             s.catalog.set_lun_offline(lun.id, False)
@@ -226,7 +237,44 @@ class Luns:
             return f"its backing device {device} is missing"
         if lun.kind is LunKind.IMAGE and not os.path.lexists(lun.backing):
             return f"its image {lun.backing} is missing"
+        if lun.kind is LunKind.ADOPTED and lun.identity is not None:
+            differ = identity.mismatch_at(lun.backing, lun.identity)
+            if differ is not None:
+                return f"its backing device {differ}"
         return None
+
+    def _follow_disk(self, lun: Lun, reason: str) -> tuple[Lun, str | None]:
+        """An adopted LUN whose disk came up under another name follows it there, when
+        exactly one device has its whole identity (never a size alone) and no other LUN
+        uses that device. Otherwise the reason stays, naming where its disk is if known.
+        Also records the identity of a LUN adopted before lunresync kept it."""
+        s = self.storage
+        if lun.identity is None:
+            return lun, reason
+        found = identity.find(lun.identity)
+        taken = {other.backing for other in s.catalog.luns() if other.id != lun.id}
+        free = [path for path in found if path not in taken]
+        if len(free) != 1 or len(found) != 1:
+            where = f" (devices with its identity: {', '.join(found)})" if found else ""
+            return lun, reason + where
+        log.warning("LUN %s: its disk (%s) is %s now, was %s", lun.name,
+                    lun.identity.describe(), free[0], lun.backing)
+        with s.catalog.transaction():
+            s.catalog.set_lun_backing(lun.id, free[0], lun.identity)
+        return dataclasses.replace(lun, backing=free[0]), None
+
+    def _record_identity(self, lun: Lun) -> None:
+        """A LUN adopted before lunresync kept identities: its disk as it is now."""
+        try:
+            known = identity.identity_of(lun.backing)
+        except OSError:
+            return
+        if known.size != lun.size:
+            return  # not the disk it was adopted from: it will not come up (stack.py)
+        with self.storage.catalog.transaction():
+            self.storage.catalog.set_lun_backing(lun.id, lun.backing, known)
+        log.info("LUN %s: the identity of its disk %s is kept: %s", lun.name, lun.backing,
+                 known.describe())
 
     def remove_tops(self) -> list[str]:
         """Remove every LUN's top device (writes stop, so none can miss a snapshot)."""

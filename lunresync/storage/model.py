@@ -11,6 +11,7 @@ from typing import Any
 
 from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
+from lunresync.kernel.identity import DeviceIdentity
 
 # LUN names reach dm names, file names and udev symlinks.
 _LUN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -164,6 +165,9 @@ class Lun:
     tracked: bool = False
     baseline: LunBaseline | None = None  # tracked: what it was last restored from
     offline_reason: str | None = None  # offline: why (a disk gone, an image missing...)
+    # ADOPTED: what the backing device is, whatever its /dev name (kernel/identity.py);
+    # None: adopted before lunresync kept it (taken at the next activation)
+    identity: DeviceIdentity | None = None
 
 
     def __post_init__(self) -> None:

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lunresync.errors import NotFound
-from lunresync.kernel import blockdev
+from lunresync.errors import DeviceChanged, NotFound
+from lunresync.kernel import blockdev, identity
 from lunresync.kernel.targets import (
     EraTable,
     ErrorTable,
@@ -105,6 +105,14 @@ class DeviceStacks:
         if lun.kind is LunKind.ADOPTED:
             if not blockdev.is_block_device(lun.backing):
                 raise NotFound(f"the device {lun.backing} of LUN {lun.name} is gone")
+            if lun.identity is not None:  # never a table over another disk
+                differ = identity.mismatch_at(lun.backing, lun.identity)
+                if differ is not None:
+                    raise DeviceChanged(f"the backing device of LUN {lun.name}: {differ}")
+            elif blockdev.size(lun.backing) != lun.size:
+                raise DeviceChanged(f"the backing device of LUN {lun.name}: {lun.backing}"
+                                    f" has {blockdev.size(lun.backing)} bytes, not"
+                                    f" {lun.size}: another device")
             return lun.backing, []
         loop = self.devices.attached(lun.backing)
         if loop is not None:

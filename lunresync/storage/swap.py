@@ -4,8 +4,11 @@ thin shadow copy's volume becomes a thin LUN's volume."""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lunresync.errors import InUse, InvalidArgument
 
@@ -23,6 +26,8 @@ from .model import (
 )
 from .storage import Storage
 from .undo import Undo
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,12 @@ def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
         stacks = s.stacks
         swapped: list[Lun] = []
         with Undo() as undo:
+            # Files move and LUNs are masked before the catalog commits the swap: a crash
+            # in between is undone by activate, from this record (recover_swaps).
+            intent = _intent(plans)
+            with s.catalog.transaction():
+                intent_id = s.catalog.add_intent(SWAP, intent)
+            undo.push("forget the swap's intent", _forget, s, intent_id)
             for plan in plans:
                 shadow, lun = plan.shadow, plan.lun
                 if plan.mask is not None and not plan.mask.masked:
@@ -80,8 +91,50 @@ def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
                 for plan in plans:
                     s.catalog.add_lun(plan.lun)
                     s.catalog.remove_shadow_copy(plan.shadow.id)
+                s.catalog.remove_intent(intent_id)
             undo.commit()
     return swapped
+
+
+SWAP = "swap"
+
+
+def _intent(plans: list[_SwapPlan]) -> dict[str, Any]:
+    """What a swap is about to do, enough to undo it after a crash."""
+    return {
+        "moves": [[p.shadow.store, p.lun.backing] for p in plans
+                  if p.shadow.kind is ShadowKind.CLONE],
+        "masks": [p.mask.id for p in plans if p.mask is not None and not p.mask.masked],
+        "devices": [[name, uuid] for p in plans for name, uuid in (
+            (p.lun.dm_name, p.lun.dm_uuid), (p.lun.real_dm_name, f"{p.lun.dm_uuid}-real"))],
+    }
+
+
+def _forget(s: Storage, intent_id: int) -> None:
+    with s.catalog.transaction():
+        s.catalog.remove_intent(intent_id)
+
+
+def recover_swaps(storage: Storage) -> None:
+    """Undo every swap a crash cut before its catalog commit (the commit removes the
+    intent): the new LUNs' devices go, each image moves back to its shadow copy's store,
+    the LUNs it masked are unmasked. Idempotent. The caller holds the lock, before the LUNs
+    and shadow copies are activated (they bring the originals and clones back)."""
+    s = storage
+    for intent_id, intent in s.catalog.intents(SWAP):
+        log.warning("undoing a swap a crash interrupted (intent %d)", intent_id)
+        for name, uuid in intent["devices"]:
+            info = s.devices.find(name)
+            if info is not None and info.uuid == uuid:  # (never another's device)
+                s.devices.remove(name)
+        for store, image in intent["moves"]:
+            if os.path.lexists(image) and not os.path.lexists(store):
+                s.devices.detach_file(image)
+                os.rename(image, store)
+        with s.catalog.transaction():
+            for lun_id in intent["masks"]:
+                s.catalog.set_lun_masked(lun_id, False)
+            s.catalog.remove_intent(intent_id)
 
 
 def _plan(s: Storage, shadow: ShadowCopy, set_id: str, revert_identity: bool,

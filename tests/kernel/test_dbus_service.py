@@ -28,8 +28,15 @@ from lunresync.provider.provider import Provider
 from lunresync.service import api
 from lunresync.service.client import ServiceClient
 from tests.conftest import patience
-from tests.dbus_support import PrivateBus, ServiceProcess
+from tests.dbus_support import POLICY, PrivateBus, ServiceProcess
 from tests.forkserver import ForkServer
+from tests.service.support import (
+    PERMISSIVE_POLICY,
+    Call,
+    call_all_as_nobody,
+    manager,
+    write_policy,
+)
 
 from .devices import DeviceStack, MiB, fill, read_at, suspend_waits_in
 from .test_resync import SIZE, damage, source_lun
@@ -41,12 +48,15 @@ JOB_SIGNALS = "type='signal',interface='{iface}',path='{path}'"
 
 class AnsweringWriter:
     """A client registered as a D-Bus writer, answering every event in its own thread;
-    ``veto`` names events it fails."""
+    ``veto`` names events it fails, ``hold`` events it answers only once released."""
 
     def __init__(self, address: str, name: str, components: list[str],
-                 veto: tuple[str, ...] = ()) -> None:
+                 veto: tuple[str, ...] = (), hold: tuple[str, ...] = ()) -> None:
         self.events: list[tuple[str, dict[str, object]]] = []
         self.veto = veto
+        self.hold = hold  # events answered only once ``release`` is set
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
         self.path = ""
@@ -70,6 +80,9 @@ class AnsweringWriter:
                         continue
                     token, event, description = signal.body
                     self.events.append((event, json.loads(description)))
+                    if event in self.hold:
+                        self.holding.set()
+                        self.release.wait(patience(600))
                     ok = event not in self.veto
                     client.call(self.path, api.WRITER, "Reply", "sbs",
                                 [token, ok, f"{event} {'ok' if ok else 'vetoed'}"])
@@ -86,9 +99,13 @@ class AnsweringWriter:
 
 
 @contextmanager
-def service(scratch_pool: Path, provider: Provider, forks: ForkServer
-            ) -> Iterator[tuple[PrivateBus, ServiceProcess]]:
-    with PrivateBus(scratch_pool / "bus") as bus, \
+def service(scratch_pool: Path, provider: Provider, forks: ForkServer, *,
+            permissive: bool = False) -> Iterator[tuple[PrivateBus, ServiceProcess]]:
+    """The service on a bus with the project's policy, or (``permissive``) one that lets
+    everybody call it: what is refused then, the service refused."""
+    policy = (write_policy(scratch_pool / "permissive.conf", PERMISSIVE_POLICY)
+              if permissive else POLICY)
+    with PrivateBus(scratch_pool / "bus", policy=policy) as bus, \
             ServiceProcess(bus, provider.pool.root, forks=forks) as process:
         yield bus, process
 
@@ -368,10 +385,6 @@ def test_cli_says_the_same_directly_and_through_the_service(
         assert failed.returncode == 1
         same("job", "show", job, "--json")
         same("job", "list", "--all", "--json")
-        # A block device through the service: refused, nothing made.
-        raw = devices.loop("raw", SIZE).path
-        refused = cli(*through, "resync", shadow.id, "--to", raw)
-        assert refused.returncode == 3, refused.stderr
         # In place, through the service, to the end.
         restored = cli(*through, "resync", shadow.id, "--wait", "--json")
         assert restored.returncode == 0, restored.stderr
@@ -382,6 +395,19 @@ def test_cli_says_the_same_directly_and_through_the_service(
     assert slow.name == "slow"
 
 
+# What anybody may call (docs/dbus.md, Security): they change nothing.
+OPEN_READS = {"GetCapabilities", "Lookup", "GetThinPool", "GetWriterStatus"}
+
+
+def dummy(signature: str) -> object:
+    """A value of a D-Bus type, for a call that must be refused whatever it carries."""
+    if signature.startswith("a{"):
+        return {}
+    if signature.startswith("a"):
+        return []
+    return {"s": "x", "o": api.NO_OBJECT, "b": False, "d": 1.0}.get(signature, 0)
+
+
 def test_every_object_introspects_as_the_published_xml(
         devices: DeviceStack, provider: Provider, scratch_pool: Path,
         forks: ForkServer) -> None:
@@ -389,7 +415,8 @@ def test_every_object_introspects_as_the_published_xml(
 
     provider.create_lun("one", SIZE)
     (shadow,) = provider.create_snapshot_set(["one"]).snapshot_set.shadow_copies
-    with service(scratch_pool, provider, forks) as (bus, _), ServiceClient(bus.address) as client:
+    with service(scratch_pool, provider, forks, permissive=True) as (bus, _), \
+            ServiceClient(bus.address) as client:
         (job,) = client.manager("Resync", "a(oo)a{sv}", [[shadow_path(shadow.id), "/"]], {})
         document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "one")], {})[0]
         (session,) = client.manager("BeginRestore", "sa{sv}", document, {})
@@ -402,4 +429,99 @@ def test_every_object_introspects_as_the_published_xml(
             (xml,) = client.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
             assert list(introspection.lunresync_interfaces(xml)) == [interface], path
             assert introspection.mismatches(xml) == [], path
+        # Every method of every object, from a user who is neither root nor in the group
+        # lunresync, past a bus that lets everybody call: the service refuses each change
+        # itself, before it looks at the arguments (dummies of the right types here).
+        calls = [Call(paths[interface.name], interface.name, method.name,
+                      "".join(str(arg.signature) for arg in method.in_args),
+                      tuple(dummy(str(arg.signature)) for arg in method.in_args))
+                 for interface in introspection.interfaces() for method in interface.methods]
+        outcomes = call_all_as_nobody(bus.address, calls)
+        wrong = {call.label: outcome for call, outcome in zip(calls, outcomes, strict=True)
+                 if (outcome.error == api.PERMISSION_DENIED) == (call.member in OPEN_READS)}
+        assert not wrong, wrong
+        assert len(calls) >= 30
         client.call(session, api.RESTORE_SESSION, "Close")
+
+
+def test_what_root_does_on_the_pool_it_does_through_the_service(
+        devices: DeviceStack, provider: Provider, scratch_pool: Path,
+        forks: ForkServer) -> None:
+    """adopt, a restore into a block device with --verify, job verify, export, swap with
+    --mask-original, unmask, import, deactivate and activate: each through the service
+    (lunresync --via-dbus), checked on the pool."""
+    cli = cli_in(forks)
+    size = 8 * MiB
+    disk, raw = devices.loop("disk", size), devices.loop("raw", size)
+    bundle = scratch_pool / "bundle"
+    with service(scratch_pool, provider, forks) as (bus, _):
+        def through(*args: str) -> subprocess.CompletedProcess[str]:
+            done = cli("--via-dbus", "--bus", bus.address, *args)
+            assert done.returncode == 0, (args, done.stderr)
+            return done
+
+        through("lun", "adopt", "disk", disk.path)
+        adopted = provider.lun("disk")
+        assert adopted.identity is not None
+        assert adopted.identity.strong
+        fill(adopted.path, size, seed=21)
+        content = read_at(adopted.path, 0, size)
+        taken = json.loads(through("snapshot", "create", "disk", "--kind", "clone",
+                                   "--json").stdout)
+        (shadow,) = taken["shadow_copies"]
+        restored = json.loads(through("resync", shadow["id"], "--to", raw.path, "--wait",
+                                      "--verify", "--json").stdout)
+        assert restored["state"] == "done"
+        assert read_at(raw.path, 0, size) == content
+        assert json.loads(through("job", "verify", restored["id"], "--json").stdout)["ok"]
+        through("snapshot", "export", shadow["id"], str(bundle))
+        assert (bundle / "manifest.json").is_file()
+        (swapped,) = json.loads(through("swap", taken["snapshot_set"], "--mask-original",
+                                        "--read-write", "--json").stdout)
+        assert read_at(swapped["path"], 0, size) == content
+        assert provider.lun("disk").masked
+        through("lun", "unmask", "disk")
+        assert read_at(provider.lun("disk").path, 0, size) == content
+        imported = through("snapshot", "import", str(bundle)).stdout
+        assert imported.startswith(f"imported shadow copy {shadow['id']} of disk at")
+        assert read_at(provider.shadow_copy(shadow["id"]).path, 0, size) == content
+        removed = through("deactivate").stdout
+        assert removed.startswith("deactivated: ")
+        assert not Path(provider.lun("disk").path).exists()
+        through("activate")
+    assert read_at(provider.lun("disk").path, 0, size) == content
+
+
+def test_nobody_can_stall_the_service(devices: DeviceStack, provider: Provider,
+                                      scratch_pool: Path, forks: ForkServer) -> None:
+    """While the worker is held (a backup waits for a writer's answer), another user's
+    flood of lookups and capability questions is answered, and the backup goes on once
+    the writer answers."""
+    provider.create_lun("db", 8 * MiB)
+    with service(scratch_pool, provider, forks) as (bus, _):
+        writer = AnsweringWriter(bus.address, "slow", ["main=db"], hold=("prepare-backup",))
+        documents: list[object] = []
+        db = lun_path(provider, "db")  # (the provider's catalog is this thread's)
+
+        def backup() -> None:
+            with ServiceClient(bus.address) as client:
+                documents.append(client.manager("Backup", "aoa{sv}", [db], {})[0])
+
+        backing_up = threading.Thread(target=backup, daemon=True)
+        try:
+            backing_up.start()
+            assert writer.holding.wait(patience(120)), writer.error
+            flood = [manager("Lookup", "ss", "lun", "db"), manager("GetCapabilities"),
+                     manager("Lookup", "ss", "job", "nosuch0000")] * 40
+            outcomes = call_all_as_nobody(bus.address, flood)
+            assert not documents  # the worker was held all along
+            assert {o.error for o in outcomes[0::3]} == {None}
+            assert {o.value[0] for o in outcomes[0::3]} == {db}
+            assert {o.error for o in outcomes[1::3]} == {None}
+            assert {o.error for o in outcomes[2::3]} == {api.NOT_FOUND}
+        finally:
+            writer.release.set()
+            backing_up.join(patience(300))
+            writer.stop()
+        assert len(documents) == 1, writer.error
+        assert writer.names() == ["identify", "prepare-backup", "freeze", "thaw"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -26,7 +27,9 @@ from lunresync.errors import (
     NotFound,
     NotSupported,
 )
+from lunresync.kernel.blockdev import holders
 from lunresync.kernel.dm import DeviceMapper
+from lunresync.kernel.loop import LOOP_CONFIGURE, loop_config
 from lunresync.kernel.runner import (
     KERNEL_CALLS,
     CommandLog,
@@ -98,6 +101,69 @@ def test_adopt_a_block_device(provider: Provider, devices: DeviceStack) -> None:
         assert f.read(7) == b"adopted"
     provider.delete_lun("adopted")
     assert Path(disk.path).is_block_device()  # an adopted device is left alone
+
+
+def attach_at(device: str, image: Path) -> None:
+    """Attach ``image`` to the loop device ``device`` itself, as a boot that brought the
+    disks up in another order would."""
+    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_CONFIGURE, loop_config(backing, str(image), read_only=False,
+                                                       direct_io=False))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(backing)
+
+
+def test_an_adopted_disk_is_known_by_its_identity_not_its_name(
+        provider: Provider, devices: DeviceStack) -> None:
+    disk, decoy = devices.loop("disk", 32 * MiB), devices.loop("decoy", 32 * MiB)
+    stranger = devices.image("stranger", 32 * MiB)
+    write_pattern(disk.path, 0, b"adopted".ljust(4096, b"\0"))
+    write_pattern(decoy.path, 0, b"decoy".ljust(4096, b"\0"))
+    lun = provider.adopt_lun("adopted", disk.path)
+    assert lun.identity is not None
+    assert lun.identity.mark("loop_file") == disk.backing_file
+    provider.deactivate()
+    # The disks come up in the other order: the LUN follows its own disk to its new name.
+    for path in (disk.path, decoy.path):
+        provider.loops.detach(path)
+    attach_at(disk.path, Path(decoy.backing_file))
+    attach_at(decoy.path, Path(disk.backing_file))
+    provider.activate()
+    moved = provider.lun("adopted")
+    assert (moved.backing, moved.offline) == (decoy.path, False)
+    with open(moved.path, "rb") as f:
+        assert f.read(7) == b"adopted"
+    assert provider.loops.get(disk.path).backing_file == decoy.backing_file
+    # Another disk with the LUN's old name, its own nowhere: offline, naming both, and
+    # nothing is made over the stranger (nor written to it).
+    provider.deactivate()
+    provider.loops.detach(decoy.path)
+    attach_at(decoy.path, stranger)
+    try:
+        provider.activate()
+        refused = provider.lun("adopted")
+        assert refused.offline
+        assert refused.offline_reason is not None
+        assert refused.offline_reason.startswith(
+            f"its backing device {decoy.path} is another device now: loop_file {stranger}"
+            f" (was {disk.backing_file})")
+        assert not provider.dm.exists(refused.real_dm_name)
+        assert holders(decoy.path) == []
+        assert stranger.read_bytes().count(0) == 32 * MiB
+    finally:
+        provider.loops.detach(decoy.path)
+        attach_at(decoy.path, Path(disk.backing_file))
+    provider.activate()
+    back = provider.lun("adopted")
+    assert (back.offline, back.offline_reason) == (False, None)
+    with open(back.path, "rb") as f:
+        assert f.read(7) == b"adopted"
+    provider.delete_lun("adopted")
 
 
 # -- snapshot sets ---------------------------------------------------------------------------

@@ -109,13 +109,10 @@ def test_a_refresh_copies_only_what_changed(
         "p = Provider.open(sys.argv[1])\n"
         "p.resync_luns([ResyncPair(sys.argv[2], 'bed')], engine=EngineKind.CLONE)\n"
         "print('not killed', flush=True)\n")
-    child = forks.spawn_python(script, str(provider.pool.root), shadow.id)
-    try:
-        line = child.readline(timeout=patience(600)).strip()
-    finally:
-        child.kill(signal.SIGKILL)
-    assert child.wait(patience(60)) == -signal.SIGKILL, child.output()
-    assert line == "marked half", child.output()
+    line, status, output = forks.first_line_then_kill(
+        script, str(provider.pool.root), shadow.id, timeout=patience(600))
+    assert status == -signal.SIGKILL, output
+    assert line == "marked half", output
     (job,) = [j for j in provider.resyncer.jobs() if j.state is JobState.RUNNING]
     assert not job.pairs[0].plan.copy_started
     done = provider.resyncer.wait(job.id, timeout=patience(600), interval=0.2)

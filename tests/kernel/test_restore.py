@@ -409,7 +409,7 @@ def test_revert_identity_gives_a_new_lun_the_original_id(
 
 
 def test_swap_makes_read_write_luns_that_survive_reactivation(
-        provider: Provider, scratch_pool: Path) -> None:
+        provider: Provider, scratch_pool: Path, forks: ForkServer) -> None:
     first = provider.create_lun("alpha", SIZE)
     second = provider.create_lun("beta", SIZE)
     fill(first.path, SIZE, seed=1)
@@ -453,6 +453,34 @@ def test_swap_makes_read_write_luns_that_survive_reactivation(
     assert read_at(revived.path, 0, SIZE) == contents["beta"]
     with pytest.raises(OSError, match=r"Operation not permitted|Read-only"):
         write_pattern(revived.path, 0, b"\x55" * 4096)
+    # kill -9 after the clone's image moved, before the catalog took the swap: activate
+    # undoes it from its intent (the original unmasked, the clone back as it was).
+    crashed = provider.create_snapshot_set(["alpha"], ShadowKind.CLONE).snapshot_set
+    (clone_copy,) = crashed.shadow_copies
+    script = (
+        "import os, signal, sys\n"
+        "from lunresync.provider.provider import Provider\n"
+        "from lunresync.storage.stack import DeviceStacks\n"
+        "def moved_then_die(self, lun, undo, **kwargs):\n"
+        "    print('moved' if os.path.exists(lun.backing) else 'not moved', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "DeviceStacks.activate_lun = moved_then_die\n"
+        "Provider.open(sys.argv[1]).swap_snapshot_set(sys.argv[2], mask_original=True)\n"
+        "print('not killed', flush=True)\n")
+    line, status, output = forks.first_line_then_kill(
+        script, str(provider.pool.root), crashed.id, timeout=patience(120))
+    assert status == -signal.SIGKILL, output
+    assert line == "moved", output
+    assert not os.path.exists(clone_copy.store)
+    assert provider.lun("alpha").masked
+    provider.activate()
+    assert not provider.lun("alpha").masked
+    assert read_at(first.path, 0, SIZE) == contents["alpha"]
+    assert read_at(clone_copy.path, 0, SIZE) == contents["alpha"]
+    assert [lun.name for lun in provider.luns()] == ["alpha", f"alpha-{clones.id[:8]}",
+                                                     "beta", f"beta-{clones.id[:8]}"]
+    (again,) = provider.swap_snapshot_set(crashed.id)
+    assert read_at(again.path, 0, SIZE) == contents["alpha"]
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import time
 from dataclasses import replace
 
@@ -331,13 +330,9 @@ def test_copy_finishes_after_kill_9(devices: DeviceStack, provider: Provider,
         "job = p.resync_luns([ResyncPair(sys.argv[2], 'slow')], engine=None)\n"
         "print(job.id, flush=True)\n"
         "time.sleep(600)\n")
-    child = forks.spawn_python(script, str(provider.pool.root), shadow.id)
-    try:
-        job_id = child.readline(timeout=patience(600)).strip()
-        assert job_id, f"the resync process printed no job id: {child.output()}"
-    finally:
-        child.kill(signal.SIGKILL)
-        child.wait()
+    job_id, _, output = forks.first_line_then_kill(script, str(provider.pool.root),
+                                                   shadow.id, timeout=patience(600))
+    assert job_id, f"the resync process printed no job id: {output}"
     job = provider.resyncer.job(job_id)
     assert job.state is JobState.RUNNING, job
     assert job.progress < 1.0, job

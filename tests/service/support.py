@@ -32,6 +32,7 @@ ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 NO_ID = "0" * 32
 FAKE_LUN = api.path_of("lun", NO_ID)
 FAKE_SHADOW = api.path_of("shadow", NO_ID)
+FAKE_SET = api.path_of("set", NO_ID)
 FAKE_JOB = api.path_of("job", NO_ID)
 FAKE_SESSION = api.path_of("session", NO_ID)
 FAKE_WRITER = api.path_of("writer", "1")

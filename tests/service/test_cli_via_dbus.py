@@ -80,6 +80,9 @@ def test_an_empty_pool_lists_the_same(service: ServiceProcess, args: list[str]) 
     (["job", "wait", "0123456789abcdef"], ExitCode.NOT_FOUND),
     (["job", "show", "0123"], ExitCode.NOT_FOUND),
     (["resync", "0123456789", "--to"], ExitCode.INVALID),
+    (["job", "verify", "0123456789abcdef"], ExitCode.NOT_FOUND),
+    (["lun", "adopt", "x", "/dev/null"], ExitCode.INVALID),
+    (["snapshot", "export", "0123456789", "/nonexistent/bundle"], ExitCode.NOT_FOUND),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
 def test_errors_have_the_same_message_and_exit_code(service: ServiceProcess, args: list[str],
                                                      code: ExitCode) -> None:
@@ -121,9 +124,7 @@ def test_backup_and_restore_check_their_documents_the_same_way(
 
 
 @pytest.mark.parametrize("args", [
-    ["swap", "0123456789abcdef"], ["lun", "adopt", "x", "/dev/null"],
-    ["job", "verify", "0123456789abcdef"], ["deactivate"],
-    ["resync", "0123456789", "--verify"],
+    ["watch"], ["script", "/nonexistent/x.script"],
     ["backup", "--lun", "x", "--document", "/nonexistent/x.json", "--writers-dir", "/"],
 ], ids=" ".join)
 def test_what_the_service_cannot_do_exits_3(service: ServiceProcess, args: list[str]) -> None:

@@ -38,8 +38,13 @@ CHANGES = [
     manager("Backup", "aoa{sv}", [FAKE_LUN], {}),
     manager("BeginRestore", "sa{sv}", document_text(), {}),
     manager("Resync", "a(oo)a{sv}", [[FAKE_SHADOW, api.NO_OBJECT]], {}),
+    manager("ResyncTo", "a(os)a{sv}", [[FAKE_SHADOW, "/dev/nosuch-lunresync"]], {}),
+    manager("AdoptLun", "ssa{sv}", "mine", "/dev/nosuch-lunresync", {}),
+    manager("ImportShadowCopy", "sa{sv}", "/nonexistent-lunresync-bundle", {}),
     manager("RegisterWriter", "sas", "mine", []),
     manager("Activate", "a{sv}", {}),
+    manager("Deactivate", "a{sv}", {}),
+    manager("GrowThinPool", "ta{sv}", 1 << 30, {}),
 ]
 
 

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,7 +26,7 @@ from lunresync.storage.snapshots import ShadowCopyUse
 from lunresync.views import job_json, lun_json, shadow_json
 
 if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
+    pass
 
 T0 = 1_800_000_000.0  # whole seconds: a record's times are whole seconds
 
@@ -221,7 +221,7 @@ class FakeClient:
             directory = Path(tempfile.mkdtemp(prefix="lunresync-fake-service-"))
             self._catalog = CatalogProvider(directory, self.pool)
             weakref.finalize(self, _forget, self._catalog, directory)
-        return [lookup(cast("Provider", self._catalog), kind, name)]
+        return [lookup(self._catalog.catalog, self._catalog.resyncer.store, kind, name)]
 
     def put(self, path: str, interface: str, properties: dict[str, Any]) -> None:
         self.objects[path] = {interface: properties}

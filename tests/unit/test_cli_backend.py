@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from dbus_fast import Variant
@@ -59,7 +59,7 @@ from .cli_samples import (
 from .hypothesis_settings import PROPERTY
 
 if TYPE_CHECKING:
-    from lunresync.provider.provider import Provider
+    pass
 
 pytestmark = pytest.mark.unit
 
@@ -134,8 +134,8 @@ def test_a_job_is_found_as_the_job_store_finds_it() -> None:
 
 
 def test_lookup_refuses_an_unknown_kind(known: CatalogProvider) -> None:
-    with pytest.raises(InvalidArgument, match="use lun, shadow or job"):
-        lookup(cast("Provider", known), "set", "x")
+    with pytest.raises(InvalidArgument, match="use lun, shadow, set or job"):
+        lookup(known.catalog, known.resyncer.store, "volume", "x")
 
 
 def test_records_come_in_the_catalogs_order() -> None:
@@ -231,21 +231,21 @@ def test_resync_resolves_every_pair_first_and_measures_the_time_to_online() -> N
         clock.now += 1.25  # the service brings the destinations online
         return [api.path_of("job", JOB_RUNNING.id)]
 
-    client.handlers["Resync"] = resync
-    started = got.resync([ResyncPair("1234abcd", "beta"), ResyncPair("1234abce")],
+    client.handlers["ResyncTo"] = resync
+    started = got.resync([ResyncPair("1234abcd", "beta"), ResyncPair("1234abce"),
+                          ResyncPair("1234abcd", "/dev/sdx")],
                          engine="mirror", volume_check=False)
     assert sent == [([[api.path_of("shadow", SHADOW_1.shadow.id), api.path_of("lun", LUN_B.id)],
-                      [api.path_of("shadow", SHADOW_2.shadow.id), api.NO_OBJECT]],
+                      [api.path_of("shadow", SHADOW_2.shadow.id), ""],
+                      [api.path_of("shadow", SHADOW_1.shadow.id), "/dev/sdx"]],
                      {"engine": "mirror", "volume_check": False})]
     assert started.online_seconds == 1.25
     assert started.job.record == job_json(JOB_RUNNING)
-    # A block device is refused before anything is asked of the service.
+    # A name that names nothing is refused before anything is asked of the service.
     client.calls.clear()
-    with pytest.raises(NotSupported, match="block device /dev/sdx is not available"):
-        got.resync([ResyncPair("1234abcd", "/dev/sdx")], engine="auto", volume_check=True)
     with pytest.raises(NotFound, match="no LUN named 'gone'"):
         got.resync([ResyncPair("1234abcd", "gone")], engine="auto", volume_check=True)
-    assert "Resync" not in client.members()
+    assert "ResyncTo" not in client.members()
 
 
 def test_wait_polls_the_record_every_half_second_with_the_engines_messages() -> None:
@@ -294,8 +294,52 @@ def test_cancel_and_verify() -> None:
     client.handlers["Cancel"] = do_cancel
     assert got.cancel("99999999").state == "cancelled"
     assert client.calls[-1][:3] == (path, api.JOB, "Cancel")
-    with pytest.raises(NotSupported, match="verifying a job is not available"):
-        got.verify("99999999")
+    report = {"job": JOB_RUNNING.id, "ok": False, "compared_bytes": 4096,
+              "written_bytes": 0, "mismatches": [{"destination": "beta", "offset": 0,
+                                                   "length": 4096}],
+              "writes_not_recorded": []}
+    client.handlers["Verify"] = lambda at, options: [json.dumps(report)]
+    assert got.verify("99999999") == report
+    assert client.calls[-1] == (path, api.JOB, "Verify", ({},))
+
+
+def test_what_only_root_did_on_the_pool_goes_through_the_service_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """adopt, unmask, deactivate, swap, export and import: each one call, paths made
+    absolute on the client's side (the service's working directory is not the caller's)."""
+    client = FakeClient(Pool())
+    got = backend(client)
+    monkeypatch.chdir(tmp_path)
+    lun_path, shadow_path = api.path_of("lun", LUN_B.id), api.path_of("shadow", SHADOW_1.shadow.id)
+    set_path = api.path_of("set", SHADOW_1.shadow.set_id)
+    client.handlers.update({
+        "AdoptLun": lambda at, name, device, options: [lun_path],
+        "Unmask": lambda at, options: [],
+        "Deactivate": lambda at, options: [["lunresync-beta", "lunresync-beta-real"]],
+        "Swap": lambda at, options: [[lun_path]],
+        "Export": lambda at, directory, options: [directory],
+        "ImportShadowCopy": lambda at, directory, options: [shadow_path],
+    })
+    client.handlers["Lookup"] = lambda at, kind, name: [
+        {"lun": lun_path, "shadow": shadow_path, "set": set_path}[kind]]
+    assert got.adopt_lun("beta", "disk", track_changes=True)["id"] == LUN_B.id
+    assert client.calls[-1][2:] == ("AdoptLun", ("beta", str(tmp_path / "disk"),
+                                                 {"track_changes": Variant("b", True)}))
+    assert got.unmask_lun("beta")["name"] == LUN_B.name
+    assert got.deactivate() == ["lunresync-beta", "lunresync-beta-real"]
+    (swapped,) = got.swap(SHADOW_1.shadow.set_id, mask_original=True, read_write=False,
+                          revert_identity=False)
+    assert swapped["id"] == LUN_B.id
+    swap_call = next(c for c in client.calls if c[2] == "Swap")
+    assert swap_call[:2] == (set_path, api.SNAPSHOT_SET)
+    assert {k: v.value for k, v in swap_call[3][0].items()} == {
+        "mask_original": True, "read_write": False, "revert_identity": False}
+    assert got.export_shadow_copy("1234abcd", "bundle", since="1234abce") == \
+        str(tmp_path / "bundle")
+    export_call = next(c for c in client.calls if c[2] == "Export")
+    assert export_call[3] == (str(tmp_path / "bundle"), {"since": Variant("o", shadow_path)})
+    assert got.import_shadow_copy("bundle")["id"] == SHADOW_1.shadow.id
+    assert client.calls[-1][2:] == ("ImportShadowCopy", (str(tmp_path / "bundle"), {}))
 
 
 def test_the_pool_named_must_be_the_services(tmp_path: Path) -> None:

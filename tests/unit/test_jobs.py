@@ -537,9 +537,7 @@ def test_reactivate_rebuilds_missing_tops_and_leaves_existing_ones(
                       world.pair(shadow, device, EngineKind.CLONE))
     lun_pair, device_pair = job.pairs
     reboot(world, other)
-    with Undo() as undo:
-        created = world.resyncer.reactivate(undo)
-        undo.commit()
+    created = world.resyncer.reactivate()
     assert created == [other.dm_name, device_pair.plan.top]
     assert targets(world, other.dm_name) == ["mirror"]
     assert targets(world, device_pair.plan.top) == ["clone"]
@@ -554,18 +552,60 @@ def test_reactivate_rebuilds_missing_tops_and_leaves_existing_ones(
     assert world.host.announced[-1] == (other.dm_name, job.id)
     # Everything there: nothing to do.
     seen = len(world.devices.calls)
-    with Undo() as undo:
-        assert world.resyncer.reactivate(undo) == []
-        undo.commit()
+    assert world.resyncer.reactivate() == []
     assert [c for c in world.devices.calls[seen:] if c.op not in ("exists",)] == []
     # Only the block device's top missing: only it is made (its files are attached).
     world.devices.remove(device_pair.plan.top)
     seen = len(world.devices.calls)
-    with Undo() as undo:
-        assert world.resyncer.reactivate(undo) == [device_pair.plan.top]
-        undo.commit()
+    assert world.resyncer.reactivate() == [device_pair.plan.top]
     made = [c.names for c in world.devices.calls[seen:] if c.op in ("create", "attach_file")]
     assert made == [(device_pair.plan.files["meta"],), (device_pair.plan.top,)]
+
+
+def test_a_job_whose_mapping_cannot_be_made_again_fails_alone(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    """Say its source clone did not come up: that job is rolled back and failed, its
+    destination fenced; the other restores are rebuilt and go on."""
+    first, second = world.add_lun("first"), world.add_lun("second")
+    broken = world.start(world.pair(shadow, first, EngineKind.MIRROR))
+    going = world.start(world.pair(shadow, second, EngineKind.MIRROR))
+    reboot(world, first, second)
+    overlay = broken.pairs[0].plan.overlay
+    assert overlay is not None
+    world.devices.fail("create", overlay)
+    created = world.resyncer.reactivate()
+    assert sorted(created) == [first.dm_name, second.dm_name]  # fenced top, rebuilt one
+    failed = world.store.job(broken.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error is not None
+    assert failed.error.startswith("its restore mapping could not be made again:")
+    assert targets(world, first.dm_name) == ["error"]
+    assert world.catalog.lun("first").state is LunState.INCOMPLETE
+    assert overlay not in world.devices.dm
+    assert not any(world.devices.attached(path) for path in broken.pairs[0].plan.files.values())
+    assert world.store.job(going.id).state is JobState.RUNNING
+    assert targets(world, second.dm_name) == ["mirror"]
+
+
+def test_a_block_device_destination_that_is_another_disk_now_fails_its_job(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    device = world.block_device()
+    job = world.start(world.pair(shadow, device, EngineKind.CLONE))
+    plan = job.pairs[0].plan
+    before = Path(device).stat().st_size
+    assert plan.dest_identity == {"size": before}  # a scratch file: no marks, a size
+    assert plan.destination_changed() is None
+    reboot(world)
+    with open(device, "r+b") as disk:  # another disk of another size has its name now
+        disk.truncate(2 * SIZE)
+    assert world.resyncer.reactivate() == []
+    failed = world.store.job(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error == ("its restore mapping could not be made again: the destination"
+                            f" {device} is another device now: size {2 * SIZE} bytes"
+                            f" (was {before})")
+    assert plan.top not in world.devices.dm
+    assert Path(device).stat().st_size == 2 * SIZE  # nothing written to it
 
 
 def test_reactivate_marks_a_sparse_clone_cut_before_its_marking(
@@ -574,9 +614,7 @@ def test_reactivate_marks_a_sparse_clone_cut_before_its_marking(
     world.set_copy_started(job, 0, False)  # the crash came before the marking
     reboot(world, src)
     seen = len(world.devices.calls)
-    with Undo() as undo:
-        assert world.resyncer.reactivate(undo) == [src.dm_name]
-        undo.commit()
+    assert world.resyncer.reactivate() == [src.dm_name]
     rebuilt = world.devices.index("create", src.dm_name, seen)
     created = world.devices.calls[rebuilt].table
     assert created is not None

@@ -26,6 +26,7 @@ from lunresync.service.objects.exported import (
     MAX_TEXT,
     check_sizes,
 )
+from lunresync.service.reader import CatalogReader
 from lunresync.service.worker import Worker
 
 pytestmark = pytest.mark.unit
@@ -49,7 +50,7 @@ class CountingWorker:
 
 def make_daemon(worker: CountingWorker) -> Daemon:
     return Daemon(cast("MessageBus", SimpleNamespace()), cast("Worker", worker),
-                  Path("/srv/pool"))
+                  Path("/srv/pool"), reader=cast("CatalogReader", SimpleNamespace()))
 
 
 def test_a_client_has_at_most_so_many_calls_in_flight() -> None:

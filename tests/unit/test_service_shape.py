@@ -115,6 +115,9 @@ class StandIn:
     async def refresh(self) -> None:
         self.refreshes += 1
 
+    async def lookup(self, kind: str, name: str) -> str:
+        raise NotImplementedError("no object is looked up in these tests")
+
     def is_exported(self, path: str) -> bool:
         return False
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lunresync.errors import InvalidArgument, LunresyncError, NotFound
+from lunresync.kernel.identity import DeviceIdentity
 from lunresync.storage import catalog as catalog_module
 from lunresync.storage.catalog import SCHEMA_VERSION, Catalog, CatalogTooNew, now
 from lunresync.storage.model import (
@@ -706,7 +707,7 @@ def test_version_8_catalogs_gain_the_reason_a_lun_is_offline(
                    " VALUES (?, 'gone', 4096, 'adopted', '/dev/sdz', 1.5, 1)", ("a" * 32,))
     monkeypatch.undo()
     with Catalog(db_path) as catalog:
-        assert catalog.version == catalog_module.SCHEMA_VERSION == 9
+        assert catalog.version == catalog_module.SCHEMA_VERSION
         lun = catalog.lun("gone")
         assert (lun.offline, lun.offline_reason) == (True, None)  # offline, reason unknown
         with catalog.transaction():
@@ -716,3 +717,44 @@ def test_version_8_catalogs_gain_the_reason_a_lun_is_offline(
             catalog.set_lun_offline(lun.id, False, "ignored: online has no reason")
         back = catalog.lun("gone")
         assert (back.offline, back.offline_reason) == (False, None)
+
+
+def test_version_9_catalogs_gain_the_identity_of_adopted_disks(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "MIGRATIONS", catalog_module.MIGRATIONS[:9])
+    monkeypatch.setattr(catalog_module, "SCHEMA_VERSION", 9)
+    with Catalog(db_path) as old, old.transaction() as db:
+        db.execute("INSERT INTO luns (id, name, size, kind, backing, created)"
+                   " VALUES (?, 'disk', 4096, 'adopted', '/dev/sdz', 1.5)", ("a" * 32,))
+    monkeypatch.undo()
+    with Catalog(db_path) as catalog:
+        assert catalog.version == catalog_module.SCHEMA_VERSION
+        lun = catalog.lun("disk")
+        assert lun.identity is None  # adopted before identities were kept
+        known = DeviceIdentity(4096, (("serial", "ATA_X_123"), ("part_uuid", "1-2")))
+        with catalog.transaction():
+            catalog.set_lun_backing(lun.id, "/dev/sdy", known)
+        moved = catalog.lun("disk")
+        assert (moved.backing, moved.identity) == ("/dev/sdy", known)
+        adopted = Lun("b" * 32, "other", 8192, LunKind.ADOPTED, "/dev/sdx", 2.0,
+                      identity=DeviceIdentity(8192, (("wwid", "naa.5000"),)))
+        with catalog.transaction():
+            catalog.add_lun(adopted)
+        assert catalog.lun("other") == adopted
+
+
+def test_intents_are_kept_until_removed_and_only_known_kinds(db_path: Path) -> None:
+    with Catalog(db_path) as catalog:
+        assert catalog.version == catalog_module.SCHEMA_VERSION == 11
+        assert catalog.intents("swap") == []
+        with catalog.transaction():
+            first = catalog.add_intent("swap", {"moves": [["/a", "/b"]], "masks": []})
+            second = catalog.add_intent("swap", {"moves": [], "masks": ["c" * 32]})
+        assert catalog.intents("swap") == [(first, {"moves": [["/a", "/b"]], "masks": []}),
+                                           (second, {"moves": [], "masks": ["c" * 32]})]
+        with catalog.transaction():
+            catalog.remove_intent(first)
+        assert [i for i, _ in catalog.intents("swap")] == [second]
+        with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
+            catalog.add_intent("format-disk", {})
+        assert [i for i, _ in catalog.intents("swap")] == [second]

@@ -26,7 +26,6 @@ from lunresync.kernel.targets.clone import CloneTable
 from lunresync.kernel.thintools import parse_era_invalidate
 from lunresync.storage.model import Lun, ShadowCopy
 from lunresync.storage.stack import lun_table
-from lunresync.storage.undo import Undo
 from lunresync.storage.units import parse_rate
 from tests.unit.job_world import SIZE, World, open_world
 from tests.unit.test_jobs import (
@@ -197,9 +196,7 @@ def test_reactivate_makes_the_engine_device_then_the_era_over_it(
     assert plan.engine_device is not None
     reboot(world, other)
     seen = len(world.devices.calls)
-    with Undo() as undo:
-        assert world.resyncer.reactivate(undo) == [other.dm_name]
-        undo.commit()
+    assert world.resyncer.reactivate() == [other.dm_name]
     made = [c.names for c in world.devices.calls[seen:] if c.op in ("create", "attach_file")]
     assert made == [(plan.files["meta"],), (plan.files[tracking.ROLE],),
                     (plan.engine_device,), (other.dm_name,)]
@@ -280,9 +277,7 @@ def test_a_job_rebuilt_after_a_reboot_forgets_its_samples(
     world.resyncer.poll()
     assert world.store.job(job.id).samples
     reboot(world, other)
-    with Undo() as undo:
-        world.resyncer.reactivate(undo)
-        undo.commit()
+    world.resyncer.reactivate()
     assert world.store.job(job.id).samples == ()
 
 
@@ -390,9 +385,7 @@ def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
     world.resyncer.deactivate()
     assert knobs[CopyThrottle.MIRROR] == 100
     reboot(world, other, third)
-    with Undo() as undo:
-        world.resyncer.reactivate(undo)
-        undo.commit()
+    world.resyncer.reactivate()
     assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
     with pytest.raises(InvalidArgument, match="at least"):
         world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {}, max_rate=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from dbus_fast.annotations import (
@@ -86,6 +87,17 @@ class JobObject(RecordObject):
         api.options(options, {})
         job_id = self.record["id"]
         await self.context.run(lambda p: p.resyncer.set_rate(job_id, rate or None))
+
+    @dbus_method()
+    @changes
+    async def Verify(self, options: DBusDict) -> DBusStr:
+        """Compare each destination of this completed job with its shadow copy, apart
+        from what was written during the restore; the report as ``lunresync job verify
+        --json`` prints it (JSON text: ok, mismatches with their offsets). Options: none."""
+        api.options(options, {})
+        job_id = self.record["id"]
+        report = await self.context.run(lambda p: p.resyncer.verify(job_id), refresh=False)
+        return json.dumps(report.to_json())
 
     @dbus_signal()
     def Completed(self, success: bool, message: str) -> Annotated[

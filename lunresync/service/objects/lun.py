@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dbus_fast.annotations import DBusBool, DBusObjectPath, DBusStr, DBusUInt64
+from dbus_fast.annotations import DBusBool, DBusDict, DBusObjectPath, DBusStr, DBusUInt64
+from dbus_fast.service import dbus_method
 
 from lunresync.service import api
 
-from .exported import JsonRecord, RecordObject, RecordProperty, epoch_seconds, record_json
+from .exported import (
+    DBusNothing,
+    JsonRecord,
+    RecordObject,
+    RecordProperty,
+    changes,
+    epoch_seconds,
+    record_json,
+)
 
 
 def _restoring_job(record: JsonRecord) -> str:
@@ -16,7 +25,7 @@ def _restoring_job(record: JsonRecord) -> str:
 
 class LunObject(RecordObject):
     """The record is views.lun_json plus "restoring_job" (the id of the unfinished job
-    restoring into the LUN, or None). No methods: deleting is Manager.DeleteLun."""
+    restoring into the LUN, or None). Deleting is Manager.DeleteLun."""
 
     KIND = "lun"
     INTERFACE = api.LUN
@@ -26,6 +35,8 @@ class LunObject(RecordObject):
     Size = RecordProperty(DBusUInt64, lambda r: r["size"])
     Kind = RecordProperty(DBusStr, lambda r: r["kind"])
     Backing = RecordProperty(DBusStr, lambda r: r["backing"])
+    # An adopted LUN's disk whatever its /dev name ("": not adopted, or not known yet)
+    Identity = RecordProperty(DBusStr, lambda r: r.get("identity") or "")
     Device = RecordProperty(DBusStr, lambda r: r["path"])
     Created = RecordProperty(DBusUInt64, lambda r: epoch_seconds(r["created"]))
     State = RecordProperty(DBusStr, lambda r: r["state"])
@@ -41,3 +52,11 @@ class LunObject(RecordObject):
     Tracked = RecordProperty(DBusBool, lambda r: bool(r.get("tracked")))
     RestoredFrom = RecordProperty(DBusStr, lambda r: r.get("restored_from") or "")
     Record = record_json("restoring_job")
+
+    @dbus_method()
+    @changes
+    async def Unmask(self, options: DBusDict) -> DBusNothing:
+        """Expose this LUN again, hidden by a Swap with mask_original. Options: none."""
+        api.options(options, {})
+        lun_id = self.record["id"]
+        await self.context.run(lambda p: p.unmask_lun(p.lun_by_id(lun_id).id))

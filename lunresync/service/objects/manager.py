@@ -23,7 +23,7 @@ from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.service import api
 from lunresync.service.context import ServiceContext
-from lunresync.storage.model import ShadowKind, check_lun_name
+from lunresync.storage.model import ShadowKind, check_id, check_lun_name
 from lunresync.views import thin_pool_of
 
 from .exported import (
@@ -38,23 +38,39 @@ from .exported import (
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
+    from lunresync.engine.store import JobStore
     from lunresync.provider.provider import Provider
+    from lunresync.storage.catalog import Catalog
 
 DBusSetResult = Annotated[list[Any], DBusSignature("oao")]
 DBusPairs = Annotated[list[list[str]], DBusSignature("a(oo)")]
+DBusDestinationPairs = Annotated[list[list[str]], DBusSignature("a(os)")]
 
 ManagerProperty = Property[ServiceContext]
 
 
-def lookup(provider: Provider, kind: str, name: str) -> str:
-    """The object path of what ``name`` names, by the catalog's own rules."""
+def lookup(catalog: Catalog, jobs: JobStore, kind: str, name: str) -> str:
+    """The object path of what ``name`` names, by the catalog's own rules (as the command
+    line finds it, with the same errors)."""
     if kind == "lun":
-        return api.path_of(kind, provider.lun(name).id)
+        return api.path_of(kind, catalog.lun(name).id)
     if kind == "shadow":
-        return api.path_of(kind, provider.shadow_copy(name).id)
+        return api.path_of(kind, catalog.shadow_copy(name).id)
+    if kind == "set":
+        return api.path_of(kind, catalog.snapshot_set(check_id(name, "snapshot set id")).id)
     if kind == "job":
-        return api.path_of(kind, provider.resyncer.job(name).id)
-    raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow or job")
+        return api.path_of(kind, jobs.job(name).id)
+    raise InvalidArgument(f"cannot look up {kind!r}: use lun, shadow, set or job")
+
+
+def _destination(text: str) -> str | None:
+    """A destination of ResyncTo: None for the shadow copy's own LUN, a LUN's id, or a
+    block device's path."""
+    if not text:
+        return None
+    if text.startswith(api.ROOT + "/"):
+        return api.id_of(text, "lun")
+    return api.absolute_path(text, "destination")
 
 
 def _timeout(value: float | None) -> float | None:
@@ -166,13 +182,26 @@ class ManagerObject(Exported[ServiceContext]):
         destination for the shadow copy's own LUN. Returns once every destination is online.
         Options: engine (s: auto, merge, mirror, clone), volume_check (b), max_rate (t:
         bytes per second the copy may take)."""
+        return await self._resync(
+            [(shadow, None if dest == api.NO_OBJECT else api.id_of(dest, "lun"))
+             for shadow, dest in pairs], options)
+
+    @dbus_method()
+    @changes
+    async def ResyncTo(self, pairs: DBusDestinationPairs, options: DBusDict
+                       ) -> DBusObjectPath:
+        """As Resync, each destination given as text: a LUN's object path, "" for the
+        shadow copy's own LUN, or the path of a block device (``/dev/...``: not mounted,
+        not held, not lunresync's; the job makes its own device over it)."""
+        return await self._resync([(shadow, _destination(dest)) for shadow, dest in pairs],
+                                  options)
+
+    async def _resync(self, pairs: list[tuple[str, str | None]], options: DBusDict) -> str:
         values = api.options(options, {"engine": "s", "volume_check": "b", "max_rate": "t"})
         engine = EngineKind.choice(values.get("engine", "auto"))
         if not pairs:
             raise InvalidArgument("name at least one pair")
-        wanted = [(api.id_of(shadow, "shadow"),
-                   None if dest == api.NO_OBJECT else api.id_of(dest, "lun"))
-                  for shadow, dest in pairs]
+        wanted = [(api.id_of(shadow, "shadow"), dest) for shadow, dest in pairs]
 
         def start(p: Provider) -> Job:
             from lunresync.engine.resync import ResyncPair
@@ -184,6 +213,30 @@ class ManagerObject(Exported[ServiceContext]):
 
         job = await self.context.run(start)
         return api.path_of("job", job.id)
+
+    @dbus_method()
+    @changes
+    async def AdoptLun(self, name: DBusStr, device: DBusStr,
+                       options: DBusDict) -> DBusObjectPath:
+        """Use the existing block device ``device`` (an absolute path: not mounted, not
+        held) as LUN ``name``, as ``lunresync lun adopt``. Options: track_changes (b)."""
+        values = api.options(options, {"track_changes": "b"})
+        check_lun_name(name)
+        device = api.absolute_path(device, "device")
+        track = bool(values.get("track_changes", False))
+        lun = await self.context.run(lambda p: p.adopt_lun(name, device, track_changes=track))
+        return api.path_of("lun", lun.id)
+
+    @dbus_method()
+    @changes
+    async def ImportShadowCopy(self, directory: DBusStr, options: DBusDict
+                               ) -> DBusObjectPath:
+        """Register the bundle in ``directory`` (an absolute path) as a clone shadow copy,
+        its checksum verified, as ``lunresync snapshot import``. Options: none."""
+        api.options(options, {})
+        directory = api.absolute_path(directory, "bundle directory")
+        shadow = await self.context.run(lambda p: p.import_shadow_copy(directory))
+        return api.path_of("shadow", shadow.id)
 
     @dbus_method()
     @reads
@@ -210,12 +263,11 @@ class ManagerObject(Exported[ServiceContext]):
     @reads
     async def Lookup(self, kind: DBusStr, name: DBusStr) -> DBusObjectPath:
         """The object of a LUN (``kind`` ``lun``: by id when given one, else by name), a shadow copy
-        (``shadow``) or a job (``job``: by id or a unique prefix of 8+ hex digits), found
-        as the command line finds it, with the same errors."""
-        found = await self.context.run(lambda p: lookup(p, kind, name), refresh=False)
-        if not self.context.is_exported(found):
-            await self.context.refresh()  # made since the last look at the pool
-        return found
+        (``shadow``), a snapshot set (``set``: by id) or a job (``job``: by id or a unique
+        prefix of 8+ hex digits), found as the command line finds it, with the same
+        errors. Answered from the service's own connection to the catalog, never behind
+        a change in the worker."""
+        return await self.context.lookup(kind, name)
 
     @dbus_method()
     @changes
@@ -223,6 +275,14 @@ class ManagerObject(Exported[ServiceContext]):
                              components: DBusStrList) -> DBusObjectPath:
         """Become a writer: events arrive as Writer.Event signals on the returned object."""
         return await self.context.register_writer(name, list(components))
+
+    @dbus_method()
+    @changes
+    async def Deactivate(self, options: DBusDict) -> DBusStrList:
+        """Tear every device of the pool down, keeping all data (as ``lunresync
+        deactivate``; refused while a LUN is in use); returns what was removed."""
+        api.options(options, {})
+        return list(await self.context.run(lambda p: p.deactivate()))
 
     @dbus_method()
     @changes

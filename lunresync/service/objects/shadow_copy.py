@@ -39,3 +39,18 @@ class ShadowCopyObject(RecordObject):
         api.options(options, {})
         shadow_id = self.record["id"]
         await self.context.run(lambda p: p.delete_shadow_copy(shadow_id))
+
+    @dbus_method()
+    @changes
+    async def Export(self, directory: DBusStr, options: DBusDict) -> DBusStr:
+        """Write a transportable bundle of this shadow copy to ``directory`` (an absolute
+        path), as ``lunresync snapshot export``; returns the bundle's directory. Options:
+        since (o: an earlier thin shadow copy of the same LUN: only what differs)."""
+        values = api.options(options, {"since": "o"})
+        directory = api.absolute_path(directory, "bundle directory")
+        since = values.get("since")
+        since_id = None if since is None else api.id_of(since, "shadow")
+        shadow_id = self.record["id"]
+        bundle = await self.context.run(
+            lambda p: p.export_shadow_copy(shadow_id, directory, since=since_id))
+        return str(bundle)

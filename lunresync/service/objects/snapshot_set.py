@@ -3,11 +3,19 @@ copies)."""
 
 from __future__ import annotations
 
-from dbus_fast.annotations import DBusStr, DBusUInt64
+from dbus_fast.annotations import DBusDict, DBusStr, DBusUInt64
+from dbus_fast.service import dbus_method
 
 from lunresync.service import api
 
-from .exported import DBusPathList, RecordObject, RecordProperty, epoch_seconds, record_json
+from .exported import (
+    DBusPathList,
+    RecordObject,
+    RecordProperty,
+    changes,
+    epoch_seconds,
+    record_json,
+)
 
 
 class SnapshotSetObject(RecordObject):
@@ -21,3 +29,18 @@ class SnapshotSetObject(RecordObject):
     ShadowCopies = RecordProperty(DBusPathList, lambda r: [api.path_of("shadow", s)
                                                            for s in r["shadow_copies"]])
     Record = record_json()
+
+    @dbus_method()
+    @changes
+    async def Swap(self, options: DBusDict) -> DBusPathList:
+        """Turn this clone or thin set's shadow copies into ordinary LUNs, irreversibly
+        and without a copy, as ``lunresync swap``; returns the new LUNs. Options:
+        mask_original (b), read_write (b), revert_identity (b)."""
+        values = api.options(options, {"mask_original": "b", "read_write": "b",
+                                       "revert_identity": "b"})
+        set_id = self.record["id"]
+        luns = await self.context.run(lambda p: p.swap_snapshot_set(
+            set_id, mask_original=bool(values.get("mask_original", False)),
+            read_write=bool(values.get("read_write", False)),
+            revert_identity=bool(values.get("revert_identity", False))))
+        return [api.path_of("lun", lun.id) for lun in luns]
