@@ -71,20 +71,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class _Shard:
-    """``LUNRESYNC_TEST_SHARD=K/N``: run only this VM's share of the tests
-    (tests/shards.py)."""
+    """``LUNRESYNC_TEST_SHARD=K/N`` (or ``K/N@S1,...,SN``): run only this VM's share of
+    the tests (tests/shards.py)."""
 
     def __init__(self, spec: str) -> None:
         from tests.shards import parse_shard
 
-        self.index, self.count = parse_shard(spec)
+        self.index, self.count, self.shares = parse_shard(spec)
 
     @pytest.hookimpl(trylast=True)  # after -m has deselected the other tiers
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         from tests.shards import assign, load_weights
 
-        shards = assign([item.nodeid for item in items], self.count, load_weights())
+        shards = assign([item.nodeid for item in items], self.count, load_weights(),
+                        self.shares)
         mine = set(shards[self.index - 1])
         config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in mine])
         items[:] = [item for item in items if item.nodeid in mine]

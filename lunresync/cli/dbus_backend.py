@@ -137,6 +137,19 @@ class DbusBackend:
     def _job_status(self, path: str) -> JobStatus:
         return JobStatus.from_record(self._record(path, api.JOB))
 
+    def _task_result(self, path: str) -> str:
+        """Follow a Task (a long call's work) to its end, a look every 0.5 s as for a
+        job: its result, or its error as the lunresync error it stands for. The task is
+        forgotten then."""
+        while self.client.properties(path, api.TASK)["State"] == "running":
+            self.sleep(POLL_INTERVAL)
+        try:
+            (result,) = self.client.call(path, api.TASK, "GetResult")
+        finally:
+            with suppress(LunresyncError):
+                self.client.call(path, api.TASK, "Forget")
+        return str(result)
+
     def capabilities(self) -> dict[str, Any]:
         (report,) = self.client.manager("GetCapabilities")
         return {str(k): unwrap(v) for k, v in report.items()}
@@ -206,23 +219,23 @@ class DbusBackend:
                            since: str | None) -> str:
         path = self._find("shadow", shadow_copy)
         options = {} if since is None else {"since": Variant("o", self._find("shadow", since))}
-        (bundle,) = self.client.call(path, api.SHADOW_COPY, "Export", "sa{sv}",
-                                     [os.path.abspath(directory), options])
-        return str(bundle)
+        (task,) = self.client.call(path, api.SHADOW_COPY, "StartExport", "sa{sv}",
+                                   [os.path.abspath(directory), options])
+        return self._task_result(task)
 
     def import_shadow_copy(self, directory: str) -> dict[str, Any]:
-        (path,) = self.client.manager("ImportShadowCopy", "sa{sv}",
+        (task,) = self.client.manager("StartImportShadowCopy", "sa{sv}",
                                       os.path.abspath(directory), {})
-        return self._record(path, api.SHADOW_COPY)
+        return self._record(self._task_result(task), api.SHADOW_COPY)
 
     # -- shadow copies -------------------------------------------------------------------
 
     def create_snapshot_set(self, luns: Sequence[str], kind: str) -> SetTaken:
         paths = [self._find("lun", name) for name in luns]
-        set_path, shadow_paths = self.client.manager("CreateSnapshotSet", "aosa{sv}", paths,
-                                                     kind, {})
-        return SetTaken(api.id_of(set_path, "set"), None,
-                        [self._record(p, api.SHADOW_COPY) for p in shadow_paths])
+        (task,) = self.client.manager("StartCreateSnapshotSet", "aosa{sv}", paths, kind, {})
+        made = json.loads(self._task_result(task))
+        return SetTaken(api.id_of(made["snapshot_set"], "set"), None,
+                        [self._record(p, api.SHADOW_COPY) for p in made["shadow_copies"]])
 
     def shadow_copies(self) -> list[dict[str, Any]]:
         return by_created([_parse_record(p) for p in self._objects(api.SHADOW_COPY).values()])
@@ -298,9 +311,9 @@ class DbusBackend:
         return self._job_status(path)
 
     def verify(self, job_id: str) -> dict[str, Any]:
-        (report,) = self.client.call(self._find("job", job_id), api.JOB, "Verify", "a{sv}",
-                                     [{}])
-        return dict(json.loads(report))
+        (task,) = self.client.call(self._find("job", job_id), api.JOB, "StartVerify",
+                                   "a{sv}", [{}])
+        return dict(json.loads(self._task_result(task)))
 
     # -- the requester's workflow --------------------------------------------------------
 
@@ -322,7 +335,8 @@ class DbusBackend:
         options = {"kind": _s(kind)}
         if writer_timeout is not None:
             options["writer_timeout"] = Variant("d", float(writer_timeout))
-        (text,) = self.client.manager("Backup", "aoa{sv}", paths, options)
+        (task,) = self.client.manager("StartBackup", "aoa{sv}", paths, options)
+        text = self._task_result(task)
         parsed = parse_document(str(text).encode(), "the service's backup document")
         try:
             save_document(parsed, target)

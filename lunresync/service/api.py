@@ -31,6 +31,7 @@ SNAPSHOT_SET = "org.lunresync1.SnapshotSet"
 JOB = "org.lunresync1.Job"
 RESTORE_SESSION = "org.lunresync1.RestoreSession"
 WRITER = "org.lunresync1.Writer"
+TASK = "org.lunresync1.Task"
 
 ERROR_PREFIX = "org.lunresync1.Error"
 NOT_FOUND = f"{ERROR_PREFIX}.NotFound"
@@ -42,9 +43,11 @@ TIMEOUT = f"{ERROR_PREFIX}.Timeout"
 LIMITS_EXCEEDED = f"{ERROR_PREFIX}.LimitsExceeded"
 FAILED = f"{ERROR_PREFIX}.Failed"
 
-# Object paths: /org/lunresync1/<kind>/<32 hex digits>, or a small number for writers.
+# Object paths: /org/lunresync1/<kind>/<32 hex digits>, or a small number for writers and
+# tasks.
 _KINDS = {"lun": "a LUN", "shadow": "a shadow copy", "set": "a snapshot set", "job": "a job",
-          "session": "a restore session", "writer": "a writer"}  # kind -> what it is
+          "session": "a restore session", "writer": "a writer",
+          "task": "a task"}  # kind -> what it is
 _PATH_RE = re.compile(rf"^{ROOT}/({'|'.join(_KINDS)})/([0-9a-f]{{32}}|\d{{1,9}})$")
 NO_OBJECT = "/"  # "none" where an object path is expected
 

@@ -8,7 +8,7 @@ keep (their client may disconnect at any time, and the daemon forgets them then)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -69,6 +69,15 @@ class ServiceContext(Protocol):
 
     async def begin_restore(self, document: str, writer_timeout: float | None) -> str:
         """A restore session of the calling client on a backup document; its path."""
+        ...
+
+    async def start_task(self, operation: str, work: Callable[[], Awaitable[str]]) -> str:
+        """Run ``work`` as a Task of the calling client, without waiting for it; the
+        Task's path."""
+        ...
+
+    def forget_task(self, path: str) -> None:
+        """Remove the Task at ``path`` (its work goes on if it runs)."""
         ...
 
     def close_session(self, path: str) -> None:

@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ from .objects.manager import ManagerObject, lookup
 from .objects.restore_session import RestoreSessionObject
 from .objects.shadow_copy import ShadowCopyObject
 from .objects.snapshot_set import SnapshotSetObject
+from .objects.task import Task, TaskObject
 from .objects.writer import WriterObject
 from .reader import CatalogReader
 from .worker import Worker
@@ -61,6 +62,7 @@ T = TypeVar("T")
 POLL_ACTIVE = 1.0  # seconds between polls while a job runs (and progress signals)
 POLL_IDLE = 10.0  # seconds between looks at the pool when nothing runs (other clients)
 CAPABILITIES_MAX_AGE = 60.0  # seconds a capabilities probe is answered from
+TASK_KEPT = 600.0  # seconds an ended Task stays for its owner to take its result
 
 # The classes of the objects of the pool, by their kind in read_world and object paths.
 RECORD_CLASSES: dict[str, type[RecordObject]] = {
@@ -110,6 +112,8 @@ class Daemon:
         self.objects: dict[str, RecordObject] = {}  # the pool's, by path
         self.sessions: dict[str, RestoreSessionObject] = {}
         self.writers: dict[str, WriterObject] = {}
+        self.tasks: dict[str, TaskObject] = {}
+        self._task_serial = 0
         self._finished_jobs: set[str] | None = None  # None until the first refresh
         self._writer_serial = 0
         self._refreshing = asyncio.Lock()
@@ -381,6 +385,35 @@ class Daemon:
         self.sessions[obj.path] = obj
         self._export(obj)
         return obj.path
+
+    async def start_task(self, operation: str, work: Callable[[], Awaitable[str]]) -> str:
+        self._task_serial += 1
+        path = api.path_of("task", str(self._task_serial))
+        obj = TaskObject(self, Task(operation, self.callers.current() or ""), path)
+        self.tasks[path] = obj
+        self._export(obj)
+
+        async def run() -> None:
+            try:
+                result = await work()
+            except LunresyncError as exc:
+                obj.finish(error_name=api.error_name(exc), error=str(exc))
+            except DBusError as exc:
+                obj.finish(error_name=exc.type, error=exc.text)
+            except Exception as exc:  # the task reports it; the service goes on
+                log.exception("task %s (%s) failed", path, operation)
+                obj.finish(error_name=api.FAILED, error=str(exc))
+            else:
+                obj.finish(result=result)
+            asyncio.get_running_loop().call_later(TASK_KEPT, self.forget_task, path)
+
+        self._spawn(run())
+        return path
+
+    def forget_task(self, path: str) -> None:
+        obj = self.tasks.pop(path, None)
+        if obj is not None:
+            self._unexport(obj)
 
     def close_session(self, path: str) -> None:
         obj = self.sessions.pop(path, None)

@@ -30,6 +30,7 @@ from .objects.manager import ManagerObject
 from .objects.restore_session import RestoreSessionObject
 from .objects.shadow_copy import ShadowCopyObject
 from .objects.snapshot_set import SnapshotSetObject
+from .objects.task import Task, TaskObject
 from .objects.writer import WriterObject
 
 REFERENCE = "org.lunresync1.xml"  # in lunresync/service/data/
@@ -58,6 +59,7 @@ def exported_interfaces() -> list[ServiceInterface]:
         JobObject(nobody, record),
         RestoreSessionObject(nobody, session, ""),
         WriterObject(nobody, writer, api.path_of("writer", "1")),
+        TaskObject(nobody, Task("backup", ""), api.path_of("task", "1")),
     ]
 
 

@@ -31,6 +31,7 @@ from tests.conftest import patience
 from tests.dbus_support import POLICY, PrivateBus, ServiceProcess
 from tests.forkserver import ForkServer
 from tests.service.support import (
+    ACCESS_DENIED,
     PERMISSIVE_POLICY,
     Call,
     call_all_as_nobody,
@@ -332,6 +333,12 @@ def cli_in(forks: ForkServer) -> Callable[..., subprocess.CompletedProcess[str]]
     return run
 
 
+def fenced(provider: Provider, name: str) -> bool:
+    """Whether the device ``name`` has the error table live (a cancelled destination)."""
+    lines = provider.dm.table(name).lines
+    return len(lines) == 1 and lines[0].target == "error"
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + patience(timeout)
     while not condition():
@@ -374,10 +381,12 @@ def test_cli_says_the_same_directly_and_through_the_service(
         canceller = forks.spawn_cli([*through, "job", "cancel", job], env=cli_env(),
                                     cwd=REPO)
         # The fencing table shows as inactive only until the service's resume into it
-        # begins; from then on the service's thread waits in the suspend.
+        # begins; from then on the service's thread waits in the suspend, or (the LUN's
+        # top an era over the copy, which has no write of its own in flight) the fence is
+        # live at once and the cancel waits in the removal of the copy's device below.
         wait_until(lambda: provider.dm.info(slow.dm_name).inactive_table
-                   or suspend_waits_in(service_pid) or canceller.poll() is not None,
-                   "the cancel's fencing table")
+                   or suspend_waits_in(service_pid) or fenced(provider, slow.dm_name)
+                   or canceller.poll() is not None, "the cancel's fencing table")
         devices.release("slow")
         assert canceller.wait(patience(600)) == 0, canceller.output()
         assert canceller.output()[0] == f"job {job} cancelled; incomplete: LUN slow\n"
@@ -421,9 +430,10 @@ def test_every_object_introspects_as_the_published_xml(
         document = client.manager("Backup", "aoa{sv}", [lun_path(provider, "one")], {})[0]
         (session,) = client.manager("BeginRestore", "sa{sv}", document, {})
         (writer,) = client.manager("RegisterWriter", "sas", "probe", [])
+        (task,) = client.call(job, api.JOB, "StartVerify", "a{sv}", [{}])
         paths = {api.LUN: lun_path(provider, "one"), api.SHADOW_COPY: shadow_path(shadow.id),
                  api.SNAPSHOT_SET: api.path_of("set", shadow.set_id), api.JOB: job,
-                 api.RESTORE_SESSION: session, api.WRITER: writer,
+                 api.RESTORE_SESSION: session, api.WRITER: writer, api.TASK: task,
                  api.MANAGER: api.MANAGER_PATH}
         for interface, path in paths.items():
             (xml,) = client.call(path, "org.freedesktop.DBus.Introspectable", "Introspect")
@@ -494,34 +504,34 @@ def test_what_root_does_on_the_pool_it_does_through_the_service(
 
 def test_nobody_can_stall_the_service(devices: DeviceStack, provider: Provider,
                                       scratch_pool: Path, forks: ForkServer) -> None:
-    """While the worker is held (a backup waits for a writer's answer), another user's
-    flood of lookups and capability questions is answered, and the backup goes on once
-    the writer answers."""
+    """A long call returns a Task at once (StartBackup, while the backup waits for a
+    writer's answer); while the worker is held by it, another user's flood of lookups and
+    capability questions is answered; the backup ends once the writer answers, and its
+    Task gives the document to its owner."""
     provider.create_lun("db", 8 * MiB)
-    with service(scratch_pool, provider, forks) as (bus, _):
+    with service(scratch_pool, provider, forks) as (bus, _), \
+            ServiceClient(bus.address) as client:
         writer = AnsweringWriter(bus.address, "slow", ["main=db"], hold=("prepare-backup",))
-        documents: list[object] = []
-        db = lun_path(provider, "db")  # (the provider's catalog is this thread's)
-
-        def backup() -> None:
-            with ServiceClient(bus.address) as client:
-                documents.append(client.manager("Backup", "aoa{sv}", [db], {})[0])
-
-        backing_up = threading.Thread(target=backup, daemon=True)
         try:
-            backing_up.start()
+            (task,) = client.manager("StartBackup", "aoa{sv}", [lun_path(provider, "db")],
+                                     {})
             assert writer.holding.wait(patience(120)), writer.error
             flood = [manager("Lookup", "ss", "lun", "db"), manager("GetCapabilities"),
                      manager("Lookup", "ss", "job", "nosuch0000")] * 40
             outcomes = call_all_as_nobody(bus.address, flood)
-            assert not documents  # the worker was held all along
+            assert client.properties(task, api.TASK)["State"] == "running"  # held all along
             assert {o.error for o in outcomes[0::3]} == {None}
-            assert {o.value[0] for o in outcomes[0::3]} == {db}
+            assert {o.value[0] for o in outcomes[0::3]} == {lun_path(provider, "db")}
             assert {o.error for o in outcomes[1::3]} == {None}
             assert {o.error for o in outcomes[2::3]} == {api.NOT_FOUND}
+            (refused,) = call_all_as_nobody(bus.address, [
+                Call(task, api.TASK, "GetResult")])
+            assert refused.error == ACCESS_DENIED  # the document is its owner's alone
         finally:
             writer.release.set()
-            backing_up.join(patience(300))
-            writer.stop()
-        assert len(documents) == 1, writer.error
-        assert writer.names() == ["identify", "prepare-backup", "freeze", "thaw"]
+        wait_until(lambda: client.properties(task, api.TASK)["State"] != "running",
+                   "the backup's task")
+        (document,) = client.call(task, api.TASK, "GetResult")
+        writer.stop()
+    assert json.loads(document)["luns"][0]["name"] == "db"
+    assert writer.names() == ["identify", "prepare-backup", "freeze", "thaw"]

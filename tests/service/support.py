@@ -36,6 +36,7 @@ FAKE_SET = api.path_of("set", NO_ID)
 FAKE_JOB = api.path_of("job", NO_ID)
 FAKE_SESSION = api.path_of("session", NO_ID)
 FAKE_WRITER = api.path_of("writer", "1")
+FAKE_TASK = api.path_of("task", "1")
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
 POLICY_HEADER = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

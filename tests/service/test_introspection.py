@@ -17,7 +17,7 @@ pytestmark = pytest.mark.service
 
 REFERENCE = REPO / "lunresync" / "service" / "data" / "org.lunresync1.xml"
 INTERFACES = [api.MANAGER, api.LUN, api.SHADOW_COPY, api.SNAPSHOT_SET, api.JOB,
-              api.RESTORE_SESSION, api.WRITER]
+              api.RESTORE_SESSION, api.WRITER, api.TASK]
 REGENERATE = ("regenerate it: python -m lunresync.service.introspection >"
               " lunresync/service/data/org.lunresync1.xml")
 

@@ -18,7 +18,9 @@ from .support import (
     FAKE_LUN,
     FAKE_SHADOW,
     PERMISSIVE_POLICY,
+    PROPERTIES,
     Call,
+    Outcome,
     call_all,
     call_all_as_nobody,
     call_on,
@@ -41,6 +43,9 @@ CHANGES = [
     manager("ResyncTo", "a(os)a{sv}", [[FAKE_SHADOW, "/dev/nosuch-lunresync"]], {}),
     manager("AdoptLun", "ssa{sv}", "mine", "/dev/nosuch-lunresync", {}),
     manager("ImportShadowCopy", "sa{sv}", "/nonexistent-lunresync-bundle", {}),
+    manager("StartBackup", "aoa{sv}", [FAKE_LUN], {}),
+    manager("StartCreateSnapshotSet", "aosa{sv}", [FAKE_LUN], "differential", {}),
+    manager("StartImportShadowCopy", "sa{sv}", "/nonexistent-lunresync-bundle", {}),
     manager("RegisterWriter", "sas", "mine", []),
     manager("Activate", "a{sv}", {}),
     manager("Deactivate", "a{sv}", {}),
@@ -116,3 +121,44 @@ def test_writers_answer_only_to_their_client(open_bus: PrivateBus,
             owner.disconnect()
 
     assert asyncio.run(scenario()) == [api.PERMISSION_DENIED, api.PERMISSION_DENIED, None]
+
+
+def test_a_long_call_returns_a_task_whose_result_is_its_owners(
+        open_bus: PrivateBus, open_service: ServiceProcess, scratch: Path) -> None:
+    """StartImportShadowCopy returns a Task at once; it fails here (no such bundle), and
+    its owner gets that error by name from GetResult; anybody may watch it, nobody else
+    (root included) may take its result or forget it; its owner's Forget removes it."""
+    missing = str(scratch / "no-such-bundle")
+
+    async def scenario() -> list[Outcome]:
+        owner = await connect(open_bus.address)
+        try:
+            started = await call_on(owner, manager("StartImportShadowCopy", "sa{sv}",
+                                                   missing, {}))
+            assert started.error is None, started.value
+            task = started.value[0]
+            state = Call(task, PROPERTIES, "Get", "ss", (api.TASK, "State"))
+            for _ in range(600):
+                watched = await call_on(owner, state)
+                if watched.value != ["running"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert watched.value == ["failed"], watched
+            result = await call_on(owner, Call(task, api.TASK, "GetResult"))
+            others = await asyncio.to_thread(call_all_as_nobody, open_bus.address, [
+                Call(task, PROPERTIES, "Get", "ss", (api.TASK, "ErrorName")),
+                Call(task, api.TASK, "GetResult"), Call(task, api.TASK, "Forget")])
+            (by_root,) = await asyncio.to_thread(call_all, open_bus.address,
+                                                 [Call(task, api.TASK, "Forget")])
+            forgotten = await call_on(owner, Call(task, api.TASK, "Forget"))
+            gone = await call_on(owner, state)
+            return [result, *others, by_root, forgotten, gone]
+        finally:
+            owner.disconnect()
+
+    result, error_name, taken, forgot, by_root, forgotten, gone = asyncio.run(scenario())
+    assert result.error in (api.NOT_FOUND, api.NOT_SUPPORTED), result  # (no device-mapper)
+    assert error_name.value == [result.error]
+    assert [taken.error, forgot.error, by_root.error] == [api.PERMISSION_DENIED] * 3
+    assert forgotten.error is None, forgotten
+    assert gone.error is not None  # no such object any more

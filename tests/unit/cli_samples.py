@@ -17,7 +17,7 @@ import click
 
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.store import JobStore
-from lunresync.errors import InvalidArgument, JobFailed, NotFound
+from lunresync.errors import InvalidArgument, JobFailed, LunresyncError, NotFound
 from lunresync.service import api
 from lunresync.service.objects.manager import lookup
 from lunresync.storage.catalog import Catalog
@@ -204,6 +204,7 @@ class FakeClient:
         # The service finds names and ids with the catalog's own queries: so does this one.
         self.handlers: dict[str, Handler] = {"Lookup": self._lookup}
         self.closed = False
+        self.tasks: dict[str, tuple[Any, LunresyncError | None]] = {}  # path -> result
         self.pool = pool or Pool()
         self._catalog: CatalogProvider | None = None
         if pool is not None:
@@ -215,6 +216,37 @@ class FakeClient:
                          shadow_object(u))
             for j in sorted(pool.jobs, key=lambda j: (j.created, j.id)):
                 self.put(api.path_of("job", j.id), api.JOB, job_object(j))
+
+    def answer_with_task(self, member: str, answer: Handler, *, polls: int = 0) -> None:
+        """``member`` (a Start... method) makes a Task whose result is ``answer(path,
+        *args)`` (or whose error it raises); it shows as running for ``polls`` looks at
+        its State, then as ended. GetResult and Forget answer as the service does."""
+        def start(path: str, *args: Any) -> list[Any]:
+            task = api.path_of("task", str(len(self.tasks) + 1))
+            try:
+                self.tasks[task] = (answer(path, *args)[0], None)
+            except LunresyncError as exc:
+                self.tasks[task] = (None, exc)
+            looks = iter(range(polls))
+            ended = "failed" if self.tasks[task][1] else "done"
+            # A property given as a function is read anew at each look (properties()).
+            self.objects[task] = {api.TASK: {"Operation": "test", "State": lambda: (
+                ended if next(looks, None) is None else "running")}}
+            return [task]
+
+        def result(path: str) -> list[Any]:
+            value, error = self.tasks[path]
+            if error is not None:
+                raise error
+            return [value]
+
+        self.handlers[member] = start
+        self.handlers["GetResult"] = result
+        def forget(path: str) -> list[Any]:
+            del self.objects[path]
+            return []
+
+        self.handlers["Forget"] = forget
 
     def _lookup(self, path: str, kind: str, name: str) -> list[Any]:
         if self._catalog is None:
@@ -245,9 +277,10 @@ class FakeClient:
 
     def properties(self, path: str, interface: str) -> dict[str, Any]:
         try:
-            return dict(self.objects[path][interface])
+            values = self.objects[path][interface]
         except KeyError:
             raise NotFound(f"no object {path}") from None
+        return {k: v() if callable(v) else v for k, v in values.items()}
 
     def close(self) -> None:
         self.closed = True

@@ -201,9 +201,10 @@ def test_delete_lun_snapshot_and_activate_call_the_service() -> None:
     client.handlers.update({
         "DeleteLun": lambda path, lun, options: [],
         "Activate": lambda path, options: [["lunresync-alpha"]],
-        "CreateSnapshotSet": lambda path, luns, kind, options: [
-            api.path_of("set", "5" * 32), [api.path_of("shadow", SHADOW_1.shadow.id)]],
         "Delete": lambda path, options: []})
+    client.answer_with_task("StartCreateSnapshotSet", lambda path, luns, kind, options: [
+        json.dumps({"snapshot_set": api.path_of("set", "5" * 32),
+                    "shadow_copies": [api.path_of("shadow", SHADOW_1.shadow.id)]})])
     got.delete_lun("alpha", force=True)
     (_, _, _, (path, options)) = client.calls[-1]
     assert path == api.path_of("lun", LUN_A.id)
@@ -212,7 +213,8 @@ def test_delete_lun_snapshot_and_activate_call_the_service() -> None:
     taken = got.create_snapshot_set(["alpha"], "differential")
     assert (taken.snapshot_set, taken.freeze_seconds) == ("5" * 32, None)
     assert taken.shadow_copies == [shadow_json(SHADOW_1)]
-    assert client.calls[-1][3][:2] == ([api.path_of("lun", LUN_A.id)], "differential")
+    started = next(c for c in client.calls if c[2] == "StartCreateSnapshotSet")
+    assert started[3][:2] == ([api.path_of("lun", LUN_A.id)], "differential")
     got.delete_shadow_copy("1234ABCD")
     assert client.calls[-1][:3] == (api.path_of("shadow", SHADOW_1.shadow.id),
                                     api.SHADOW_COPY, "Delete")
@@ -298,9 +300,24 @@ def test_cancel_and_verify() -> None:
               "written_bytes": 0, "mismatches": [{"destination": "beta", "offset": 0,
                                                    "length": 4096}],
               "writes_not_recorded": []}
-    client.handlers["Verify"] = lambda at, options: [json.dumps(report)]
+    client.answer_with_task("StartVerify", lambda at, options: [json.dumps(report)], polls=2)
+    slept: list[float] = []
+    got.sleep = slept.append
     assert got.verify("99999999") == report
-    assert client.calls[-1] == (path, api.JOB, "Verify", ({},))
+    assert slept == [0.5, 0.5]  # the task is followed as a job is
+    task = api.path_of("task", "1")
+    assert [c[:3] for c in client.calls[-3:]] == [
+        (path, api.JOB, "StartVerify"), (task, api.TASK, "GetResult"),
+        (task, api.TASK, "Forget")]
+    assert task not in client.objects
+    # A task that failed: its error, as the lunresync error it stands for.
+    client.answer_with_task("StartVerify", lambda at, options: raise_(NotFound("no job")))
+    with pytest.raises(NotFound, match="no job"):
+        got.verify("99999999")
+
+
+def raise_(error: Exception) -> list[Any]:
+    raise error
 
 
 def test_what_only_root_did_on_the_pool_goes_through_the_service_too(
@@ -317,9 +334,10 @@ def test_what_only_root_did_on_the_pool_goes_through_the_service_too(
         "Unmask": lambda at, options: [],
         "Deactivate": lambda at, options: [["lunresync-beta", "lunresync-beta-real"]],
         "Swap": lambda at, options: [[lun_path]],
-        "Export": lambda at, directory, options: [directory],
-        "ImportShadowCopy": lambda at, directory, options: [shadow_path],
     })
+    client.answer_with_task("StartExport", lambda at, directory, options: [directory])
+    client.answer_with_task("StartImportShadowCopy",
+                            lambda at, directory, options: [shadow_path])
     client.handlers["Lookup"] = lambda at, kind, name: [
         {"lun": lun_path, "shadow": shadow_path, "set": set_path}[kind]]
     assert got.adopt_lun("beta", "disk", track_changes=True)["id"] == LUN_B.id
@@ -336,10 +354,11 @@ def test_what_only_root_did_on_the_pool_goes_through_the_service_too(
         "mask_original": True, "read_write": False, "revert_identity": False}
     assert got.export_shadow_copy("1234abcd", "bundle", since="1234abce") == \
         str(tmp_path / "bundle")
-    export_call = next(c for c in client.calls if c[2] == "Export")
+    export_call = next(c for c in client.calls if c[2] == "StartExport")
     assert export_call[3] == (str(tmp_path / "bundle"), {"since": Variant("o", shadow_path)})
     assert got.import_shadow_copy("bundle")["id"] == SHADOW_1.shadow.id
-    assert client.calls[-1][2:] == ("ImportShadowCopy", (str(tmp_path / "bundle"), {}))
+    imported = next(c for c in client.calls if c[2] == "StartImportShadowCopy")
+    assert imported[2:] == ("StartImportShadowCopy", (str(tmp_path / "bundle"), {}))
 
 
 def test_the_pool_named_must_be_the_services(tmp_path: Path) -> None:
@@ -409,7 +428,7 @@ def test_backup_writes_the_services_document_never_over_a_file(tmp_path: Path) -
     got = backend(client)
     text = json.dumps(document().to_json())
     target = tmp_path / "doc.json"
-    client.handlers["Backup"] = lambda path, luns, options: [text]
+    client.answer_with_task("StartBackup", lambda path, luns, options: [text])
     with pytest.raises(NotSupported, match="--writers-dir"):
         got.backup(["alpha"], kind="clone", document=str(target), writers_dir="/w",
                    writer_timeout=None)
@@ -421,7 +440,7 @@ def test_backup_writes_the_services_document_never_over_a_file(tmp_path: Path) -
     target.unlink()
     outcome = got.backup(["alpha"], kind="clone", document=str(target), writers_dir=None,
                          writer_timeout=5.0)
-    (_, _, _, (luns, options)) = client.calls[-1]
+    (_, _, _, (luns, options)) = next(c for c in client.calls if c[2] == "StartBackup")
     assert luns == [api.path_of("lun", LUN_A.id)]
     assert {k: v.value for k, v in options.items()} == {"kind": "clone", "writer_timeout": 5.0}
     assert outcome.document == document()
@@ -438,7 +457,8 @@ def test_a_backup_whose_document_cannot_be_written_leaves_no_shadow_copy(
         target.write_text("someone else's")  # appears while the backup runs
         return [json.dumps(document().to_json())]
 
-    client.handlers.update({"Backup": backup, "Delete": lambda path, options: []})
+    client.answer_with_task("StartBackup", backup)
+    client.handlers["Delete"] = lambda path, options: []
     with pytest.raises(InvalidArgument, match="exists"):
         backend(client).backup(["alpha"], kind="differential", document=str(target),
                                writers_dir=None, writer_timeout=None)

@@ -167,9 +167,9 @@ def test_cancel_then_wait_for_the_cancelled_job(both: Both) -> None:
 
 def test_snapshot_create_differs_only_in_the_freeze_the_service_does_not_report(
         both: Both) -> None:
-    both.client.handlers["CreateSnapshotSet"] = lambda path, luns, kind, options: [
-        api.path_of("set", SHADOW_1.shadow.set_id),
-        [api.path_of("shadow", SHADOW_1.shadow.id)]]
+    both.client.answer_with_task("StartCreateSnapshotSet", lambda path, luns, kind, options: [
+        json.dumps({"snapshot_set": api.path_of("set", SHADOW_1.shadow.set_id),
+                    "shadow_copies": [api.path_of("shadow", SHADOW_1.shadow.id)]})])
     direct, service = both.run("snapshot", "create", "alpha", "--json")
     mine, theirs = json.loads(direct.stdout), json.loads(service.stdout)
     assert (mine.pop("freeze_seconds"), theirs.pop("freeze_seconds")) == (0.0123, None)

@@ -7,17 +7,19 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
+from dbus_fast import DBusError
 
 from lunresync.service import api, introspection
 from lunresync.service.objects.exported import Exported
 from lunresync.service.objects.lun import LunObject
 from lunresync.service.objects.restore_session import RestoreSessionObject
+from lunresync.service.objects.task import Task, TaskObject
 from lunresync.storage.model import ShadowKind
 
 pytestmark = pytest.mark.unit
@@ -118,6 +120,12 @@ class StandIn:
     async def lookup(self, kind: str, name: str) -> str:
         raise NotImplementedError("no object is looked up in these tests")
 
+    async def start_task(self, operation: str, work: Callable[[], Awaitable[str]]) -> str:
+        raise NotImplementedError("no task is started in these tests")
+
+    def forget_task(self, path: str) -> None:
+        raise NotImplementedError("no task is started in these tests")
+
     def is_exported(self, path: str) -> bool:
         return False
 
@@ -193,3 +201,31 @@ def test_a_session_announces_its_changing_properties_after_every_step() -> None:
         asyncio.run(select(obj, ["w:b"]))  # a failed step is announced too
     assert seen == [{"Phase": "initialised", "Components": ["w:a"], "Pairs": [], "Job": "/"}]
     assert context.refreshes == 1
+
+
+def test_a_task_announces_how_it_ended_and_gives_its_result_once_ended() -> None:
+    def method(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        fn: Callable[..., Coroutine[Any, Any, Any]] = type(obj).__dict__[name].__dict__[
+            "__DBUS_METHOD"].fn
+        return fn
+
+    obj = TaskObject(StandIn(), Task("verify", ":1.7"), api.path_of("task", "1"))
+    seen = emitted(obj)
+    completed: list[tuple[bool, str]] = []
+    obj.Completed = lambda ok, message: completed.append((ok, message))  # type: ignore[method-assign,assignment]
+    with pytest.raises(DBusError, match="the verify is still running") as running:
+        asyncio.run(method("GetResult")(obj))
+    assert running.value.type == api.INVALID_ARGUMENT
+    obj.finish(result='{"ok": true}')
+    assert seen == [{"State": "done"}]
+    assert completed == [(True, "done")]
+    assert asyncio.run(method("GetResult")(obj)) == '{"ok": true}'
+    failed = TaskObject(StandIn(), Task("import", ":1.7"), api.path_of("task", "2"))
+    seen = emitted(failed)
+    failed.Completed = lambda ok, message: completed.append((ok, message))  # type: ignore[method-assign,assignment]
+    failed.finish(error_name=api.NOT_FOUND, error="no bundle /x")
+    assert seen == [{"State": "failed", "ErrorName": api.NOT_FOUND, "Error": "no bundle /x"}]
+    assert completed[-1] == (False, "no bundle /x")
+    with pytest.raises(DBusError) as error:
+        asyncio.run(method("GetResult")(failed))
+    assert (error.value.type, error.value.text) == (api.NOT_FOUND, "no bundle /x")

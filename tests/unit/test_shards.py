@@ -37,11 +37,20 @@ def test_unknown_tests_weigh_the_median_and_the_split_is_the_same_every_time() -
     assert sum(len(s) for s in assign(tests, 2, weights)) == 5
 
 
-@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/0", ""])
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/0", "", "1/2@3", "1/2@3,0",
+                                  "1/2@3,1,1"])
 def test_a_bad_shard_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="K/N"):
         parse_shard(text)
-    assert parse_shard("2/3") == (2, 3)
+    assert parse_shard("2/3") == (2, 3, (1, 1, 1))
+    assert parse_shard("2/2@3,1") == (2, 2, (3, 1))
+
+
+def test_shares_split_the_time_in_proportion() -> None:
+    weights = {f"t{i}": 10.0 for i in range(40)}
+    first, second = assign(list(weights), 2, weights, (3, 1))
+    assert (len(first), len(second)) == (30, 10)
+    assert assign(list(weights), 2, weights, (1, 1)) == assign(list(weights), 2, weights)
 
 
 def test_record_reads_junit_times(tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from dbus_fast.annotations import (
     DBusBool,
     DBusDict,
     DBusDouble,
+    DBusObjectPath,
     DBusSignature,
     DBusStr,
     DBusUInt64,
@@ -94,10 +96,24 @@ class JobObject(RecordObject):
         """Compare each destination of this completed job with its shadow copy, apart
         from what was written during the restore; the report as ``lunresync job verify
         --json`` prints it (JSON text: ok, mismatches with their offsets). Options: none."""
+        return await self._verify(options)()
+
+    @dbus_method()
+    @changes
+    async def StartVerify(self, options: DBusDict) -> DBusObjectPath:
+        """As Verify, returning at once a Task whose result is the report."""
+        return await self.context.start_task("verify", self._verify(options))
+
+    def _verify(self, options: DBusDict) -> Callable[[], Awaitable[str]]:
         api.options(options, {})
         job_id = self.record["id"]
-        report = await self.context.run(lambda p: p.resyncer.verify(job_id), refresh=False)
-        return json.dumps(report.to_json())
+
+        async def work() -> str:
+            report = await self.context.run(lambda p: p.resyncer.verify(job_id),
+                                            refresh=False)
+            return json.dumps(report.to_json())
+
+        return work
 
     @dbus_signal()
     def Completed(self, success: bool, message: str) -> Annotated[

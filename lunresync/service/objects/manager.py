@@ -4,6 +4,7 @@ bus, and the objects of names (Lookup)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from dbus_fast import Variant
@@ -143,6 +144,24 @@ class ManagerObject(Exported[ServiceContext]):
     @changes
     async def CreateSnapshotSet(self, luns: DBusPathList, kind: DBusStr,
                                 options: DBusDict) -> DBusSetResult:
+        return await self._snapshot_set(luns, kind, options)()
+
+    @dbus_method()
+    @changes
+    async def StartCreateSnapshotSet(self, luns: DBusPathList, kind: DBusStr,
+                                     options: DBusDict) -> DBusObjectPath:
+        """As CreateSnapshotSet (a clone set copies whole LUNs), returning at once a Task
+        whose result is ``{"snapshot_set": o, "shadow_copies": [o...]}`` as JSON text."""
+        make = self._snapshot_set(luns, kind, options)
+
+        async def work() -> str:
+            set_path, shadow_paths = await make()
+            return json.dumps({"snapshot_set": set_path, "shadow_copies": shadow_paths})
+
+        return await self.context.start_task("snapshot", work)
+
+    def _snapshot_set(self, luns: list[str], kind: str, options: DBusDict
+                      ) -> Callable[[], Awaitable[list[Any]]]:
         api.options(options, {})
         ids = [api.id_of(path, "lun") for path in luns]
         shadow_kind = ShadowKind.choice(kind)
@@ -150,21 +169,32 @@ class ManagerObject(Exported[ServiceContext]):
         def create(p: Provider) -> Any:
             return p.create_snapshot_set([p.lun_by_id(i).id for i in ids], shadow_kind)
 
-        result = await self.context.run(create)
-        snapshot_set = result.snapshot_set
-        return [api.path_of("set", snapshot_set.id),
-                [api.path_of("shadow", s.id) for s in snapshot_set.shadow_copies]]
+        async def work() -> list[Any]:
+            snapshot_set = (await self.context.run(create)).snapshot_set
+            return [api.path_of("set", snapshot_set.id),
+                    [api.path_of("shadow", s.id) for s in snapshot_set.shadow_copies]]
+
+        return work
 
     @dbus_method()
     @changes
     async def Backup(self, luns: DBusPathList, options: DBusDict) -> DBusStr:
         """The VSS-style backup with the writers; returns the backup components document
         (JSON). Options: kind (s), writer_timeout (d)."""
+        return await self._backup(luns, options)()
+
+    @dbus_method()
+    @changes
+    async def StartBackup(self, luns: DBusPathList, options: DBusDict) -> DBusObjectPath:
+        """As Backup, returning at once a Task whose result is the document."""
+        return await self.context.start_task("backup", self._backup(luns, options))
+
+    def _backup(self, luns: list[str], options: DBusDict) -> Callable[[], Awaitable[str]]:
         values = api.options(options, {"kind": "s", "writer_timeout": "d"})
         ids = [api.id_of(path, "lun") for path in luns]
         shadow_kind = ShadowKind.choice(values.get("kind", "auto"))
         timeout = _timeout(values.get("writer_timeout"))
-        return await self.context.backup(ids, shadow_kind, timeout)
+        return lambda: self.context.backup(ids, shadow_kind, timeout)
 
     @dbus_method()
     @changes
@@ -233,10 +263,25 @@ class ManagerObject(Exported[ServiceContext]):
                                ) -> DBusObjectPath:
         """Register the bundle in ``directory`` (an absolute path) as a clone shadow copy,
         its checksum verified, as ``lunresync snapshot import``. Options: none."""
+        return await self._import(directory, options)()
+
+    @dbus_method()
+    @changes
+    async def StartImportShadowCopy(self, directory: DBusStr, options: DBusDict
+                                    ) -> DBusObjectPath:
+        """As ImportShadowCopy, returning at once a Task whose result is the shadow
+        copy's object path."""
+        return await self.context.start_task("import", self._import(directory, options))
+
+    def _import(self, directory: str, options: DBusDict) -> Callable[[], Awaitable[str]]:
         api.options(options, {})
         directory = api.absolute_path(directory, "bundle directory")
-        shadow = await self.context.run(lambda p: p.import_shadow_copy(directory))
-        return api.path_of("shadow", shadow.id)
+
+        async def work() -> str:
+            shadow = await self.context.run(lambda p: p.import_shadow_copy(directory))
+            return api.path_of("shadow", shadow.id)
+
+        return work
 
     @dbus_method()
     @reads

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from dbus_fast.annotations import DBusBool, DBusDict, DBusInt64, DBusObjectPath, DBusStr, DBusUInt64
 from dbus_fast.service import dbus_method
 
@@ -46,11 +48,24 @@ class ShadowCopyObject(RecordObject):
         """Write a transportable bundle of this shadow copy to ``directory`` (an absolute
         path), as ``lunresync snapshot export``; returns the bundle's directory. Options:
         since (o: an earlier thin shadow copy of the same LUN: only what differs)."""
+        return await self._export(directory, options)()
+
+    @dbus_method()
+    @changes
+    async def StartExport(self, directory: DBusStr, options: DBusDict) -> DBusObjectPath:
+        """As Export, returning at once a Task whose result is the bundle's directory."""
+        return await self.context.start_task("export", self._export(directory, options))
+
+    def _export(self, directory: str, options: DBusDict) -> Callable[[], Awaitable[str]]:
         values = api.options(options, {"since": "o"})
         directory = api.absolute_path(directory, "bundle directory")
         since = values.get("since")
         since_id = None if since is None else api.id_of(since, "shadow")
         shadow_id = self.record["id"]
-        bundle = await self.context.run(
-            lambda p: p.export_shadow_copy(shadow_id, directory, since=since_id))
-        return str(bundle)
+
+        async def work() -> str:
+            bundle = await self.context.run(
+                lambda p: p.export_shadow_copy(shadow_id, directory, since=since_id))
+            return str(bundle)
+
+        return work
