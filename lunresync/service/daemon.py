@@ -39,7 +39,6 @@ from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.provider.provider import Provider
 from lunresync.storage.model import ShadowKind
 from lunresync.storage.pool import Pool
-from lunresync.views import job_json, lun_json, shadow_json
 
 from . import api
 from .callers import ADMIN_GROUP, Callers
@@ -54,6 +53,7 @@ from .objects.task import Task, TaskObject
 from .objects.writer import WriterObject
 from .reader import CatalogReader
 from .worker import Worker
+from .world import read_world
 from .writers import DbusWriter, check_writer_name, parse_registered_components
 
 log = logging.getLogger(__name__)
@@ -67,31 +67,6 @@ TASK_KEPT = 600.0  # seconds an ended Task stays for its owner to take its resul
 # The classes of the objects of the pool, by their kind in read_world and object paths.
 RECORD_CLASSES: dict[str, type[RecordObject]] = {
     cls.KIND: cls for cls in (LunObject, ShadowCopyObject, SnapshotSetObject, JobObject)}
-
-
-def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every object's record, from the catalog and the kernel (in the worker)."""
-    restoring = provider.resyncer.restoring_lun_ids()
-    luns = {}
-    mode = provider.thin_pool_mode()
-    for lun in provider.luns():
-        record = lun_json(lun, mode)
-        record["restoring_job"] = restoring.get(lun.id)
-        luns[lun.id] = record
-    shadows = {use.shadow.id: shadow_json(use) for use in provider.shadow_copies()}
-    sets: dict[str, dict[str, Any]] = {}
-    for record in shadows.values():
-        entry = sets.setdefault(record["snapshot_set"], {
-            "id": record["snapshot_set"], "created": record["created"], "shadow_copies": []})
-        entry["shadow_copies"].append(record["id"])
-    jobs = {}
-    for job in provider.resyncer.jobs():
-        record = job_json(job)
-        record["objects"] = sorted(
-            {api.path_of("lun", p.dest_lun_id) for p in job.pairs if p.dest_lun_id}
-            | {api.path_of("shadow", p.shadow_id) for p in job.pairs})
-        jobs[job.id] = record
-    return {"lun": luns, "shadow": shadows, "set": sets, "job": jobs}
 
 
 class Daemon:
