@@ -199,9 +199,12 @@ def drop_cache(fd: int) -> None:
         fcntl.ioctl(fd, BLKFLSBUF)
 
 
-def sha256_of(path: str | os.PathLike[str], *, length: int | None = None) -> str:
-    """Checksum of a device or file, read past any stale page cache."""
-    digest = hashlib.sha256()
+def digest_of(path: str | os.PathLike[str], *, length: int | None = None,
+              algorithm: str = "blake2b") -> str:
+    """Checksum of a device or file, read past any stale page cache. BLAKE2b: SHA-256
+    hashes 27 MiB/s in the TCG test VM, BLAKE2b 136 (measured 2026-12-03), and the tests
+    hash whole LUNs often; ``algorithm="sha256"`` where a bundle's manifest is compared."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb", buffering=0) as f:
         drop_cache(f.fileno())
         remaining = length
@@ -214,6 +217,11 @@ def sha256_of(path: str | os.PathLike[str], *, length: int | None = None) -> str
             if remaining is not None:
                 remaining -= len(chunk)
     return digest.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a device or file, as a bundle's manifest says it."""
+    return digest_of(path, algorithm="sha256")
 
 
 def fill(path: str | os.PathLike[str], size: int, seed: int | None = None) -> None:

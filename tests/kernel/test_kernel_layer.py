@@ -38,7 +38,7 @@ from lunresync.kernel.targets.mirror import LogKind, MirrorLeg, MirrorLog
 from tests.cli_views import CliView
 from tests.conftest import patience
 
-from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, devno, digest_of, fill, read_at, write_pattern
 
 pytestmark = pytest.mark.kernel
 
@@ -339,15 +339,15 @@ def test_writes_through_origin_leave_snapshot_unchanged(devices: DeviceStack,
     size = 32 * MiB
     real, lun = make_origin(devices, size)
     fill(lun, size)
-    before = sha256_of(lun)
+    before = digest_of(lun)
     snap = take_snapshot(devices, dm, real, lun, size, size // 512)
-    assert sha256_of(snap) == before
+    assert digest_of(snap) == before
     # Large writes (1 MiB, spanning many 8 KiB chunks) and small scattered ones.
     fill(lun, 8 * MiB)
     for offset in range(9 * MiB, size, 3 * MiB + 4096):
         write_pattern(lun, offset, os.urandom(4096))
-    assert sha256_of(lun) != before
-    assert sha256_of(snap) == before
+    assert digest_of(lun) != before
+    assert digest_of(snap) == before
     (status,) = dm.status(Path(snap).name)
     assert isinstance(status.status, SnapshotStatus)
     assert status.status.usable
@@ -358,10 +358,10 @@ def test_snapshot_merge_reverts_origin(devices: DeviceStack, dm: DeviceMapper) -
     size = 16 * MiB
     real, lun = make_origin(devices, size)
     fill(lun, size)
-    point_in_time = sha256_of(lun)
+    point_in_time = digest_of(lun)
     snap = take_snapshot(devices, dm, real, lun, size, size // 512)
     fill(lun, 4 * MiB)
-    assert sha256_of(lun) != point_in_time
+    assert digest_of(lun) != point_in_time
     # Merge: the snapshot device goes away, the LUN gets snapshot-merge over its COW.
     snap_table = dm.table(Path(snap).name).lines[0].params
     assert isinstance(snap_table, SnapshotTable)
@@ -371,7 +371,7 @@ def test_snapshot_merge_reverts_origin(devices: DeviceStack, dm: DeviceMapper) -
     merge = SnapshotMergeTable(real, snap_table.cow, snap_table.chunk_sectors)
     dm.load(lun_name, Table.single(merge, size // 512))
     dm.resume(lun_name)
-    assert sha256_of(lun) == point_in_time  # at once, while merging
+    assert digest_of(lun) == point_in_time  # at once, while merging
 
     def merged() -> bool:
         (line,) = dm.status(lun_name)
@@ -382,7 +382,7 @@ def test_snapshot_merge_reverts_origin(devices: DeviceStack, dm: DeviceMapper) -
     dm.load(lun_name, Table.single(SnapshotOriginTable(real), size // 512))
     dm.suspend(lun_name)
     dm.resume(lun_name)
-    assert sha256_of(lun) == point_in_time
+    assert digest_of(lun) == point_in_time
 
 
 def test_overflowed_snapshot_is_invalid(devices: DeviceStack, dm: DeviceMapper) -> None:
@@ -403,7 +403,7 @@ def test_mirror_copies_first_leg_to_second(devices: DeviceStack, dm: DeviceMappe
     source = devices.loop("src", size)
     dest = devices.loop("dst", size)
     fill(source.path, size)
-    expected = sha256_of(source.path)
+    expected = digest_of(source.path)
     log = MirrorLog(LogKind.CORE, 1024)
     table = MirrorTable(log, (MirrorLeg(source.path), MirrorLeg(dest.path)))
     mirror = devices.create("mirror", Table.single(table, size // 512))
@@ -416,7 +416,7 @@ def test_mirror_copies_first_leg_to_second(devices: DeviceStack, dm: DeviceMappe
 
     wait_until(synced, 120, "the mirror to sync")
     dm.remove(mirror.name)
-    assert sha256_of(dest.path) == expected
+    assert digest_of(dest.path) == expected
 
 
 def test_clone_hydrates_destination(devices: DeviceStack, dm: DeviceMapper) -> None:
@@ -426,12 +426,12 @@ def test_clone_hydrates_destination(devices: DeviceStack, dm: DeviceMapper) -> N
     dest = devices.loop("dst", size)
     meta = devices.loop("meta", 4 * MiB)
     fill(source.path, size)
-    expected = sha256_of(source.path)
+    expected = digest_of(source.path)
     write_pattern(meta.path, 0, bytes(4096))
     table = CloneTable(meta.path, dest.path, source.path, 64,
                        hydration_threshold=64, hydration_batch_size=64)
     clone = devices.create("clone", Table.single(table, size // 512))
-    assert sha256_of(clone.path) == expected  # served from the source at once
+    assert digest_of(clone.path) == expected  # served from the source at once
 
     def hydrated() -> bool:
         (line,) = dm.status(clone.name)
@@ -440,7 +440,7 @@ def test_clone_hydrates_destination(devices: DeviceStack, dm: DeviceMapper) -> N
 
     wait_until(hydrated, 120, "the clone to hydrate")
     dm.remove(clone.name)
-    assert sha256_of(dest.path) == expected
+    assert digest_of(dest.path) == expected
 
 
 def test_error_and_flakey_inject_faults(devices: DeviceStack) -> None:

@@ -47,7 +47,7 @@ from lunresync.storage.transport import CorruptBundle
 from tests.conftest import patience
 
 from .conftest import force_remove_pool_devices
-from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, digest_of, fill, sha256_of, write_pattern
 
 pytestmark = pytest.mark.kernel
 
@@ -262,14 +262,14 @@ def check_one_instant(provider: Provider, log: CommandLog) -> None:
 def test_differential_shadow_copy_keeps_its_point_in_time(provider: Provider) -> None:
     lun = provider.create_lun("vol", "32M")
     fill(lun.path, 32 * MiB, seed=1)
-    before = sha256_of(lun.path)
+    before = digest_of(lun.path)
     (shadow,) = provider.create_snapshot_set(["vol"]).snapshot_set.shadow_copies
     assert shadow.kind is ShadowKind.DIFFERENTIAL
-    assert sha256_of(shadow.path) == before
+    assert digest_of(shadow.path) == before
     fill(lun.path, 12 * MiB, seed=2)  # 1 MiB writes over many 8 KiB chunks
     write_pattern(lun.path, 20 * MiB + 4096, os.urandom(4096))
-    assert sha256_of(lun.path) != before
-    assert sha256_of(shadow.path) == before
+    assert digest_of(lun.path) != before
+    assert digest_of(shadow.path) == before
     use = provider.shadow_copy_use(shadow)
     assert use.usable
     assert use.cow_used is not None
@@ -283,18 +283,18 @@ def test_differential_shadow_copy_keeps_its_point_in_time(provider: Provider) ->
 def test_clone_is_independent_of_its_lun(provider: Provider) -> None:
     lun = provider.create_lun("src", "16M")
     fill(lun.path, 16 * MiB, seed=3)
-    before = sha256_of(lun.path)
+    before = digest_of(lun.path)
     result = provider.create_snapshot_set(["src"], ShadowKind.CLONE)
     (clone,) = result.snapshot_set.shadow_copies
     assert clone.kind is ShadowKind.CLONE
-    assert sha256_of(clone.path) == before
+    assert digest_of(clone.path) == before
     # The LUN went back to linear: no snapshot is left on it.
     assert provider.dm.table(lun.dm_name).lines[0].target == "linear"
     provider.delete_lun("src", force=True)  # clones are kept: they do not need the LUN
-    assert sha256_of(clone.path) == before
+    assert digest_of(clone.path) == before
     provider.deactivate()
     provider.activate()
-    assert sha256_of(clone.path) == before
+    assert digest_of(clone.path) == before
     provider.delete_shadow_copy(clone.id)
     assert not Path(clone.store).exists()
 
@@ -329,7 +329,7 @@ def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
     (clone,) = provider.create_snapshot_set(["b"], ShadowKind.CLONE).snapshot_set.shadow_copies
     fill(b.path, MiB, seed=8)
     paths = [a.path, b.path, *(s.path for s in shadows), clone.path]
-    before = [sha256_of(p) for p in paths]
+    before = [digest_of(p) for p in paths]
     removed = provider.deactivate()
     assert removed
     assert not [d for d in provider.dm.devices() if d.uuid.startswith("LUNRESYNC-")]
@@ -337,16 +337,16 @@ def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
                 if lo.backing_file.startswith(str(provider.pool.root))]
     created = provider.activate()
     assert created
-    assert [sha256_of(p) for p in paths] == before
+    assert [digest_of(p) for p in paths] == before
     # The origin keeps preserving the snapshots' point in time after activation.
     fill(a.path, 8 * MiB, seed=9)
-    assert [sha256_of(s.path) for s in shadows] == before[2:4]
+    assert [digest_of(s.path) for s in shadows] == before[2:4]
     state = kernel_state(provider)
     assert provider.activate() == []
     assert kernel_state(provider) == state
     # An image gone while the pool was down: activate brings up every other LUN and marks
     # that one offline, saying why; with its image back, it comes back online.
-    written = sha256_of(a.path)
+    written = digest_of(a.path)
     provider.deactivate()
     away = Path(a.backing).with_name("moved-away")
     Path(a.backing).rename(away)
@@ -355,15 +355,15 @@ def test_deactivate_activate_keeps_everything(provider: Provider) -> None:
         gone = provider.lun("a")
         assert (gone.offline, gone.offline_reason) == (True, f"its image {a.backing} is missing")
         assert not Path(a.path).exists()
-        assert sha256_of(b.path) == before[1]
+        assert digest_of(b.path) == before[1]
         assert Path(clone.path).is_block_device()
     finally:
         away.rename(a.backing)
     provider.activate()
     back = provider.lun("a")
     assert (back.offline, back.offline_reason) == (False, None)
-    assert sha256_of(a.path) == written
-    assert [sha256_of(s.path) for s in shadows] == before[2:4]
+    assert digest_of(a.path) == written
+    assert [digest_of(s.path) for s in shadows] == before[2:4]
 
 
 # -- transport -------------------------------------------------------------------------------
@@ -580,7 +580,7 @@ def check_snapshot_set_rollback(pool: Path, runner: Runner, match: tuple[str, ..
         a = setup.create_lun("fa", "8M")
         setup.create_lun("fb", "8M")
         fill(a.path, 8 * MiB, seed=12)
-        before = sha256_of(a.path)
+        before = digest_of(a.path)
         state = kernel_state(setup)
     failing = FailingRunner(timeout=120, match=match, left=[nth])
     with Provider.open(pool, runner=failing) as provider, pytest.raises(
@@ -589,7 +589,7 @@ def check_snapshot_set_rollback(pool: Path, runner: Runner, match: tuple[str, ..
         provider.create_snapshot_set(["fa", "fb"])
     with Provider.open(pool, runner=runner) as check:
         assert kernel_state(check) == state
-        assert sha256_of(a.path) == before
+        assert digest_of(a.path) == before
         assert check.dm.table(a.dm_name).lines[0].target == "linear"
         assert not check.dm.info(a.dm_name).suspended
         check.deactivate()

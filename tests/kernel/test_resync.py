@@ -34,7 +34,7 @@ from lunresync.storage.model import Lun, LunState, ShadowCopy
 from tests.conftest import patience
 from tests.forkserver import ForkServer
 
-from .devices import DeviceStack, MiB, devno, fill, read_at, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, devno, digest_of, fill, read_at, write_pattern
 from .test_provider import kernel_state
 
 pytestmark = pytest.mark.kernel
@@ -135,8 +135,8 @@ def test_restore_in_place_online_with_writes_then_again(
         merge_through_store_view(monkeypatch)
     lun, shadow, content = source_lun(provider, devices, write_ms=30)
     damage_more(lun.path)
-    shadow_sum = sha256_of(shadow.path)
-    store_sum = sha256_of(shadow.store)
+    shadow_sum = digest_of(shadow.path)
+    store_sum = digest_of(shadow.store)
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
     job = provider.resyncer.job(handle.id)
     assert job.state is JobState.RUNNING
@@ -167,9 +167,9 @@ def test_restore_in_place_online_with_writes_then_again(
     assert done.progress == 1.0
     expected = content[: 2 * MiB] + written + content[2 * MiB + 8192:]
     assert read_at(lun.path, 0, SIZE) == expected
-    assert sha256_of(shadow.path) == shadow_sum, "the shadow copy changed"
+    assert digest_of(shadow.path) == shadow_sum, "the shadow copy changed"
     if engine is EngineKind.MERGE:  # the merge wrote into its overlay, never the store
-        assert sha256_of(shadow.store) == store_sum
+        assert digest_of(shadow.store) == store_sum
     # Back to the plain stack: no helper device, loop device or file is left.
     table = provider.dm.table(lun.dm_name)
     assert [line.target for line in table.lines] == ["snapshot-origin"]
@@ -198,7 +198,7 @@ def test_restore_in_place_online_with_writes_then_again(
     again = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
     wait(provider, again.id)
     assert read_at(lun.path, 0, SIZE) == content
-    assert sha256_of(shadow.path) == shadow_sum
+    assert digest_of(shadow.path) == shadow_sum
     assert during.state in (JobState.RUNNING, JobState.DONE)
 
 
@@ -498,7 +498,7 @@ def test_io_error_on_the_destination_fails_the_job_then_retry_works(
     else:
         _, shadow, content = source_lun(provider, devices)
         dest = provider.adopt_lun("faulty", f"/dev/mapper/{faulty}")
-    shadow_sum = sha256_of(shadow.path)
+    shadow_sum = digest_of(shadow.path)
     # Writes to MiB 1-4 (changed chunks included) now fail.
     broken = Table((TableLine(0, 2048, LinearTable(loop.path)),
                     TableLine(2048, 8192, ErrorTable()),
@@ -516,7 +516,7 @@ def test_io_error_on_the_destination_fails_the_job_then_retry_works(
     provider.dm.load(faulty, good)
     provider.dm.resume(faulty)
     # (In place, the shadow copy reads unchanged chunks through the faulty device itself.)
-    assert sha256_of(shadow.path) == shadow_sum
+    assert digest_of(shadow.path) == shadow_sum
     retry_restores(provider, pair, engine, dest, content)
 
 

@@ -26,7 +26,7 @@ from tests.conftest import patience
 from tests.forkserver import ForkServer
 
 from .conftest import force_remove_pool_devices
-from .devices import MiB, fill, read_at, sha256_of
+from .devices import MiB, digest_of, fill, read_at
 
 pytestmark = pytest.mark.kernel
 
@@ -175,5 +175,5 @@ def check_room(provider: Provider) -> None:
     assert found is not None
     assert found[0].data_size > 32 * MiB
     assert provider.thin_pool_mode() == "rw"
-    assert sha256_of(provider.lun("bed").path, length=8 * MiB) == sha256_of(
+    assert digest_of(provider.lun("bed").path, length=8 * MiB) == digest_of(
         copies["small"].path)

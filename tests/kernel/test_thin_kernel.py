@@ -21,7 +21,7 @@ from lunresync.kernel.targets import Table, ThinPoolStatus, ThinPoolTable, ThinS
 from lunresync.kernel.targets import thin_pool as pool_messages
 from lunresync.kernel.thintools import DeltaKind, DeltaRange
 
-from .devices import DeviceStack, MiB, fill, sha256_of, write_pattern
+from .devices import DeviceStack, MiB, digest_of, fill, write_pattern
 
 pytestmark = pytest.mark.kernel
 
@@ -72,20 +72,20 @@ def test_thin_snapshot_delta_and_restore_in_place(devices: DeviceStack, dm: Devi
     pool.send(pool_messages.create_thin(0))
     lun = pool.volume("lun", 0)
     fill(lun, 8 * MiB, seed=1)
-    before = sha256_of(lun)
+    before = digest_of(lun)
     used_before = pool.status().data_used
     assert used_before == 8 * MiB // BLOCK
 
     # The shadow copy: a snapshot costs no data block.
     snapshot(dm, pool, devices.name("lun"), 1, 0)
     shadow = pool.volume("shadow", 1, read_only=True)
-    assert sha256_of(shadow) == before
+    assert digest_of(shadow) == before
     assert pool.status().data_used == used_before
 
     # Production writes: a shared block rewritten (block 16), a new one (block 200).
     write_pattern(lun, 16 * BLOCK, b"\xaa" * 4096)
     write_pattern(lun, 200 * BLOCK + 512, b"\xbb" * 512)
-    assert sha256_of(shadow) == before  # the shadow copy is as it was
+    assert digest_of(shadow) == before  # the shadow copy is as it was
     assert pool.status().data_used == used_before + 2
 
     # thin_delta reads the live pool through a metadata snapshot it holds meanwhile.
@@ -113,8 +113,8 @@ def test_thin_snapshot_delta_and_restore_in_place(devices: DeviceStack, dm: Devi
     dm.suspend(devices.name("lun"))
     dm.resume(devices.name("lun"))
     pool.send(pool_messages.delete(0))
-    assert sha256_of(lun) == before
-    assert sha256_of(shadow) == before
+    assert digest_of(lun) == before
+    assert digest_of(shadow) == before
     assert pool.status().data_used == used_before  # the two written blocks are free again
     (line,) = dm.status(devices.name("lun"))
     assert isinstance(line.status, ThinStatus)
@@ -122,8 +122,8 @@ def test_thin_snapshot_delta_and_restore_in_place(devices: DeviceStack, dm: Devi
 
     # Writes after the restore go to the LUN alone.
     write_pattern(lun, 0, b"\xcc" * 4096)
-    assert sha256_of(shadow) == before
-    assert sha256_of(lun) != before
+    assert digest_of(shadow) == before
+    assert digest_of(lun) != before
 
 
 def test_thin_check_passes_a_clean_pool_and_refuses_a_damaged_copy(

@@ -19,7 +19,7 @@ from lunresync.storage.thinpool import BLOCK_BYTES
 from tests.conftest import patience
 from tests.forkserver import ForkServer
 
-from .devices import MiB, fill, sha256_of, write_pattern
+from .devices import MiB, digest_of, fill, write_pattern
 from .test_provider import StampWriter, read_stamp
 
 pytestmark = pytest.mark.kernel
@@ -59,14 +59,14 @@ def test_thin_luns_live_die_and_come_back_on_their_pool(provider: Provider,
     assert data_used(provider) == 0  # a thin LUN costs nothing until written
     fill(db.path, 8 * MiB, seed=3)
     assert data_used(provider) == 8 * MiB
-    content = sha256_of(db.path)
+    content = digest_of(db.path)
 
     # What lunresync already does with LUNs works on a thin one: a differential shadow
     # copy stays as it was while the LUN is written.
     taken = provider.create_snapshot_set(["db"], ShadowKind.DIFFERENTIAL)
     (shadow,) = taken.snapshot_set.shadow_copies
     write_pattern(db.path, 0, b"\x11" * 4096)
-    assert sha256_of(shadow.path) == content
+    assert digest_of(shadow.path) == content
 
     # The CLI shows the pool's use.
     shown = forks.run_cli(["--pool", str(provider.storage.pool.root), "pool", "show",
@@ -99,8 +99,8 @@ def test_thin_luns_live_die_and_come_back_on_their_pool(provider: Provider,
 
     # Sound again: activate brings the pool, the LUN and its shadow copy back as they were.
     provider.activate()
-    assert sha256_of(shadow.path) == content
-    assert sha256_of(db.path) != content
+    assert digest_of(shadow.path) == content
+    assert digest_of(db.path) != content
     assert data_used(provider) >= 8 * MiB
 
     # The pool cannot go while a LUN lives on it; deleting the LUN frees its blocks.
@@ -148,14 +148,14 @@ def test_thin_sets_are_one_instant_cost_no_block_and_are_deleted_with_their_bloc
     assert len(copies) == 6
     assert data_used(provider) <= used + 8 * BLOCK_BYTES
     first_data = next(s for s in copies if s.lun_name == "data")
-    before = sha256_of(first_data.path)
+    before = digest_of(first_data.path)
     fill(data.path, 4 * MiB, seed=6)  # the shared blocks broken once, for all six
-    assert sha256_of(first_data.path) == before
+    assert digest_of(first_data.path) == before
 
     # Survives deactivate and activate; deleting the copies and the LUNs frees everything.
     provider.deactivate()
     provider.activate()
-    assert sha256_of(first_data.path) == before
+    assert digest_of(first_data.path) == before
     for shadow in copies:
         provider.delete_shadow_copy(shadow.id)
     provider.delete_lun("log")
@@ -171,10 +171,10 @@ def test_thin_copy_restored_by_copy(provider: Provider) -> None:
     lun = provider.create_lun("vol", "16M", thin=True)
     fill(lun.path, 16 * MiB, seed=11)
     (shadow,) = provider.create_snapshot_set(["vol"], ShadowKind.THIN).snapshot_set.shadow_copies
-    content = sha256_of(shadow.path)
+    content = digest_of(shadow.path)
     fill(lun.path, 6 * MiB, seed=12)
     handle = provider.resync_luns([ResyncPair(shadow.id)], engine=engine)
     job = provider.resyncer.wait(handle.id, timeout=patience(300), interval=0.2)
     assert job.state is JobState.DONE, job.error
-    assert sha256_of(lun.path) == content
-    assert sha256_of(shadow.path) == content
+    assert digest_of(lun.path) == content
+    assert digest_of(shadow.path) == content

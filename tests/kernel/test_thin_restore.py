@@ -18,7 +18,7 @@ from lunresync.storage.model import ShadowKind
 from tests.conftest import patience
 from tests.forkserver import ForkServer
 
-from .devices import MiB, fill, read_at, sha256_of, write_pattern
+from .devices import MiB, digest_of, fill, read_at, sha256_of, write_pattern
 from .test_provider import StampWriter, read_stamp
 from .test_thin_luns import data_used, lunresync_devices
 
@@ -41,7 +41,7 @@ def thin_lun_with_copy(provider: Provider, name: str = "db") -> tuple[str, str, 
     fill(lun.path, SIZE, seed=21)
     (shadow,) = provider.create_snapshot_set([name], ShadowKind.THIN).snapshot_set.shadow_copies
     fill(lun.path, 6 * MiB, seed=22)
-    return shadow.id, sha256_of(shadow.path), lun.path
+    return shadow.id, digest_of(shadow.path), lun.path
 
 
 def test_in_place_restore_is_a_swap_done_at_once_under_a_live_writer(
@@ -49,7 +49,7 @@ def test_in_place_restore_is_a_swap_done_at_once_under_a_live_writer(
     shadow_id, content, path = thin_lun_with_copy(provider)
     lun = provider.storage.catalog.lun("db")
     (older,) = provider.create_snapshot_set(["db"], ShadowKind.THIN).snapshot_set.shadow_copies
-    older_content = sha256_of(older.path)
+    older_content = digest_of(older.path)
 
     with StampWriter((path, path)) as writer:
         writer.advance()
@@ -68,8 +68,8 @@ def test_in_place_restore_is_a_swap_done_at_once_under_a_live_writer(
     after = provider.storage.catalog.lun("db")
     assert (after.id, after.path, after.state) == (lun.id, lun.path, lun.state)
     assert after.thin_id != lun.thin_id
-    assert sha256_of(provider.shadow_copy(shadow_id).path) == content
-    assert sha256_of(older.path) == older_content
+    assert digest_of(provider.shadow_copy(shadow_id).path) == content
+    assert digest_of(older.path) == older_content
 
     # Verify compares every block: the block the writer wrote after the end differs.
     report = provider.resyncer.verify(handle.id)
@@ -79,14 +79,14 @@ def test_in_place_restore_is_a_swap_done_at_once_under_a_live_writer(
     fill(path, MiB, seed=23)
     again = provider.resync_luns([ResyncPair(shadow_id)])
     assert provider.resyncer.job(again.id).state is JobState.DONE
-    assert sha256_of(path) == content
+    assert digest_of(path) == content
     provider.resync_luns([ResyncPair(older.id)])
-    assert sha256_of(path) == older_content
+    assert digest_of(path) == older_content
     assert provider.resyncer.verify(again.id).ok is False  # the LUN moved on since
     provider.deactivate()
     provider.activate()
-    assert sha256_of(path) == older_content
-    assert sha256_of(provider.shadow_copy(shadow_id).path) == content
+    assert digest_of(path) == older_content
+    assert digest_of(provider.shadow_copy(shadow_id).path) == content
 
 
 def test_test_beds_are_seeded_and_refreshed_by_swaps(provider: Provider) -> None:
@@ -106,17 +106,17 @@ def test_test_beds_are_seeded_and_refreshed_by_swaps(provider: Provider) -> None
         handle = provider.resync_luns([ResyncPair(shadow_id, "bed")])
         job = provider.resyncer.job(handle.id)
         assert (job.state, job.engines) == (JobState.DONE, "thin"), refresh
-        assert sha256_of(bed.path) == content
+        assert digest_of(bed.path) == content
         # The bed shares every block with the shadow copy, and the old bed's own blocks
         # (what the tests wrote) are free again.
         assert data_used(provider) == used, refresh
         fill(bed.path, 2 * MiB, seed=30 + refresh)  # the tests change the bed
-        assert sha256_of(provider.shadow_copy(shadow_id).path) == content
+        assert digest_of(provider.shadow_copy(shadow_id).path) == content
     # A larger LUN is seeded by a copy (it keeps its tail): auto chooses a copy engine.
     handle = provider.resync_luns([ResyncPair(shadow_id, "big")])
     job = provider.resyncer.wait(handle.id, timeout=patience(300), interval=0.2)
     assert job.engines != "thin"
-    assert sha256_of(big.path, length=SIZE) == content
+    assert digest_of(big.path, length=SIZE) == content
     assert lunresync_devices(provider) == devices_before
 
 
@@ -157,7 +157,7 @@ def test_a_thin_restore_killed_at_any_step_ends_old_or_restored(
     shadow_id, content, path = thin_lun_with_copy(provider)
     for seed, (step, kept) in enumerate(CRASHES.items(), start=80):
         fill(path, MiB, seed=seed)
-        damaged = sha256_of(path)
+        damaged = digest_of(path)
         died = forks.run_python(KILL_AT_STEP, str(provider.storage.pool.root), shadow_id,
                                 step, timeout=patience(600))
         assert died.returncode == 9, (step, died.stderr)
@@ -178,8 +178,8 @@ def test_a_thin_restore_killed_at_any_step_ends_old_or_restored(
         else:
             assert job == [], step
         assert provider.storage.devices.info("lunresync-db").suspended is False, step
-        assert sha256_of(path) == (content if kept else damaged), step
-        assert sha256_of(provider.shadow_copy(shadow_id).path) == content, step
+        assert digest_of(path) == (content if kept else damaged), step
+        assert digest_of(provider.shadow_copy(shadow_id).path) == content, step
 
         # The restore can be done (again); a volume left behind would take another id.
         fill(path, MiB, seed=seed + 10)
@@ -187,7 +187,7 @@ def test_a_thin_restore_killed_at_any_step_ends_old_or_restored(
         assert redone.state is JobState.DONE, step
         if not kept:  # NEW was deleted by the roll-back
             assert redone.pairs[0].plan.thin_new == new_id, step
-        assert sha256_of(path) == content, step
+        assert digest_of(path) == content, step
 
 
 def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -> None:
@@ -198,7 +198,7 @@ def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -
     # Thin LUNs get thin shadow copies unless told otherwise.
     taken = provider.create_snapshot_set(["log", "data"]).snapshot_set
     assert {sc.kind for sc in taken.shadow_copies} == {ShadowKind.THIN}
-    contents = {sc.lun_name: sha256_of(sc.path) for sc in taken.shadow_copies}
+    contents = {sc.lun_name: digest_of(sc.path) for sc in taken.shadow_copies}
     volumes = {sc.lun_name: sc.thin_id for sc in taken.shadow_copies}
     used = data_used(provider)
 
@@ -210,7 +210,7 @@ def test_a_swapped_thin_set_becomes_thin_luns_with_no_copy(provider: Provider) -
         original = lun.name.rsplit("-", 1)[0]
         assert (lun.kind.value, lun.thin_id, lun.read_only) == ("thin", volumes[original],
                                                                 False)
-        assert sha256_of(lun.path) == contents[original]
+        assert digest_of(lun.path) == contents[original]
         fill(lun.path, MiB, seed=43)  # writable, and it unshares what it writes
     assert data_used(provider) == used + 2 * MiB
     provider.deactivate()
@@ -265,7 +265,7 @@ def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
     lun = provider.create_lun("prod", 32 * MiB, thin=True)
     write_pattern(lun.path, 8 * MiB, os.urandom(MiB))  # 1 MiB of 32 ever written
     (copy,) = provider.create_snapshot_set(["prod"]).snapshot_set.shadow_copies
-    content = sha256_of(copy.path)
+    content = digest_of(copy.path)
     # a new image, one hole; tracked: refreshed later (engine/refresh.py)
     fresh = provider.create_lun("fresh", 32 * MiB, track_changes=True)
     used = provider.create_lun("used", 32 * MiB)
@@ -275,12 +275,12 @@ def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
         provider.resync_luns([ResyncPair(copy.id, "fresh")], engine=EngineKind.CLONE).id,
         timeout=patience(300), interval=0.2)
     assert job.bytes_total == MiB  # what the pool provisioned, not 32 MiB
-    assert sha256_of(fresh.path) == content
+    assert digest_of(fresh.path) == content
     job = provider.resyncer.wait(
         provider.resync_luns([ResyncPair(copy.id, "used")], engine=EngineKind.CLONE).id,
         timeout=patience(300), interval=0.2)
     assert job.bytes_total == 32 * MiB
-    assert sha256_of(used.path) == content  # zeros where the copy has nothing
+    assert digest_of(used.path) == content  # zeros where the copy has nothing
 
     # A refresh of the tracked image from a newer thin copy of the same LUN: what "tests"
     # wrote on it (2 blocks of 64 KiB) and what differs between the two copies (thin_delta:
@@ -295,4 +295,4 @@ def test_a_thin_copy_cloned_to_an_image_lun_copies_what_was_provisioned(
         timeout=patience(300), interval=0.2)
     assert job.pairs[0].plan.refresh
     assert job.bytes_total == MiB + 2 * 64 * 1024, job
-    assert sha256_of(fresh.path) == sha256_of(newer.path)
+    assert digest_of(fresh.path) == digest_of(newer.path)
