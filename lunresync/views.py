@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from lunresync.kernel import lio
 
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
     from lunresync.kernel.targets import ThinPoolStatus
     from lunresync.provider import Provider
+    from lunresync.storage.exports import ExportView
     from lunresync.storage.model import Lun, ThinPoolRecord
     from lunresync.storage.snapshots import ShadowCopyUse
 
@@ -38,9 +42,11 @@ def epoch(text: str | None) -> float | None:
     return float(calendar.timegm(time.strptime(text, TIME_FORMAT)))
 
 
-def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
+def lun_json(lun: Lun, thin_pool_mode: str | None = None,
+             exports: Sequence[ExportView] = ()) -> dict[str, Any]:
     """A LUN; ``thin_pool_mode``: the mode of the thin pool a thin LUN is on (``rw``,
-    ``out_of_data_space``: writes to new blocks fail, ``ro``, ``Fail``, ``inactive``)."""
+    ``out_of_data_space``: writes to new blocks fail, ``ro``, ``Fail``, ``inactive``);
+    ``exports``: how it is served as a SCSI disk (``Provider.lun_exports``)."""
     return {"id": lun.id, "name": lun.name, "size": lun.size, "kind": lun.kind.value,
             "backing": lun.backing,
             "identity": None if lun.identity is None else lun.identity.describe(),
@@ -50,7 +56,21 @@ def lun_json(lun: Lun, thin_pool_mode: str | None = None) -> dict[str, Any]:
             "offline_reason": lun.offline_reason,
             "thin_pool": thin_pool_mode if lun.kind.value == "thin" else None,
             "tracked": lun.tracked,
-            "restored_from": None if lun.baseline is None else lun.baseline.shadow_id}
+            "restored_from": None if lun.baseline is None else lun.baseline.shadow_id,
+            "exports": [export_json(e) for e in exports]}
+
+
+def export_json(export: ExportView) -> dict[str, Any]:
+    """One export of a LUN: its kind, the identifiers a host sees (``wwn``: the NAA
+    designator of VPD page 83, as udev's ``wwn-0x...`` link names it; ``serial``: VPD
+    page 80), whether the kernel serves it now, and this machine's disk (loopback)."""
+    record = export.record
+    return {"kind": record.kind.value, "read_only": record.read_only,
+            "wwn": "0x" + lio.naa_designator(record.lun_id),
+            "serial": lio.unit_serial(record.lun_id),
+            "target": lio.loopback_target(record.lun_id), "served": export.live is not None,
+            "disk": None if export.live is None else export.live.disk,
+            "created": when(record.created)}
 
 
 def shadow_json(use: ShadowCopyUse) -> dict[str, Any]:

@@ -87,10 +87,19 @@ class DirectBackend:
 
     def luns(self) -> list[dict[str, Any]]:
         mode = self.provider.thin_pool_mode()
-        return [lun_json(x, mode) for x in self.provider.luns()]
+        return [lun_json(x, mode, self.provider.lun_exports(x)) for x in self.provider.luns()]
 
     def lun(self, name: str) -> dict[str, Any]:
-        return lun_json(self.provider.lun(name), self.provider.thin_pool_mode())
+        lun = self.provider.lun(name)
+        return lun_json(lun, self.provider.thin_pool_mode(), self.provider.lun_exports(lun))
+
+    def export_lun(self, name: str, *, read_only: bool) -> dict[str, Any]:
+        self.provider.export_lun(name, read_only=read_only)
+        return self.lun(name)
+
+    def unexport_lun(self, name: str) -> dict[str, Any]:
+        self.provider.unexport_lun(name)
+        return self.lun(name)
 
     def create_lun(self, name: str, size: str, *, thin: bool = False,
                    track_changes: bool = False) -> dict[str, Any]:
@@ -105,7 +114,7 @@ class DirectBackend:
         return lun_json(self.provider.adopt_lun(name, device, track_changes=track_changes))
 
     def unmask_lun(self, name: str) -> dict[str, Any]:
-        return lun_json(self.provider.unmask_lun(name))
+        return self.lun(self.provider.unmask_lun(name).name)
 
     def activate(self) -> list[str]:
         return self.provider.activate()

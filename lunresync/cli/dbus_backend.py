@@ -199,6 +199,17 @@ class DbusBackend:
         self.client.call(path, api.LUN, "Unmask", "a{sv}", [{}])
         return self._record(path, api.LUN)
 
+    def export_lun(self, name: str, *, read_only: bool) -> dict[str, Any]:
+        path = self._find("lun", name)
+        self.client.call(path, api.LUN, "Export", "sa{sv}",
+                         ["loopback", {"read_only": _b(read_only)}])
+        return self._record(path, api.LUN)
+
+    def unexport_lun(self, name: str) -> dict[str, Any]:
+        path = self._find("lun", name)
+        self.client.call(path, api.LUN, "Unexport", "a{sv}", [{}])
+        return self._record(path, api.LUN)
+
     def activate(self) -> list[str]:
         (created,) = self.client.manager("Activate", "a{sv}", {})
         return [str(name) for name in created]

@@ -91,6 +91,9 @@ def _notes(lun: dict[str, Any]) -> str:
     if lun["offline"]:
         reason = lun.get("offline_reason")
         notes.append(f"offline: {reason}" if reason else "offline")
+    for export in lun.get("exports", []):
+        notes.append(f"exported {export['kind']} {export['disk'] or ''}".rstrip()
+                     if export["served"] else f"exported {export['kind']} (not served)")
     if lun.get("thin_pool") not in (None, "rw"):
         notes.append(f"thin pool {lun['thin_pool']}")  # out_of_data_space: writes fail
     return ", ".join(notes)
@@ -98,7 +101,7 @@ def _notes(lun: dict[str, Any]) -> str:
 
 LUN_SHOW_KEYS = ["name", "id", "size", "kind", "backing", "identity", "path", "created", "state",
                  "thin_pool", "read_only", "masked", "offline", "offline_reason", "tracked",
-                 "restored_from"]
+                 "restored_from", "exports"]
 
 
 @through_service
@@ -110,7 +113,16 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one LUN (its 128-bit id is the analogue of a SCSI page-83 identifier)."""
     with backend_for(ctx) as backend:
         found = backend.lun(name)
+    if not as_json:
+        found = {**found, "exports": "; ".join(_export_text(e) for e in found["exports"])
+                 or None}
     show_record(found, as_json, LUN_SHOW_KEYS)
+
+
+def _export_text(export: dict[str, Any]) -> str:
+    where = export["disk"] if export["served"] else "not served"
+    mode = " read-only" if export["read_only"] else ""
+    return f"{export['kind']}{mode} {where or ''} wwn-{export['wwn']} serial {export['serial']}"
 
 
 @click.command()
@@ -142,6 +154,41 @@ def lun_unmask(ctx: click.Context, name: str) -> None:
     with backend_for(ctx) as backend:
         lun = backend.unmask_lun(name)
     click.echo(f"LUN {lun['name']} is exposed again at {lun['path']}")
+
+
+@through_service
+@lun.command("export")
+@click.argument("name")
+@click.option("--loopback", is_flag=True, required=True,
+              help="Serve it to this machine as a SCSI disk (LIO's tcm_loop).")
+@click.option("--read-only", is_flag=True, help="A disk that refuses writes.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def lun_export(ctx: click.Context, name: str, loopback: bool, read_only: bool,
+               as_json: bool) -> None:
+    """Serve LUN NAME as a SCSI disk whose WWN (VPD page 83) and serial (page 80) are
+    the LUN's id; activate serves it again after a reboot."""
+    with backend_for(ctx) as backend:
+        lun = backend.export_lun(name, read_only=read_only)
+    if as_json:
+        emit_json(lun)
+        return
+    for export in lun["exports"]:
+        where = export["disk"] or "its disk is being made"
+        click.echo(f"LUN {lun['name']} is exported ({export['kind']}"
+                   f"{', read-only' if export['read_only'] else ''}): {where},"
+                   f" /dev/disk/by-id/wwn-{export['wwn']}")
+
+
+@through_service
+@lun.command("unexport")
+@click.argument("name")
+@click.pass_context
+def lun_unexport(ctx: click.Context, name: str) -> None:
+    """Stop serving LUN NAME as a SCSI disk (refused while its disk is in use here)."""
+    with backend_for(ctx) as backend:
+        backend.unexport_lun(name)
+    click.echo(f"LUN {name} is no longer exported")
 
 
 @through_service

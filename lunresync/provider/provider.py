@@ -32,9 +32,12 @@ from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.kernel.targets import ThinPoolStatus
 from lunresync.storage.catalog import Catalog
+from lunresync.storage.exports import ExportView
 from lunresync.storage.luns import Luns
 from lunresync.storage.model import (
+    ExportKind,
     Lun,
+    LunExport,
     LunKind,
     ShadowCopy,
     ShadowKind,
@@ -222,6 +225,17 @@ class Provider:
     def unmask_lun(self, name: str) -> Lun:
         return self._luns.unmask(name)
 
+    def export_lun(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
+                   read_only: bool = False) -> ExportView:
+        """Serve a LUN as a SCSI disk (storage/exports.py); ``activate`` serves it again."""
+        return self._luns.exports.export(name, kind, read_only=read_only)
+
+    def unexport_lun(self, name: str) -> list[LunExport]:
+        return self._luns.exports.unexport(name)
+
+    def lun_exports(self, lun: Lun) -> list[ExportView]:
+        return self._luns.exports.of(lun)
+
     def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
         """Give LUN ``name`` the id ``new_lun_id`` (the caller holds the lock, commits
         ``undo``)."""
@@ -249,12 +263,17 @@ class Provider:
             created += self._snapshots.activate_clones()
             # Restores last: their mappings read the shadow copies made above.
             created += resyncer.reactivate()
+            # Exports over the LUNs' devices, whatever tables a restore put in them.
+            created += self._luns.exports.activate()
         return created
 
     def deactivate(self) -> list[str]:
         """Tear every device down, keeping all data; refused while a LUN is in use."""
         storage, resyncer, devices = self.storage, self.resyncer, self.storage.devices
-        with storage.changing_kernel(), devices.listed():
+        with storage.changing_kernel(), devices.listed(), Undo() as undo:
+            # The exports hold the LUNs' devices open: they go first (refused while a
+            # disk is in use here), and come back if something else refuses.
+            removed = self._luns.exports.deactivate(undo)
             for lun in storage.catalog.luns():
                 devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
             for shadow in storage.catalog.shadow_copies():
@@ -263,8 +282,9 @@ class Provider:
                 devices.refuse_open(shadow.dm_name, f"shadow copy {shadow.id}")
             for name in resyncer.open_devices():
                 devices.refuse_open(name, f"restore device {name}")
+            undo.commit()
             # Stop writes first, so that no write can miss a snapshot.
-            removed = self._luns.remove_tops()
+            removed += self._luns.remove_tops()
             # Restore helpers next: overlays read shadow copies, leg helpers read -real.
             removed += resyncer.deactivate()
             removed += self._snapshots.remove_all()

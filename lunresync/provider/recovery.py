@@ -19,6 +19,7 @@ from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.dm import DmInfo
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.devices import Devices
+from lunresync.storage.exports import Exports
 from lunresync.storage.model import UUID_PREFIX, Lun, ShadowCopy, ShadowKind, ShadowState
 from lunresync.storage.pool import Pool
 from lunresync.storage.snapshots import shadow_copy_use
@@ -42,16 +43,24 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
     """The checked pairs, or the first reason the set cannot be restored. ``busy``:
     destinations of unfinished jobs (LUN id or device) -> job id. The caller holds the
     pool lock."""
+    exported: dict[str, str | None] = {}
+    if volume_check and storage.catalog.exports():  # no configfs read otherwise
+        exported = {lun_id: live.disk for lun_id, live in
+                    Exports(storage).lio.loopback_exports().items()}
     return check_pairs(storage.catalog, storage.pool, storage.devices, pairs, requested,
-                       volume_check, busy)
+                       volume_check, busy, exported=exported)
 
 
 def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[ResyncPair],
                 requested: EngineKind | None, volume_check: bool, busy: Mapping[str, str], *,
-                usable: Mapping[str, bool] | None = None) -> list[CheckedPair]:
+                usable: Mapping[str, bool] | None = None,
+                exported: Mapping[str, str | None] | None = None) -> list[CheckedPair]:
     """:func:`check_recovery_set` from the storage's parts, the devices through the narrow
     :class:`~lunresync.storage.devices.Devices` interface. ``usable``: the device-mapper
-    targets the kernel can use (default: :func:`usable_targets`, read from the host)."""
+    targets the kernel can use (default: :func:`usable_targets`, read from the host).
+    ``exported``: LUNs served as SCSI disks (LUN id -> this machine's disk, if any): the
+    target holds such a LUN's device open, and what is checked is its disk."""
+    exported = exported or {}
     present = devices.names()  # one request; the info of the destinations alone
     if usable is None:
         usable = usable_targets()
@@ -90,7 +99,12 @@ def check_pairs(catalog: Catalog, pool: Pool, devices: Devices, pairs: Sequence[
             if lun.dm_name not in present:
                 raise NotFound(f"LUN {lun.name} is not active (run lunresync activate)")
             if volume_check:
-                _refuse_lun_in_use(devices, lun, devices.info(lun.dm_name))
+                _refuse_lun_in_use(devices, lun, devices.info(lun.dm_name),
+                                   exported=lun.id in exported)
+                disk = exported.get(lun.id)
+                if disk is not None:
+                    blockdev.refuse_busy(disk, hint=f"LUN {lun.name} is exported as {disk}:"
+                                         f" {VOLUME_CHECK_HINT}")
         elif volume_check:
             assert dest.device is not None
             blockdev.refuse_busy(dest.device, hint="use --no-volume-check to restore anyway")
@@ -131,11 +145,17 @@ def _destination(catalog: Catalog, pool: Pool, shadow: ShadowCopy, destination: 
     return _Destination(None, device, device, blockdev.size(device), device)
 
 
-def _refuse_lun_in_use(devices: Devices, lun: Lun, info: DmInfo) -> None:
+def _refuse_lun_in_use(devices: Devices, lun: Lun, info: DmInfo, *,
+                       exported: bool = False) -> None:
+    """InUse if the LUN's device is held or open; an exported LUN's device is open once,
+    by its SCSI target (whose disk the caller checks)."""
     held_by = blockdev.holders(blockdev.DevNo(info.major, info.minor))
     if held_by:
         raise InUse(f"LUN {lun.name} is held by {', '.join(held_by)}", hint=VOLUME_CHECK_HINT)
-    if info.open_count:
+    if info.open_count > (1 if exported else 0):
+        if exported:
+            raise InUse(f"LUN {lun.name} is in use besides its SCSI export (open"
+                        f" {info.open_count} times, {info.path})", hint=VOLUME_CHECK_HINT)
         try:  # settles udev (a probe is a brief opener) and asks again
             devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
         except InUse as exc:

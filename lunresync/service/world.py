@@ -16,7 +16,7 @@ def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
     luns = {}
     mode = provider.thin_pool_mode()
     for lun in provider.luns():
-        record = lun_json(lun, mode)
+        record = lun_json(lun, mode, provider.lun_exports(lun))
         record["restoring_job"] = restoring.get(lun.id)
         luns[lun.id] = record
     shadows = {use.shadow.id: shadow_json(use) for use in provider.shadow_copies()}

@@ -21,8 +21,10 @@ from lunresync.errors import LunresyncError, NotFound
 from lunresync.kernel.identity import DeviceIdentity
 
 from .model import (
+    ExportKind,
     Lun,
     LunBaseline,
+    LunExport,
     LunKind,
     LunState,
     ShadowCopy,
@@ -170,6 +172,25 @@ class Catalog:
     def remove_intent(self, intent_id: int) -> None:
         self.db.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
 
+    # -- exports ---------------------------------------------------------------------------
+
+    def add_export(self, export: LunExport) -> None:
+        self.db.execute("INSERT INTO exports (lun_id, kind, read_only, created)"
+                        " VALUES (?, ?, ?, ?)", (export.lun_id, export.kind.value,
+                                                 int(export.read_only), export.created))
+
+    def exports(self, lun_id: str | None = None) -> list[LunExport]:
+        """Every export (of one LUN), oldest first."""
+        rows = self.db.execute(
+            "SELECT * FROM exports WHERE ? IS NULL OR lun_id = ? ORDER BY created, kind",
+            (lun_id, lun_id)).fetchall()
+        return [LunExport(row["lun_id"], ExportKind(row["kind"]), bool(row["read_only"]),
+                          row["created"]) for row in rows]
+
+    def remove_export(self, lun_id: str, kind: ExportKind) -> None:
+        self.db.execute("DELETE FROM exports WHERE lun_id = ? AND kind = ?",
+                        (lun_id, kind.value))
+
     def set_lun_id(self, lun_id: str, new_lun_id: str) -> None:
         """Give a LUN another identity (restore or swap with --revert-identity)."""
         self.db.execute("UPDATE luns SET id = ? WHERE id = ?", (new_lun_id, lun_id))
@@ -179,6 +200,7 @@ class Catalog:
         self.db.execute("UPDATE luns SET thin_id = ? WHERE id = ?", (thin_id, lun_id))
 
     def remove_lun(self, lun_id: str) -> None:
+        self.db.execute("DELETE FROM exports WHERE lun_id = ?", (lun_id,))
         self.db.execute("DELETE FROM luns WHERE id = ?", (lun_id,))
 
     def luns(self) -> list[Lun]:

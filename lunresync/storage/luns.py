@@ -18,6 +18,7 @@ from lunresync.kernel.capabilities import usable_targets
 from lunresync.kernel.targets import era
 
 from .catalog import now
+from .exports import Exports
 from .model import (
     TRACK_BLOCK_SECTORS,
     Lun,
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Luns:
     storage: Storage
+
+    @property
+    def exports(self) -> Exports:
+        return Exports(self.storage)
 
     @property
     def _stacks(self) -> DeviceStacks:
@@ -167,7 +172,11 @@ class Luns:
             s.refuse_restoring(lun, "delete it")
             for shadow in shadows:
                 s.refuse_source(shadow, f"delete LUN {name}")
-            s.devices.refuse_open(lun.dm_name, f"LUN {name}")
+            with Undo() as undo:
+                # its SCSI export holds the device open: it goes first (back if refused)
+                self.exports.take_down(lun, "delete it", undo)
+                s.devices.refuse_open(lun.dm_name, f"LUN {name}")
+                undo.commit()
             for shadow in shadows:
                 self._stacks.remove_shadow(shadow)
             self._stacks.deactivate_lun(lun)
@@ -336,6 +345,10 @@ class Luns:
         if s.catalog.shadow_copies(lun_id=lun.id):
             raise InvalidArgument(f"LUN {lun.name} has shadow copies, which name it by its id:"
                                   " delete them before it takes another identity")
+        if s.catalog.exports(lun.id):
+            raise InUse(f"LUN {lun.name} is exported as a SCSI disk, whose WWN and serial"
+                        " are its id: unexport it (hosts log out) before it takes another"
+                        " identity")
         s.refuse_restoring(lun, "change its identity")
         s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
         renamed = dataclasses.replace(lun, id=new_lun_id)
@@ -359,6 +372,7 @@ class Luns:
         """Hide a LUN (no top device; its data, -real and shadow copies stay)."""
         s = self.storage
         s.refuse_restoring(lun, "mask it")
+        self.exports.take_down(lun, "mask it", undo)  # kept: served again once unmasked
         s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
         if s.devices.exists(lun.dm_name):
             s.devices.remove(lun.dm_name)
@@ -384,4 +398,8 @@ class Luns:
                 with s.catalog.transaction():
                     s.catalog.set_lun_masked(lun.id, False)
                 undo.commit()
+            try:
+                self.exports.serve(unmasked)
+            except LunresyncError as exc:  # unmasked all the same: lun export again
+                log.warning("LUN %s: its export could not be made again: %s", lun.name, exc)
         return unmasked

@@ -282,3 +282,19 @@ class SnapshotSet:
     id: str
     created: float
     shadow_copies: tuple[ShadowCopy, ...]
+
+
+class ExportKind(Enum):
+    """How a LUN is served as a SCSI disk (kernel/lio.py)."""
+
+    LOOPBACK = "loopback"  # to this machine, through tcm_loop
+
+
+@dataclass(frozen=True)
+class LunExport:
+    """A LUN's export as the catalog keeps it: ``activate`` rebuilds it from this."""
+
+    lun_id: str
+    kind: ExportKind
+    read_only: bool
+    created: float

@@ -188,5 +188,16 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL
     );
     """,
+    # 12: LUNs served as SCSI disks (storage/exports.py, kernel/lio.py): rebuilt by
+    # ``activate`` from here, never from a saved target configuration
+    """
+    CREATE TABLE exports (
+        lun_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('loopback')),
+        read_only INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
+        created REAL NOT NULL,
+        PRIMARY KEY (lun_id, kind)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -62,7 +62,7 @@ def swap_snapshot_set(storage: Storage, luns: Luns, set_id: str, *,
         for plan in plans:
             if plan.mask is not None and not plan.mask.masked:
                 s.refuse_restoring(plan.mask, "mask it")
-                s.devices.refuse_open(plan.mask.dm_name, f"LUN {plan.mask.name}")
+                luns.exports.refuse_open(plan.mask, "mask it")  # an export is taken down
         stacks = s.stacks
         swapped: list[Lun] = []
         with Undo() as undo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from lunresync.errors import NotFound
 from lunresync.kernel.dm import DeviceMapper
+from lunresync.kernel.lio import Lio
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
 from lunresync.provider.provider import Provider
@@ -147,6 +149,16 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
         return uuid.startswith("LUNRESYNC-") and len(parts) > 2 and (
             parts[1] in ids or (parts[1] == "job" and parts[2] in jobs))
 
+    # SCSI exports hold LUN devices open: they go first (a disk still mounted is unmounted)
+    lio = Lio(runner)
+    if lio.available():
+        for lun_id in ids & set(lio.backstores()):
+            export = lio.loopback_exports().get(lun_id)
+            if export is not None and export.disk is not None:
+                subprocess.run(["/usr/bin/umount", "--all-targets", export.disk],
+                               check=False, capture_output=True)
+            with contextlib.suppress(Exception):
+                lio.remove_loopback(lun_id)
     # Restore devices sit on top of LUN and shadow devices: remove them first.
     present = [d for d in dm.devices() if ours(d.uuid)]
     names = [d.name for d in present if "-job-" in d.name] + removal_order(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lunresync.engine.model import EngineKind
 from lunresync.engine.resync import ResyncPair
+from lunresync.kernel import lio, udev
 from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
@@ -51,6 +52,8 @@ PAIRS = (("merge", "m"), ("mirror", "x"), ("clone", "y"))
 # the same metadata): its restore, completed after the power cut, leaves a baseline, and a
 # refresh from the same shadow copy then copies only what was written since.
 TRACKED = "y"
+# Served as a SCSI disk (tcm_loop) through its restore and the power cut (docs/scsi.md)
+EXPORTED = "m"
 #: How much slower than the reference this VM runs today (tests/vm.py measures it): the
 #: waits below only guard against a hang, and must not trip on a slow day.
 SLOWNESS = max(1.0, float(os.environ.get("LUNRESYNC_TEST_SLOWNESS", "1") or 1))
@@ -163,6 +166,9 @@ def start(state: Path) -> int:
     fill(provider.lun("m").path, seed=2)  # damage: every chunk of m changed
     thin = thin_restored(provider)
     step("thin LUN restored and written")
+    # m is a SCSI disk too: restored beneath its export, served again after the power cut
+    provider.export_lun(EXPORTED)
+    step(f"LUN {EXPORTED} exported")
     set_write_delay(dm, devices, SLOW_WRITES_MS)
     jobs = {}
     for engine, name in PAIRS:
@@ -258,6 +264,8 @@ def resume(state: Path) -> int:
         if job.bytes_done == 0:
             failures.append(f"{engine}: the copy started again from zero")
     failures += thin_after_poweroff(provider, record["thin"])
+    result["export"], problems = exported_after_poweroff(provider)
+    failures += problems
     set_write_delay(dm, devices, 0)  # now let them finish quickly
     for engine, name in PAIRS:
         done = provider.resyncer.wait(record["jobs"][engine], timeout=600 * SLOWNESS)
@@ -288,6 +296,24 @@ def resume(state: Path) -> int:
     (state / "stage2.json").write_text(json.dumps({**result, "failures": failures}, indent=2))
     print("stage 2:", json.dumps(result), "failures:", failures, flush=True)
     return 1 if failures else 0
+
+
+def exported_after_poweroff(provider: Provider) -> tuple[dict[str, object], list[str]]:
+    """The export activate served again: the disk with the LUN's WWN, reading the
+    restored content while its merge still runs."""
+    lun = provider.lun(EXPORTED)
+    (export,) = provider.lun_exports(lun)
+    disk = None if export.live is None else export.live.disk
+    if disk is None:
+        return {"served": False}, [f"export: LUN {EXPORTED} not served again by activate"]
+    udev.settle(provider.runner)
+    link = Path("/dev/disk/by-id") / f"wwn-0x{lio.naa_designator(lun.id)}"
+    failures = []
+    if link.resolve() != Path(disk):
+        failures.append(f"export: {link} is {link.resolve()}, not the disk {disk}")
+    if read_all(disk, 16 * MiB) != expected(1, 16 * MiB):
+        failures.append(f"export: the disk {disk} does not read the restored content")
+    return {"served": True, "disk": disk, "wwn": link.name}, failures
 
 
 def tracked_after_poweroff(provider: Provider, clone_job: str) -> list[str]:

@@ -61,6 +61,8 @@ MUTATING = [
     manager("Deactivate", "a{sv}", {}),
     manager("GrowThinPool", "ta{sv}", 1 << 30, {}),
     Call(FAKE_LUN, api.LUN, "Unmask", "a{sv}", ({},)),
+    Call(FAKE_LUN, api.LUN, "Export", "sa{sv}", ("loopback", {})),
+    Call(FAKE_LUN, api.LUN, "Unexport", "a{sv}", ({},)),
     Call(FAKE_SHADOW, api.SHADOW_COPY, "Delete", "a{sv}", ({},)),
     Call(FAKE_SHADOW, api.SHADOW_COPY, "Export", "sa{sv}", ("/nonexistent-lunresync", {})),
     Call(FAKE_SHADOW, api.SHADOW_COPY, "StartExport", "sa{sv}",

@@ -18,10 +18,20 @@ import click
 from lunresync.engine.model import EngineKind, Job, JobPair, JobState, PairPlan
 from lunresync.engine.store import JobStore
 from lunresync.errors import InvalidArgument, JobFailed, LunresyncError, NotFound
+from lunresync.kernel.lio import LoopbackExport
 from lunresync.service import api
 from lunresync.service.objects.manager import lookup
 from lunresync.storage.catalog import Catalog
-from lunresync.storage.model import Lun, LunKind, LunState, ShadowCopy, ShadowKind
+from lunresync.storage.exports import ExportView
+from lunresync.storage.model import (
+    ExportKind,
+    Lun,
+    LunExport,
+    LunKind,
+    LunState,
+    ShadowCopy,
+    ShadowKind,
+)
 from lunresync.storage.snapshots import ShadowCopyUse
 from lunresync.views import job_json, lun_json, shadow_json
 
@@ -67,6 +77,14 @@ def job(ident: str, copy: ShadowCopyUse, dest: Lun, *,
 
 LUN_A = lun("alpha", "a" * 32)
 LUN_B = lun("beta", "b" * 32, state=LunState.INCOMPLETE)
+#: beta is served to the machine through tcm_loop, as /dev/sdb
+EXPORTS = {LUN_B.id: [ExportView(
+    LunExport(LUN_B.id, ExportKind.LOOPBACK, False, T0 + 5),
+    LoopbackExport(LUN_B.id, LUN_B.path, False, "/dev/sdb"))]}
+
+
+def exports_of(x: Lun) -> list[ExportView]:
+    return EXPORTS.get(x.id, [])
 LUN_C = lun("1" * 32, "c" * 32)  # named like an id, as an older lunresync allowed
 SHADOW_1 = shadow("1234abcd" + "0" * 24, LUN_A)
 SHADOW_2 = shadow("1234abce" + "0" * 24, LUN_B, set_id="6" * 32, created=T0 + 61, cow=None,
@@ -158,6 +176,9 @@ class CatalogProvider:
     def thin_pool_mode(self) -> str | None:
         return None  # the samples have no thin pool
 
+    def lun_exports(self, x: Lun) -> list[ExportView]:
+        return exports_of(x)
+
     def lun(self, name: str) -> Lun:
         return self.catalog.lun(name)
 
@@ -179,7 +200,7 @@ def record(value: dict[str, Any]) -> str:
 
 
 def lun_object(x: Lun) -> dict[str, Any]:
-    return {"Id": x.id, "Name": x.name, "Record": record(lun_json(x))}
+    return {"Id": x.id, "Name": x.name, "Record": record(lun_json(x, None, exports_of(x)))}
 
 
 def shadow_object(u: ShadowCopyUse) -> dict[str, Any]:

@@ -400,7 +400,7 @@ def test_the_direct_backend_opens_the_pool_at_the_first_request_and_closes_it(
         events.append(f"open {pool}")
         try:
             yield SimpleNamespace(luns=lambda: [LUN_A], activate=lambda: ["lunresync-alpha"],
-                                  thin_pool_mode=lambda: None)
+                                  thin_pool_mode=lambda: None, lun_exports=lambda _: [])
         finally:
             events.append("close")
 

@@ -39,6 +39,7 @@ from .cli_samples import (
     SHADOW_2,
     T0,
     cancel,
+    exports_of,
     leaves,
 )
 
@@ -118,7 +119,7 @@ def resync_extras() -> list[dict[str, Any]]:
 
 
 SAMPLES: dict[str, list[dict[str, Any]]] = {
-    "LUN record": [lun_json(LUN_A), lun_json(LUN_B)],
+    "LUN record": [lun_json(LUN_A), lun_json(LUN_B, None, exports_of(LUN_B))],
     "Shadow copy record": [shadow_json(SHADOW_1), shadow_json(SHADOW_2)],
     "Job record": JOBS,
     "Verify report": [dict(REPORT)],

@@ -148,6 +148,28 @@ def test_a_lun_in_use_is_refused_unless_the_volume_check_is_off(scene: Scene) ->
     assert checked.lun == scene.other
 
 
+def test_an_exported_lun_is_checked_by_its_disk_not_by_its_target_s_open(
+        scene: Scene, tmp_path: Path) -> None:
+    """An exported LUN's device is open once, by its SCSI target: that alone is no use;
+    one more opener is, and so is its disk in use on this machine (here: a disk that is
+    not there cannot be opened, so it counts as in use)."""
+    scene.world.devices.dm[scene.other.dm_name].open_count = 1  # the target's
+    pairs = [ResyncPair(scene.shadow.id, "other")]
+    (checked,) = check_pairs(scene.world.catalog, scene.world.pool, scene.world.devices,
+                             pairs, None, True, {}, usable=ALL_TARGETS,
+                             exported={scene.other.id: None})
+    assert checked.lun == scene.other
+    scene.world.devices.dm[scene.other.dm_name].open_count = 2
+    with pytest.raises(InUse, match="in use besides its SCSI export"):
+        check_pairs(scene.world.catalog, scene.world.pool, scene.world.devices, pairs, None,
+                    True, {}, usable=ALL_TARGETS, exported={scene.other.id: None})
+    scene.world.devices.dm[scene.other.dm_name].open_count = 1
+    with pytest.raises(InUse, match=r"exported as .*no-volume-check"):
+        check_pairs(scene.world.catalog, scene.world.pool, scene.world.devices, pairs, None,
+                    True, {}, usable=ALL_TARGETS,
+                    exported={scene.other.id: str(tmp_path / "no-such-disk")})
+
+
 def test_an_engine_the_kernel_lacks_is_refused(scene: Scene) -> None:
     refused(scene, [ResyncPair(scene.shadow.id, "other")], NotSupported, "clone target",
             requested=EngineKind.CLONE, usable={**ALL_TARGETS, "clone": False})

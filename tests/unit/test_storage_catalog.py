@@ -18,7 +18,9 @@ from lunresync.kernel.identity import DeviceIdentity
 from lunresync.storage import catalog as catalog_module
 from lunresync.storage.catalog import SCHEMA_VERSION, Catalog, CatalogTooNew, now
 from lunresync.storage.model import (
+    ExportKind,
     Lun,
+    LunExport,
     LunKind,
     LunState,
     ShadowCopy,
@@ -745,7 +747,7 @@ def test_version_9_catalogs_gain_the_identity_of_adopted_disks(
 
 def test_intents_are_kept_until_removed_and_only_known_kinds(db_path: Path) -> None:
     with Catalog(db_path) as catalog:
-        assert catalog.version == catalog_module.SCHEMA_VERSION == 11
+        assert catalog.version == catalog_module.SCHEMA_VERSION >= 11
         assert catalog.intents("swap") == []
         with catalog.transaction():
             first = catalog.add_intent("swap", {"moves": [["/a", "/b"]], "masks": []})
@@ -758,3 +760,29 @@ def test_intents_are_kept_until_removed_and_only_known_kinds(db_path: Path) -> N
         with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
             catalog.add_intent("format-disk", {})
         assert [i for i, _ in catalog.intents("swap")] == [second]
+
+
+def test_exports_are_kept_per_lun_and_kind_and_go_with_their_lun(db_path: Path) -> None:
+    """Schema 12: what is exported (``activate`` serves it again from here)."""
+    with Catalog(db_path) as catalog:
+        assert catalog.version == catalog_module.SCHEMA_VERSION >= 12
+        lun = Lun("a" * 32, "db", 4096, LunKind.IMAGE, "/pool/db.img", 1.0)
+        other = Lun("b" * 32, "other", 4096, LunKind.IMAGE, "/pool/other.img", 1.0)
+        with catalog.transaction():
+            catalog.add_lun(lun)
+            catalog.add_lun(other)
+            catalog.add_export(LunExport(lun.id, ExportKind.LOOPBACK, False, 2.0))
+            catalog.add_export(LunExport(other.id, ExportKind.LOOPBACK, True, 3.0))
+        assert catalog.exports(lun.id) == [LunExport(lun.id, ExportKind.LOOPBACK, False, 2.0)]
+        assert [e.lun_id for e in catalog.exports()] == [lun.id, other.id]
+        with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
+            catalog.add_export(LunExport(lun.id, ExportKind.LOOPBACK, True, 4.0))  # twice
+        with pytest.raises(sqlite3.IntegrityError), catalog.transaction():
+            catalog.db.execute("INSERT INTO exports (lun_id, kind, created)"
+                               " VALUES (?, 'nfs', 1.0)", (lun.id,))
+        with catalog.transaction():
+            catalog.remove_lun(lun.id)  # its exports go with it
+        assert [e.lun_id for e in catalog.exports()] == [other.id]
+        with catalog.transaction():
+            catalog.remove_export(other.id, ExportKind.LOOPBACK)
+        assert catalog.exports() == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from dbus_fast.annotations import DBusBool, DBusDict, DBusObjectPath, DBusStr, DBusUInt64
 from dbus_fast.service import dbus_method
 
+from lunresync.errors import InvalidArgument
 from lunresync.service import api
 
 from .exported import (
@@ -52,6 +55,31 @@ class LunObject(RecordObject):
     Tracked = RecordProperty(DBusBool, lambda r: bool(r.get("tracked")))
     RestoredFrom = RecordProperty(DBusStr, lambda r: r.get("restored_from") or "")
     Record = record_json("restoring_job")
+
+    # How it is served as a SCSI disk: JSON, the "exports" of ``lun show --json``
+    Exports = RecordProperty(DBusStr, lambda r: json.dumps(r.get("exports", [])))
+
+    @dbus_method()
+    @changes
+    async def Export(self, kind: DBusStr, options: DBusDict) -> DBusNothing:
+        """Serve this LUN as a SCSI disk; ``kind``: "loopback" (to the service's machine,
+        through tcm_loop). Options: read_only (b)."""
+        values = api.options(options, {"read_only": "b"})
+        if kind != "loopback":
+            raise InvalidArgument(f"an export of kind {kind!r}: give \"loopback\"")
+        read_only = bool(values.get("read_only", False))
+        lun_id = self.record["id"]
+        await self.context.run(lambda p: p.export_lun(p.lun_by_id(lun_id).name,
+                                                      read_only=read_only))
+
+    @dbus_method()
+    @changes
+    async def Unexport(self, options: DBusDict) -> DBusNothing:
+        """Stop serving this LUN as a SCSI disk (refused while its disk is in use on the
+        service's machine). Options: none."""
+        api.options(options, {})
+        lun_id = self.record["id"]
+        await self.context.run(lambda p: p.unexport_lun(p.lun_by_id(lun_id).name))
 
     @dbus_method()
     @changes

@@ -1,0 +1,188 @@
+"""LUNs served as SCSI disks (``lun export``): the catalog keeps what is exported, the
+kernel's LIO target serves it (kernel/lio.py).
+
+An export is a record first: ``activate`` rebuilds every recorded export of a LUN that
+came up, ``deactivate`` removes them from the kernel and keeps the records. Anything that
+would take a LUN's device away beneath an export (``lun delete``, ``swap``, a new identity)
+removes the export first, and is refused while the export's disk is in use on this machine
+(mounted, held, opened exclusively), as ``deactivate`` is: a disk is never pulled from
+under its user.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound
+from lunresync.kernel import blockdev
+from lunresync.kernel.lio import Lio, LoopbackExport
+
+from .catalog import now
+from .model import ExportKind, Lun, LunExport
+from .storage import Storage
+from .undo import Undo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportView:
+    """An export as the catalog has it and the kernel serves it (``live`` None: not
+    served now, the LUN is offline or the pool deactivated)."""
+
+    record: LunExport
+    live: LoopbackExport | None
+
+
+class Exports:
+    def __init__(self, storage: Storage, lio: Lio | None = None) -> None:
+        self.storage = storage
+        self.lio = lio or Lio(storage.runner)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def of(self, lun: Lun) -> list[ExportView]:
+        records = self.storage.catalog.exports(lun.id)
+        if not records:
+            return []  # no configfs read for a LUN that is not exported
+        live = self.lio.loopback_exports()
+        return [ExportView(r, live.get(r.lun_id)) for r in records]
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def export(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
+               read_only: bool = False) -> ExportView:
+        """Serve LUN ``name`` as a SCSI disk; recorded, rebuilt by ``activate``."""
+        s = self.storage
+        with s.changing_kernel():
+            lun = s.catalog.lun(name)
+            if any(r.kind is kind for r in s.catalog.exports(lun.id)):
+                raise InvalidArgument(f"LUN {lun.name} is exported already ({kind.value})")
+            if lun.masked:
+                raise InvalidArgument(f"LUN {lun.name} is masked (a swap replaced it): unmask"
+                                      " it first")
+            if lun.offline or not s.devices.exists(lun.dm_name):
+                raise NotFound(f"LUN {lun.name} is not online: run lunresync activate")
+            if lun.id in self.lio.backstores():
+                raise InUse(f"LUN {lun.name} has a SCSI backstore outside the catalog"
+                            f" (lunresync-{lun.id}): remove it with targetcli first")
+            read_only = read_only or lun.read_only  # a read-only LUN: a read-only disk
+            record = LunExport(lun.id, kind, read_only, now())
+            with Undo() as undo:
+                live = self.lio.add_loopback(lun.id, lun.path, read_only=read_only)
+                undo.push(f"remove the export of LUN {lun.name}", self.lio.remove_loopback,
+                          lun.id)
+                with s.catalog.transaction():
+                    s.catalog.add_export(record)
+                undo.commit()
+        log.info("LUN %s is exported (%s): %s, WWN 0x%s", lun.name, kind.value,
+                 live.disk or "its disk is being made", live.wwn)
+        return ExportView(record, live)
+
+    def unexport(self, name: str) -> list[LunExport]:
+        """Stop serving LUN ``name``; refused while its disk is in use on this machine."""
+        s = self.storage
+        with s.changing_kernel():
+            lun = s.catalog.lun(name)
+            records = s.catalog.exports(lun.id)
+            if not records:
+                raise NotFound(f"LUN {lun.name} is not exported")
+            self.take_down(lun, "unexport it")
+            with s.catalog.transaction():
+                for record in records:
+                    s.catalog.remove_export(record.lun_id, record.kind)
+        return records
+
+    def take_down(self, lun: Lun, doing: str, undo: Undo | None = None) -> bool:
+        """Remove LUN ``lun``'s export from the kernel (its record stays), before
+        something takes its device away; InUse while its disk is used here. True if
+        there was one; ``undo`` serves it again."""
+        if not self.storage.catalog.exports(lun.id) and lun.id not in self.lio.backstores():
+            return False  # the usual case: no configfs read
+        live = self.lio.loopback_exports().get(lun.id)
+        if live is None and lun.id not in self.lio.backstores():
+            return False
+        if live is not None and live.disk is not None:
+            try:
+                blockdev.refuse_busy(live.disk)
+            except InUse as exc:
+                raise InUse(f"LUN {lun.name} is exported and its disk {live.disk} is in use"
+                            f" ({exc}): stop using it before you {doing}") from None
+        self.lio.remove_loopback(lun.id)
+        if undo is not None and live is not None:
+            undo.push(f"serve LUN {lun.name} again", self._serve, lun, live.read_only)
+        return True
+
+    def refuse_open(self, lun: Lun, doing: str) -> None:
+        """InUse if anyone but its SCSI export has the LUN's device open, or its disk is in
+        use on this machine (what ``refuse_open`` is for a LUN that is not exported)."""
+        s = self.storage
+        live = self.lio.loopback_exports().get(lun.id) if s.catalog.exports(lun.id) else None
+        if live is None:
+            s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
+            return
+        if live.disk is not None:
+            try:
+                blockdev.refuse_busy(live.disk)
+            except InUse as exc:
+                raise InUse(f"LUN {lun.name} is exported and its disk {live.disk} is in use"
+                            f" ({exc}): stop using it before you {doing}") from None
+        info = s.devices.info(lun.dm_name)
+        if info.open_count > 1:  # the target's own open, and another's
+            raise InUse(f"LUN {lun.name} is in use besides its SCSI export (open"
+                        f" {info.open_count} times, {info.path})")
+
+    def serve(self, lun: Lun) -> None:
+        """Serve LUN ``lun`` again as recorded (after ``unmask``), if it is exported."""
+        for record in self.storage.catalog.exports(lun.id):
+            if lun.id not in self.lio.loopback_exports():
+                self._serve(lun, record.read_only)
+
+    def _serve(self, lun: Lun, read_only: bool) -> None:
+        self.lio.add_loopback(lun.id, lun.path, read_only=read_only or lun.read_only)
+
+    def activate(self) -> list[str]:
+        """Serve again every recorded export of a LUN that is online (the caller holds
+        the lock, after the LUNs came up); one that fails is logged, the others go on."""
+        s = self.storage
+        records = s.catalog.exports()
+        if not records:
+            return []
+        live = self.lio.loopback_exports()
+        made = []
+        for record in records:
+            if record.lun_id in live:
+                continue
+            lun = s.catalog.find_lun(record.lun_id)
+            if lun is None or lun.offline or lun.masked or not s.devices.exists(lun.dm_name):
+                continue  # served again once it is up (the next activate)
+            try:
+                self.lio.add_loopback(lun.id, lun.path, read_only=record.read_only)
+            except LunresyncError as exc:
+                log.warning("LUN %s: its export could not be made again: %s", lun.name, exc)
+                continue
+            made.append(f"export {record.kind.value} of LUN {lun.name}")
+        return made
+
+    def deactivate(self, undo: Undo) -> list[str]:
+        """Remove every export from the kernel (records kept); InUse, before anything
+        is removed, while one's disk is in use. ``undo`` serves them again."""
+        s = self.storage
+        exported = [lun for lun in s.catalog.luns() if s.catalog.exports(lun.id)]
+        if not exported:
+            return []
+        live = self.lio.loopback_exports()
+        for lun in exported:
+            export = live.get(lun.id)
+            if export is not None and export.disk is not None:
+                try:
+                    blockdev.refuse_busy(export.disk)
+                except InUse as exc:
+                    raise InUse(f"LUN {lun.name} is exported and its disk is in use ({exc})"
+                                ) from None
+        removed = []
+        for lun in exported:
+            if self.take_down(lun, "deactivate", undo):
+                removed.append(f"export of LUN {lun.name}")
+        return removed
