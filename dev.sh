@@ -25,8 +25,10 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 # dbus (dbus-daemon), libglib2.0-bin (gdbus) and systemd (busctl, systemd-analyze): the
 # service tier's real bus and independent clients, and `lunresync install`'s reloads.
 # thin-provisioning-tools: thin_check and thin_delta (kernel/thintools.py).
+# open-iscsi: the iSCSI initiator of the kernel tests of iSCSI exports (the test VM runs
+# the host's programs; lunresync itself needs none: docs/scsi.md). iproute2: their network.
 APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck
-    thin-provisioning-tools
+    thin-provisioning-tools open-iscsi iproute2
     dbus libglib2.0-bin systemd)
 
 setup() {

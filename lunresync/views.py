@@ -65,11 +65,16 @@ def export_json(export: ExportView) -> dict[str, Any]:
     designator of VPD page 83, as udev's ``wwn-0x...`` link names it; ``serial``: VPD
     page 80), whether the kernel serves it now, and this machine's disk (loopback)."""
     record = export.record
+    iscsi = record.kind.value == "iscsi"
+    live = export.live
     return {"kind": record.kind.value, "read_only": record.read_only,
             "wwn": "0x" + lio.naa_designator(record.lun_id),
             "serial": lio.unit_serial(record.lun_id),
-            "target": lio.loopback_target(record.lun_id), "served": export.live is not None,
-            "disk": None if export.live is None else export.live.disk,
+            "target": (lio.iscsi_target if iscsi else lio.loopback_target)(record.lun_id),
+            "portals": list(record.portals), "acls": list(record.acls),
+            "served": live is not None,
+            "sessions": list(getattr(live, "sessions", ())),
+            "disk": None if live is None else live.disk,
             "created": when(record.created)}
 
 

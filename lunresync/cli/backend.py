@@ -17,7 +17,7 @@ from lunresync.engine.model import EngineKind
 from lunresync.errors import LunresyncError
 from lunresync.kernel.capabilities import has_device_mapper
 from lunresync.provider.provider import Provider
-from lunresync.storage.model import ShadowKind
+from lunresync.storage.model import ExportKind, ShadowKind
 from lunresync.storage.pool import pool_path
 from lunresync.views import lun_json, shadow_json
 
@@ -93,8 +93,10 @@ class DirectBackend:
         lun = self.provider.lun(name)
         return lun_json(lun, self.provider.thin_pool_mode(), self.provider.lun_exports(lun))
 
-    def export_lun(self, name: str, *, read_only: bool) -> dict[str, Any]:
-        self.provider.export_lun(name, read_only=read_only)
+    def export_lun(self, name: str, *, kind: str, read_only: bool,
+                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
+        self.provider.export_lun(name, ExportKind(kind), read_only=read_only,
+                                 portals=portals, acls=acls)
         return self.lun(name)
 
     def unexport_lun(self, name: str) -> dict[str, Any]:

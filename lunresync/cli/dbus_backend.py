@@ -199,10 +199,14 @@ class DbusBackend:
         self.client.call(path, api.LUN, "Unmask", "a{sv}", [{}])
         return self._record(path, api.LUN)
 
-    def export_lun(self, name: str, *, read_only: bool) -> dict[str, Any]:
+    def export_lun(self, name: str, *, kind: str, read_only: bool,
+                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
         path = self._find("lun", name)
-        self.client.call(path, api.LUN, "Export", "sa{sv}",
-                         ["loopback", {"read_only": _b(read_only)}])
+        options = {"read_only": _b(read_only)}
+        if kind == "iscsi":
+            options |= {"portals": Variant("as", list(portals)),
+                        "acls": Variant("as", list(acls))}
+        self.client.call(path, api.LUN, "Export", "sa{sv}", [kind, options])
         return self._record(path, api.LUN)
 
     def unexport_lun(self, name: str) -> dict[str, Any]:

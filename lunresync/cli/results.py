@@ -159,8 +159,9 @@ class Backend(Protocol):
 
     def unmask_lun(self, name: str) -> dict[str, Any]: ...
 
-    def export_lun(self, name: str, *, read_only: bool) -> dict[str, Any]:
-        """The LUN, served as a SCSI disk through tcm_loop."""
+    def export_lun(self, name: str, *, kind: str, read_only: bool,
+                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
+        """The LUN, served as a SCSI disk (``kind``: loopback or iscsi)."""
         ...
 
     def unexport_lun(self, name: str) -> dict[str, Any]: ...

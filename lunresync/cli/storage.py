@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from lunresync.errors import InvalidArgument
 from lunresync.storage.model import ShadowKind
 from lunresync.storage.units import format_size
 
@@ -120,9 +121,15 @@ def lun_show(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 def _export_text(export: dict[str, Any]) -> str:
-    where = export["disk"] if export["served"] else "not served"
+    if not export["served"]:
+        where = "not served"
+    elif export["kind"] == "iscsi":
+        logged = f", logged in: {', '.join(export['sessions'])}" if export["sessions"] else ""
+        where = f"{export['target']} at {', '.join(export['portals'])}{logged}"
+    else:
+        where = export["disk"] or ""
     mode = " read-only" if export["read_only"] else ""
-    return f"{export['kind']}{mode} {where or ''} wwn-{export['wwn']} serial {export['serial']}"
+    return f"{export['kind']}{mode} {where} wwn-{export['wwn']} serial {export['serial']}"
 
 
 @click.command()
@@ -159,24 +166,39 @@ def lun_unmask(ctx: click.Context, name: str) -> None:
 @through_service
 @lun.command("export")
 @click.argument("name")
-@click.option("--loopback", is_flag=True, required=True,
+@click.option("--loopback", is_flag=True,
               help="Serve it to this machine as a SCSI disk (LIO's tcm_loop).")
+@click.option("--iscsi", is_flag=True, help="Serve it to iSCSI initiators.")
+@click.option("--portal", "portals", multiple=True, metavar="ADDRESS[:PORT]",
+              help="iSCSI: listen here (IPv4; port 3260 if left out). Repeatable.")
+@click.option("--acl", "acls", multiple=True, metavar="IQN",
+              help="iSCSI: an initiator that may log in. Repeatable; a writable export"
+                   " needs one.")
 @click.option("--read-only", is_flag=True, help="A disk that refuses writes.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def lun_export(ctx: click.Context, name: str, loopback: bool, read_only: bool,
+def lun_export(ctx: click.Context, name: str, loopback: bool, iscsi: bool,
+               portals: tuple[str, ...], acls: tuple[str, ...], read_only: bool,
                as_json: bool) -> None:
     """Serve LUN NAME as a SCSI disk whose WWN (VPD page 83) and serial (page 80) are
     the LUN's id; activate serves it again after a reboot."""
+    if loopback == iscsi:
+        raise InvalidArgument("give --loopback or --iscsi")
+    if loopback and (portals or acls):
+        raise InvalidArgument("--portal and --acl go with --iscsi")
     with backend_for(ctx) as backend:
-        lun = backend.export_lun(name, read_only=read_only)
+        lun = backend.export_lun(name, kind="iscsi" if iscsi else "loopback",
+                                 read_only=read_only, portals=portals, acls=acls)
     if as_json:
         emit_json(lun)
         return
     for export in lun["exports"]:
-        where = export["disk"] or "its disk is being made"
-        click.echo(f"LUN {lun['name']} is exported ({export['kind']}"
-                   f"{', read-only' if export['read_only'] else ''}): {where},"
+        mode = ", read-only" if export["read_only"] else ""
+        if export["kind"] == "iscsi":
+            where = f"target {export['target']} at {', '.join(export['portals'])}"
+        else:
+            where = export["disk"] or "its disk is being made"
+        click.echo(f"LUN {lun['name']} is exported ({export['kind']}{mode}): {where},"
                    f" /dev/disk/by-id/wwn-{export['wwn']}")
 
 

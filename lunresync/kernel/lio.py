@@ -12,6 +12,12 @@ the id's 32 hex digits, and LIO builds the NAA designator of VPD page 83 from th
 first 25 hex digits of the serial (100 bits: all that fits). udev names the disk
 ``/dev/disk/by-id/wwn-0x6001405<25 digits>``.
 
+Through iSCSI, the target is ``iqn.2026-12.org.lunresync:<LUN id>`` with one TPG: its
+portals (network portals: the listening sockets are made in the network namespace of the
+thread that writes them, which is how the tests give the storage its own network), and an
+ACL per initiator that may log in; a read-only export may instead let any initiator read
+(LIO's demo mode, write-protected). No writable export without an ACL.
+
 Why configfs directly and not rtslib-fb: an export is a dozen mkdir, write and symlink
 calls that this module makes and undoes in order, exports are rebuilt from the catalog
 (never from a saved configuration), and the project keeps its kernel requests in one
@@ -22,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +74,38 @@ def loopback_target(lun_id: str) -> str:
     return "naa.5" + COMPANY_ID + check_lun_id(lun_id)[:9]
 
 
+#: The IQN prefix of lunresync's iSCSI targets.
+IQN_PREFIX = "iqn.2026-12.org.lunresync:"
+_IQN = re.compile(r"iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9.:_-]{1,200})?")
+#: The modules an iSCSI export needs besides the target core's.
+ISCSI_MODULES = ("iscsi_target_mod",)
+
+
+def iscsi_target(lun_id: str) -> str:
+    """The iSCSI target name (IQN) of the LUN's export."""
+    return IQN_PREFIX + check_lun_id(lun_id)
+
+
+def check_iqn(name: str) -> str:
+    """An initiator's iSCSI name (``iqn.YYYY-MM.reversed.domain[:suffix]``, RFC 3720)."""
+    if not _IQN.fullmatch(name):
+        raise InvalidArgument(f"{name!r} is not an iSCSI name (iqn.YYYY-MM.domain[:suffix])")
+    return name
+
+
+def check_portal(portal: str) -> tuple[str, int]:
+    """``ADDRESS:PORT`` (IPv4; the port 3260 if left out) as (address, port)."""
+    address, _, port_text = portal.partition(":")
+    try:
+        parsed = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise InvalidArgument(f"{portal!r} is not a portal (IPv4ADDRESS[:PORT])") from None
+    port = 3260 if not port_text else int(port_text) if port_text.isdigit() else 0
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"{portal!r}: the port must be 1 to 65535")
+    return str(parsed), port
+
+
 def loopback_initiator(lun_id: str) -> str:
     """The loopback initiator port of the LUN's export (the I_T nexus)."""
     return "naa.5" + COMPANY_ID + check_lun_id(lun_id)[9:18]
@@ -92,6 +131,26 @@ class LoopbackExport:
     @property
     def target(self) -> str:
         return loopback_target(self.lun_id)
+
+
+@dataclass(frozen=True)
+class IscsiExport:
+    """A LUN served through iSCSI, as found in configfs."""
+
+    lun_id: str
+    device: str
+    read_only: bool
+    portals: tuple[str, ...]  # ADDRESS:PORT
+    acls: tuple[str, ...]  # initiators allowed (none: read-only for any)
+    sessions: tuple[str, ...]  # initiators logged in now
+
+    @property
+    def disk(self) -> None:
+        return None  # the disk is the initiator's, on its host
+
+    @property
+    def target(self) -> str:
+        return iscsi_target(self.lun_id)
 
 
 @dataclass(frozen=True)
@@ -137,6 +196,27 @@ class Lio:
                                                _disk_of(port / "tpgt_1"))
         return found
 
+    def iscsi_exports(self) -> dict[str, IscsiExport]:
+        """lunresync's iSCSI exports by LUN id."""
+        found: dict[str, IscsiExport] = {}
+        base = self.target / "iscsi"
+        for port in sorted(base.glob(IQN_PREFIX + "*")) if base.is_dir() else ():
+            lun_id = port.name[len(IQN_PREFIX):]
+            tpg = port / "tpgt_1"
+            if not _LUN_ID.fullmatch(lun_id) or not tpg.is_dir():
+                continue
+            store = self.backstores().get(lun_id)
+            device, read_only = _backstore_device(store) if store else ("", False)
+            acls = tuple(sorted(a.name for a in (tpg / "acls").glob("*")))
+            sessions = tuple(a for a in acls if _logged_in(tpg / "acls" / a))
+            with contextlib.suppress(OSError):
+                dynamic = (tpg / "dynamic_sessions").read_text().split()
+                sessions += tuple(dynamic)
+            found[lun_id] = IscsiExport(
+                lun_id, device, read_only,
+                tuple(sorted(n.name for n in (tpg / "np").glob("*"))), acls, sessions)
+        return found
+
     def backstores(self) -> dict[str, Path]:
         """lunresync's backstores by LUN id, exported or not."""
         core = self.target / "core"
@@ -179,10 +259,7 @@ class Lio:
             steps.append(lambda: self._write(tpg / "nexus", "NULL"))
             lun_dir = tpg / "lun" / "lun_0"
             self._mkdir(lun_dir, steps)
-            link = lun_dir / "lunresync"
-            self.runner.kernel_call(("configfs", "symlink", str(link)),
-                                    lambda: _os(os.symlink, store, link))
-            steps.append(lambda: self._unlink(link))
+            self._symlink(store, lun_dir / "lunresync", steps)
             disk = _wait_for_disk(tpg, DISK_TIMEOUT) if wait else _disk_of(tpg)
         except BaseException:
             for step in reversed(steps):
@@ -191,8 +268,89 @@ class Lio:
             raise
         return LoopbackExport(lun_id, device, read_only, disk)
 
-    def remove_loopback(self, lun_id: str) -> None:
-        """Remove the LUN's loopback export and its backstore, whatever of them exists."""
+    def add_iscsi(self, lun_id: str, device: str, portals: Sequence[str],
+                  acls: Sequence[str], *, read_only: bool = False) -> IscsiExport:
+        """Serve ``device`` through iSCSI: a portal for each of ``portals``, a login for
+        each initiator of ``acls`` (none: any initiator may read, if ``read_only``). All of
+        it or, on failure, nothing."""
+        check_lun_id(lun_id)
+        where = [check_portal(p) for p in portals]
+        allowed = [check_iqn(a) for a in acls]
+        if not where:
+            raise InvalidArgument("an iSCSI export needs a portal (ADDRESS[:PORT])")
+        if not allowed and not read_only:
+            raise InvalidArgument("a writable iSCSI export needs an initiator ACL (--acl"
+                                  " IQN); without one it can only be --read-only")
+        self.load()
+        if not (self.target / "iscsi").is_dir():
+            self.runner.run(["modprobe", "-a", *ISCSI_MODULES])
+            if not (self.target / "iscsi").is_dir():
+                self._mkdir(self.target / "iscsi")
+        steps: list[Callable[[], None]] = []
+        try:
+            store = self._add_backstore(lun_id, device, read_only, steps)
+            tpg = self.target / "iscsi" / iscsi_target(lun_id) / "tpgt_1"
+            self._mkdir(tpg.parent, steps)
+            self._mkdir(tpg, steps)
+            lun_dir = tpg / "lun" / "lun_0"
+            self._mkdir(lun_dir, steps)
+            self._symlink(store, lun_dir / "lunresync", steps)
+            for initiator in allowed:
+                mapped = tpg / "acls" / initiator / "lun_0"
+                self._mkdir(mapped.parent, steps)
+                self._mkdir(mapped, steps)
+                acl_link = mapped / "lunresync"
+                self._symlink(lun_dir, acl_link, steps)
+                if read_only:
+                    self._write(mapped / "write_protect", "1")
+            self._write(tpg / "attrib" / "authentication", "0")
+            if not allowed:  # read-only for any initiator (demo mode, write-protected)
+                self._write(tpg / "attrib" / "generate_node_acls", "1")
+                self._write(tpg / "attrib" / "demo_mode_write_protect", "1")
+            for address, port in where:
+                self._mkdir(tpg / "np" / f"{address}:{port}", steps)
+            self._write(tpg / "enable", "1")
+        except BaseException:
+            for step in reversed(steps):
+                with contextlib.suppress(KernelError):
+                    step()
+            raise
+        return IscsiExport(lun_id, device, read_only,
+                           tuple(f"{a}:{p}" for a, p in where), tuple(allowed), ())
+
+    def remove(self, lun_id: str) -> None:
+        """Remove every export of the LUN (loopback, iSCSI) and its backstore, whatever of
+        them exists (initiators still logged in lose the disk: callers check first)."""
+        self._remove_iscsi_target(lun_id)
+        self._remove_loopback_target(lun_id)
+        self.remove_backstore(lun_id)
+
+    def _remove_iscsi_target(self, lun_id: str) -> None:
+        port = self.target / "iscsi" / iscsi_target(lun_id)
+        tpg = port / "tpgt_1"
+        if tpg.is_dir():
+            with contextlib.suppress(OSError):
+                if (tpg / "enable").read_text().strip() == "1":
+                    self._write(tpg / "enable", "0")
+            for np in tpg.glob("np/*"):
+                self._rmdir(np)
+            for acl in tpg.glob("acls/*"):
+                for mapped in acl.glob("lun_*"):
+                    for link in mapped.glob("*"):
+                        if link.is_symlink():
+                            self._unlink(link)
+                    self._rmdir(mapped)
+                self._rmdir(acl)
+            for lun_dir in tpg.glob("lun/lun_*"):
+                for link in lun_dir.glob("*"):
+                    if link.is_symlink():
+                        self._unlink(link)
+                self._rmdir(lun_dir)
+            self._rmdir(tpg)
+        if port.is_dir():
+            self._rmdir(port)
+
+    def _remove_loopback_target(self, lun_id: str) -> None:
         check_lun_id(lun_id)
         port = self._loopback / loopback_target(lun_id)
         tpg = port / "tpgt_1"
@@ -209,7 +367,6 @@ class Lio:
             self._rmdir(tpg)
         if port.is_dir():
             self._rmdir(port)
-        self.remove_backstore(lun_id)
 
     def remove_backstore(self, lun_id: str) -> None:
         store = self.backstores().get(lun_id)
@@ -248,6 +405,11 @@ class Lio:
         if steps is not None:
             steps.append(lambda: self._rmdir(path))
 
+    def _symlink(self, to: Path, link: Path, steps: list[Callable[[], None]]) -> None:
+        self.runner.kernel_call(("configfs", "symlink", str(link)),
+                                lambda: _os(os.symlink, to, link))
+        steps.append(lambda: self._unlink(link))
+
     def _rmdir(self, path: Path) -> None:
         self.runner.kernel_call(("configfs", "rmdir", str(path)),
                                 lambda: _os(os.rmdir, path))
@@ -273,6 +435,15 @@ def _os(call: Callable[..., object], *args: object) -> None:
     except OSError as exc:
         raise KernelError(f"configfs {call.__name__}", str(exc.filename or args[0]),
                           exc.errno or 0, exc.strerror or "") from exc
+
+
+def _logged_in(acl: Path) -> bool:
+    """Whether the initiator of an iSCSI ACL has a session (its ``info`` says so)."""
+    try:
+        info = acl.joinpath("info").read_text()
+    except OSError:
+        return False
+    return "InitiatorName:" in info and "No active iSCSI Session" not in info
 
 
 def _backstore_device(store: Path) -> tuple[str, bool]:

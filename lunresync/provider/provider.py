@@ -226,9 +226,12 @@ class Provider:
         return self._luns.unmask(name)
 
     def export_lun(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
-                   read_only: bool = False) -> ExportView:
-        """Serve a LUN as a SCSI disk (storage/exports.py); ``activate`` serves it again."""
-        return self._luns.exports.export(name, kind, read_only=read_only)
+                   read_only: bool = False, portals: Sequence[str] = (),
+                   acls: Sequence[str] = ()) -> ExportView:
+        """Serve a LUN as a SCSI disk (storage/exports.py), to this machine or through
+        iSCSI (``portals``, ``acls``: initiator IQNs); ``activate`` serves it again."""
+        return self._luns.exports.export(name, kind, read_only=read_only,
+                                         portals=tuple(portals), acls=tuple(acls))
 
     def unexport_lun(self, name: str) -> list[LunExport]:
         return self._luns.exports.unexport(name)

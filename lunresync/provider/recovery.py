@@ -45,8 +45,7 @@ def check_recovery_set(storage: Storage, pairs: Sequence[ResyncPair],
     pool lock."""
     exported: dict[str, str | None] = {}
     if volume_check and storage.catalog.exports():  # no configfs read otherwise
-        exported = {lun_id: live.disk for lun_id, live in
-                    Exports(storage).lio.loopback_exports().items()}
+        exported = {lun_id: live.disk for lun_id, live in Exports(storage).live().items()}
     return check_pairs(storage.catalog, storage.pool, storage.devices, pairs, requested,
                        volume_check, busy, exported=exported)
 

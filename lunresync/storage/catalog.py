@@ -175,17 +175,25 @@ class Catalog:
     # -- exports ---------------------------------------------------------------------------
 
     def add_export(self, export: LunExport) -> None:
-        self.db.execute("INSERT INTO exports (lun_id, kind, read_only, created)"
-                        " VALUES (?, ?, ?, ?)", (export.lun_id, export.kind.value,
-                                                 int(export.read_only), export.created))
+        options = json.dumps({"portals": list(export.portals), "acls": list(export.acls)})
+        self.db.execute("INSERT INTO exports (lun_id, kind, read_only, created, options)"
+                        " VALUES (?, ?, ?, ?, ?)", (export.lun_id, export.kind.value,
+                                                    int(export.read_only), export.created,
+                                                    options))
 
     def exports(self, lun_id: str | None = None) -> list[LunExport]:
         """Every export (of one LUN), oldest first."""
         rows = self.db.execute(
             "SELECT * FROM exports WHERE ? IS NULL OR lun_id = ? ORDER BY created, kind",
             (lun_id, lun_id)).fetchall()
-        return [LunExport(row["lun_id"], ExportKind(row["kind"]), bool(row["read_only"]),
-                          row["created"]) for row in rows]
+        found = []
+        for row in rows:
+            options = json.loads(row["options"])
+            found.append(LunExport(row["lun_id"], ExportKind(row["kind"]),
+                                   bool(row["read_only"]), row["created"],
+                                   tuple(options.get("portals", ())),
+                                   tuple(options.get("acls", ()))))
+        return found
 
     def remove_export(self, lun_id: str, kind: ExportKind) -> None:
         self.db.execute("DELETE FROM exports WHERE lun_id = ? AND kind = ?",

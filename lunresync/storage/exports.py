@@ -1,22 +1,24 @@
 """LUNs served as SCSI disks (``lun export``): the catalog keeps what is exported, the
-kernel's LIO target serves it (kernel/lio.py).
+kernel's LIO target serves it (kernel/lio.py), to this machine (loopback) or to iSCSI
+initiators. A LUN has one export at a time.
 
 An export is a record first: ``activate`` rebuilds every recorded export of a LUN that
 came up, ``deactivate`` removes them from the kernel and keeps the records. Anything that
 would take a LUN's device away beneath an export (``lun delete``, ``swap``, a new identity)
-removes the export first, and is refused while the export's disk is in use on this machine
-(mounted, held, opened exclusively), as ``deactivate`` is: a disk is never pulled from
-under its user.
+removes the export first, and is refused while the export is in use: its disk in use on
+this machine (mounted, held, opened exclusively) for a loopback export, an initiator
+logged in for an iSCSI one. A disk is never pulled from under its user.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound
 from lunresync.kernel import blockdev
-from lunresync.kernel.lio import Lio, LoopbackExport
+from lunresync.kernel.lio import IscsiExport, Lio, LoopbackExport
 
 from .catalog import now
 from .model import ExportKind, Lun, LunExport
@@ -25,6 +27,8 @@ from .undo import Undo
 
 log = logging.getLogger(__name__)
 
+LiveExport: TypeAlias = LoopbackExport | IscsiExport
+
 
 @dataclass(frozen=True)
 class ExportView:
@@ -32,7 +36,7 @@ class ExportView:
     served now, the LUN is offline or the pool deactivated)."""
 
     record: LunExport
-    live: LoopbackExport | None
+    live: LiveExport | None
 
 
 class Exports:
@@ -46,19 +50,27 @@ class Exports:
         records = self.storage.catalog.exports(lun.id)
         if not records:
             return []  # no configfs read for a LUN that is not exported
-        live = self.lio.loopback_exports()
+        live = self.live()
         return [ExportView(r, live.get(r.lun_id)) for r in records]
+
+    def live(self) -> dict[str, LiveExport]:
+        """What the kernel serves now, by LUN id (configfs read)."""
+        return {**self.lio.loopback_exports(), **self.lio.iscsi_exports()}
 
     # -- changing ----------------------------------------------------------------------------
 
     def export(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
-               read_only: bool = False) -> ExportView:
+               read_only: bool = False, portals: tuple[str, ...] = (),
+               acls: tuple[str, ...] = ()) -> ExportView:
         """Serve LUN ``name`` as a SCSI disk; recorded, rebuilt by ``activate``."""
+        if kind is ExportKind.LOOPBACK and (portals or acls):
+            raise InvalidArgument("portals and ACLs are for iSCSI exports")
         s = self.storage
         with s.changing_kernel():
             lun = s.catalog.lun(name)
-            if any(r.kind is kind for r in s.catalog.exports(lun.id)):
-                raise InvalidArgument(f"LUN {lun.name} is exported already ({kind.value})")
+            for record in s.catalog.exports(lun.id):
+                raise InvalidArgument(f"LUN {lun.name} is exported already"
+                                      f" ({record.kind.value}): unexport it first")
             if lun.masked:
                 raise InvalidArgument(f"LUN {lun.name} is masked (a swap replaced it): unmask"
                                       " it first")
@@ -68,20 +80,18 @@ class Exports:
                 raise InUse(f"LUN {lun.name} has a SCSI backstore outside the catalog"
                             f" (lunresync-{lun.id}): remove it with targetcli first")
             read_only = read_only or lun.read_only  # a read-only LUN: a read-only disk
-            record = LunExport(lun.id, kind, read_only, now())
+            record = LunExport(lun.id, kind, read_only, now(), tuple(portals), tuple(acls))
             with Undo() as undo:
-                live = self.lio.add_loopback(lun.id, lun.path, read_only=read_only)
-                undo.push(f"remove the export of LUN {lun.name}", self.lio.remove_loopback,
-                          lun.id)
+                live = self._serve(lun, record)
+                undo.push(f"remove the export of LUN {lun.name}", self._remove, lun.id)
                 with s.catalog.transaction():
                     s.catalog.add_export(record)
                 undo.commit()
-        log.info("LUN %s is exported (%s): %s, WWN 0x%s", lun.name, kind.value,
-                 live.disk or "its disk is being made", live.wwn)
+        log.info("LUN %s is exported (%s)", lun.name, kind.value)
         return ExportView(record, live)
 
     def unexport(self, name: str) -> list[LunExport]:
-        """Stop serving LUN ``name``; refused while its disk is in use on this machine."""
+        """Stop serving LUN ``name``; refused while its export is in use."""
         s = self.storage
         with s.changing_kernel():
             lun = s.catalog.lun(name)
@@ -96,38 +106,30 @@ class Exports:
 
     def take_down(self, lun: Lun, doing: str, undo: Undo | None = None) -> bool:
         """Remove LUN ``lun``'s export from the kernel (its record stays), before
-        something takes its device away; InUse while its disk is used here. True if
-        there was one; ``undo`` serves it again."""
+        something takes its device away; InUse while it is in use. True if there was
+        one; ``undo`` serves it again."""
         if not self.storage.catalog.exports(lun.id) and lun.id not in self.lio.backstores():
             return False  # the usual case: no configfs read
-        live = self.lio.loopback_exports().get(lun.id)
+        live = self.live().get(lun.id)
         if live is None and lun.id not in self.lio.backstores():
             return False
-        if live is not None and live.disk is not None:
-            try:
-                blockdev.refuse_busy(live.disk)
-            except InUse as exc:
-                raise InUse(f"LUN {lun.name} is exported and its disk {live.disk} is in use"
-                            f" ({exc}): stop using it before you {doing}") from None
-        self.lio.remove_loopback(lun.id)
-        if undo is not None and live is not None:
-            undo.push(f"serve LUN {lun.name} again", self._serve, lun, live.read_only)
+        if live is not None:
+            self._refuse_in_use(lun, live, doing)
+        self._remove(lun.id)
+        if undo is not None:
+            for record in self.storage.catalog.exports(lun.id):
+                undo.push(f"serve LUN {lun.name} again", self._serve, lun, record)
         return True
 
     def refuse_open(self, lun: Lun, doing: str) -> None:
-        """InUse if anyone but its SCSI export has the LUN's device open, or its disk is in
-        use on this machine (what ``refuse_open`` is for a LUN that is not exported)."""
+        """InUse if anyone but its SCSI export has the LUN's device open, or its export is
+        in use (what ``refuse_open`` is for a LUN that is not exported)."""
         s = self.storage
-        live = self.lio.loopback_exports().get(lun.id) if s.catalog.exports(lun.id) else None
+        live = self.live().get(lun.id) if s.catalog.exports(lun.id) else None
         if live is None:
             s.devices.refuse_open(lun.dm_name, f"LUN {lun.name}")
             return
-        if live.disk is not None:
-            try:
-                blockdev.refuse_busy(live.disk)
-            except InUse as exc:
-                raise InUse(f"LUN {lun.name} is exported and its disk {live.disk} is in use"
-                            f" ({exc}): stop using it before you {doing}") from None
+        self._refuse_in_use(lun, live, doing)
         info = s.devices.info(lun.dm_name)
         if info.open_count > 1:  # the target's own open, and another's
             raise InUse(f"LUN {lun.name} is in use besides its SCSI export (open"
@@ -135,12 +137,10 @@ class Exports:
 
     def serve(self, lun: Lun) -> None:
         """Serve LUN ``lun`` again as recorded (after ``unmask``), if it is exported."""
+        live = self.live()
         for record in self.storage.catalog.exports(lun.id):
-            if lun.id not in self.lio.loopback_exports():
-                self._serve(lun, record.read_only)
-
-    def _serve(self, lun: Lun, read_only: bool) -> None:
-        self.lio.add_loopback(lun.id, lun.path, read_only=read_only or lun.read_only)
+            if lun.id not in live:
+                self._serve(lun, record)
 
     def activate(self) -> list[str]:
         """Serve again every recorded export of a LUN that is online (the caller holds
@@ -149,7 +149,7 @@ class Exports:
         records = s.catalog.exports()
         if not records:
             return []
-        live = self.lio.loopback_exports()
+        live = self.live()
         made = []
         for record in records:
             if record.lun_id in live:
@@ -158,7 +158,7 @@ class Exports:
             if lun is None or lun.offline or lun.masked or not s.devices.exists(lun.dm_name):
                 continue  # served again once it is up (the next activate)
             try:
-                self.lio.add_loopback(lun.id, lun.path, read_only=record.read_only)
+                self._serve(lun, record)
             except LunresyncError as exc:
                 log.warning("LUN %s: its export could not be made again: %s", lun.name, exc)
                 continue
@@ -167,22 +167,43 @@ class Exports:
 
     def deactivate(self, undo: Undo) -> list[str]:
         """Remove every export from the kernel (records kept); InUse, before anything
-        is removed, while one's disk is in use. ``undo`` serves them again."""
+        is removed, while one is in use. ``undo`` serves them again."""
         s = self.storage
         exported = [lun for lun in s.catalog.luns() if s.catalog.exports(lun.id)]
         if not exported:
             return []
-        live = self.lio.loopback_exports()
+        live = self.live()
         for lun in exported:
-            export = live.get(lun.id)
-            if export is not None and export.disk is not None:
-                try:
-                    blockdev.refuse_busy(export.disk)
-                except InUse as exc:
-                    raise InUse(f"LUN {lun.name} is exported and its disk is in use ({exc})"
-                                ) from None
+            if lun.id in live:
+                self._refuse_in_use(lun, live[lun.id], "deactivate")
         removed = []
         for lun in exported:
             if self.take_down(lun, "deactivate", undo):
                 removed.append(f"export of LUN {lun.name}")
         return removed
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _serve(self, lun: Lun, record: LunExport) -> LiveExport:
+        read_only = record.read_only or lun.read_only
+        if record.kind is ExportKind.ISCSI:
+            return self.lio.add_iscsi(lun.id, lun.path, record.portals, record.acls,
+                                      read_only=read_only)
+        return self.lio.add_loopback(lun.id, lun.path, read_only=read_only)
+
+    def _remove(self, lun_id: str) -> None:
+        self.lio.remove(lun_id)
+
+    def _refuse_in_use(self, lun: Lun, live: LiveExport, doing: str) -> None:
+        if isinstance(live, IscsiExport):
+            if live.sessions:
+                raise InUse(f"LUN {lun.name} is exported and initiators are logged in"
+                            f" ({', '.join(live.sessions)}): log them out before you"
+                            f" {doing}")
+            return
+        if live.disk is not None:
+            try:
+                blockdev.refuse_busy(live.disk)
+            except InUse as exc:
+                raise InUse(f"LUN {lun.name} is exported and its disk {live.disk} is in use"
+                            f" ({exc}): stop using it before you {doing}") from None

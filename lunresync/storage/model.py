@@ -288,6 +288,7 @@ class ExportKind(Enum):
     """How a LUN is served as a SCSI disk (kernel/lio.py)."""
 
     LOOPBACK = "loopback"  # to this machine, through tcm_loop
+    ISCSI = "iscsi"  # to initiators on the network
 
 
 @dataclass(frozen=True)
@@ -298,3 +299,5 @@ class LunExport:
     kind: ExportKind
     read_only: bool
     created: float
+    portals: tuple[str, ...] = ()  # iSCSI: ADDRESS:PORT
+    acls: tuple[str, ...] = ()  # iSCSI: the initiators that may log in

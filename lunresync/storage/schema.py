@@ -189,13 +189,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 12: LUNs served as SCSI disks (storage/exports.py, kernel/lio.py): rebuilt by
-    # ``activate`` from here, never from a saved target configuration
+    # ``activate`` from here, never from a saved target configuration; options (JSON):
+    # an iSCSI export's portals and ACLs
     """
     CREATE TABLE exports (
         lun_id TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('loopback')),
+        kind TEXT NOT NULL CHECK (kind IN ('loopback', 'iscsi')),
         read_only INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
         created REAL NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}',
         PRIMARY KEY (lun_id, kind)
     );
     """,

@@ -158,7 +158,7 @@ def force_remove_pool_devices(pool: Path, runner: Runner) -> None:
                 subprocess.run(["/usr/bin/umount", "--all-targets", export.disk],
                                check=False, capture_output=True)
             with contextlib.suppress(Exception):
-                lio.remove_loopback(lun_id)
+                lio.remove(lun_id)
     # Restore devices sit on top of LUN and shadow devices: remove them first.
     present = [d for d in dm.devices() if ours(d.uuid)]
     names = [d.name for d in present if "-job-" in d.name] + removal_order(

@@ -36,7 +36,7 @@ def test_what_is_not_a_lun_id_reaches_no_path(bad: str) -> None:
     with pytest.raises(InvalidArgument, match="not a LUN id"):
         lio.naa_designator(bad)
     with pytest.raises(InvalidArgument, match="not a LUN id"):
-        lio.Lio(Runner(), Path("/nonexistent")).remove_loopback(bad)
+        lio.Lio(Runner(), Path("/nonexistent")).remove(bad)
 
 
 def tree(root: Path) -> set[str]:
@@ -82,3 +82,35 @@ def test_exports_are_read_from_the_tree_and_only_lunresync_s(tmp_path: Path) -> 
         LUN_ID, "/dev/mapper/lunresync-db", True)
     assert lio._disk_of(loopback / lio.loopback_target(LUN_ID) / "tpgt_1",
                         tmp_path / "scsi_disk") == "/dev/sdq"
+
+
+def test_iscsi_names_and_portals_are_checked() -> None:
+    assert lio.iscsi_target(LUN_ID) == "iqn.2026-12.org.lunresync:" + LUN_ID
+    assert lio.check_iqn("iqn.1994-05.com.redhat:4a3f") == "iqn.1994-05.com.redhat:4a3f"
+    for bad in ("", "iqn.94-05.com.x", "eui.0123", "iqn.2026-12.org.x:a b", "iqn.2026-12.x/y"):
+        with pytest.raises(InvalidArgument, match="not an iSCSI name"):
+            lio.check_iqn(bad)
+    assert lio.check_portal("169.254.7.1") == ("169.254.7.1", 3260)
+    assert lio.check_portal("10.0.0.2:3261") == ("10.0.0.2", 3261)
+    for bad in ("", "host:3260", "10.0.0.256", "10.0.0.1:0", "10.0.0.1:70000", "10.0.0.1:x",
+                "10.0.0.1,readonly=1"):
+        with pytest.raises(InvalidArgument):
+            lio.check_portal(bad)
+
+
+def test_no_writable_iscsi_export_without_an_acl_and_nothing_made_on_failure(
+        tmp_path: Path) -> None:
+    (tmp_path / "target" / "core").mkdir(parents=True)
+    (tmp_path / "target" / "loopback").mkdir()
+    (tmp_path / "target" / "iscsi").mkdir()
+    before = tree(tmp_path)
+    target = lio.Lio(Runner(), tmp_path)
+    with pytest.raises(InvalidArgument, match="needs an initiator ACL"):
+        target.add_iscsi(LUN_ID, "/dev/mapper/lunresync-db", ["10.0.0.1"], [])
+    with pytest.raises(InvalidArgument, match="needs a portal"):
+        target.add_iscsi(LUN_ID, "/dev/mapper/lunresync-db", [], ["iqn.2026-12.org.x:y"])
+    with pytest.raises(KernelError, match="control"):  # a plain directory: no attributes
+        target.add_iscsi(LUN_ID, "/dev/mapper/lunresync-db", ["10.0.0.1"],
+                         ["iqn.2026-12.org.x:y"])
+    assert tree(tmp_path) == before
+    assert target.iscsi_exports() == {}

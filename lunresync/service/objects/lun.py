@@ -9,6 +9,7 @@ from dbus_fast.service import dbus_method
 
 from lunresync.errors import InvalidArgument
 from lunresync.service import api
+from lunresync.storage.model import ExportKind
 
 from .exported import (
     DBusNothing,
@@ -63,14 +64,19 @@ class LunObject(RecordObject):
     @changes
     async def Export(self, kind: DBusStr, options: DBusDict) -> DBusNothing:
         """Serve this LUN as a SCSI disk; ``kind``: "loopback" (to the service's machine,
-        through tcm_loop). Options: read_only (b)."""
-        values = api.options(options, {"read_only": "b"})
-        if kind != "loopback":
-            raise InvalidArgument(f"an export of kind {kind!r}: give \"loopback\"")
+        through tcm_loop) or "iscsi". Options: read_only (b); iscsi: portals (as,
+        ADDRESS[:PORT]), acls (as, initiator IQNs)."""
+        values = api.options(options, {"read_only": "b", "portals": "as", "acls": "as"})
+        if kind not in ("loopback", "iscsi"):
+            raise InvalidArgument(f"an export of kind {kind!r}: give \"loopback\" or"
+                                  " \"iscsi\"")
         read_only = bool(values.get("read_only", False))
+        portals = tuple(values.get("portals", ()))
+        acls = tuple(values.get("acls", ()))
         lun_id = self.record["id"]
-        await self.context.run(lambda p: p.export_lun(p.lun_by_id(lun_id).name,
-                                                      read_only=read_only))
+        await self.context.run(lambda p: p.export_lun(
+            p.lun_by_id(lun_id).name, ExportKind(kind), read_only=read_only,
+            portals=portals, acls=acls))
 
     @dbus_method()
     @changes
