@@ -87,7 +87,8 @@ class DirectBackend:
 
     def luns(self) -> list[dict[str, Any]]:
         mode = self.provider.thin_pool_mode()
-        return [lun_json(x, mode, self.provider.lun_exports(x)) for x in self.provider.luns()]
+        exports = self.provider.exports_by_lun()
+        return [lun_json(x, mode, exports.get(x.id, ())) for x in self.provider.luns()]
 
     def lun(self, name: str) -> dict[str, Any]:
         lun = self.provider.lun(name)

@@ -200,12 +200,13 @@ class Lio:
         """lunresync's iSCSI exports by LUN id."""
         found: dict[str, IscsiExport] = {}
         base = self.target / "iscsi"
+        stores = self.backstores() if base.is_dir() else {}
         for port in sorted(base.glob(IQN_PREFIX + "*")) if base.is_dir() else ():
             lun_id = port.name[len(IQN_PREFIX):]
             tpg = port / "tpgt_1"
             if not _LUN_ID.fullmatch(lun_id) or not tpg.is_dir():
                 continue
-            store = self.backstores().get(lun_id)
+            store = stores.get(lun_id)
             device, read_only = _backstore_device(store) if store else ("", False)
             acls = tuple(sorted(a.name for a in (tpg / "acls").glob("*")))
             sessions = tuple(a for a in acls if _logged_in(tpg / "acls" / a))
@@ -336,16 +337,10 @@ class Lio:
                 self._rmdir(np)
             for acl in tpg.glob("acls/*"):
                 for mapped in acl.glob("lun_*"):
-                    for link in mapped.glob("*"):
-                        if link.is_symlink():
-                            self._unlink(link)
-                    self._rmdir(mapped)
+                    self._remove_lun_dir(mapped)
                 self._rmdir(acl)
             for lun_dir in tpg.glob("lun/lun_*"):
-                for link in lun_dir.glob("*"):
-                    if link.is_symlink():
-                        self._unlink(link)
-                self._rmdir(lun_dir)
+                self._remove_lun_dir(lun_dir)
             self._rmdir(tpg)
         if port.is_dir():
             self._rmdir(port)
@@ -356,10 +351,7 @@ class Lio:
         tpg = port / "tpgt_1"
         lun_dir = tpg / "lun" / "lun_0"
         if lun_dir.is_dir():
-            for link in lun_dir.glob("*"):
-                if link.is_symlink():
-                    self._unlink(link)
-            self._rmdir(lun_dir)
+            self._remove_lun_dir(lun_dir)
         if tpg.is_dir():
             with contextlib.suppress(OSError):
                 if (tpg / "nexus").read_text().strip() not in ("", "NULL"):
@@ -367,6 +359,13 @@ class Lio:
             self._rmdir(tpg)
         if port.is_dir():
             self._rmdir(port)
+
+    def _remove_lun_dir(self, lun_dir: Path) -> None:
+        """A TPG's or an ACL's LUN: its links to what it maps, then itself."""
+        for link in lun_dir.glob("*"):
+            if link.is_symlink():
+                self._unlink(link)
+        self._rmdir(lun_dir)
 
     def remove_backstore(self, lun_id: str) -> None:
         store = self.backstores().get(lun_id)

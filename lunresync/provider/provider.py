@@ -239,6 +239,10 @@ class Provider:
     def lun_exports(self, lun: Lun) -> list[ExportView]:
         return self._luns.exports.of(lun)
 
+    def exports_by_lun(self) -> dict[str, list[ExportView]]:
+        """Every LUN's exports by LUN id (one read for a list of LUNs)."""
+        return self._luns.exports.by_lun()
+
     def take_identity(self, name: str, new_lun_id: str, undo: Undo) -> Lun:
         """Give LUN ``name`` the id ``new_lun_id`` (the caller holds the lock, commits
         ``undo``)."""

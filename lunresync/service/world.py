@@ -15,8 +15,9 @@ def read_world(provider: Provider) -> dict[str, dict[str, dict[str, Any]]]:
     restoring = provider.resyncer.restoring_lun_ids()
     luns = {}
     mode = provider.thin_pool_mode()
+    exports = provider.exports_by_lun()
     for lun in provider.luns():
-        record = lun_json(lun, mode, provider.lun_exports(lun))
+        record = lun_json(lun, mode, exports.get(lun.id, ()))
         record["restoring_job"] = restoring.get(lun.id)
         luns[lun.id] = record
     shadows = {use.shadow.id: shadow_json(use) for use in provider.shadow_copies()}

@@ -53,6 +53,19 @@ class Exports:
         live = self.live()
         return [ExportView(r, live.get(r.lun_id)) for r in records]
 
+    def by_lun(self) -> dict[str, list[ExportView]]:
+        """Every LUN's exports by LUN id, from one catalog query and, if any is recorded,
+        one configfs read (for lists: ``lun list``, the service's records)."""
+        records = self.storage.catalog.exports()
+        if not records:
+            return {}
+        live = self.live()
+        found: dict[str, list[ExportView]] = {}
+        for record in records:
+            found.setdefault(record.lun_id, []).append(
+                ExportView(record, live.get(record.lun_id)))
+        return found
+
     def live(self) -> dict[str, LiveExport]:
         """What the kernel serves now, by LUN id (configfs read)."""
         return {**self.lio.loopback_exports(), **self.lio.iscsi_exports()}
@@ -68,9 +81,10 @@ class Exports:
         s = self.storage
         with s.changing_kernel():
             lun = s.catalog.lun(name)
-            for record in s.catalog.exports(lun.id):
+            existing = s.catalog.exports(lun.id)
+            if existing:
                 raise InvalidArgument(f"LUN {lun.name} is exported already"
-                                      f" ({record.kind.value}): unexport it first")
+                                      f" ({existing[0].kind.value}): unexport it first")
             if lun.masked:
                 raise InvalidArgument(f"LUN {lun.name} is masked (a swap replaced it): unmask"
                                       " it first")
@@ -104,20 +118,23 @@ class Exports:
                     s.catalog.remove_export(record.lun_id, record.kind)
         return records
 
-    def take_down(self, lun: Lun, doing: str, undo: Undo | None = None) -> bool:
+    def take_down(self, lun: Lun, doing: str, undo: Undo | None = None, *,
+                  served: dict[str, LiveExport] | None = None) -> bool:
         """Remove LUN ``lun``'s export from the kernel (its record stays), before
         something takes its device away; InUse while it is in use. True if there was
-        one; ``undo`` serves it again."""
-        if not self.storage.catalog.exports(lun.id) and lun.id not in self.lio.backstores():
-            return False  # the usual case: no configfs read
-        live = self.live().get(lun.id)
-        if live is None and lun.id not in self.lio.backstores():
+        one; ``undo`` serves it again. ``served``: :meth:`live`, if just read."""
+        records = self.storage.catalog.exports(lun.id)
+        has_store = lun.id in self.lio.backstores()
+        if not records and not has_store:
+            return False  # the usual case: one configfs read
+        live = (self.live() if served is None else served).get(lun.id)
+        if live is None and not has_store:
             return False
         if live is not None:
             self._refuse_in_use(lun, live, doing)
         self._remove(lun.id)
         if undo is not None:
-            for record in self.storage.catalog.exports(lun.id):
+            for record in records:
                 undo.push(f"serve LUN {lun.name} again", self._serve, lun, record)
         return True
 
@@ -178,7 +195,7 @@ class Exports:
                 self._refuse_in_use(lun, live[lun.id], "deactivate")
         removed = []
         for lun in exported:
-            if self.take_down(lun, "deactivate", undo):
+            if self.take_down(lun, "deactivate", undo, served=live):
                 removed.append(f"export of LUN {lun.name}")
         return removed
 

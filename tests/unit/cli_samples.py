@@ -179,6 +179,9 @@ class CatalogProvider:
     def lun_exports(self, x: Lun) -> list[ExportView]:
         return exports_of(x)
 
+    def exports_by_lun(self) -> dict[str, list[ExportView]]:
+        return dict(EXPORTS)
+
     def lun(self, name: str) -> Lun:
         return self.catalog.lun(name)
 

@@ -400,7 +400,8 @@ def test_the_direct_backend_opens_the_pool_at_the_first_request_and_closes_it(
         events.append(f"open {pool}")
         try:
             yield SimpleNamespace(luns=lambda: [LUN_A], activate=lambda: ["lunresync-alpha"],
-                                  thin_pool_mode=lambda: None, lun_exports=lambda _: [])
+                                  thin_pool_mode=lambda: None, lun_exports=lambda _: [],
+                                  exports_by_lun=dict)
         finally:
             events.append("close")
 
