@@ -27,8 +27,10 @@ say() { printf 'dev.sh: %s\n' "$*" >&2; }
 # thin-provisioning-tools: thin_check and thin_delta (kernel/thintools.py).
 # open-iscsi: the iSCSI initiator of the kernel tests of iSCSI exports (the test VM runs
 # the host's programs; lunresync itself needs none: docs/scsi.md). iproute2: their network.
+# openssh-client: `lunresync --remote` (docs/remote.md); openssh-server: the tests' own sshd
+# (tests/ssh_hosts.py; installed, never started as the machine's service).
 APT_PACKAGES=(dmsetup util-linux e2fsprogs xfsprogs dosfstools udev kmod fio vagrant vagrant-libvirt shellcheck
-    thin-provisioning-tools open-iscsi iproute2
+    thin-provisioning-tools open-iscsi iproute2 openssh-client openssh-server
     dbus libglib2.0-bin systemd)
 
 setup() {
@@ -40,7 +42,16 @@ setup() {
         say "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq || say "apt-get update failed; trying the cached package lists"
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        # Packages install without starting their services (openssh-server, iscsid): the
+        # tests start their own. A policy-rc.d of the machine's is left as it is.
+        local policy=/usr/sbin/policy-rc.d made_policy=""
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+        fi
+        local status=0
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" || status=$?
+        [[ -z $made_policy ]] || rm -f "$policy"
+        ((status == 0)) || { say "apt-get install failed"; exit "$status"; }
     fi
     # The venv is rebuilt when the dependency declarations change.
     local stamp want

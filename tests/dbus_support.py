@@ -113,9 +113,10 @@ class ServiceProcess:
     def __init__(self, bus: PrivateBus, pool: Path, *, writers_dir: Path | None = None,
                  writer_timeout: float = 60.0, start_timeout: float = 120.0,
                  extra_env: dict[str, str] | None = None,
-                 forks: ForkServer | None = None) -> None:
+                 forks: ForkServer | None = None, network: Path | None = None) -> None:
         """``forks``: start it forked from a process that has imported lunresync
-        (tests/forkserver.py: the kernel tier, where Python starts slowly)."""
+        (tests/forkserver.py: the kernel tier, where Python starts slowly);
+        ``network``: the network namespace it runs in (with ``forks`` only)."""
         self.bus = bus
         self.pool = pool
         self.log = pool.parent / f"{pool.name}-daemon.log"
@@ -126,8 +127,10 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.process: subprocess.Popen[bytes] | Forked
         if forks is not None:
-            self.process = forks.spawn_cli(argv[3:], env=env, cwd=REPO, log=self.log)
+            self.process = forks.spawn_cli(argv[3:], env=env, cwd=REPO, log=self.log,
+                                           network=network)
         else:
+            assert network is None, "a network namespace needs forks"
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env, cwd=REPO)

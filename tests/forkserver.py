@@ -28,6 +28,7 @@ This file is test tooling, not part of the package.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -208,8 +209,9 @@ class ForkServer:
 
     def _spawn(self, request: dict[str, Any], *, env: Mapping[str, str] | None = None,
                cwd: str | os.PathLike[str] | None = None, input: str | None = None,  # noqa: A002
-               log: Path | None = None) -> Forked:
-        """``log``: stdout and stderr both appended to this file (as a service's log)."""
+               log: Path | None = None, network: Path | None = None) -> Forked:
+        """``log``: stdout and stderr both appended to this file (as a service's log);
+        ``network``: a network namespace the child joins (tests/iscsi_hosts.py)."""
         self._count += 1
         base = self._dir / str(self._count)
         stdin = None
@@ -224,7 +226,8 @@ class ForkServer:
         request.update(env=dict(os.environ if env is None else env),
                        cwd=str(cwd if cwd is not None else os.getcwd()),
                        stdin=str(stdin) if stdin else None,
-                       stdout=str(stdout), stderr=str(stderr))
+                       stdout=str(stdout), stderr=str(stderr),
+                       network=str(network) if network is not None else None)
         assert self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -276,7 +279,19 @@ class ForkServer:
         return self._pending.pop(0)
 
 
+CLONE_NEWNET = 0x40000000
+
 # -- the server ----------------------------------------------------------------------------
+
+
+def _join_network(namespace: str) -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(namespace, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {namespace}")
+    finally:
+        os.close(fd)
 
 
 def _child(request: dict[str, Any], keep_out: Sequence[int]) -> int:
@@ -295,6 +310,8 @@ def _child(request: dict[str, Any], keep_out: Sequence[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    if request.get("network"):
+        _join_network(request["network"])
     try:
         if request["kind"] == "cli":
             from lunresync.cli import main

@@ -45,6 +45,7 @@ def storage_network() -> Iterator[Network]:
         inside = ["ip", "netns", "exec", name]
         run(*inside, "ip", "addr", "add", "169.254.77.1/24", "dev", there)
         run(*inside, "ip", "link", "set", there, "up")
+        run(*inside, "ip", "link", "set", "lo", "up")  # its own address answers it too
         yield Network(Path("/run/netns") / name, "169.254.77.1:3260")
     finally:
         subprocess.run([IP, "link", "del", here], capture_output=True, check=False)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 
 def backend_for(ctx: click.Context) -> Backend:
-    """The backend the root options ask for (``--via-dbus``, ``--bus``, ``--pool``)."""
+    """The backend the root options ask for (``--via-dbus``, ``--remote``, ``--bus``,
+    ``--pool``)."""
     root = ctx.find_root()
     if not via_dbus(ctx):
         from .backend import DirectBackend
@@ -33,7 +34,8 @@ def backend_for(ctx: click.Context) -> Backend:
 
     # Only a pool the user named is checked against the service's (not the default).
     pool = root.params.get("pool") if given(root, "pool") else None
-    return connect(root.params.get("bus"), pool=pool or None)
+    return connect(root.params.get("bus"), pool=pool or None,
+                   remote=root.params.get("remote"), ssh_config=root.params.get("ssh_config"))
 
 
 def opened(ctx: click.Context) -> AbstractContextManager[Provider]:

@@ -85,7 +85,9 @@ def root_params(ctx: click.Context) -> dict[str, Any]:
 
 
 def via_dbus(ctx: click.Context) -> bool:
-    return bool(root_params(ctx).get("via_dbus"))
+    """Whether the command goes through a service (``--remote`` is always through one)."""
+    params = root_params(ctx)
+    return bool(params.get("via_dbus") or params.get("remote"))
 
 
 def given(ctx: click.Context, name: str) -> bool:

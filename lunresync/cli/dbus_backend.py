@@ -69,11 +69,23 @@ class ServiceCalls(Protocol):
     def close(self) -> None: ...
 
 
-def connect(address: str | None, *, pool: str | None = None) -> DbusBackend:
-    """A backend on a new connection to ``address`` (None: the system bus)."""
+def connect(address: str | None, *, pool: str | None = None, remote: str | None = None,
+            ssh_config: str | None = None) -> DbusBackend:
+    """A backend on a new connection to ``address`` (None: the system bus), of this
+    machine or, with ``remote`` ([USER@]HOST), of that one through an SSH tunnel."""
     from lunresync.service.client import ServiceClient
 
-    return DbusBackend(ServiceClient(address, timeout=CALL_TIMEOUT), pool=pool)
+    if remote is None:
+        return DbusBackend(ServiceClient(address, timeout=CALL_TIMEOUT), pool=pool)
+    from lunresync.service.tunnel import SshTunnel, remote_socket
+
+    tunnel = SshTunnel(remote, remote_socket(address), config=ssh_config)
+    try:
+        client = ServiceClient(tunnel.address, timeout=CALL_TIMEOUT)
+    except BaseException:
+        tunnel.close()
+        raise
+    return DbusBackend(client, pool=pool, on_close=tunnel.close, remote=True)
 
 
 def _b(value: bool) -> Variant:
@@ -95,9 +107,14 @@ class DbusBackend:
 
     def __init__(self, client: ServiceCalls, *, pool: str | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_close: Callable[[], None] | None = None, remote: bool = False) -> None:
+        """``on_close``: run after the connection closes (the SSH tunnel's end);
+        ``remote``: the service is on another machine (its pool path is not ours)."""
         self.client = client
         self.pool = pool  # the pool the user named (--pool, $LUNRESYNC_POOL), if any
+        self._on_close = on_close
+        self._remote = remote
         self.sleep = sleep
         self.clock = clock
 
@@ -106,19 +123,29 @@ class DbusBackend:
             if self.pool is not None:
                 self._check_pool(self.pool)
         except BaseException:
-            self.client.close()
+            self.close()
             raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.client.close()
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
     def _check_pool(self, pool: str) -> None:
         """The service serves one pool; a command naming another is refused rather than
         acting on the service's."""
         served = str(self.client.properties(api.MANAGER_PATH, api.MANAGER)["Pool"])
-        if os.path.realpath(served) != os.path.realpath(pool):
+        # a path of another machine: compared as written, not through our file system
+        same = (os.path.normpath(served) == os.path.normpath(pool) if self._remote
+                else os.path.realpath(served) == os.path.realpath(pool))
+        if not same:
             raise InvalidArgument(f"the service serves the pool {served}, not {pool}",
                                   hint="leave --pool and LUNRESYNC_POOL out with --via-dbus,"
                                        " or run without --via-dbus")

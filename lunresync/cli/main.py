@@ -39,9 +39,24 @@ class LunresyncGroup(CommandGroup):
                    " directly; same output (env LUNRESYNC_VIA_DBUS=1). See docs/cli.md.")
 @click.option("--bus", metavar="ADDRESS", envvar="LUNRESYNC_BUS_ADDRESS",
               help="With --via-dbus: the bus of the service (default: the system bus;"
-                   " env LUNRESYNC_BUS_ADDRESS).")
-def cli(verbose: int, pool: str | None, via_dbus: bool, bus: str | None) -> None:
+                   " env LUNRESYNC_BUS_ADDRESS). With --remote: unix:path=SOCKET on that"
+                   " machine.")
+@click.option("--remote", metavar="[USER@]HOST", envvar="LUNRESYNC_REMOTE",
+              help="Act through the service of another machine, over SSH (implies"
+                   " --via-dbus; env LUNRESYNC_REMOTE). See docs/remote.md.")
+@click.option("--ssh-config", metavar="FILE", envvar="LUNRESYNC_SSH_CONFIG",
+              help="With --remote: ssh's configuration file (ssh -F; env"
+                   " LUNRESYNC_SSH_CONFIG).")
+def cli(verbose: int, pool: str | None, via_dbus: bool, bus: str | None,
+        remote: str | None, ssh_config: str | None) -> None:
     """Restore LUNs from shadow copies while they stay online."""
+    if ssh_config is not None and remote is None:
+        raise click.UsageError("--ssh-config needs --remote")
+    if remote is not None:
+        from lunresync.service.tunnel import check_destination, remote_socket
+
+        check_destination(remote)  # refused before any command starts
+        remote_socket(bus)
     # Pool files and directories are private to root (0600/0700), SQLite's WAL included.
     os.umask(0o077)
     level = logging.WARNING - 10 * min(verbose, 2)

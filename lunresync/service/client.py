@@ -15,6 +15,7 @@ from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.auth import UID_NOT_SPECIFIED, AuthExternal
 
 from lunresync.errors import (
     InUse,
@@ -71,7 +72,11 @@ class ServiceClient:
 
         async def connect() -> MessageBus:
             # dbus-fast's bus belongs to the loop that is running when it is made.
-            return await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+            # EXTERNAL without a claimed uid: the bus takes the peer's credentials, which
+            # are this process's on a local socket and the SSH login's on a forwarded one
+            # (service/tunnel.py), where our own uid would be refused.
+            return await MessageBus(bus_address=address, bus_type=BusType.SYSTEM,
+                                    auth=AuthExternal(UID_NOT_SPECIFIED)).connect()
 
         try:
             self.bus = self._loop.run_until_complete(connect())

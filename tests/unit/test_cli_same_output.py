@@ -83,7 +83,8 @@ def both(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Both]:
     def open_pool(pool: str | None) -> Iterator[Provider]:
         yield direct
 
-    def connect(address: str | None, *, pool: str | None = None) -> dbus_backend.DbusBackend:
+    def connect(address: str | None, *, pool: str | None = None, remote: str | None = None,
+                ssh_config: str | None = None) -> dbus_backend.DbusBackend:
         return dbus_backend.DbusBackend(client, sleep=lambda s: None, clock=lambda: clock[0])
 
     def resync(path: str, pairs: Any, options: Any) -> list[Any]:
