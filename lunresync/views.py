@@ -72,6 +72,7 @@ def export_json(export: ExportView) -> dict[str, Any]:
             "serial": lio.unit_serial(record.lun_id),
             "target": (lio.iscsi_target if iscsi else lio.loopback_target)(record.lun_id),
             "portals": list(record.portals), "acls": list(record.acls),
+            "chap_user": record.chap.user if record.chap is not None else None,
             "served": live is not None,
             "sessions": list(getattr(live, "sessions", ())),
             "disk": None if live is None else live.disk,

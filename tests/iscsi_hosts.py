@@ -73,10 +73,15 @@ def in_network(namespace: Path) -> Iterator[None]:
 class Initiator:
     """open-iscsi in this network namespace, its node records on a tmpfs."""
 
-    def login(self, target: str, portal: str, wwn: str) -> str:
-        address = portal.split(":", maxsplit=1)[0]
-        found = run("iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", address)
-        assert target in found, found
+    def login(self, target: str, portal: str, wwn: str,
+              chap: tuple[str, str] | None = None) -> str:
+        """Log in to ``target`` (with CHAP: ``chap`` is (user, secret)); its disk."""
+        self.discover(target, portal)
+        if chap is not None:
+            node = ["iscsiadm", "-m", "node", "-T", target, "-p", portal, "-o", "update"]
+            for name, value in (("authmethod", "CHAP"), ("username", chap[0]),
+                                ("password", chap[1])):
+                run(*node, "-n", f"node.session.auth.{name}", "-v", value)
         run("iscsiadm", "-m", "node", "-T", target, "-p", portal, "--login")
         link = Path("/dev/disk/by-id") / f"wwn-0x{wwn}"
         deadline = time.monotonic() + 60
@@ -85,6 +90,19 @@ class Initiator:
             time.sleep(0.2)
         run("udevadm", "settle", "--timeout=60")
         return str(link.resolve())
+
+    def discover(self, target: str, portal: str) -> None:
+        address = portal.split(":", maxsplit=1)[0]
+        found = run("iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", address)
+        assert target in found, found
+
+    def refused(self, target: str, portal: str) -> str:
+        """A login that must fail; what iscsiadm said."""
+        self.discover(target, portal)
+        done = subprocess.run([ISCSIADM, "-m", "node", "-T", target, "-p", portal, "--login"],
+                              capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode != 0, done.stdout
+        return done.stderr + done.stdout
 
     def logout(self) -> None:
         subprocess.run([ISCSIADM, "-m", "node", "--logoutall=all"], capture_output=True,

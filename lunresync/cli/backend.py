@@ -26,6 +26,7 @@ from .results import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTak
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
     from lunresync.engine.resync import ResyncJob, ResyncPair
+    from lunresync.kernel.scsi_names import ChapCredential
     from lunresync.requester.document import BackupDocument
     from lunresync.requester.workflow import RestoreSession
 
@@ -95,9 +96,10 @@ class DirectBackend:
         return lun_json(lun, self.provider.thin_pool_mode(), self.provider.lun_exports(lun))
 
     def export_lun(self, name: str, *, kind: str, read_only: bool,
-                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
+                   portals: Sequence[str] = (), acls: Sequence[str] = (),
+                   chap: ChapCredential | None = None) -> dict[str, Any]:
         self.provider.export_lun(name, ExportKind(kind), read_only=read_only,
-                                 portals=portals, acls=acls)
+                                 portals=portals, acls=acls, chap=chap)
         return self.lun(name)
 
     def unexport_lun(self, name: str) -> dict[str, Any]:

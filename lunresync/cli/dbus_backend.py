@@ -43,6 +43,7 @@ from .results import BackupOutcome, JobStatus, ProgressCallback, Restore, SetTak
 
 if TYPE_CHECKING:
     from lunresync.engine.resync import ResyncPair
+    from lunresync.kernel.scsi_names import ChapCredential
     from lunresync.requester.document import BackupDocument
 
 #: How long one call may take. The service does the work while the command waits, as a
@@ -77,14 +78,9 @@ def connect(address: str | None, *, pool: str | None = None, remote: str | None 
 
     if remote is None:
         return DbusBackend(ServiceClient(address, timeout=CALL_TIMEOUT), pool=pool)
-    from lunresync.service.tunnel import SshTunnel, remote_socket
+    from lunresync.service.tunnel import connect_remote
 
-    tunnel = SshTunnel(remote, remote_socket(address), config=ssh_config)
-    try:
-        client = ServiceClient(tunnel.address, timeout=CALL_TIMEOUT)
-    except BaseException:
-        tunnel.close()
-        raise
+    client, tunnel = connect_remote(remote, address, config=ssh_config, timeout=CALL_TIMEOUT)
     return DbusBackend(client, pool=pool, on_close=tunnel.close, remote=True)
 
 
@@ -227,12 +223,15 @@ class DbusBackend:
         return self._record(path, api.LUN)
 
     def export_lun(self, name: str, *, kind: str, read_only: bool,
-                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
+                   portals: Sequence[str] = (), acls: Sequence[str] = (),
+                   chap: ChapCredential | None = None) -> dict[str, Any]:
         path = self._find("lun", name)
         options = {"read_only": _b(read_only)}
         if kind == "iscsi":
             options |= {"portals": Variant("as", list(portals)),
                         "acls": Variant("as", list(acls))}
+        if chap is not None:
+            options |= {"chap_user": _s(chap.user), "chap_secret": _s(chap.secret)}
         self.client.call(path, api.LUN, "Export", "sa{sv}", [kind, options])
         return self._record(path, api.LUN)
 

@@ -29,6 +29,7 @@ from lunresync.views import epoch, job_json
 if TYPE_CHECKING:
     from lunresync.engine.model import Job
     from lunresync.engine.resync import ResyncPair
+    from lunresync.kernel.scsi_names import ChapCredential
     from lunresync.requester.document import BackupDocument
 
 
@@ -160,7 +161,8 @@ class Backend(Protocol):
     def unmask_lun(self, name: str) -> dict[str, Any]: ...
 
     def export_lun(self, name: str, *, kind: str, read_only: bool,
-                   portals: Sequence[str] = (), acls: Sequence[str] = ()) -> dict[str, Any]:
+                   portals: Sequence[str] = (), acls: Sequence[str] = (),
+                   chap: ChapCredential | None = None) -> dict[str, Any]:
         """The LUN, served as a SCSI disk (``kind``: loopback or iscsi)."""
         ...
 

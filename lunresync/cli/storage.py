@@ -4,11 +4,13 @@ service does not offer."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.scsi_names import ChapCredential
 from lunresync.storage.model import ShadowKind
 from lunresync.storage.units import format_size
 
@@ -125,7 +127,8 @@ def _export_text(export: dict[str, Any]) -> str:
         where = "not served"
     elif export["kind"] == "iscsi":
         logged = f", logged in: {', '.join(export['sessions'])}" if export["sessions"] else ""
-        where = f"{export['target']} at {', '.join(export['portals'])}{logged}"
+        chap = f", CHAP user {export['chap_user']}" if export.get("chap_user") else ""
+        where = f"{export['target']} at {', '.join(export['portals'])}{chap}{logged}"
     else:
         where = export["disk"] or ""
     mode = " read-only" if export["read_only"] else ""
@@ -163,6 +166,25 @@ def lun_unmask(ctx: click.Context, name: str) -> None:
     click.echo(f"LUN {lun['name']} is exposed again at {lun['path']}")
 
 
+def read_chap(user: str | None, secret_file: str | None) -> ChapCredential | None:
+    """The CHAP credential of ``--chap-user`` and the first line of
+    ``--chap-secret-file`` (a file only its owner can read: a secret never goes on a
+    command line, which every user sees in ps)."""
+    if user is None and secret_file is None:
+        return None
+    if user is None or secret_file is None:
+        raise InvalidArgument("CHAP needs both --chap-user and --chap-secret-file")
+    try:
+        with open(secret_file, encoding="ascii") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise InvalidArgument(f"{secret_file} can be read by others: chmod 600 it")
+            secret = f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read the CHAP secret from {secret_file}: {exc}"
+                              ) from None
+    return ChapCredential(user, secret)
+
+
 @through_service
 @lun.command("export")
 @click.argument("name")
@@ -174,21 +196,28 @@ def lun_unmask(ctx: click.Context, name: str) -> None:
 @click.option("--acl", "acls", multiple=True, metavar="IQN",
               help="iSCSI: an initiator that may log in. Repeatable; a writable export"
                    " needs one.")
+@click.option("--chap-user", metavar="USER",
+              help="iSCSI: the initiators must log in with CHAP as USER (with"
+                   " --chap-secret-file).")
+@click.option("--chap-secret-file", metavar="FILE",
+              help="iSCSI: the CHAP secret, the file's first line (12-255 characters; the"
+                   " file readable by its owner only). Never on the command line.")
 @click.option("--read-only", is_flag=True, help="A disk that refuses writes.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def lun_export(ctx: click.Context, name: str, loopback: bool, iscsi: bool,
-               portals: tuple[str, ...], acls: tuple[str, ...], read_only: bool,
-               as_json: bool) -> None:
+               portals: tuple[str, ...], acls: tuple[str, ...], chap_user: str | None,
+               chap_secret_file: str | None, read_only: bool, as_json: bool) -> None:
     """Serve LUN NAME as a SCSI disk whose WWN (VPD page 83) and serial (page 80) are
     the LUN's id; activate serves it again after a reboot."""
     if loopback == iscsi:
         raise InvalidArgument("give --loopback or --iscsi")
-    if loopback and (portals or acls):
-        raise InvalidArgument("--portal and --acl go with --iscsi")
+    if loopback and (portals or acls or chap_user or chap_secret_file):
+        raise InvalidArgument("--portal, --acl and CHAP go with --iscsi")
+    chap = read_chap(chap_user, chap_secret_file)
     with backend_for(ctx) as backend:
         lun = backend.export_lun(name, kind="iscsi" if iscsi else "loopback",
-                                 read_only=read_only, portals=portals, acls=acls)
+                                 read_only=read_only, portals=portals, acls=acls, chap=chap)
     if as_json:
         emit_json(lun)
         return

@@ -16,7 +16,8 @@ Through iSCSI, the target is ``iqn.2026-12.org.lunresync:<LUN id>`` with one TPG
 portals (network portals: the listening sockets are made in the network namespace of the
 thread that writes them, which is how the tests give the storage its own network), and an
 ACL per initiator that may log in; a read-only export may instead let any initiator read
-(LIO's demo mode, write-protected). No writable export without an ACL.
+(LIO's demo mode, write-protected). No writable export without an ACL. With CHAP, every
+ACL gets the export's user name and secret and the TPG asks for authentication.
 
 Why configfs directly and not rtslib-fb: an export is a dozen mkdir, write and symlink
 calls that this module makes and undoes in order, exports are rebuilt from the catalog
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import re
 import time
@@ -39,76 +39,35 @@ from pathlib import Path
 from lunresync.errors import InvalidArgument, KernelError, NotSupported
 
 from .runner import Runner
+from .scsi_names import (
+    IQN_PREFIX,
+    LUN_ID,
+    ChapCredential,
+    check_iqn,
+    check_lun_id,
+    check_portal,
+    iscsi_target,
+    loopback_initiator,
+    loopback_target,
+    naa_designator,
+    unit_serial,
+)
+
+# The names stay reachable as lio.NAME (callers and tests use them so).
+__all__ = ["BACKSTORE_PREFIX", "IQN_PREFIX", "ChapCredential", "IscsiExport", "Lio",
+           "LoopbackExport", "check_iqn", "check_lun_id", "check_portal", "iscsi_target",
+           "loopback_initiator", "loopback_target", "naa_designator", "unit_serial"]
+
 
 CONFIGFS = Path("/sys/kernel/config")
-#: LIO's default IEEE company id, the OUI in every NAA designator it builds.
-COMPANY_ID = "001405"
 #: The modules an export needs: the target core, its block backstore, the fabric.
 MODULES = ("target_core_mod", "target_core_iblock", "tcm_loop")
 #: Backstores of lunresync's exports: ``lunresync-<LUN id>``.
 BACKSTORE_PREFIX = "lunresync-"
-_LUN_ID = re.compile(r"[0-9a-f]{32}")
 #: Seconds a new export's SCSI disk may take to appear.
 DISK_TIMEOUT = 30.0
-
-
-def check_lun_id(lun_id: str) -> str:
-    if not _LUN_ID.fullmatch(lun_id):
-        raise InvalidArgument(f"{lun_id!r} is not a LUN id (32 lowercase hex digits)")
-    return lun_id
-
-
-def unit_serial(lun_id: str) -> str:
-    """VPD page 80: the LUN's id, its 32 hex digits."""
-    return check_lun_id(lun_id)
-
-
-def naa_designator(lun_id: str) -> str:
-    """VPD page 83's NAA designator of the LUN's disk, as 32 hex digits (udev's
-    ``ID_WWN_WITH_EXTENSION`` without its ``0x``): LIO builds it from the unit serial."""
-    return "6" + COMPANY_ID + check_lun_id(lun_id)[:25]
-
-
-def loopback_target(lun_id: str) -> str:
-    """The loopback target port's WWN (an NAA 5 name from the LUN id)."""
-    return "naa.5" + COMPANY_ID + check_lun_id(lun_id)[:9]
-
-
-#: The IQN prefix of lunresync's iSCSI targets.
-IQN_PREFIX = "iqn.2026-12.org.lunresync:"
-_IQN = re.compile(r"iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9.:_-]{1,200})?")
 #: The modules an iSCSI export needs besides the target core's.
 ISCSI_MODULES = ("iscsi_target_mod",)
-
-
-def iscsi_target(lun_id: str) -> str:
-    """The iSCSI target name (IQN) of the LUN's export."""
-    return IQN_PREFIX + check_lun_id(lun_id)
-
-
-def check_iqn(name: str) -> str:
-    """An initiator's iSCSI name (``iqn.YYYY-MM.reversed.domain[:suffix]``, RFC 3720)."""
-    if not _IQN.fullmatch(name):
-        raise InvalidArgument(f"{name!r} is not an iSCSI name (iqn.YYYY-MM.domain[:suffix])")
-    return name
-
-
-def check_portal(portal: str) -> tuple[str, int]:
-    """``ADDRESS:PORT`` (IPv4; the port 3260 if left out) as (address, port)."""
-    address, _, port_text = portal.partition(":")
-    try:
-        parsed = ipaddress.IPv4Address(address)
-    except ValueError:
-        raise InvalidArgument(f"{portal!r} is not a portal (IPv4ADDRESS[:PORT])") from None
-    port = 3260 if not port_text else int(port_text) if port_text.isdigit() else 0
-    if not 0 < port < 65536:
-        raise InvalidArgument(f"{portal!r}: the port must be 1 to 65535")
-    return str(parsed), port
-
-
-def loopback_initiator(lun_id: str) -> str:
-    """The loopback initiator port of the LUN's export (the I_T nexus)."""
-    return "naa.5" + COMPANY_ID + check_lun_id(lun_id)[9:18]
 
 
 @dataclass(frozen=True)
@@ -143,6 +102,7 @@ class IscsiExport:
     portals: tuple[str, ...]  # ADDRESS:PORT
     acls: tuple[str, ...]  # initiators allowed (none: read-only for any)
     sessions: tuple[str, ...]  # initiators logged in now
+    chap_user: str | None = None  # the CHAP user initiators must log in as (none: no CHAP)
 
     @property
     def disk(self) -> None:
@@ -189,7 +149,7 @@ class Lio:
                 if not store.name.startswith(BACKSTORE_PREFIX):
                     continue
                 lun_id = store.name[len(BACKSTORE_PREFIX):]
-                if not _LUN_ID.fullmatch(lun_id):
+                if not LUN_ID.fullmatch(lun_id):
                     continue
                 device, read_only = _backstore_device(store)
                 found[lun_id] = LoopbackExport(lun_id, device, read_only,
@@ -204,7 +164,7 @@ class Lio:
         for port in sorted(base.glob(IQN_PREFIX + "*")) if base.is_dir() else ():
             lun_id = port.name[len(IQN_PREFIX):]
             tpg = port / "tpgt_1"
-            if not _LUN_ID.fullmatch(lun_id) or not tpg.is_dir():
+            if not LUN_ID.fullmatch(lun_id) or not tpg.is_dir():
                 continue
             store = stores.get(lun_id)
             device, read_only = _backstore_device(store) if store else ("", False)
@@ -215,7 +175,8 @@ class Lio:
                 sessions += tuple(dynamic)
             found[lun_id] = IscsiExport(
                 lun_id, device, read_only,
-                tuple(sorted(n.name for n in (tpg / "np").glob("*"))), acls, sessions)
+                tuple(sorted(n.name for n in (tpg / "np").glob("*"))), acls, sessions,
+                _chap_user(tpg, acls))
         return found
 
     def backstores(self) -> dict[str, Path]:
@@ -224,7 +185,7 @@ class Lio:
         found = {}
         for store in core.glob(f"iblock_*/{BACKSTORE_PREFIX}*") if core.is_dir() else ():
             lun_id = store.name[len(BACKSTORE_PREFIX):]
-            if _LUN_ID.fullmatch(lun_id):
+            if LUN_ID.fullmatch(lun_id):
                 found[lun_id] = store
         return found
 
@@ -270,10 +231,11 @@ class Lio:
         return LoopbackExport(lun_id, device, read_only, disk)
 
     def add_iscsi(self, lun_id: str, device: str, portals: Sequence[str],
-                  acls: Sequence[str], *, read_only: bool = False) -> IscsiExport:
+                  acls: Sequence[str], *, read_only: bool = False,
+                  chap: ChapCredential | None = None) -> IscsiExport:
         """Serve ``device`` through iSCSI: a portal for each of ``portals``, a login for
-        each initiator of ``acls`` (none: any initiator may read, if ``read_only``). All of
-        it or, on failure, nothing."""
+        each initiator of ``acls`` (none: any initiator may read, if ``read_only``), which
+        must answer ``chap`` if given. All of it or, on failure, nothing."""
         check_lun_id(lun_id)
         where = [check_portal(p) for p in portals]
         allowed = [check_iqn(a) for a in acls]
@@ -282,6 +244,8 @@ class Lio:
         if not allowed and not read_only:
             raise InvalidArgument("a writable iSCSI export needs an initiator ACL (--acl"
                                   " IQN); without one it can only be --read-only")
+        if chap is not None and not allowed:
+            raise InvalidArgument("CHAP is set on initiator ACLs: give --acl IQN with it")
         self.load()
         if not (self.target / "iscsi").is_dir():
             self.runner.run(["modprobe", "-a", *ISCSI_MODULES])
@@ -304,7 +268,11 @@ class Lio:
                 self._symlink(lun_dir, acl_link, steps)
                 if read_only:
                     self._write(mapped / "write_protect", "1")
-            self._write(tpg / "attrib" / "authentication", "0")
+                if chap is not None:
+                    self._write(mapped.parent / "auth" / "userid", chap.user)
+                    self._write(mapped.parent / "auth" / "password", chap.secret,
+                                secret=True)
+            self._write(tpg / "attrib" / "authentication", "0" if chap is None else "1")
             if not allowed:  # read-only for any initiator (demo mode, write-protected)
                 self._write(tpg / "attrib" / "generate_node_acls", "1")
                 self._write(tpg / "attrib" / "demo_mode_write_protect", "1")
@@ -317,7 +285,8 @@ class Lio:
                     step()
             raise
         return IscsiExport(lun_id, device, read_only,
-                           tuple(f"{a}:{p}" for a, p in where), tuple(allowed), ())
+                           tuple(f"{a}:{p}" for a, p in where), tuple(allowed), (),
+                           chap.user if chap is not None else None)
 
     def remove(self, lun_id: str) -> None:
         """Remove every export of the LUN (loopback, iSCSI) and its backstore, whatever of
@@ -417,15 +386,16 @@ class Lio:
         self.runner.kernel_call(("configfs", "unlink", str(path)),
                                 lambda: _os(os.unlink, path))
 
-    def _write(self, path: Path, value: str) -> None:
+    def _write(self, path: Path, value: str, *, secret: bool = False) -> None:
+        """``secret``: the value is logged as ``(secret)``."""
         def write() -> None:
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.write(fd, value.encode())
             finally:
                 os.close(fd)
-        self.runner.kernel_call(("configfs", "write", str(path), value),
-                                lambda: _os(write))
+        self.runner.kernel_call(("configfs", "write", str(path),
+                                 "(secret)" if secret else value), lambda: _os(write))
 
 
 def _os(call: Callable[..., object], *args: object) -> None:
@@ -434,6 +404,17 @@ def _os(call: Callable[..., object], *args: object) -> None:
     except OSError as exc:
         raise KernelError(f"configfs {call.__name__}", str(exc.filename or args[0]),
                           exc.errno or 0, exc.strerror or "") from exc
+
+
+def _chap_user(tpg: Path, acls: Sequence[str]) -> str | None:
+    """The CHAP user of an export that asks for CHAP (its first ACL's: every ACL of
+    lunresync's has the same)."""
+    try:
+        if (tpg / "attrib" / "authentication").read_text().strip() != "1" or not acls:
+            return None
+        return (tpg / "acls" / acls[0] / "auth" / "userid").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _logged_in(acl: Path) -> bool:

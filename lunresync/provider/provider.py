@@ -30,6 +30,7 @@ from lunresync.errors import InvalidArgument
 from lunresync.kernel.dm import DeviceMapper
 from lunresync.kernel.loop import LoopDevices
 from lunresync.kernel.runner import Runner
+from lunresync.kernel.scsi_names import ChapCredential
 from lunresync.kernel.targets import ThinPoolStatus
 from lunresync.storage.catalog import Catalog
 from lunresync.storage.exports import ExportView
@@ -227,11 +228,14 @@ class Provider:
 
     def export_lun(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
                    read_only: bool = False, portals: Sequence[str] = (),
-                   acls: Sequence[str] = ()) -> ExportView:
+                   acls: Sequence[str] = (), chap: ChapCredential | None = None
+                   ) -> ExportView:
         """Serve a LUN as a SCSI disk (storage/exports.py), to this machine or through
-        iSCSI (``portals``, ``acls``: initiator IQNs); ``activate`` serves it again."""
+        iSCSI (``portals``, ``acls``: initiator IQNs, ``chap``: what they must answer);
+        ``activate`` serves it again."""
         return self._luns.exports.export(name, kind, read_only=read_only,
-                                         portals=tuple(portals), acls=tuple(acls))
+                                         portals=tuple(portals), acls=tuple(acls),
+                                         chap=chap)
 
     def unexport_lun(self, name: str) -> list[LunExport]:
         return self._luns.exports.unexport(name)

@@ -25,7 +25,7 @@ from types import TracebackType
 
 from lunresync.errors import InvalidArgument
 
-from .client import ServiceUnavailable
+from .client import ServiceClient, ServiceUnavailable
 
 #: The system bus of a Debian (and every systemd) host.
 SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
@@ -164,3 +164,16 @@ class SshTunnel:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def connect_remote(destination: str, bus_address: str | None, *, config: str | None = None,
+                   timeout: float) -> tuple[ServiceClient, SshTunnel]:
+    """A client of the service on ``destination``'s bus (``bus_address`` there, None: its
+    system bus) through a new tunnel, which is closed again if the connection fails; the
+    caller closes both, the client first."""
+    tunnel = SshTunnel(destination, remote_socket(bus_address), config=config)
+    try:
+        return ServiceClient(tunnel.address, timeout=timeout), tunnel
+    except BaseException:
+        tunnel.close()
+        raise

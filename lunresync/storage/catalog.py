@@ -19,6 +19,7 @@ from typing import Any
 
 from lunresync.errors import LunresyncError, NotFound
 from lunresync.kernel.identity import DeviceIdentity
+from lunresync.kernel.scsi_names import ChapCredential
 
 from .model import (
     ExportKind,
@@ -175,11 +176,14 @@ class Catalog:
     # -- exports ---------------------------------------------------------------------------
 
     def add_export(self, export: LunExport) -> None:
-        options = json.dumps({"portals": list(export.portals), "acls": list(export.acls)})
+        options: dict[str, object] = {"portals": list(export.portals),
+                                      "acls": list(export.acls)}
+        if export.chap is not None:  # the catalog is root's alone (0600), as LIO's tree
+            options["chap"] = {"user": export.chap.user, "secret": export.chap.secret}
         self.db.execute("INSERT INTO exports (lun_id, kind, read_only, created, options)"
                         " VALUES (?, ?, ?, ?, ?)", (export.lun_id, export.kind.value,
                                                     int(export.read_only), export.created,
-                                                    options))
+                                                    json.dumps(options)))
 
     def exports(self, lun_id: str | None = None) -> list[LunExport]:
         """Every export (of one LUN), oldest first."""
@@ -189,10 +193,13 @@ class Catalog:
         found = []
         for row in rows:
             options = json.loads(row["options"])
+            chap = options.get("chap")
             found.append(LunExport(row["lun_id"], ExportKind(row["kind"]),
                                    bool(row["read_only"]), row["created"],
                                    tuple(options.get("portals", ())),
-                                   tuple(options.get("acls", ()))))
+                                   tuple(options.get("acls", ())),
+                                   ChapCredential(chap["user"], chap["secret"])
+                                   if chap else None))
         return found
 
     def remove_export(self, lun_id: str, kind: ExportKind) -> None:

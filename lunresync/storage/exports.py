@@ -18,7 +18,7 @@ from typing import TypeAlias
 
 from lunresync.errors import InUse, InvalidArgument, LunresyncError, NotFound
 from lunresync.kernel import blockdev
-from lunresync.kernel.lio import IscsiExport, Lio, LoopbackExport
+from lunresync.kernel.lio import ChapCredential, IscsiExport, Lio, LoopbackExport
 
 from .catalog import now
 from .model import ExportKind, Lun, LunExport
@@ -74,10 +74,11 @@ class Exports:
 
     def export(self, name: str, kind: ExportKind = ExportKind.LOOPBACK, *,
                read_only: bool = False, portals: tuple[str, ...] = (),
-               acls: tuple[str, ...] = ()) -> ExportView:
+               acls: tuple[str, ...] = (), chap: ChapCredential | None = None
+               ) -> ExportView:
         """Serve LUN ``name`` as a SCSI disk; recorded, rebuilt by ``activate``."""
-        if kind is ExportKind.LOOPBACK and (portals or acls):
-            raise InvalidArgument("portals and ACLs are for iSCSI exports")
+        if kind is ExportKind.LOOPBACK and (portals or acls or chap):
+            raise InvalidArgument("portals, ACLs and CHAP are for iSCSI exports")
         s = self.storage
         with s.changing_kernel():
             lun = s.catalog.lun(name)
@@ -94,7 +95,8 @@ class Exports:
                 raise InUse(f"LUN {lun.name} has a SCSI backstore outside the catalog"
                             f" (lunresync-{lun.id}): remove it with targetcli first")
             read_only = read_only or lun.read_only  # a read-only LUN: a read-only disk
-            record = LunExport(lun.id, kind, read_only, now(), tuple(portals), tuple(acls))
+            record = LunExport(lun.id, kind, read_only, now(), tuple(portals), tuple(acls),
+                               chap)
             with Undo() as undo:
                 live = self._serve(lun, record)
                 undo.push(f"remove the export of LUN {lun.name}", self._remove, lun.id)
@@ -205,7 +207,7 @@ class Exports:
         read_only = record.read_only or lun.read_only
         if record.kind is ExportKind.ISCSI:
             return self.lio.add_iscsi(lun.id, lun.path, record.portals, record.acls,
-                                      read_only=read_only)
+                                      read_only=read_only, chap=record.chap)
         return self.lio.add_loopback(lun.id, lun.path, read_only=read_only)
 
     def _remove(self, lun_id: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
 from lunresync.kernel.identity import DeviceIdentity
+from lunresync.kernel.scsi_names import ChapCredential
 
 # LUN names reach dm names, file names and udev symlinks.
 _LUN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -301,3 +302,4 @@ class LunExport:
     created: float
     portals: tuple[str, ...] = ()  # iSCSI: ADDRESS:PORT
     acls: tuple[str, ...] = ()  # iSCSI: the initiators that may log in
+    chap: ChapCredential | None = None  # iSCSI: what they must answer (kept for activate)

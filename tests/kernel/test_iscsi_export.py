@@ -38,6 +38,7 @@ pytestmark = pytest.mark.kernel
 
 SIZE = 16 * MiB
 STORAGE = "169.254.77.1"  # the storage's address on the link (tests/iscsi_hosts.py)
+CHAP_SECRET = "lunresync-test-chap"  # noqa: S105 - the test's own
 
 
 def test_a_host_on_another_network_uses_backs_up_and_restores_its_lun(
@@ -69,15 +70,22 @@ def test_a_host_on_another_network_uses_backs_up_and_restores_its_lun(
                                           storage.log.read_text()[-3000:])
             return done.stdout
 
-        # The client exports the LUN to its initiator and logs in over the link; the
-        # portal listens in the storage's network only
-        client("lun", "export", "db", "--iscsi", "--portal", STORAGE, "--acl", INITIATOR)
+        # The client exports the LUN to its initiator, with CHAP (the secret in a file of
+        # the client's), and logs in over the link; the portal listens in the storage's
+        # network only, and a login without the secret is refused
+        secret = document.parent / "chap"
+        secret.write_text(CHAP_SECRET + "\n")
+        secret.chmod(0o600)
+        client("lun", "export", "db", "--iscsi", "--portal", STORAGE, "--acl", INITIATOR,
+               "--chap-user", "client", "--chap-secret-file", str(secret))
         assert f"{STORAGE}:3260" not in run("ss", "-ltn")
-        disk = host.login(target, net.portal, wwn)
+        assert "authorization failure" in host.refused(target, net.portal)
+        disk = host.login(target, net.portal, wwn, chap=("client", CHAP_SECRET))
         assert digest_of(disk) == digest_of(lun.path)
         (view,) = provider.lun_exports(provider.lun("db"))
         assert isinstance(view.live, lio.IscsiExport)
-        assert view.live.sessions == (INITIATOR,)
+        assert (view.live.sessions, view.live.chap_user) == ((INITIATOR,), "client")
+        assert CHAP_SECRET not in client("lun", "show", "db", "--json")
         with pytest.raises(InUse, match="logged in"):
             provider.unexport_lun("db")
 
@@ -99,6 +107,14 @@ def test_a_host_on_another_network_uses_backs_up_and_restores_its_lun(
         assert restore["job"]["state"] == "done", restore
         assert digest_of(disk) == wanted
 
+        # deactivate and activate (as after a power-off) serve it again from the catalog,
+        # CHAP included, in the service's network
+        host.logout()
+        client("deactivate")
+        assert lio.Lio(provider.runner).backstores() == {}
+        client("activate")
+        assert digest_of(host.login(target, net.portal, wwn,
+                                    chap=("client", CHAP_SECRET))) == wanted
         host.logout()
         client("lun", "unexport", "db")
     assert lio.Lio(provider.runner).iscsi_exports() == {}

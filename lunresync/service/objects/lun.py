@@ -8,6 +8,7 @@ from dbus_fast.annotations import DBusBool, DBusDict, DBusObjectPath, DBusStr, D
 from dbus_fast.service import dbus_method
 
 from lunresync.errors import InvalidArgument
+from lunresync.kernel.scsi_names import ChapCredential
 from lunresync.service import api
 from lunresync.storage.model import ExportKind
 
@@ -65,18 +66,25 @@ class LunObject(RecordObject):
     async def Export(self, kind: DBusStr, options: DBusDict) -> DBusNothing:
         """Serve this LUN as a SCSI disk; ``kind``: "loopback" (to the service's machine,
         through tcm_loop) or "iscsi". Options: read_only (b); iscsi: portals (as,
-        ADDRESS[:PORT]), acls (as, initiator IQNs)."""
-        values = api.options(options, {"read_only": "b", "portals": "as", "acls": "as"})
+        ADDRESS[:PORT]), acls (as, initiator IQNs), chap_user and chap_secret (s, both or
+        neither: what the initiators must answer)."""
+        values = api.options(options, {"read_only": "b", "portals": "as", "acls": "as",
+                                       "chap_user": "s", "chap_secret": "s"})
         if kind not in ("loopback", "iscsi"):
             raise InvalidArgument(f"an export of kind {kind!r}: give \"loopback\" or"
                                   " \"iscsi\"")
         read_only = bool(values.get("read_only", False))
         portals = tuple(values.get("portals", ()))
         acls = tuple(values.get("acls", ()))
+        chap = None
+        if "chap_user" in values or "chap_secret" in values:
+            if "chap_user" not in values or "chap_secret" not in values:
+                raise InvalidArgument("CHAP needs both chap_user and chap_secret")
+            chap = ChapCredential(str(values["chap_user"]), str(values["chap_secret"]))
         lun_id = self.record["id"]
         await self.context.run(lambda p: p.export_lun(
             p.lun_by_id(lun_id).name, ExportKind(kind), read_only=read_only,
-            portals=portals, acls=acls))
+            portals=portals, acls=acls, chap=chap))
 
     @dbus_method()
     @changes
