@@ -171,9 +171,17 @@ def connect_remote(destination: str, bus_address: str | None, *, config: str | N
     """A client of the service on ``destination``'s bus (``bus_address`` there, None: its
     system bus) through a new tunnel, which is closed again if the connection fails; the
     caller closes both, the client first."""
-    tunnel = SshTunnel(destination, remote_socket(bus_address), config=config)
+    remote = remote_socket(bus_address)
+    tunnel = SshTunnel(destination, remote, config=config)
     try:
         return ServiceClient(tunnel.address, timeout=timeout), tunnel
+    except ServiceUnavailable as exc:
+        tunnel.close()
+        # the local end's path means nothing to the user: say where it leads
+        raise ServiceUnavailable(f"logged in to {destination}, but its bus {remote} did not"
+                                 f" answer through the tunnel ({exc})",
+                                 hint="is dbus running there, and is that its socket?"
+                                 ) from None
     except BaseException:
         tunnel.close()
         raise

@@ -48,7 +48,8 @@ def test_an_exported_lun_is_a_scsi_disk_known_by_its_id_through_restores_and_act
     assert shown | {"created": None} == {
         "kind": "loopback", "read_only": False, "wwn": f"0x{lio.naa_designator(lun.id)}",
         "serial": lun.id, "target": lio.loopback_target(lun.id), "served": True,
-        "disk": disk, "created": None, "portals": [], "acls": [], "sessions": []}
+        "disk": disk, "created": None, "portals": [], "acls": [], "sessions": [],
+        "chap_user": None}
 
     # A restore in place beneath the export: the host writes through its disk, takes a
     # shadow copy, damages the disk, and reads the restored content through the disk

@@ -40,10 +40,12 @@ def tunnels() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("lunresync-ssh-*")}
 
 
-def ssh_clients() -> list[str]:
+def ssh_clients(storage: SshHost) -> list[str]:
+    """The ssh processes of this module's tunnels (their command lines name its files)."""
     found = subprocess.run(["/usr/bin/pgrep", "-a", "-x", "ssh"], capture_output=True, text=True,
                            check=False)
-    return found.stdout.splitlines()
+    return [line for line in found.stdout.splitlines()
+            if str(storage.config.parent.parent) in line]
 
 
 def test_remote_commands_say_what_local_ones_say(service: ServiceProcess,
@@ -60,7 +62,7 @@ def test_remote_commands_say_what_local_ones_say(service: ServiceProcess,
         assert remote.stdout, args
     # the tunnel ends with the command: no ssh, no socket directory left
     assert tunnels() == before
-    assert ssh_clients() == []
+    assert ssh_clients(storage) == []
 
 
 def test_an_unreachable_or_refusing_host_fails_cleanly(service: ServiceProcess,
@@ -80,7 +82,7 @@ def test_an_unreachable_or_refusing_host_fails_cleanly(service: ServiceProcess,
     done = lunresync(*storage.cli_options(), "--bus", "unix:path=/run/lunresync-nothing.sock",
                      "lun", "list")
     assert done.returncode == ExitCode.FAILED, done.stderr
-    assert "cannot connect" in done.stderr
+    assert "its bus /run/lunresync-nothing.sock did not answer" in done.stderr
     # the service's pool is not the one named
     done = lunresync(*storage.cli_options(), "--bus", service.bus.address,
                      "--pool", "/var/lib/another-pool", "lun", "list")
@@ -97,7 +99,7 @@ def test_an_unreachable_or_refusing_host_fails_cleanly(service: ServiceProcess,
         assert done.returncode == ExitCode.INVALID, (options, done.stderr)
     assert lunresync("--remote", "storage", "daemon").returncode == ExitCode.UNSUPPORTED
     assert tunnels() == before
-    assert ssh_clients() == []
+    assert ssh_clients(storage) == []
 
 
 def test_the_bus_judges_the_ssh_login_not_the_local_user(
