@@ -644,13 +644,15 @@ def test_resync_and_job_commands(devices: DeviceStack, provider: Provider,
 # merge -15/+20%; over 6 s clone -4/+3%, mirror -6/+5%, merge -5/+8%): a clone copies a
 # few MiB between two polls whatever its limit, a mirror's or a merge's share lets a copy
 # that waited burst when it goes up, and a merge's progress moves a few runs at a time.
-# Sized for 4 s + 6 s at the first limit and 2 s + 3 s at the second, 10% and 20% over.
+# Sized for 4 s + 6 s at the first limit and 2 s + 3 s at the second, 10% and 20% over,
+# and a step of the progress after each window (a clone of 192 MiB ended before the end
+# of the second window).
 # Windows run from one step of the progress to another (measured, below): with fixed
 # edges a clone at 8 MiB/s measured 6.6-8.8 beside the reboot tier's VM; with step edges
 # 7.6-8.7 (2026-12-03).
-THROTTLED = [(EngineKind.CLONE, 192 * MiB, 8 * MiB, 16 * MiB, 0.1),
-             (EngineKind.MIRROR, 192 * MiB, 8 * MiB, 16 * MiB, 0.2),
-             (EngineKind.MERGE, 352 * MiB, 16 * MiB, 24 * MiB, 0.2)]
+THROTTLED = [(EngineKind.CLONE, 256 * MiB, 8 * MiB, 16 * MiB, 0.1),
+             (EngineKind.MIRROR, 256 * MiB, 8 * MiB, 16 * MiB, 0.2),
+             (EngineKind.MERGE, 448 * MiB, 16 * MiB, 24 * MiB, 0.2)]
 #: How long the first limit is measured (after how long).
 HELD_SECONDS, HELD_SETTLE = 6.0, 4.0
 #: How long the second limit is measured (after how long), and how close: it took effect.
