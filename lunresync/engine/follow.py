@@ -19,7 +19,7 @@ from lunresync.storage.catalog import now
 from lunresync.storage.model import LunState
 from lunresync.storage.stack import lun_table
 
-from . import refresh, throttle
+from . import refresh, shares, throttle
 from .context import JobContext
 from .engines import ENGINES
 from .model import Job, JobPair, JobState
@@ -42,7 +42,7 @@ def poll_locked(ctx: JobContext, kernel_log: Sequence[KernelMessage]) -> list[Jo
             recover_pending(ctx, job, present)
         else:
             advance(ctx, job, present, kernel_log)
-    throttle.release(ctx)  # the shares of limited copies that ended
+    shares.release(ctx)  # the shares of limited copies that ended
     return ctx.store.jobs(active_only=True)
 
 
@@ -142,7 +142,7 @@ def end(ctx: JobContext, job: Job, state: JobState, error: str) -> None:
             announce(pair, "none")
     with ctx.catalog.transaction():
         ctx.store.update(job.id, state=state, finished=now(), error=error)
-    throttle.release(ctx)
+    shares.release(ctx)
     log.warning("job %s %s: %s", job.id, state.value, error)
 
 

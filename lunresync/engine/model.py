@@ -132,6 +132,8 @@ class PairPlan:
     # few, so that pausing the copy stops it at once (engine/throttle.py)
     hydration_threshold: int | None = None
     hydration_batch: int | None = None
+    # bytes/s it copied with hydration on, as last measured (None: not yet)
+    hydration_speed: float | None = None
     # What users write during the restore is recorded (engine/tracking.py): the top is a
     # dm ``era`` device over ``engine_device``, which has the engine's table; the era's
     # metadata is the file of role ``era``, in blocks of ``write_block_sectors``. None: a

@@ -14,7 +14,7 @@ from lunresync.storage.catalog import now
 from lunresync.storage.stack import lun_table
 from lunresync.storage.undo import Undo
 
-from . import thin, throttle
+from . import shares, thin
 from .context import JobContext
 from .model import EngineKind, Job, JobPair, JobState, PairPlan
 from .online import (
@@ -102,9 +102,9 @@ def _reactivate_pair(ctx: JobContext, job_id: str, pair: JobPair, undo: Undo) ->
     made = build_helpers(ctx, pair, undo, None)
     plan = replace(pair.plan, log_since_seq=since)
     make_engine_device(ctx, pair, plan, made, undo)
-    throttle.hold_back(ctx, ctx.store.job(job_id))  # no full speed until a poll
+    shares.hold_back(ctx, ctx.store.job(job_id))  # no full speed until a poll
     ctx.devices.create(plan.top, online_table(pair, plan, made), plan.top_uuid, undo)
-    throttle.hold_back(ctx, ctx.store.job(job_id))  # (the table loaded its module)
+    shares.hold_back(ctx, ctx.store.job(job_id))  # (the table loaded its module)
     with ctx.catalog.transaction():
         ctx.store.update_pair(job_id, pair.index, plan=plan)
         # The machine was down: no copying time (the rate is from a recent window),
@@ -139,7 +139,7 @@ def deactivate(ctx: JobContext) -> list[str]:
                 removed.append(name)
         for path in pair.plan.files.values():
             removed += ctx.devices.detach_file(path)
-    throttle.release(ctx, everything=True)  # no copy of the pool runs any more
+    shares.release(ctx, everything=True)  # no copy of the pool runs any more
     return removed
 
 

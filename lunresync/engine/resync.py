@@ -29,7 +29,7 @@ from lunresync.storage.catalog import now
 from lunresync.storage.model import LunBaseline
 from lunresync.storage.undo import Undo
 
-from . import follow, recovery, thin, throttle
+from . import follow, recovery, shares, thin, throttle
 from .context import JobContext
 from .model import CheckedPair, EngineKind, Job, JobState, ResyncPair
 from .online import go_online, start_copy, wait_for_links
@@ -130,13 +130,13 @@ class Resyncer:
                         self.store.add(job)
                         for lun_id in baselines:
                             ctx.catalog.set_lun_baseline(lun_id, None)
-                    undo.push("put back the copy throttles", throttle.release, ctx)
+                    undo.push("put back the copy throttles", shares.release, ctx)
                     undo.push(f"forget job {job.id}", self._forget, job.id, baselines)
                     # A limited mirror's or merge's copy starts slow: before the switch when
                     # its module is loaded, and after it when the switch loaded it
-                    throttle.hold_back(ctx, job)
+                    shares.hold_back(ctx, job)
                     job = go_online(ctx, job, sizes, undo)
-                    throttle.hold_back(ctx, job)
+                    shares.hold_back(ctx, job)
                     online = time.monotonic() - started
                     for pair in job.pairs:  # sparse clone: mark what it need not copy
                         start_copy(ctx, job.id, pair)

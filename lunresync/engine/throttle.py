@@ -3,43 +3,34 @@ running job by ``job set-rate``.
 
 The clone engine copies when hydration is on and stops when it is off (dm-clone's
 ``enable_hydration`` / ``disable_hydration`` messages). Whoever follows the job (every
-poll: ``job wait``, ``resync --wait``, the service once a second, any command) compares the
+poll: ``job wait``, ``resync --wait``, the service every 0.2 s, any command) compares the
 bytes copied with the budget, ``max_rate`` times the seconds since the job's *pace* point
 (its start, or the last change of rate), and switches hydration on while the copy is
-behind it and off once it is ahead. Few regions are in flight at a time (about 0.1 s of the
-budget), so that switching off stops the copy at once; a copy that falls further behind
-with hydration on gets twice as many (the storage is slower than that allows). A
-throttled copy with nobody
-following it stays as the last poll left it: run ``lunresync job wait`` or the service.
+behind it and off once it is ahead. What a copy gains between two polls is what it copies
+while on: the regions in flight are set so that, while on, it copies about twice its
+limit (measured from one poll to the next), enough to catch up and little beyond the
+budget per poll. With hydration on the kernel starts the next region as one completes, so
+regions in flight set the speed: 128 of them copied 10 MiB between two polls 0.08 s apart
+in the test VM, a burst of more than a second of an 8 MiB/s budget. A throttled copy with
+nobody following it stays as the last poll left it: run ``lunresync job wait`` or the
+service.
 
-The merge and mirror engines cannot be paused (snapshot-merge and dm-mirror take no such
-message, and suspending them would stop production I/O too). Their copies run through the
-kernel's dm-kcopyd, whose module parameter gives the share of time a module's copies may
-keep I/O in flight (kernel/kcopyd.py). The governor moves that share instead: one point
-up while the copy is behind its budget, back down while it is ahead, and the pair of
-shares it alternates between moves (at most every half second, to where the rate made
-says the limit is) when even the upper (lower) one leaves the copy behind (ahead) by more
-than the slack; a new limit moves it in proportion. The share is one for the whole machine: while
-a limited mirror (merge) copy runs, every mirror (snapshot) copy on the machine runs at
-it. The share found before the first limited copy, and the governor's low share, are kept
-in ``POOL/jobs/copy-throttle.json``; the share found is put back when no limited copy of
-that engine is left.
+The merge and mirror engines cannot be paused: their governor moves the kernel's copy
+share instead (:mod:`.shares`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from lunresync.errors import InvalidArgument, NotSupported
+from lunresync.errors import InvalidArgument
 from lunresync.kernel.blockdev import SECTOR_SIZE
-from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets.clone import CloneStatus
 
+from . import shares
 from .clone import HYDRATION_BATCH as CLONE_BATCH
 from .clone import HYDRATION_THRESHOLD as CLONE_THRESHOLD
 from .context import JobContext
@@ -47,31 +38,33 @@ from .model import EngineKind, Job, JobPair, JobState, PairPlan
 
 #: The slowest limit: one 64 KiB region every 0.1 s.
 MIN_RATE = 64 * 1024 * 10
-#: Seconds of budget in flight at first (more when the storage is slower, below).
+#: Seconds of budget in flight at first (then as many as the speed below needs).
 IN_FLIGHT_SECONDS = 0.01
-#: Seconds of budget the copy may be behind, or ahead, before it gets more, or less, in
-#: flight.
-SLACK_SECONDS = 0.25
+#: A clone's copy with hydration on copies about this many times its limit: fast enough
+#: to catch up after a slow spell, slow enough that a poll's burst is a small part of a
+#: second's budget.
+ON_SPEED = 2.0
+#: Outside these multiples of its limit (measured with hydration on from one poll to the
+#: next) a clone gets more, or fewer, regions in flight; inside, it keeps them (the speed
+#: a number of regions gives varies from poll to poll).
+ON_SPEED_RANGE = (1.25, 3.0)
+#: The shortest time between two polls that measures a clone's speed: right after
+#: another one a region more or less is a different speed.
+MIN_SPEED_SECONDS = 0.04
+#: A clone that copies what it is behind in at most this long gets it as a slice of the
+#: poll itself: hydration on, a sleep, off again (:func:`_copy_slice`). Left on until the
+#: next poll, it would copy a poll's worth at full speed: 10 MiB in 0.08 s in the test VM,
+#: with one region in flight (the kernel starts the next as one completes).
+SLICE_SECONDS = 0.1
+#: The slice while the clone's speed is not known yet.
+PROBE_SECONDS = 0.01
 #: The most budget a copy that fell behind may make up, in seconds of it: above its limit
 #: for a moment, never for long.
-OWED_SECONDS = 0.25
-#: Seconds of budget a copy under a kernel share may be behind (ahead) at the upper (low)
-#: share before the shares move: it answers within a poll, unlike a clone's burst.
-SHARE_SLACK_SECONDS = 0.1
+OWED_SECONDS = 1.0
 # dm-clone's own maxima as the engine sets them (engine/clone.py)
 _MAX_THRESHOLD = 512
 _MAX_BATCH = 64
 
-#: The kernel's copy throttle each engine's copy runs under.
-SHARED_THROTTLE = {EngineKind.MIRROR: CopyThrottle.MIRROR,
-                   EngineKind.MERGE: CopyThrottle.SNAPSHOT}
-#: The share (percent of time) a limited copy starts at, before the first poll: low, so
-#: that it does not copy at full speed until someone follows it.
-INITIAL_SHARE = 1
-#: The most the governor gives: 100 is the kernel's "no limit".
-MAX_SHARE = 99
-#: Seconds between two steps of the low share.
-SHARE_SETTLE_SECONDS = 0.5
 #: A limited mirror copies regions of about this many seconds of its budget (its progress
 #: is counted in whole regions), from 512 KiB (dm-kcopyd's sub-job) to the engine's own.
 #: dm-mirror copies one region at a time, and the kernel's share puts a copy that is over
@@ -79,7 +72,6 @@ SHARE_SETTLE_SECONDS = 0.5
 #: near its limit (8 MiB/s held 6.7 over 6 s in a full test run).
 REGION_SECONDS = 0.25
 MIN_MIRROR_REGION = 1024
-KEPT_SHARES = "copy-throttle.json"
 
 
 def check_rate(rate: int | None) -> int | None:
@@ -120,7 +112,8 @@ def limited(plan: PairPlan, engine: EngineKind, rate: int | None) -> PairPlan:
     if engine is not EngineKind.CLONE:
         return plan
     threshold, batch = in_flight(rate, plan.region_sectors)
-    return replace(plan, hydration_threshold=threshold, hydration_batch=batch)
+    return replace(plan, hydration_threshold=threshold, hydration_batch=batch,
+                   hydration_speed=None)
 
 
 def behind(job: Job, at: float) -> bool:
@@ -143,205 +136,116 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
            ) -> None:
     """One step of the governor: hydration on for each running clone pair of the job
     while the copy is behind its budget, off when it is ahead (``statuses``: each clone
-    pair's status as just read, by pair index). A copy that falls further behind with
-    hydration on has too little in flight for the storage's latency: it gets twice as
-    much (up to the engine's own). A copy never owes more than :data:`OWED_SECONDS` of
-    its budget: one that fell behind (a slow start, a follower that paused) goes on at its
-    limit, it does not make up for lost time above it."""
-    short = deficit(job, at)  # how far it fell behind: a clone needs more in flight
-    if job.max_rate is not None and short > job.max_rate * OWED_SECONDS:
+    pair's status as just read, by pair index). A clone whose copy, with hydration on
+    since the last poll, made a speed outside :data:`ON_SPEED_RANGE` times its limit gets
+    as many regions in flight as :data:`ON_SPEED` needs (:func:`in_flight_for`). A copy
+    never owes more than :data:`OWED_SECONDS` of its budget: one that fell behind (a slow
+    start, a follower that paused) goes on at its limit, it does not make up for lost time
+    above it."""
+    if job.max_rate is not None and deficit(job, at) > job.max_rate * OWED_SECONDS:
         pace = (at, job.bytes_done + int(job.max_rate * OWED_SECONDS))
         with ctx.catalog.transaction():
             ctx.store.update(job.id, pace=json.dumps(pace))
         job = replace(job, pace=pace)
     wanted = behind(job, at)
-    for pair in _clones(job):
-        status = statuses.get(pair.index)
-        if status is None:
-            continue
-        threshold = pair.plan.hydration_threshold
-        region = pair.plan.region_sectors * SECTOR_SIZE
-        slack = max(2 * (threshold or 1) * region, (job.max_rate or 0) * SLACK_SECONDS)
-        if threshold is not None and status.hydration_enabled:
-            if wanted and threshold < _MAX_THRESHOLD and short > slack:
-                _set_in_flight(ctx, job, pair, min(_MAX_THRESHOLD, 2 * threshold))
-            elif threshold > 1 and -short > slack:
-                # far ahead after one poll's worth of copying: smaller bursts
-                _set_in_flight(ctx, job, pair, threshold // 2)
+    clones = [(pair, statuses[pair.index]) for pair in _clones(job) if pair.index in statuses]
+    speed = last_speed(job)
+    if job.max_rate is not None and speed is not None:
+        for i, (pair, status) in enumerate(clones):
+            threshold = pair.plan.hydration_threshold
+            if threshold is not None and status.hydration_enabled:
+                # on since the last poll (the governor's messages come after its reading)
+                clones[i] = (_set_in_flight(ctx, job, pair, in_flight_for(
+                    threshold, speed, job.max_rate), speed / len(clones)), status)
+    if job.max_rate is not None and wanted and clones \
+            and _copy_slice(ctx, job, clones, deficit(job, at)):
+        clones = []  # copied their share in this poll, and off again
+    for pair, status in clones:
         if status.hydration_enabled != wanted:
             ctx.devices.message(pair.plan.engine_top,
                                 "enable_hydration" if wanted else "disable_hydration")
     if job.max_rate is not None:
-        for knob in _shared(job):
-            _govern_share(ctx, knob, job, at)
+        for knob in shares.shared(job):
+            shares.govern_share(ctx, knob, job, at, deficit(job, at) / job.max_rate)
 
 
-def _govern_share(ctx: JobContext, knob: CopyThrottle, job: Job, at: float) -> None:
-    """One step of the governor of a kernel's copy share for ``job`` at ``at``. The share
-    alternates between a *low* share and the one above: up while the copy is behind its
-    budget, down while ahead, so the budget holds the average between them (the share is
-    a whole percentage). When even the upper one leaves the copy behind by more than the
-    slack, the low share moves up; when even the low one gets it ahead, down. By how much
-    comes from the rate the copy made since the low share last moved: to where the limit
-    would be, at most half as much again (or half as much). It moves
-    at most once in :data:`SHARE_SETTLE_SECONDS`: the kernel's accounting, and a copy
-    whose progress moves in runs, answer late, and reacting twice to the same error swings
-    the share from one end to the other."""
-    assert job.max_rate is not None
-    behind = deficit(job, at) / job.max_rate
-    kept = _kept(ctx)
+def _copy_slice(ctx: JobContext, job: Job, clones: Sequence[tuple[JobPair, CloneStatus]],
+                short: float) -> bool:
+    """Copy about ``short`` bytes of ``job``'s budget in a slice of this poll, if its
+    clones copy that in at most :data:`SLICE_SECONDS` (:data:`PROBE_SECONDS` while their
+    speed is not known): hydration on, a sleep, off, and each clone's speed measured from
+    its status before and after. False: slower than that, nothing done (hydration stays
+    on until the next poll)."""
+    speeds = [pair.plan.hydration_speed for pair, _ in clones]
+    if None in speeds:
+        seconds = PROBE_SECONDS
+    else:
+        total = sum(s or 0.0 for s in speeds)
+        seconds = short / total if total > 0 else SLICE_SECONDS + 1
+        if seconds > SLICE_SECONDS:
+            return False  # made nothing, or slowly: on until the next poll measures it
+    for pair, status in clones:
+        if not status.hydration_enabled:
+            ctx.devices.message(pair.plan.engine_top, "enable_hydration")
+    began = time.monotonic()
+    time.sleep(seconds)
     try:
-        share = ctx.devices.copy_throttle(knob)
-    except NotSupported:
-        return  # not loaded: its copies are not running (deactivated, before activate)
-    state = kept.get(knob.module, KeptShare(min(share, 100), INITIAL_SHARE))
-    low = state.low
-    settled = at - state.moved >= SHARE_SETTLE_SECONDS or at < state.moved
-    if share >= 100:  # reset behind its back (a reboot): start low again
-        low, settled = INITIAL_SHARE, False
-    grow = settled and behind > SHARE_SLACK_SECONDS and share > low
-    shrink = settled and -behind > SHARE_SLACK_SECONDS and share <= low
-    if grow or shrink:
-        # behind at the upper share, ahead at the low one: that one was in force
-        wanted = _wanted_low(state, share, job.bytes_done, job.max_rate, at)
-        if grow:  # by half at most: a share that goes up lets a copy that waited burst
-            low = max(low + 1, min(wanted, low + low // 2))
-        else:
-            low = min(low - 1, max(wanted, low // 2))
-    low = max(0, min(MAX_SHARE - 1, low))
-    new = low + 1 if behind > 0 else low
-    if new != share:
-        ctx.devices.set_copy_throttle(knob, new)
-    if state.low != low or knob.module not in kept:
-        moved = (at, job.bytes_done) if state.low != low else (state.moved, state.done)
-        _write_kept(ctx, {**kept, knob.module: KeptShare(state.found, low, *moved)})
+        for pair, _ in clones:
+            ctx.devices.message(pair.plan.engine_top, "disable_hydration")
+    finally:
+        took = time.monotonic() - began
+    for pair, before in clones:
+        after = ctx.devices.status(pair.plan.engine_top)[0].status
+        if not isinstance(after, CloneStatus):
+            continue  # the next poll says what became of it
+        region = pair.plan.region_sectors * SECTOR_SIZE
+        speed = (after.regions_hydrated - before.regions_hydrated) * region / took
+        last = pair.plan.hydration_speed
+        with ctx.catalog.transaction():  # an average: a slice's count is a few regions
+            ctx.store.update_pair(job.id, pair.index, plan=replace(
+                pair.plan, hydration_speed=speed if last is None else (last + speed) / 2))
+    return True
 
 
-def _wanted_low(state: KeptShare, share: int, done: int, rate: int, at: float) -> int:
-    """The low share that would copy ``rate`` (with the one above it in turns, about half
-    a point more), from the rate made since it last moved at ``share`` (the one in force:
-    the copy stays behind at the upper share, ahead at the low one). Unknown (it has not
-    moved yet, or another job's copy counted): where it is."""
-    if state.moved <= 0 or at <= state.moved or done < state.done:
-        return state.low
-    made = (done - state.done) / (at - state.moved)
-    return round(max(share, 0.5) * rate / max(made, rate / 4) - 0.5)
+def last_speed(job: Job) -> float | None:
+    """Bytes per second the job copied between its last two polls (None: a single poll,
+    or two too close together to tell). A job with other pairs than clones counts their
+    copy too: its clones then get fewer regions, and the rest of the budget goes to the
+    others' shares."""
+    if len(job.samples) < 2:
+        return None
+    (before, done_before), (last, done_last) = job.samples[-2:]
+    if last - before < MIN_SPEED_SECONDS:
+        return None
+    return max(0, done_last - done_before) / (last - before)
 
 
-def hold_back(ctx: JobContext, job: Job) -> None:
-    """Before a limited job's copy starts (its switch, a new limit, ``activate``): the
-    shares its mirror and merge copies run under start low; the shares found are kept.
-    A module that is not loaded yet is skipped (its first table loads it: call again
-    then)."""
-    if job.max_rate is None:
-        return
-    for knob in _shared(job):
-        kept = _kept(ctx)
-        try:
-            share = ctx.devices.copy_throttle(knob)
-        except NotSupported:
-            continue
-        found = kept[knob.module].found if knob.module in kept else min(share, 100)
-        _write_kept(ctx, {**kept, knob.module: KeptShare(found, INITIAL_SHARE)})
-        ctx.devices.set_copy_throttle(knob, INITIAL_SHARE)
+def in_flight_for(threshold: int, speed: float, rate: int) -> int:
+    """Regions in flight for a clone that copied ``speed`` bytes/s with hydration on and
+    ``threshold`` in flight, under ``rate``: as many as it has inside
+    :data:`ON_SPEED_RANGE` times the rate; outside it, in proportion to where
+    :data:`ON_SPEED` is, at most twice as many (a copy that made nothing: storage busy or
+    slow) or a quarter as many at a step."""
+    low, high = ON_SPEED_RANGE
+    if low * rate <= speed <= high * rate:
+        return threshold
+    fitted = round(threshold * ON_SPEED * rate / speed) if speed > 0 else 2 * threshold
+    return max(1, threshold // 4, min(_MAX_THRESHOLD, 2 * threshold, fitted))
 
 
-def release(ctx: JobContext, *, everything: bool = False) -> None:
-    """Put back each share kept by :func:`hold_back` that no limited copy runs under any
-    more (a job ended, lost its limit, or was never started); ``everything``: all of them
-    (the pool's devices are going away)."""
-    kept = _kept(ctx)
-    if not kept:
-        return
-    in_use = set() if everything else {
-        knob for job in ctx.store.jobs(active_only=True) if job.max_rate is not None
-        for knob in _shared(job)}
-    still = {}
-    for knob in CopyThrottle:
-        if knob.module not in kept:
-            continue
-        if knob in in_use:
-            still[knob.module] = kept[knob.module]
-            continue
-        # not loaded (a reboot unloaded it): it comes back with its own default
-        with contextlib.suppress(NotSupported):
-            ctx.devices.set_copy_throttle(knob, kept[knob.module].found)
-    _write_kept(ctx, still)
-
-
-@dataclass(frozen=True)
-class KeptShare:
-    """A kernel copy share the governor holds: the share found before (put back at the
-    end) and its current low share."""
-
-    found: int
-    low: int
-    moved: float = 0.0  # when the low share last moved (unix time; 0: not yet)
-    done: int = 0  # the bytes the job had copied then
-
-    @classmethod
-    def parse(cls, value: object) -> KeptShare:
-        """From the file; anything torn or odd: the kernel's default, and start low."""
-        if isinstance(value, dict):
-            found, low = value.get("found"), value.get("low")
-            moved, done = value.get("moved", 0.0), value.get("done", 0)
-            if isinstance(found, int) and isinstance(low, int) and 0 <= found <= 100 \
-                    and 0 <= low < MAX_SHARE and isinstance(moved, (int, float)) \
-                    and isinstance(done, int):
-                return cls(found, low, float(moved), done)
-        return cls(100, INITIAL_SHARE)
-
-
-def _shared(job: Job) -> set[CopyThrottle]:
-    """The copy throttles the job's unfinished pairs run under."""
-    return {SHARED_THROTTLE[p.engine] for p in job.pairs
-            if not p.state.finished and p.engine in SHARED_THROTTLE}
-
-
-def _kept_path(ctx: JobContext) -> Path:
-    return ctx.pool.jobs / KEPT_SHARES
-
-
-def _kept(ctx: JobContext) -> dict[str, KeptShare]:
-    """The shares the governor holds, by module."""
-    try:
-        fd = os.open(_kept_path(ctx), os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return {}
-    with os.fdopen(fd) as file:
-        try:
-            kept = json.load(file)
-        except ValueError:  # torn: every module as if the kernel's default was found
-            return {knob.module: KeptShare(100, INITIAL_SHARE) for knob in CopyThrottle}
-    if not isinstance(kept, dict):
-        return {}
-    return {module: KeptShare.parse(value) for module, value in kept.items()
-            if module in {knob.module for knob in CopyThrottle}}
-
-
-def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare]) -> None:
-    path = _kept_path(ctx)
-    if not kept:
-        path.unlink(missing_ok=True)
-        return
-    temporary = path.with_suffix(".tmp")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as file:
-        json.dump({module: {"found": share.found, "low": share.low, "moved": share.moved,
-                            "done": share.done} for module, share in kept.items()}, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def _set_in_flight(ctx: JobContext, job: Job, pair: JobPair, threshold: int) -> None:
+def _set_in_flight(ctx: JobContext, job: Job, pair: JobPair, threshold: int,
+                   speed: float) -> JobPair:
+    """A clone pair's regions in flight, and the speed it made with the ones before;
+    returns the pair as recorded."""
     batch = min(threshold, _MAX_BATCH)
-    ctx.devices.message(pair.plan.engine_top, "hydration_threshold", str(threshold))
-    ctx.devices.message(pair.plan.engine_top, "hydration_batch_size", str(batch))
+    if threshold != pair.plan.hydration_threshold:
+        ctx.devices.message(pair.plan.engine_top, "hydration_threshold", str(threshold))
+        ctx.devices.message(pair.plan.engine_top, "hydration_batch_size", str(batch))
+    plan = replace(pair.plan, hydration_threshold=threshold, hydration_batch=batch,
+                   hydration_speed=speed)
     with ctx.catalog.transaction():
-        ctx.store.update_pair(job.id, pair.index, plan=replace(
-            pair.plan, hydration_threshold=threshold, hydration_batch=batch))
+        ctx.store.update_pair(job.id, pair.index, plan=plan)
+    return replace(pair, plan=plan)
 
 
 def set_rate(ctx: JobContext, job: Job, rate: int | None, at: float) -> None:
@@ -365,26 +269,11 @@ def set_rate(ctx: JobContext, job: Job, rate: int | None, at: float) -> None:
         ctx.store.update(job.id, max_rate=rate,
                          pace=None if rate is None else f"[{at!r}, {job.bytes_done:d}]")
     if rate is None:
-        release(ctx)
+        shares.release(ctx)
     elif job.max_rate is None:
-        hold_back(ctx, replace(job, max_rate=rate))  # it copied at full speed so far
+        shares.hold_back(ctx, replace(job, max_rate=rate))  # it copied at full speed so far
     else:
-        _scale_shares(ctx, job, rate / job.max_rate, at)
-
-
-def _scale_shares(ctx: JobContext, job: Job, factor: float, at: float) -> None:
-    """A new limit on a governed copy: its low share moves in proportion at once (the
-    rate a share gives is about in proportion to it), instead of being found again."""
-    for knob in _shared(job):
-        kept = _kept(ctx)
-        if knob.module not in kept:
-            continue
-        state = kept[knob.module]
-        low = max(0, min(MAX_SHARE - 1, round((state.low + 0.5) * factor - 0.5)))
-        with contextlib.suppress(NotSupported):
-            ctx.devices.set_copy_throttle(knob, low)
-        _write_kept(ctx, {**kept, knob.module: KeptShare(state.found, low, at,
-                                                         job.bytes_done)})
+        shares.scale_shares(ctx, job, rate / job.max_rate, at)
 
 
 def _clones(job: Job) -> list[JobPair]:

@@ -13,9 +13,10 @@ The daemon is the objects' :class:`~lunresync.service.context.ServiceContext`: t
 it by that protocol alone.
 
 While a job runs, the poller finishes what the kernel completed (as every lunresync
-command does) about once a second, and each job's object announces its progress at that
-rate; when a job ends its object sends Completed(success, message), also for a job that
-was started before this service (re)started.
+command does) about once a second (every 0.2 s while a job with a rate limit runs, whose
+governor steps at each poll), and each job's object announces its progress once a
+second; when a job ends its object sends Completed(success, message), also for a job
+that was started before this service (re)started.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_ACTIVE = 1.0  # seconds between polls while a job runs (and progress signals)
+# seconds between polls while a job with a rate limit runs: its governor steps at each
+# (engine/throttle.py; once a second, a clone copies a second of its budget at once)
+POLL_LIMITED = 0.2
 POLL_IDLE = 10.0  # seconds between looks at the pool when nothing runs (other clients)
 CAPABILITIES_MAX_AGE = 60.0  # seconds a capabilities probe is answered from
 TASK_KEPT = 600.0  # seconds an ended Task stays for its owner to take its result
@@ -283,15 +287,21 @@ class Daemon:
                                          member, signature, body))
 
     async def _poll_forever(self) -> None:
+        refreshed = time.monotonic()
         while True:
-            active = any(isinstance(o, JobObject) and not JobState(o.record["state"]).finished
-                         for o in self.objects.values())
-            await asyncio.sleep(POLL_ACTIVE if active else POLL_IDLE)
+            running = [o.record for o in self.objects.values() if isinstance(o, JobObject)
+                       and not JobState(o.record["state"]).finished]
+            limited = any(record["max_rate"] for record in running)
+            await asyncio.sleep(POLL_LIMITED if limited else POLL_ACTIVE if running
+                                else POLL_IDLE)
             try:
                 await self.worker.run(_poll_jobs)
             except LunresyncError as exc:
                 log.warning("could not update resync jobs: %s", exc)
-            await self.refresh()
+            # the objects (and progress signals) once a second, however often it polls
+            if not limited or time.monotonic() - refreshed >= POLL_ACTIVE:
+                await self.refresh()
+                refreshed = time.monotonic()
 
     def _watch_backings(self, loop: asyncio.AbstractEventLoop) -> None:
         """In a thread: a LUN losing its backing device goes offline, its restores fail."""

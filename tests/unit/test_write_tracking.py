@@ -12,17 +12,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from lunresync.engine import follow, mirror, rate, throttle, tracking
+from lunresync.engine import follow, mirror, online, rate, shares, throttle, tracking
 from lunresync.engine import resync as resync_module
 from lunresync.engine.model import EngineKind, Job, JobState
 from lunresync.engine.verify import read_written
 from lunresync.errors import InvalidArgument, LunresyncError
 from lunresync.kernel.kcopyd import CopyThrottle
 from lunresync.kernel.targets import EraTable
-from lunresync.kernel.targets.clone import CloneTable
+from lunresync.kernel.targets.clone import CloneStatus, CloneTable
 from lunresync.kernel.thintools import parse_era_invalidate
 from lunresync.storage.model import Lun, ShadowCopy
 from lunresync.storage.stack import lun_table
@@ -39,6 +40,8 @@ from tests.unit.test_jobs import (
 )
 
 pytestmark = pytest.mark.unit
+
+MiB = 1 << 20
 
 SECTORS = SIZE // 512
 
@@ -294,10 +297,11 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
     handle = world.resyncer.start([world.pair(shadow, src, EngineKind.MERGE)], {},
                                   max_rate=1 << 20)
     # low before its copy started, and only the throttle its copy runs under
-    assert knobs == {CopyThrottle.SNAPSHOT: throttle.INITIAL_SHARE, CopyThrottle.MIRROR: 100}
-    kept = world.pool.jobs / throttle.KEPT_SHARES
-    assert json.loads(kept.read_text()) == {
-        "dm_snapshot": {"found": 50, "low": 1, "moved": 0.0, "done": 0}}
+    assert knobs == {CopyThrottle.SNAPSHOT: shares.INITIAL_SHARE, CopyThrottle.MIRROR: 100}
+    kept = world.pool.jobs / shares.KEPT_SHARES
+    assert json.loads(kept.read_text()) == {"dm_snapshot": {
+        "found": 50, "low": 1, "at": 0.0, "done": 0, "copied": 0.0, "points": 0.0,
+        "seconds": 0.0}}
     job = world.store.job(handle.id)
     assert job.pace is not None
     since = job.pace[0]
@@ -306,28 +310,50 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
         throttle.govern(world.ctx, replace(job, bytes_done=done), {}, since + seconds)
         return knobs[CopyThrottle.SNAPSHOT]
 
-    # Behind: one above the low share; still behind by more than the slack there (a
-    # quarter of a second of budget, all it may owe): the low share moves up
-    assert governed(1.0, 512 << 10) == 2
-    assert governed(1.0, 512 << 10) == 3
-    assert json.loads(kept.read_text())["dm_snapshot"] == {
-        "found": 50, "low": 2, "moved": since + 1.0, "done": 512 << 10}
-    assert governed(1.0, (1 << 20) + (100 << 10)) == 2  # a little ahead: the low share
-    # Far ahead at the low share: it moves down (to what the rate made since says), but
-    # not twice within half a second
-    assert governed(1.0, 3 << 20) == 2
-    assert governed(1.6, 3 << 20) == 1
-    # Far behind: it owes no more than a quarter of a second of budget from then on
-    assert governed(30.0, 0) == 2
-    assert world.store.job(handle.id).pace == (since + 30.0, 256 << 10)
-    # one point (no rate known since it last moved), then half as much again at each
-    # step: nothing was copied meanwhile
-    assert [governed(30.0 + 0.5 * i, 0) for i in range(1, 6)] == [3, 4, 5, 7, 10]
-    for i in range(20):
-        governed(33.0 + 0.5 * i, 0)
-    assert knobs[CopyThrottle.SNAPSHOT] == throttle.MAX_SHARE  # 100 means no limit
+    def learnt() -> shares.KeptShare:
+        return shares.KeptShare.parse(json.loads(kept.read_text())["dm_snapshot"])
+
+    # Behind: one above the low share, and a point more for each 0.2 s of budget it is
+    # behind (as many as half the low share, two at least): 1 + 1 + 2 at 0.5 s behind.
+    # The low share stays until a second of steps is seen.
+    assert governed(0.5, 0) == 4
+    assert governed(1.0, 256 << 10) == 4
+    assert learnt().gain() is None
+    # 640 KiB in 1 s at share 4: 145 KiB/s a point of it (4.5 with the half point, the
+    # older half-second counting a little less); 1 MiB/s wants 6: the low share goes
+    # from 1 to 2 (half as much again at most at a step, one at least)
+    assert governed(1.5, 640 << 10) == 2 + 1 + 2
+    state = learnt()
+    assert state.low == 2
+    assert state.gain() == pytest.approx(145 << 10, rel=0.01)
+    assert governed(1.6, 700 << 10) == 3 + 1 + 2
+    # ahead (3.1 MiB at 3 s, 1.7 MiB/s at share 6 since: 3 wanted): the low share
+    assert governed(3.0, (3 << 20) + (100 << 10)) == learnt().low == 3
+    # Far behind, nothing copied for 27 s: the low share up by half, at most; it owes no
+    # more than a second of budget from then on
+    assert governed(30.0, (3 << 20) + (100 << 10)) == 4 + 1 + 2
+    assert learnt().low == 4
+    assert world.store.job(handle.id).pace == (since + 30.0, (4 << 20) + (100 << 10))
+    # bytes that go back (another job's): it learns anew, and keeps its low share
+    assert governed(30.1, 0) == 7
+    assert learnt().seconds == 0.0
+    # Nothing copied for a second of steps: half as much again, once a second
+    low = learnt().low
+    wanted = []
+    for i in range(1, 13):
+        if i % 4 == 0:
+            low += max(1, low // 2)
+        wanted.append(low)
+    lows = []
+    for i in range(1, 13):
+        assert governed(30.1 + 0.25 * i, 0) > learnt().low
+        lows.append(learnt().low)
+    assert lows == wanted
+    for i in range(60):
+        governed(33.5 + 0.25 * i, 0)
+    assert knobs[CopyThrottle.SNAPSHOT] == shares.MAX_SHARE  # 100 means no limit
     knobs[CopyThrottle.SNAPSHOT] = 100  # reset behind its back (a reboot): low again
-    assert governed(90.0, 90 << 20) == throttle.INITIAL_SHARE  # on its budget
+    assert governed(90.0, 90 << 20) == shares.INITIAL_SHARE  # on its budget
     world.devices.set_status(src.dm_name, merge_status(2))
     world.resyncer.cancel(handle.id)
     assert knobs[CopyThrottle.SNAPSHOT] == 50
@@ -343,17 +369,44 @@ def test_a_limited_merge_moves_the_kernels_copy_share_and_gives_it_back(
     assert not kept.exists()
 
 
-def test_the_low_share_moves_to_where_the_rate_made_says_the_limit_is() -> None:
-    """From the rate made at the share in force since the low share last moved: twice
-    the rate wanted, twice the share (four times at most, when nothing was copied), less
-    the half point the share above it adds; unknown, where it is."""
-    state = throttle.KeptShare(100, 3, moved=10.0, done=0)
-    rate = 14 << 20
-    assert throttle._wanted_low(state, 4, 7 << 20, rate, 11.0) == 8  # 4 x 2 - 0.5
-    assert throttle._wanted_low(state, 3, 28 << 20, rate, 11.0) == 1  # 3 / 2 - 0.5
-    assert throttle._wanted_low(state, 4, 0, rate, 11.0) == 16  # 4 x 4 - 0.5
-    assert throttle._wanted_low(replace(state, moved=0.0), 4, 7 << 20, rate, 11.0) == 3
-    assert throttle._wanted_low(replace(state, done=8 << 20), 4, 7 << 20, rate, 11.0) == 3
+def test_a_kernel_share_holds_a_copy_that_answers_in_proportion_to_it(
+        world: World, src: Lun, shadow: ShadowCopy) -> None:
+    """A copy that makes 256 KiB/s for each point of share (and half a point more), with
+    noise, followed every 0.1 s: the low share settles where 1 MiB/s lies (3.5 points:
+    between 3 and 4), and the copy keeps to its budget."""
+    knobs = world.devices.copy_throttles
+    handle = world.resyncer.start([world.pair(shadow, src, EngineKind.MERGE)], {},
+                                  max_rate=1 << 20)
+    job = world.store.job(handle.id)
+    assert job.pace is not None
+    since = job.pace[0]
+    done = 0.0
+    copied_at = []
+    for step in range(1, 201):  # 20 s
+        share = knobs[CopyThrottle.SNAPSHOT]
+        # what the share in force copied in the last 0.1 s, in uneven runs
+        done += (256 << 10) * (share + 0.5) * 0.1 * (1.5 if step % 3 == 0 else 0.75)
+        throttle.govern(world.ctx, replace(job, bytes_done=int(done)), {},
+                        since + 0.1 * step)
+        copied_at.append(done)
+    low = shares.KeptShare.parse(json.loads(
+        (world.pool.jobs / shares.KEPT_SHARES).read_text())["dm_snapshot"]).low
+    assert low == 3
+    # the last 10 s: 1 MiB/s within 2%
+    assert (copied_at[-1] - copied_at[99]) / 10.0 == pytest.approx(1 << 20, rel=0.02)
+
+
+def test_kept_shares_that_are_torn_or_odd_start_low() -> None:
+    assert shares.KeptShare.parse({"found": 50, "low": 3}) == shares.KeptShare(50, 3)
+    # written before the governor learnt (moved/done): the shares, nothing learnt
+    assert shares.KeptShare.parse({"found": 50, "low": 3, "moved": 1.0, "done": 5}) \
+        == shares.KeptShare(50, 3, done=5)
+    assert shares.KeptShare.parse({"found": 50, "low": 3, "at": -1.0}) \
+        == shares.KeptShare(50, 3)
+    odd: object
+    for odd in ({"found": 101, "low": 3}, {"found": 50, "low": 99}, [], None,
+                {"found": True, "low": 3}):
+        assert shares.KeptShare.parse(odd) == shares.KeptShare(100, shares.INITIAL_SHARE)
 
 
 def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
@@ -370,14 +423,14 @@ def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
     world.devices.set_status(other.dm_name, mirror_status(world, pair, 0))
     world.resyncer.set_rate(handle.id, 16 << 20)
     # low; one above it if the governor's step in set-rate found it behind already
-    assert knobs[CopyThrottle.MIRROR] in (throttle.INITIAL_SHARE, throttle.INITIAL_SHARE + 1)
+    assert knobs[CopyThrottle.MIRROR] in (shares.INITIAL_SHARE, shares.INITIAL_SHARE + 1)
     world.resyncer.set_rate(handle.id, None)
     assert knobs[CopyThrottle.MIRROR] == 100
-    assert not (world.pool.jobs / throttle.KEPT_SHARES).exists()
+    assert not (world.pool.jobs / shares.KEPT_SHARES).exists()
     limited = world.resyncer.start([world.pair(shadow, third, EngineKind.MIRROR)], {},
                                    max_rate=16 << 20)
     assert world.store.job(limited.id).pairs[0].plan.region_sectors == 8192  # 4 MiB: 0.25 s
-    assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
+    assert knobs[CopyThrottle.MIRROR] == shares.INITIAL_SHARE
     # The pool's devices go away (deactivate): no copy of it runs, the share is put back;
     # activate rebuilds the copy, and it starts low again
     for lun in (other, third):  # the LUN tops go first
@@ -386,7 +439,7 @@ def test_a_limited_mirror_copies_small_regions_and_a_new_limit_holds_it_back(
     assert knobs[CopyThrottle.MIRROR] == 100
     reboot(world, other, third)
     world.resyncer.reactivate()
-    assert knobs[CopyThrottle.MIRROR] == throttle.INITIAL_SHARE
+    assert knobs[CopyThrottle.MIRROR] == shares.INITIAL_SHARE
     with pytest.raises(InvalidArgument, match="at least"):
         world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {}, max_rate=1)
 
@@ -395,7 +448,7 @@ def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
         world: World, src: Lun, shadow: ShadowCopy, monkeypatch: pytest.MonkeyPatch) -> None:
     other = world.add_lun("other")
     clock = [2000.0]
-    for module in (follow, resync_module):
+    for module in (follow, online, resync_module):
         monkeypatch.setattr(module, "now", lambda: clock[0])
     handle = world.resyncer.start([world.pair(shadow, other, EngineKind.CLONE)], {},
                                   max_rate=1 << 20)
@@ -413,28 +466,75 @@ def test_a_throttled_clone_has_few_regions_in_flight_and_follows_its_budget(
     since = job.pace[0]
     regions = SECTORS // plan.region_sectors
 
-    def poll_at(seconds: float, hydrated: int, enabled: bool) -> list[tuple[str, ...]]:
-        clock[0] = since + seconds
+    def set_status(hydrated: int, enabled: bool) -> None:
         status = clone_status(SECTORS, plan.region_sectors, hydrated)
         if not enabled:
             status = status.replace("0 1 no_discard_passdown", "0 1 no_hydration")
         world.devices.set_status(other.dm_name, status)
+
+    def poll_at(seconds: float, hydrated: int, enabled: bool) -> list[tuple[str, ...]]:
+        clock[0] = since + seconds
+        set_status(hydrated, enabled)
         seen = len(world.devices.calls)
         world.resyncer.poll()
         return [c.words for c in world.devices.calls[seen:] if c.op == "message"]
 
-    # 1 s in, 2 MiB copied (32 regions): ahead of the 1 MiB budget, hydration goes off
-    assert poll_at(1.0, 32, True) == [("disable_hydration",)]
-    assert poll_at(1.5, 32, False) == []  # still ahead: stays off
-    assert poll_at(2.5, 32, False) == [("enable_hydration",)]  # behind 2.5 MiB: on again
-    # Still further behind with hydration on: the storage is slower than one region in
-    # flight allows, so twice as many
-    assert poll_at(3.0, 33, True) == [("hydration_threshold", "2"),
-                                      ("hydration_batch_size", "2")]
+    # A slice of the poll copies what the copy is behind: hydration on, a sleep, off; the
+    # status before and after gives the speed (here: so many regions in the slice)
+    slept: list[float] = []
+    gained = [0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+        status = world.devices.status(other.dm_name)[0].status
+        assert isinstance(status, CloneStatus)
+        set_status(status.regions_hydrated + gained[0], True)
+
+    monkeypatch.setattr(throttle, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                          sleep=sleep))
+
+    def speed() -> float | None:
+        return world.store.job(handle.id).pairs[0].plan.hydration_speed
+
+    slice_ = [("enable_hydration",), ("disable_hydration",)]
+    # 0.5 s in, nothing copied, 0.5 MiB behind; its speed is not known: a probe of 0.01 s,
+    # which copies 2 regions: 12.5 MiB/s
+    gained[0] = 2
+    assert poll_at(0.5, 0, False) == slice_
+    assert slept == [pytest.approx(throttle.PROBE_SECONDS)]
+    assert speed() == pytest.approx(12.5 * MiB)
+    # The storage stalls: each slice as long as the speed known says (0.475 MiB at 12.5
+    # MiB/s: 0.038 s), and the speed halves each time
+    gained[0] = 0
+    assert poll_at(0.6, 2, False) == slice_
+    assert poll_at(0.7, 2, False) == slice_
+    assert slept[1:] == [pytest.approx(0.038), pytest.approx(0.092)]
+    assert speed() == pytest.approx(12.5 * MiB / 4)
+    # 0.216 s at that speed is more than a slice: on until the next poll
+    assert poll_at(0.8, 2, False) == [("enable_hydration",)]
+    # Little copied while on (128 KiB/s): the storage is slower than one region in flight
+    # allows, so more, twice as many at most
+    assert poll_at(1.3, 3, True) == [("hydration_threshold", "2"),
+                                     ("hydration_batch_size", "2")]
     assert world.store.job(handle.id).pairs[0].plan.hydration_threshold == 2
-    # ahead again, far: it owed 0.25 s at most at 3.0 s, its budget counts from there
-    assert poll_at(3.1, 50, True) == [("hydration_threshold", "1"),
+    assert speed() == pytest.approx(128 << 10)
+    # it owes a second of budget at most: its budget counts from 1.3 s, 1.8 s
+    assert poll_at(1.8, 4, True) == [("hydration_threshold", "4"),
+                                     ("hydration_batch_size", "4")]
+    assert world.store.job(handle.id).pace == (since + 1.8, (4 << 16) + MiB)
+    # then far faster than twice the limit (16.25 MiB/s): in proportion, to a quarter at
+    # most at a step; and ahead of its budget: off
+    assert poll_at(1.9, 30, True) == [("hydration_threshold", "1"),
                                       ("hydration_batch_size", "1"), ("disable_hydration",)]
+    assert speed() == pytest.approx(16.25 * MiB)
+    assert poll_at(1.91, 30, False) == []  # still ahead
+    # Behind by 0.125 MiB: 0.0077 s at 16.25 MiB/s; 3 regions in it, averaged with the
+    # speed before
+    gained[0] = 3
+    assert poll_at(2.55, 30, False) == slice_
+    assert slept[-1] == pytest.approx(0.125 / 16.25)
+    assert speed() == pytest.approx((16.25 * MiB + 3 * 64 * 1024 / slept[-1]) / 2)
     # A new limit counts from now, with as many regions in flight as it allows
     seen = len(world.devices.calls)
     world.resyncer.set_rate(handle.id, 16 << 20)
@@ -472,6 +572,23 @@ def test_budget_and_in_flight_arithmetic() -> None:
     assert throttle.in_flight(64 << 20, 128) == (10, 10)
     assert throttle.in_flight(1 << 30, 128) == (163, 64)
     assert throttle.in_flight(10 << 30, 128) == (512, 64)
+    mib = 1 << 20
+    # regions in flight towards twice the limit while on, kept inside 1.25-3 times it
+    assert throttle.in_flight_for(8, 2.5 * mib, mib) == 8
+    assert throttle.in_flight_for(8, 1.25 * mib, mib) == 8
+    assert throttle.in_flight_for(8, 1.2 * mib, mib) == 13
+    assert throttle.in_flight_for(8, 0.1 * mib, mib) == 16  # twice at most
+    assert throttle.in_flight_for(8, 0, mib) == 16  # made nothing: storage busy
+    assert throttle.in_flight_for(8, 4 * mib, mib) == 4
+    assert throttle.in_flight_for(8, 100 * mib, mib) == 2  # a quarter at most
+    assert throttle.in_flight_for(1, 100 * mib, mib) == 1
+    assert throttle.in_flight_for(400, 0.1 * mib, mib) == 512
+    job = Job("j", JobState.RUNNING, 1.0, 1.0, None, 0, 4 * mib, None, None, {}, ())
+    for samples, speed in [((), None), (((1.0, 0),), None),
+                           (((1.0, 0), (1.5, mib)), 2.0 * mib),
+                           (((1.0, 0), (1.01, mib)), None),  # too close to tell
+                           (((1.0, mib), (2.0, 0)), 0.0)]:
+        assert throttle.last_speed(replace(job, samples=samples)) == speed
     assert throttle.check_rate(None) is None
     with pytest.raises(InvalidArgument):
         throttle.check_rate(True)
