@@ -28,7 +28,6 @@ This file is test tooling, not part of the package.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -42,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.netns import join_network
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -279,19 +280,7 @@ class ForkServer:
         return self._pending.pop(0)
 
 
-CLONE_NEWNET = 0x40000000
-
 # -- the server ----------------------------------------------------------------------------
-
-
-def _join_network(namespace: str) -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    fd = os.open(namespace, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {namespace}")
-    finally:
-        os.close(fd)
 
 
 def _child(request: dict[str, Any], keep_out: Sequence[int]) -> int:
@@ -311,7 +300,7 @@ def _child(request: dict[str, Any], keep_out: Sequence[int]) -> int:
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
     if request.get("network"):
-        _join_network(request["network"])
+        join_network(request["network"])
     try:
         if request["kind"] == "cli":
             from lunresync.cli import main

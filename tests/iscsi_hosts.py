@@ -7,7 +7,6 @@ bench/iscsi.py; root only, in the test VM."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 import time
@@ -15,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.netns import set_network
+
 INITIATOR = "iqn.2026-12.org.lunresync:test-initiator"
 ISCSID, ISCSIADM, IP = "/usr/sbin/iscsid", "/usr/sbin/iscsiadm", "/usr/sbin/ip"
-CLONE_NEWNET = 0x40000000
 
 
 def run(*argv: str) -> str:
@@ -56,15 +56,14 @@ def storage_network() -> Iterator[Network]:
 def in_network(namespace: Path) -> Iterator[None]:
     """This thread in ``namespace``'s network: LIO makes a portal's socket in the network
     of the thread that writes it."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(namespace, os.O_RDONLY)
     try:
-        assert libc.setns(target, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+        set_network(target, namespace)
         try:
             yield
         finally:
-            assert libc.setns(home, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+            set_network(home, "back home")
     finally:
         os.close(target)
         os.close(home)
