@@ -68,7 +68,9 @@ def govern_share(ctx: JobContext, knob: CopyThrottle, job: Job, at: float, behin
     plus half a point. Until the governor has seen :data:`SHARE_LEARN_SECONDS` of steps
     the low share stays where it is; it moves by half as much again at most per step (or
     half as much), as the kernel answers late. A copy behind that made nothing in that
-    time gets half as much again, and the governor learns anew."""
+    time gets half as much again, and the governor learns anew. While behind, the share
+    goes a point further above the low one for each :data:`SHARE_STEP_SECONDS` of budget
+    behind (up to half the low share, two at least)."""
     assert job.max_rate is not None
     kept = _kept(ctx)
     try:
@@ -95,7 +97,8 @@ def govern_share(ctx: JobContext, knob: CopyThrottle, job: Job, at: float, behin
     new = min(MAX_SHARE, new)
     if new != share:
         ctx.devices.set_copy_throttle(knob, new)
-    _write_kept(ctx, {**kept, knob.module: replace(state, low=low)})
+    _write_kept(ctx, {**kept, knob.module: replace(state, low=low)},
+                sync=knob.module not in kept or kept[knob.module].low != low)
 
 
 def hold_back(ctx: JobContext, job: Job) -> None:
@@ -227,7 +230,10 @@ def _kept(ctx: JobContext) -> dict[str, KeptShare]:
             if module in {knob.module for knob in CopyThrottle}}
 
 
-def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare]) -> None:
+def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare], *, sync: bool = True
+                ) -> None:
+    """The shares kept, replaced at once; ``sync``: on the disk before it returns (the
+    shares found must survive a crash; what the governor learnt at each poll need not)."""
     path = _kept_path(ctx)
     if not kept:
         path.unlink(missing_ok=True)
@@ -238,7 +244,8 @@ def _write_kept(ctx: JobContext, kept: Mapping[str, KeptShare]) -> None:
     with os.fdopen(fd, "w") as file:
         json.dump({module: asdict(share) for module, share in kept.items()}, file)
         file.flush()
-        os.fsync(file.fileno())
+        if sync:
+            os.fsync(file.fileno())
     os.replace(temporary, path)
 
 
