@@ -141,32 +141,33 @@ def govern(ctx: JobContext, job: Job, statuses: Mapping[int, CloneStatus], at: f
     as many regions in flight as :data:`ON_SPEED` needs (:func:`in_flight_for`). A copy
     never owes more than :data:`OWED_SECONDS` of its budget: one that fell behind (a slow
     start, a follower that paused) goes on at its limit, it does not make up for lost time
-    above it."""
-    if job.max_rate is not None and deficit(job, at) > job.max_rate * OWED_SECONDS:
-        pace = (at, job.bytes_done + int(job.max_rate * OWED_SECONDS))
+    above it. A job without a limit has nothing to govern."""
+    rate = job.max_rate
+    if rate is None:
+        return
+    if deficit(job, at) > rate * OWED_SECONDS:
+        pace = (at, job.bytes_done + int(rate * OWED_SECONDS))
         with ctx.catalog.transaction():
             ctx.store.update(job.id, pace=json.dumps(pace))
         job = replace(job, pace=pace)
-    wanted = behind(job, at)
+    wanted, short = behind(job, at), deficit(job, at)
     clones = [(pair, statuses[pair.index]) for pair in _clones(job) if pair.index in statuses]
     speed = last_speed(job)
-    if job.max_rate is not None and speed is not None:
+    if speed is not None:
         for i, (pair, status) in enumerate(clones):
             threshold = pair.plan.hydration_threshold
             if threshold is not None and status.hydration_enabled:
                 # on since the last poll (the governor's messages come after its reading)
                 clones[i] = (_set_in_flight(ctx, job, pair, in_flight_for(
-                    threshold, speed, job.max_rate), speed / len(clones)), status)
-    if job.max_rate is not None and wanted and clones \
-            and _copy_slice(ctx, job, clones, deficit(job, at)):
+                    threshold, speed, rate), speed / len(clones)), status)
+    if wanted and clones and _copy_slice(ctx, job, clones, short):
         clones = []  # copied their share in this poll, and off again
     for pair, status in clones:
         if status.hydration_enabled != wanted:
             ctx.devices.message(pair.plan.engine_top,
                                 "enable_hydration" if wanted else "disable_hydration")
-    if job.max_rate is not None:
-        for knob in shares.shared(job):
-            shares.govern_share(ctx, knob, job, at, deficit(job, at) / job.max_rate)
+    for knob in shares.shared(job):
+        shares.govern_share(ctx, knob, job, at, short / rate)
 
 
 def _copy_slice(ctx: JobContext, job: Job, clones: Sequence[tuple[JobPair, CloneStatus]],
